@@ -1,0 +1,5 @@
+"""`python -m analyzer` is the `postmortem` command group."""
+
+from analyzer.cli import postmortem
+
+postmortem(prog_name="postmortem")

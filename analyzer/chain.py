@@ -1,0 +1,92 @@
+"""Chain: link findings into causes and consequences, so a report leads with root causes.
+
+CAUSES is the one table of known mechanisms: (cause, consequence). A link is drawn when both findings are present
+and the consequence did not begin before the cause (within a tolerance: a cause that holds from the first step,
+such as a hyperparameter, precedes everything). Findings with no cause among the warnings and criticals are the
+root causes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from analyzer.findings import Finding, Severity
+
+# (cause, consequence), read "cause leads to consequence". Order does not matter.
+CAUSES: tuple[tuple[str, str], ...] = (
+    ("distill-temperature-blowup", "grad-explosion"),
+    ("distill-temperature-blowup", "loss-oscillation"),
+    ("distill-temperature-blowup", "nonfinite-onset"),
+    ("distill-temperature-blowup", "loss-scale-collapse"),
+    ("distill-temperature-blowup", "perplexity-misreport"),
+    ("distill-temperature-blowup", "loss-spike"),
+    ("grad-explosion", "nonfinite-onset"),
+    ("grad-explosion", "loss-spike"),
+    ("grad-explosion", "loss-divergence"),
+    ("grad-explosion", "loss-scale-collapse"),
+    ("loss-scale-collapse", "nonfinite-onset"),
+    ("nonfinite-onset", "loss-oscillation"),
+    ("nonfinite-onset", "checkpoint-nonfinite"),
+    ("nonfinite-onset", "loss-spike"),
+    ("lr-too-high", "loss-oscillation"),
+    ("lr-too-high", "grad-explosion"),
+    ("lr-too-high", "loss-divergence"),
+    ("lr-too-high", "loss-spike"),
+    ("lr-too-high", "nonfinite-onset"),
+    ("lr-too-high", "loss-plateau"),
+    ("lr-too-low", "loss-plateau"),
+    ("lr-too-low", "grad-vanishing"),
+    ("small-effective-batch", "loss-spike"),
+    ("small-effective-batch", "loss-oscillation"),
+    ("small-effective-batch", "lr-too-high"),
+    ("mlm-label-ratio", "grad-explosion"),
+    ("init-variance", "initial-loss-mismatch"),
+    ("init-variance", "loss-plateau"),
+    ("init-variance", "grad-explosion"),
+    ("initial-loss-mismatch", "loss-plateau"),
+    ("loss-spike", "loss-plateau"),
+    ("loss-spike", "throughput-drop"),
+    ("loss-divergence", "nonfinite-onset"),
+)
+
+# Findings that describe a setting of the run hold from its first step, whatever step they cite.
+_SETTINGS = {"distill-temperature-blowup", "lr-too-low", "lr-too-high", "small-effective-batch", "mlm-label-ratio",
+             "init-variance"}
+_TOLERANCE = 0.02  # fraction of the run's length by which a consequence may seem to precede its cause
+
+
+def link(findings: tuple[Finding, ...], run_length: int) -> tuple[tuple[Finding, ...], tuple[str, ...]]:
+    """Fill `caused_by` and return (findings ordered root causes first, root cause names)."""
+    by_name = {f.name: f for f in findings}
+    slack = max(1, int(run_length * _TOLERANCE))
+    linked = []
+    for f in findings:
+        causes = tuple(sorted(
+            cause for cause, effect in CAUSES
+            if effect == f.name and cause in by_name and _precedes(by_name[cause], f, slack)
+            and not _cycle(cause, f.name, by_name, slack)
+        ))
+        linked.append(replace(f, caused_by=causes) if causes else f)
+    important = [f for f in linked if f.severity is not Severity.INFO]
+    roots = tuple(f.name for f in _ordered(important) if not f.caused_by)
+    ordered = _ordered([f for f in linked if f.name in roots]) + _ordered([f for f in linked if f.name not in roots])
+    return tuple(ordered), roots
+
+
+def _precedes(cause: Finding, effect: Finding, slack: int) -> bool:
+    if cause.name in _SETTINGS or cause.first_step is None or effect.first_step is None:
+        return True
+    return cause.first_step <= effect.first_step + slack
+
+
+def _cycle(cause: str, effect: str, by_name: dict[str, Finding], slack: int) -> bool:
+    """True when the reverse link also holds and the effect began strictly earlier: then the effect is the cause."""
+    if (effect, cause) not in CAUSES:
+        return False
+    a, b = by_name[cause], by_name[effect]
+    return (b.first_step or 0) < (a.first_step or 0)
+
+
+def _ordered(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (-f.severity.rank, f.first_step if f.first_step is not None else -1,
+                                           f.code, f.message))

@@ -1,0 +1,28 @@
+"""PLACEHOLDER for checkpoint-nonfinite: being written.
+
+What it detects:
+    TODO
+Why it matters:
+    TODO
+How it decides:
+    TODO
+What it recommends:
+    TODO
+Parameters:
+    none
+"""
+
+from __future__ import annotations
+
+from analyzer.detectors.base import Detector
+from analyzer.findings import Severity, Skipped
+
+
+def check(run, params):
+    return Skipped("checkpoint-nonfinite", "not implemented yet")
+
+
+DETECTOR = Detector(
+    code="C001", name="checkpoint-nonfinite", severity=Severity.CRITICAL, summary="TODO",
+    doc=__doc__, params={}, check=check,
+)

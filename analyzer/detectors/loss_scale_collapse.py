@@ -1,0 +1,28 @@
+"""PLACEHOLDER for loss-scale-collapse: being written.
+
+What it detects:
+    TODO
+Why it matters:
+    TODO
+How it decides:
+    TODO
+What it recommends:
+    TODO
+Parameters:
+    none
+"""
+
+from __future__ import annotations
+
+from analyzer.detectors.base import Detector
+from analyzer.findings import Severity, Skipped
+
+
+def check(run, params):
+    return Skipped("loss-scale-collapse", "not implemented yet")
+
+
+DETECTOR = Detector(
+    code="N002", name="loss-scale-collapse", severity=Severity.WARNING, summary="TODO",
+    doc=__doc__, params={}, check=check,
+)

@@ -1,0 +1,183 @@
+"""Diagnose: run the detectors on a Run, chain the findings, and produce the Diagnosis every renderer reads."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from analyzer.chain import link
+from analyzer.detectors import DETECTORS, lookup
+from analyzer.detectors.base import Detector
+from analyzer.errors import InputError
+from analyzer.findings import (
+    BlindSpotOut, DetectorError, Diagnosis, Evidence, Finding, RunSummary, Skipped,
+)
+from analyzer.run import BlindSpot, Run
+
+MAX_EVIDENCE_LINE = 300  # characters of a cited log line kept in a report
+
+
+def diagnose_path(path: str | Path, *, select: Iterable[str] = (), ignore: Iterable[str] = (),
+                  overrides: Mapping[str, str] | None = None, progress=None) -> Diagnosis:
+    """Read a run directory and diagnose it."""
+    from analyzer.ingest import read_run
+
+    return diagnose_run(read_run(path, progress=progress), select=select, ignore=ignore, overrides=overrides)
+
+
+def diagnose_run(run: Run, *, select: Iterable[str] = (), ignore: Iterable[str] = (),
+                 overrides: Mapping[str, str] | None = None) -> Diagnosis:
+    detectors = choose(select, ignore)
+    params = parse_overrides(overrides or {})
+    findings: list[Finding] = []
+    skipped: list[Skipped] = []
+    errors: list[DetectorError] = []
+    for det in detectors:
+        missing = det.requires and not any(run.has(m) for m in det.requires)
+        if missing:
+            skipped.append(Skipped(det.name, "the run logs no " + " or ".join(det.requires)))
+            continue
+        try:
+            result = det.check(run, {**det.params, **params.get(det.name, {})})
+        except Exception as exc:  # a detector bug must not take the report down with it
+            errors.append(DetectorError(det.name, f"{type(exc).__name__}: {exc}"))
+            continue
+        if isinstance(result, Skipped):
+            skipped.append(result)
+        else:
+            findings.extend(result)
+    findings = [_with_evidence_text(f, run) for f in findings]
+    run_length = (run.last_step or 0) - (run.first_step or 0)
+    ordered, roots = link(tuple(findings), run_length)
+    return Diagnosis(
+        run=summarize(run), findings=ordered, root_causes=roots,
+        blind_spots=tuple(BlindSpotOut(b.message, b.affects) for b in (*run.blind_spots, *coverage_blind_spots(run))),
+        skipped=tuple(skipped), errors=tuple(errors),
+    )
+
+
+def choose(select: Iterable[str], ignore: Iterable[str]) -> list[Detector]:
+    """The detectors to run, in table order; unknown names or codes are a usage error."""
+    def resolve(keys: Iterable[str]) -> set[str]:
+        out = set()
+        for key in keys:
+            det = lookup(key)
+            if det is None:
+                raise InputError(f"unknown detector {key!r} (see `postmortem detectors`)")
+            out.add(det.name)
+        return out
+
+    chosen, dropped = resolve(select), resolve(ignore)
+    return [d for d in DETECTORS.values() if (not chosen or d.name in chosen) and d.name not in dropped]
+
+
+def parse_overrides(overrides: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    """`{"loss-spike.factor": "3"}` -> `{"loss-spike": {"factor": 3.0}}`, typed like the default."""
+    out: dict[str, dict[str, Any]] = defaultdict(dict)
+    for key, raw in overrides.items():
+        name, _, param = key.partition(".")
+        det = lookup(name)
+        if det is None or not param:
+            raise InputError(f"--set {key}={raw}: expected DETECTOR.PARAM=VALUE with a known detector")
+        if param not in det.params:
+            known = ", ".join(sorted(det.params)) or "none"
+            raise InputError(f"--set {key}={raw}: {det.name} has no parameter {param!r} (known: {known})")
+        out[det.name][param] = _typed(raw, det.params[param], key)
+    return dict(out)
+
+
+def _typed(raw: str, default: Any, key: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return raw.lower() in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
+    except ValueError:
+        raise InputError(f"--set {key}={raw}: expected a {type(default).__name__}") from None
+    return raw
+
+
+def summarize(run: Run) -> RunSummary:
+    return RunSummary(
+        path=run.path, name=run.name, formats=run.formats, first_step=run.first_step, last_step=run.last_step,
+        n_points=len(run.scalars), metrics=run.metrics,
+        hparams={name: hp.value for name, hp in run.hparams.items()},
+        checkpoints=tuple(
+            {"path": c.path, "step": c.step, "format": c.format,
+             **({"nonfinite": c.stats.nonfinite} if c.stats is not None else {}),
+             **({"error": c.error} if c.error else {})}
+            for c in run.checkpoints),
+        status=run.status,
+    )
+
+
+def coverage_blind_spots(run: Run) -> list[BlindSpot]:
+    """What the logged data cannot show, whatever the format."""
+    spots = []
+    if not run.has("grad_norm"):
+        spots.append(BlindSpot("the run logs no gradient norm: explosions and vanishing gradients are invisible",
+                               ("grad-explosion", "grad-vanishing", "loss-spike")))
+    loss = run.series("loss") if run.has("loss") else None
+    if loss is not None and len(loss) > 2:
+        interval = int(_median_gap(loss.index.to_numpy()))
+        if interval >= 50:
+            spots.append(BlindSpot(f"the loss is logged every {interval} steps: a spike shorter than that "
+                                   "can fall between two points", ("loss-spike", "nonfinite-onset")))
+    if not run.checkpoints:
+        spots.append(BlindSpot("no checkpoint was found: weights and optimizer state cannot be checked, and no "
+                               "restart point can be named", ("checkpoint-nonfinite", "init-variance")))
+    return spots
+
+
+def _median_gap(steps) -> float:
+    import numpy as np
+
+    gaps = np.diff(np.unique(steps))
+    return float(np.median(gaps)) if len(gaps) else 0.0
+
+
+def _with_evidence_text(finding: Finding, run: Run) -> Finding:
+    """Fill each evidence item's text from its file, so a reader can check it in the original."""
+    if not finding.evidence or all(e.text for e in finding.evidence):
+        return finding
+    from dataclasses import replace
+
+    filled = tuple(e if e.text else Evidence(e.file, e.line, _line_text(run, e.file, e.line))
+                   for e in finding.evidence)
+    return replace(finding, evidence=filled)
+
+
+def _line_text(run: Run, file: str, line: int | None) -> str:
+    """The cited line of a text file; for binary formats (TensorBoard, SQLite) the record number is the citation."""
+    if line is None:
+        return ""
+    cache = run.__dict__.setdefault("_line_cache", {})
+    key = (file, line)
+    if key not in cache:
+        cache[key] = _read_line(Path(run.path) if Path(run.path).is_dir() else Path(run.path).parent, file, line)
+    return cache[key]
+
+
+def _read_line(root: Path, file: str, line: int) -> str:
+    path = root / file
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1024)
+            if b"\0" in head:
+                return ""
+            fh.seek(0)
+            for number, raw in enumerate(fh, start=1):
+                if number == line:
+                    return raw.decode("utf-8", "replace").strip()[:MAX_EVIDENCE_LINE]
+    except OSError:
+        return ""
+    return ""

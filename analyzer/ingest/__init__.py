@@ -1,0 +1,119 @@
+"""Ingest: find every file of a run directory that some reader understands, read it, and build one Run.
+
+Each reader module has `FORMAT` (its name in findings.json), `sniff(path) -> bool` (cheap: the name and at most the
+first few KB) and `read(paths, root) -> Ingested` (all the files it claimed, so it can merge related files such as
+HF `checkpoint-*/trainer_state.json` or Lightning versions). Readers are asked in the order of READERS; the first one
+whose sniff says yes claims the file. Checkpoint files are read by `checkpoints`, whatever the format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+from analyzer.errors import InputError
+from analyzer.ingest import (
+    canonical, checkpoints, configs, hf_trainer, lightning, mlflow, tabular, tensorboard, textlog, wandb,
+)
+from analyzer.run import Ingested, Note, Run, build_run
+
+# Order matters: specific formats before generic ones (a Lightning metrics.csv is also a CSV).
+READERS = (canonical, hf_trainer, lightning, mlflow, wandb, tensorboard, tabular, configs, textlog)
+
+OUTPUT_DIR = "postmortem"  # diagnose's own default output folder inside a run dir: never read as input
+_SKIP_DIRS = {OUTPUT_DIR, "__pycache__", "node_modules", ".git", ".hg", ".svn", ".ipynb_checkpoints"}
+
+Progress = Callable[[int, int], None]
+
+
+def walk(root: Path) -> list[Path]:
+    """Every regular file under root, in a stable order, skipping VCS/cache folders and our own output."""
+    if root.is_file():
+        return [root]
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            if path.is_file() and not name.startswith("."):
+                found.append(path)
+    return found
+
+
+def claim(files: list[Path]) -> tuple[dict, list[Path], list[Path]]:
+    """Split files between readers: ({reader: [paths]}, checkpoint paths, unclaimed paths)."""
+    claimed: dict = {reader: [] for reader in READERS}
+    ckpts, rest = [], []
+    for path in files:
+        if checkpoints.sniff(path):
+            ckpts.append(path)
+            continue
+        for reader in READERS:
+            if _safe_sniff(reader, path):
+                claimed[reader].append(path)
+                break
+        else:
+            rest.append(path)
+    return claimed, ckpts, rest
+
+
+def _safe_sniff(reader, path: Path) -> bool:
+    try:
+        return bool(reader.sniff(path))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+
+
+def read_run(path: str | Path, scan_checkpoints: bool = True, progress: Progress | None = None) -> Run:
+    """Read a run directory (or a single log file) into a Run. Raises InputError for input we cannot use."""
+    root = Path(path)
+    if not root.exists():
+        raise InputError("no such file or directory", path=root)
+    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        raise InputError("directory is not readable", path=root)
+    files = walk(root)
+    if not files:
+        raise InputError("the run directory is empty", path=root)
+    base = root if root.is_dir() else root.parent
+    claimed, ckpts, rest = claim(files)
+
+    pieces: list[Ingested] = []
+    todo = [(reader, paths) for reader, paths in claimed.items() if paths]
+    total = len(todo) + (1 if ckpts else 0)
+    for done, (reader, paths) in enumerate(todo):
+        if progress:
+            progress(done, total)
+        pieces.append(reader.read(paths, base))
+    if ckpts:
+        if progress:
+            progress(len(todo), total)
+        pieces.append(checkpoints.read(ckpts, base, scan=scan_checkpoints))
+    if progress:
+        progress(total, total)
+
+    if not any(p.frames or p.events or p.checkpoints for p in pieces):
+        raise InputError("no training log or checkpoint in a format postmortem reads "
+                         f"({len(files)} file(s) looked at; see `postmortem formats`)", path=root)
+    if rest:
+        pieces.append(Ingested(format="unrecognised", notes=[
+            Note(file=str(p.relative_to(base)), message="not a format postmortem reads; ignored") for p in rest[:50]]))
+    return build_run(root, pieces, status=_status(base))
+
+
+def _status(base: Path) -> str | None:
+    """The run's own word on how it ended, where it wrote one (the reference trainer's run.json)."""
+    try:
+        status = json.loads((base / "run.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
+def relative(path: Path, root: Path) -> str:
+    """A file's name as reports cite it: relative to the run dir, with forward slashes."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name

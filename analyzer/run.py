@@ -1,0 +1,407 @@
+"""The Run: everything ingest learned about one training run, in one shape whatever format it came from.
+
+Readers hand over `Ingested` pieces; `build_run` merges them into a `Run`:
+- `scalars`, a tidy table (step, metric, value, split, rank, source, line, name, segment), every point kept,
+  non-finite values included (they are evidence);
+- `hparams` under canonical names, each traced to the file and key it came from;
+- `checkpoints`, `events` (warnings, overflows, NaN clamps, restarts), `blind_spots`, `notes`.
+Detectors read it through `series()` / `hparam()`; pandas stays on this side of the detector boundary.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+# --- canonical names -------------------------------------------------------------------------------------------
+
+CANONICAL_METRICS = (
+    "loss", "eval_loss", "lr", "grad_norm", "kd_loss", "kd_raw", "temperature", "lm_loss", "ppl", "eval_ppl",
+    "steps_per_s", "tokens_per_s", "loss_scale", "mask_ratio", "epoch", "param_norm", "update_ratio",
+)
+
+# Aliases seen in the wild, after normalisation (lower case, spaces and dashes as "_", split prefix removed).
+METRIC_ALIASES: Mapping[str, str] = {
+    "loss": "loss", "train_loss": "loss", "training_loss": "loss", "total_loss": "loss", "lm_loss_total": "loss",
+    "objective/loss": "loss",
+    "learning_rate": "lr", "lr": "lr", "lr_adamw": "lr", "lr_adam": "lr", "lr_sgd": "lr", "lr_group_0": "lr",
+    "grad_norm": "grad_norm", "gradient_norm": "grad_norm", "gnorm": "grad_norm", "grad_norm_before_clip": "grad_norm",
+    "total_norm": "grad_norm", "norm": "grad_norm",
+    "kd_loss": "kd_loss", "distill_loss": "kd_loss", "distillation_loss": "kd_loss",
+    "kd_raw": "kd_raw", "kd_raw_loss": "kd_raw", "raw_kd": "kd_raw", "kl": "kd_raw", "kl_div": "kd_raw",
+    "temperature": "temperature", "temp": "temperature", "kd_temperature": "temperature",
+    "lm_loss": "lm_loss", "ce_loss": "lm_loss", "mlm_loss": "lm_loss",
+    "ppl": "ppl", "perplexity": "ppl",
+    "steps_per_s": "steps_per_s", "steps_per_second": "steps_per_s", "it/s": "steps_per_s", "its": "steps_per_s",
+    "tokens_per_s": "tokens_per_s", "tokens_per_second": "tokens_per_s", "tok/sec": "tokens_per_s",
+    "tok/s": "tokens_per_s", "tokens/s": "tokens_per_s", "tokens_per_sec": "tokens_per_s",
+    "loss_scale": "loss_scale", "scale": "loss_scale", "scaler_scale": "loss_scale",
+    "mask_ratio": "mask_ratio", "masking_ratio": "mask_ratio", "label_ratio": "mask_ratio",
+    "epoch": "epoch",
+    "param_norm": "param_norm", "weight_norm": "param_norm",
+    "update_ratio": "update_ratio", "update_to_weight": "update_ratio",
+}
+
+_EVAL_PREFIXES = ("eval/", "val/", "valid/", "validation/", "eval_", "val_", "valid_", "validation_", "dev_", "dev/")
+_TRAIN_PREFIXES = ("train/", "training/", "train_")
+# Metrics whose eval-split version has its own canonical name.
+_EVAL_NAMES = {"loss": "eval_loss", "ppl": "eval_ppl"}
+
+
+def canonical_metric(name: str) -> tuple[str, str]:
+    """Map a logged metric name to (canonical name, split). Unknown names are kept, normalised."""
+    key = re.sub(r"[\s\-]+", "_", name.strip().lower())
+    split = "train"
+    for prefix in _EVAL_PREFIXES:
+        if key.startswith(prefix):
+            key, split = key[len(prefix):], "eval"
+            break
+    else:
+        for prefix in _TRAIN_PREFIXES:
+            if key.startswith(prefix) and key[len(prefix):]:
+                key = key[len(prefix):]
+                break
+    if key.endswith("_step"):  # Lightning's on_step copy of a metric is the metric itself
+        key = key[: -len("_step")]
+    elif key.endswith("_epoch") and key != "epoch":  # Lightning's epoch mean is a different series
+        return (("eval_" if split == "eval" else "") + key, split)
+    base = METRIC_ALIASES.get(key, key)
+    if split == "eval":
+        return _EVAL_NAMES.get(base, base if base.startswith("eval_") else "eval_" + base), split
+    if base in ("eval_loss", "eval_ppl"):
+        return base, "eval"
+    return base, split
+
+
+HPARAM_ALIASES: Mapping[str, str] = {
+    "learning_rate": "lr", "lr": "lr", "max_lr": "lr", "peak_lr": "lr", "base_lr": "lr", "lr0": "lr",
+    "per_device_train_batch_size": "batch_size", "batch_size": "batch_size", "micro_batch_size": "batch_size",
+    "train_micro_batch_size_per_gpu": "batch_size", "per_gpu_train_batch_size": "batch_size", "bs": "batch_size",
+    "train_batch_size": "global_batch_size", "global_batch_size": "global_batch_size",
+    "gradient_accumulation_steps": "grad_accum", "grad_accum": "grad_accum", "accumulate_grad_batches": "grad_accum",
+    "gradient_accumulation": "grad_accum", "grad_accumulation_steps": "grad_accum", "accum_steps": "grad_accum",
+    "world_size": "world_size", "n_gpu": "world_size", "num_gpus": "world_size", "num_processes": "world_size",
+    "warmup_steps": "warmup_steps", "warmup_iters": "warmup_steps", "lr_warmup_steps": "warmup_steps",
+    "warmup_ratio": "warmup_ratio", "warmup_proportion": "warmup_ratio", "warmup_steps_proportion": "warmup_ratio",
+    "weight_decay": "weight_decay", "wd": "weight_decay",
+    "max_grad_norm": "max_grad_norm", "grad_clip": "max_grad_norm", "gradient_clip_val": "max_grad_norm",
+    "clip_grad": "max_grad_norm", "clip_norm": "max_grad_norm", "gradient_clipping": "max_grad_norm",
+    "temperature": "temperature", "base_temperature": "temperature", "kd_temperature": "temperature",
+    "min_temperature": "min_temperature",
+    "lr_scheduler_type": "lr_schedule", "lr_schedule": "lr_schedule", "lr_scheduler": "lr_schedule",
+    "lr_decay_style": "lr_schedule",
+    "block_size": "block_size", "max_seq_length": "block_size", "seq_len": "block_size", "seq_length": "block_size",
+    "max_length": "block_size", "context_length": "block_size", "n_ctx": "block_size", "n_positions": "block_size",
+    "layer_norm_eps": "layer_norm_eps", "layer_norm_epsilon": "layer_norm_eps", "ln_eps": "layer_norm_eps",
+    "vocab_size": "vocab_size", "n_vocab": "vocab_size", "padded_vocab_size": "vocab_size",
+    "max_steps": "max_steps", "train_iters": "max_steps", "total_steps": "max_steps", "max_iters": "max_steps",
+    "num_train_epochs": "epochs", "max_epochs": "epochs", "num_epochs": "epochs", "epochs": "epochs",
+    "mlm_probability": "mlm_probability", "masking_ratio": "mlm_probability", "mask_prob": "mlm_probability",
+    "seed": "seed", "optimizer": "optimizer", "optim": "optimizer", "alpha": "alpha",
+    "adam_beta1": "beta1", "adam_beta2": "beta2", "adam_epsilon": "eps",
+    "num_classes": "num_classes", "num_labels": "num_classes", "n_classes": "num_classes",
+    "precision": "precision", "init_std": "init_std", "initializer_range": "init_std",
+}
+
+
+def canonical_hparam(name: str) -> str:
+    """Canonical name of a hyperparameter key (the last component of a dotted path); unknown keys kept."""
+    key = re.sub(r"[\s\-]+", "_", name.strip().lower()).split(".")[-1].lstrip("-")
+    return HPARAM_ALIASES.get(key, key)
+
+
+# --- plain data objects --------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HParam:
+    """One hyperparameter value and where it was read."""
+
+    value: Any
+    file: str  # relative to the run dir
+    key: str  # the key as written in the file
+
+
+@dataclass(frozen=True)
+class Event:
+    """A notable log line: a warning, an fp16 overflow, a NaN clamp, a restart, a skipped step."""
+
+    kind: str  # one of EVENT_KINDS
+    step: int | None
+    text: str  # the line (or a faithful rendering of the record), stripped
+    file: str
+    line: int | None
+    data: Mapping[str, Any] = field(default_factory=dict)  # parsed numbers, e.g. {"scale_from": 65536, "scale_to": 32768}
+
+
+EVENT_KINDS = (
+    "warning",  # any warning line
+    "overflow",  # mixed-precision overflow: step skipped, loss scale reduced
+    "skipped_step",  # a step skipped for another reason (counter rose)
+    "nan",  # a non-finite value reported in text (nan iterations, "loss is nan")
+    "nan_clamp",  # a non-finite value replaced by a finite one (clamped to zero, filtered)
+    "restart",  # steps went backwards: a resume from a checkpoint
+    "error",  # an error/traceback line
+)
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """Statistics of one tensor in a checkpoint, computed without keeping the tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    nonfinite: int
+    norm: float  # L2 norm over finite values
+    std: float
+    absmax: float
+
+
+@dataclass(frozen=True)
+class CheckpointStats:
+    """What a checkpoint says about the model, optimizer, loss scaler and scheduler at its step."""
+
+    tensors: tuple[TensorStats, ...] = ()  # model weights
+    optimizer_tensors: tuple[TensorStats, ...] = ()  # exp_avg / exp_avg_sq / momentum buffers
+    optimizer_groups: tuple[Mapping[str, Any], ...] = ()  # lr, betas, eps, weight_decay per param group
+    optimizer_step: int | None = None
+    scaler: Mapping[str, Any] | None = None  # {"scale": 65536.0, "growth_tracker": 12}
+    scheduler: Mapping[str, Any] | None = None  # {"last_lr": [...]}
+    config: Mapping[str, Any] | None = None  # a config dict stored in the checkpoint
+
+    @property
+    def nonfinite(self) -> int:
+        return sum(t.nonfinite for t in self.tensors) + sum(t.nonfinite for t in self.optimizer_tensors)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint found in the run: a file or an HF `checkpoint-N/` folder."""
+
+    path: str  # relative to the run dir
+    step: int | None
+    format: str  # torch | safetensors | hf | lightning | lfs-pointer
+    stats: CheckpointStats | None = None
+    error: str | None = None  # why it could not be read (refused pickle, LFS pointer, corrupt file)
+
+
+@dataclass(frozen=True)
+class BlindSpot:
+    """Something these logs cannot show, and which detectors that weakens."""
+
+    message: str
+    affects: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Note:
+    """A problem ingest tolerated: garbage lines, a truncated last line, non-numeric values."""
+
+    file: str
+    message: str
+    line: int | None = None
+    count: int = 1
+
+
+@dataclass
+class Ingested:
+    """What one reader found in the files it claimed. Mutable while a reader fills it; merged by build_run.
+
+    Each frame has columns step (int), name (str, as logged), value (float), line (int: 1-based line or record
+    number) and optionally split ("train"/"eval", else inferred from the name) and rank (int, default 0).
+    Frames must be in file order: a step that goes backwards means a restart.
+    """
+
+    format: str
+    frames: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (file, frame)
+    hparams: list[tuple[str, Any, str, str]] = field(default_factory=list)  # (name, value, file, key)
+    events: list[Event] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    blind_spots: list[BlindSpot] = field(default_factory=list)
+    notes: list[Note] = field(default_factory=list)
+
+    def add_frame(self, file: str, frame: pd.DataFrame) -> None:
+        if len(frame):
+            self.frames.append((file, frame))
+
+    def add_hparams(self, values: Mapping[str, Any], file: str, prefix: str = "") -> None:
+        """Flatten a (nested) config mapping into hparams; the canonical name comes from the last key."""
+        for key, value in values.items():
+            full = f"{prefix}{key}"
+            if isinstance(value, Mapping):
+                self.add_hparams(value, file, prefix=f"{full}.")
+            elif value is None or isinstance(value, (bool, int, float, str)) or _is_short_list(value):
+                self.hparams.append((canonical_hparam(str(key)), value, file, full))
+
+
+def _is_short_list(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) <= 8 and all(
+        isinstance(v, (bool, int, float, str)) for v in value)
+
+
+# --- the Run -------------------------------------------------------------------------------------------------------
+
+SCALAR_COLUMNS = ("step", "metric", "value", "split", "rank", "source", "line", "name", "segment")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run as every detector and report sees it."""
+
+    path: str
+    name: str
+    formats: tuple[str, ...]
+    sources: tuple[str, ...]  # files the scalars came from, relative to the run dir; `scalars.source` indexes it
+    scalars: pd.DataFrame  # SCALAR_COLUMNS, every point, all segments, in file order
+    hparams: Mapping[str, HParam]
+    checkpoints: tuple[Checkpoint, ...] = ()
+    events: tuple[Event, ...] = ()
+    blind_spots: tuple[BlindSpot, ...] = ()
+    notes: tuple[Note, ...] = ()
+    status: str | None = None  # completed | diverged | crashed, where the run says so
+
+    # -- metrics --
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(sorted(self.scalars["metric"].unique()))
+
+    def has(self, metric: str) -> bool:
+        return bool((self.scalars["metric"] == metric).any())
+
+    def series(self, metric: str, rank: int | None = None) -> pd.Series:
+        """Values of one metric indexed by step, sorted; where a restart repeats steps, the newest segment wins."""
+        rows = self._latest()
+        rows = rows[rows["metric"] == metric]
+        if rank is None and len(rows):
+            rank = int(rows["rank"].min())
+        rows = rows[rows["rank"] == rank]
+        return pd.Series(rows["value"].to_numpy(), index=pd.Index(rows["step"].to_numpy(), name="step"), name=metric)
+
+    def point(self, metric: str, step: int) -> tuple[str, int] | None:
+        """(file, line) of the point that `series(metric)` holds at `step`, for evidence."""
+        rows = self._latest()
+        hit = rows[(rows["metric"] == metric) & (rows["step"] == step)]
+        if not len(hit):
+            return None
+        row = hit.iloc[-1]
+        return self.sources[int(row["source"])], int(row["line"])
+
+    def _latest(self) -> pd.DataFrame:
+        cached = self.__dict__.get("_latest_cache")
+        if cached is None:
+            cached = latest_points(self.scalars)
+            object.__setattr__(self, "_latest_cache", cached)
+        return cached
+
+    @property
+    def first_step(self) -> int | None:
+        return int(self.scalars["step"].min()) if len(self.scalars) else None
+
+    @property
+    def last_step(self) -> int | None:
+        return int(self.scalars["step"].max()) if len(self.scalars) else None
+
+    # -- hyperparameters --
+    def hparam(self, name: str, default: Any = None) -> Any:
+        found = self.hparams.get(name)
+        return default if found is None else found.value
+
+    def events_of(self, *kinds: str) -> tuple[Event, ...]:
+        return tuple(e for e in self.events if e.kind in kinds)
+
+
+def latest_points(scalars: pd.DataFrame) -> pd.DataFrame:
+    """One row per (metric, split, rank, step): the last one written, so a resumed segment replaces the old one."""
+    ordered = scalars.sort_values(["metric", "rank", "step"], kind="stable")
+    keep = ~ordered.duplicated(["metric", "rank", "step"], keep="last")
+    return ordered[keep]
+
+
+# --- building a Run from readers' pieces ----------------------------------------------------------------------------
+
+def empty_scalars() -> pd.DataFrame:
+    return pd.DataFrame({
+        "step": pd.Series([], dtype="int64"), "metric": pd.Series([], dtype="object"),
+        "value": pd.Series([], dtype="float64"), "split": pd.Series([], dtype="object"),
+        "rank": pd.Series([], dtype="int64"), "source": pd.Series([], dtype="int64"),
+        "line": pd.Series([], dtype="int64"), "name": pd.Series([], dtype="object"),
+        "segment": pd.Series([], dtype="int64"),
+    })
+
+
+def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, status: str | None = None) -> Run:
+    """Merge readers' pieces into one Run: canonical names, segments after restarts, restart events."""
+    pieces = list(pieces)
+    sources: list[str] = []
+    frames = []
+    for piece in pieces:
+        for file, frame in piece.frames:
+            if file not in sources:
+                sources.append(file)
+            frames.append(_normalise_frame(frame, sources.index(file)))
+    scalars = pd.concat(frames, ignore_index=True) if frames else empty_scalars()
+    scalars, restarts = _segments(scalars, sources)
+
+    hparams: dict[str, HParam] = {}
+    for piece in pieces:  # later readers (more specific sources) override earlier ones
+        for hp_name, value, file, key in piece.hparams:
+            hparams[hp_name] = HParam(value, file, key)
+
+    events = [e for piece in pieces for e in piece.events] + restarts
+    events.sort(key=lambda e: (e.step if e.step is not None else -1, e.file, e.line or 0, e.kind))
+    checkpoints = sorted((c for p in pieces for c in p.checkpoints), key=lambda c: (c.step is None, c.step or 0, c.path))
+    blind = []
+    for spot in (b for p in pieces for b in p.blind_spots):
+        if spot not in blind:
+            blind.append(spot)
+    return Run(
+        path=str(path), name=name or Path(path).resolve().name,
+        formats=tuple(dict.fromkeys(p.format for p in pieces if p.frames or p.hparams or p.events or p.checkpoints)),
+        sources=tuple(sources), scalars=scalars, hparams=dict(sorted(hparams.items())),
+        checkpoints=tuple(checkpoints), events=tuple(events), blind_spots=tuple(blind),
+        notes=tuple(n for p in pieces for n in p.notes), status=status,
+    )
+
+
+def _normalise_frame(frame: pd.DataFrame, source: int) -> pd.DataFrame:
+    names = frame["name"].astype(str)
+    mapping = {n: canonical_metric(n) for n in names.unique()}  # per unique name, not per row
+    metric = names.map({n: m for n, (m, _) in mapping.items()})
+    split = names.map({n: s for n, (_, s) in mapping.items()})
+    if "split" in frame:  # a reader that knows the split (e.g. canonical jsonl "split": "eval") wins
+        given = frame["split"].fillna(split).astype(str)
+        is_eval = given.eq("eval") & ~metric.str.startswith("eval_")
+        metric = metric.where(~is_eval, metric.map(lambda m: _EVAL_NAMES.get(m, "eval_" + m)))
+        split = given.where(~metric.str.startswith("eval_"), "eval")
+    rank = frame["rank"].astype("int64") if "rank" in frame else 0
+    return pd.DataFrame({
+        "step": frame["step"].astype("int64").to_numpy(), "metric": metric.to_numpy(),
+        "value": frame["value"].astype("float64").to_numpy(), "split": split.to_numpy(),
+        "rank": rank if np.isscalar(rank) else rank.to_numpy(), "source": source,
+        "line": frame["line"].astype("int64").to_numpy(), "name": names.to_numpy(), "segment": 0,
+    })
+
+
+def _segments(scalars: pd.DataFrame, sources: list[str]) -> tuple[pd.DataFrame, list[Event]]:
+    """Number the segments of each series: a step lower than one already seen starts a new segment (a restart)."""
+    if not len(scalars):
+        return scalars, []
+    keys = [scalars["metric"], scalars["rank"]]
+    prev_max = scalars.groupby(keys, sort=False)["step"].cummax().groupby(keys, sort=False).shift(1)
+    restarted = (scalars["step"] < prev_max).to_numpy()
+    segment = pd.Series(restarted.astype("int64")).groupby([k.to_numpy() for k in keys], sort=False).cumsum()
+    scalars = scalars.assign(segment=segment.to_numpy())
+    events = []
+    if restarted.any():
+        hits = scalars[restarted]
+        hits = hits[~hits.duplicated(["source", "segment"])]
+        for row in hits.itertuples(index=False):  # one per restart, not per row
+            events.append(Event("restart", int(row.step), f"steps restart at {int(row.step)} ({row.name})",
+                                sources[int(row.source)], int(row.line), {"segment": int(row.segment)}))
+    return scalars, events
