@@ -1,0 +1,98 @@
+"""Generated training data: a sparse Markov-chain language with a known entropy, MLM masking and a fault injector."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+EVAL_STREAM = 1_000_003  # offsets the eval batches' seeds far away from any training step's
+
+
+class MarkovLanguage:
+    """Each token has `branching` successors with Dirichlet probabilities: the best causal LM loss is the entropy rate."""
+
+    def __init__(self, vocab_size: int, branching: int, dirichlet_alpha: float, seed: int):
+        rng = np.random.default_rng([seed, 0])
+        self.vocab_size = vocab_size
+        self.successors = rng.integers(0, vocab_size, size=(vocab_size, branching))
+        self.probs = rng.dirichlet(np.full(branching, dirichlet_alpha), size=vocab_size)
+        self.cumulative = np.cumsum(self.probs, axis=1)
+        self.cumulative[:, -1] = 1.0  # guards the sampler against cumsum's rounding
+        self.stationary = self._stationary()
+
+    def _stationary(self, iters: int = 200) -> np.ndarray:
+        pi = np.full(self.vocab_size, 1.0 / self.vocab_size)
+        for _ in range(iters):
+            nxt = np.zeros_like(pi)
+            np.add.at(nxt, self.successors, pi[:, None] * self.probs)
+            pi = nxt
+        return pi / pi.sum()
+
+    def transition_matrix(self) -> np.ndarray:
+        """Dense P[next | current]; only for vocabularies small enough to hold V x V."""
+        p = np.zeros((self.vocab_size, self.vocab_size))
+        np.add.at(p, (np.arange(self.vocab_size)[:, None], self.successors), self.probs)
+        return p
+
+    def entropy_rate(self) -> float:
+        """Nats per token: the loss a perfect causal LM reaches (duplicate successors merged)."""
+        total = 0.0
+        for i in np.flatnonzero(self.stationary > 1e-12):
+            merged: dict[int, float] = {}
+            for s, p in zip(self.successors[i], self.probs[i]):
+                merged[int(s)] = merged.get(int(s), 0.0) + float(p)
+            total += self.stationary[i] * -sum(p * math.log(p) for p in merged.values() if p > 0)
+        return float(total)
+
+    def sample(self, rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
+        x = np.empty((batch, length), dtype=np.int64)
+        x[:, 0] = rng.choice(self.vocab_size, size=batch, p=self.stationary)
+        for t in range(1, length):
+            u = rng.random(batch)
+            j = (u[:, None] > self.cumulative[x[:, t - 1]]).sum(axis=1)
+            x[:, t] = self.successors[x[:, t - 1], j]
+        return x
+
+
+def batch_rng(seed: int, rank: int, step: int, micro: int) -> np.random.Generator:
+    """One generator per (rank, step, micro-batch): any step's data is reproducible on its own."""
+    return np.random.default_rng([seed, rank, step, micro])
+
+
+def corrupt(x: np.ndarray, rng: np.random.Generator, vocab_size: int, n_sequences: int) -> np.ndarray:
+    """The fault injector: the first n sequences become uniform random tokens (garbage in the data stream)."""
+    x = x.copy()
+    n = x.shape[0] if n_sequences <= 0 else min(n_sequences, x.shape[0])
+    x[:n] = rng.integers(0, vocab_size, size=(n, x.shape[1]))
+    return x
+
+
+def span_mask(rng: np.random.Generator, batch: int, length: int, probability: float, mean_span: float) -> np.ndarray:
+    """Exactly floor(p * length) positions per sequence, chosen as geometric-length spans (as LTG-BERT does)."""
+    target = int(probability * length)
+    mask = np.zeros((batch, length), dtype=bool)
+    for b in range(batch):
+        count = 0
+        while count < target:
+            span = min(int(rng.geometric(1.0 / mean_span)), target - count)
+            start = int(rng.integers(0, length))
+            new = ~mask[b, start:start + span]
+            mask[b, start:start + span] = True
+            count += int(new.sum())
+    return mask
+
+
+def mlm_inputs(x: np.ndarray, rng: np.random.Generator, vocab_size: int, probability: float, mean_span: float,
+               label_all: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Span masking with the 80/10/10 rule; labels are -100 off the mask unless label_all (seed 000's mistake)."""
+    mask_id = vocab_size  # one id past the language's tokens
+    mask = span_mask(rng, *x.shape, probability, mean_span)
+    roll = rng.random(x.shape)
+    inputs = x.copy()
+    inputs[mask & (roll < 0.8)] = mask_id
+    swap = mask & (roll >= 0.8) & (roll < 0.9)
+    inputs[swap] = rng.integers(0, vocab_size, size=int(swap.sum()))
+    labels = x.copy() if label_all else np.where(mask, x, -100)  # label_all: labels = input_ids.clone()
+    return torch.from_numpy(inputs), torch.from_numpy(labels)
