@@ -1,0 +1,342 @@
+"""The command line: `diagnose`, `reproduce-run` and the `postmortem` group. Heavy modules are imported lazily."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import click
+
+from analyzer import __version__
+from analyzer.errors import InputError
+
+FORMATS = ("md", "html", "json", "junit")
+LEVELS = ("critical", "warning", "info", "never")
+EXIT_OK, EXIT_FINDINGS, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class UserError(click.ClickException):
+    """Bad input or usage: one line on stderr, exit code 2."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def show(self, file=None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+def reports_errors(func: Callable) -> Callable:
+    """Turn InputError into a one-line message with exit 2, and never show a traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except InputError as exc:
+            raise UserError(str(exc)) from None
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            raise click.Abort() from None
+        except BrokenPipeError:  # `diagnose ... | head`: the reader left; that is not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_OK)
+        except Exception as exc:  # a bug of ours: still one line, with a way to get the traceback
+            if os.environ.get("POSTMORTEM_DEBUG"):
+                raise
+            raise UserError(f"internal error: {type(exc).__name__}: {exc} "
+                            "(set POSTMORTEM_DEBUG=1 for the traceback)") from None
+
+    return wrapper
+
+
+def _split_list(values: tuple[str, ...]) -> list[str]:
+    return [item.strip() for value in values for item in value.split(",") if item.strip()]
+
+
+def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {value}: expected NAME.PARAM=VALUE")
+        out[key.strip()] = raw.strip()
+    return out
+
+
+# --- diagnose ----------------------------------------------------------------------------------------------------
+
+@click.command(name="diagnose", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="Where reports go (default: RUN_DIR/postmortem/, or "
+              "./postmortem/NAME/ when RUN_DIR is read-only; one sub-folder per run when several).")
+@click.option("--format", "formats", default="md,html,json", show_default=True,
+              help="Comma-separated: md, html, json, junit.")
+@click.option("--json", "as_json", is_flag=True, help="Print findings.json to stdout and write nothing else.")
+@click.option("--fail-on", type=click.Choice(LEVELS), default="critical", show_default=True,
+              help="Exit 1 when a finding is at or above this severity.")
+@click.option("--select", multiple=True, metavar="NAMES", help="Run only these detectors (names or codes).")
+@click.option("--ignore", multiple=True, metavar="NAMES", help="Skip these detectors (names or codes).")
+@click.option("--set", "sets", multiple=True, metavar="NAME.PARAM=V", help="Override a detector parameter.")
+@click.option("--recursive", is_flag=True, help="Treat RUN_DIR as a folder of runs (a sweep); write an index.")
+@click.option("--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Runs diagnosed in parallel with --recursive.")
+@click.version_option(__version__, prog_name="postmortem")
+@reports_errors
+def diagnose_command(run_dirs, out, formats, as_json, fail_on, select, ignore, sets, recursive, jobs):
+    """Diagnose the training run(s) in RUN_DIR: find what went wrong, from which step, why, and what to change."""
+    chosen = _split_list((formats,))
+    unknown = sorted(set(chosen) - set(FORMATS))
+    if unknown:
+        raise InputError(f"--format: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
+    options = dict(select=_split_list(select), ignore=_split_list(ignore), overrides=_parse_sets(sets))
+    from analyzer.diagnose import choose, parse_overrides
+
+    choose(options["select"], options["ignore"])  # usage errors before any reading
+    parse_overrides(options["overrides"])
+
+    runs = _expand(run_dirs, recursive)
+    if as_json:
+        _print_json(runs, options)
+        return
+    diagnoses = _diagnose_all(runs, options, jobs)
+    several = len(runs) > 1 or recursive
+    entries = []
+    for run_dir, (run, diagnosis) in zip(runs, diagnoses):
+        target = _out_dir(run_dir, out, several)
+        _write(run, diagnosis, target, chosen, fail_on)
+        entries.append((run_dir.name, diagnosis, target))
+    if several and out is not None:
+        _write_index(entries, out)
+    level = None if fail_on == "never" else fail_on
+    failing = [d for _, d, _ in entries if level and _fails(d, level)]
+    sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
+
+
+def _expand(run_dirs: tuple[Path, ...], recursive: bool) -> list[Path]:
+    for path in run_dirs:
+        if not path.exists():
+            raise InputError("no such file or directory", path=path)
+    if not recursive:
+        return list(run_dirs)
+    runs = []
+    for root in run_dirs:
+        if not root.is_dir():
+            raise InputError("--recursive needs a folder of runs", path=root)
+        children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")
+                          and p.name != "postmortem")
+        runs.extend(children)
+    if not runs:
+        raise InputError("--recursive: no run folders inside", path=run_dirs[0])
+    return runs
+
+
+def _progress(label: str):
+    """A progress line on stderr once reading has taken more than a second, on a terminal only."""
+    start = time.monotonic()
+    shown = [False]
+
+    def report(done: int, total: int) -> None:
+        if not sys.stderr.isatty() or time.monotonic() - start < 1.0:
+            return
+        width = 24
+        filled = int(width * done / max(total, 1))
+        sys.stderr.write(f"\rreading {label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+        shown[0] = True
+        if done >= total:
+            sys.stderr.write("\r" + " " * (len(label) + width + 24) + "\r")
+
+    return report
+
+
+def _diagnose_one(run_dir: Path, options: dict):
+    from analyzer.diagnose import diagnose_run
+    from analyzer.ingest import read_run
+
+    run = read_run(run_dir, progress=_progress(run_dir.name))
+    return run, diagnose_run(run, **options)
+
+
+def _diagnose_all(runs: list[Path], options: dict, jobs: int):
+    if jobs <= 1 or len(runs) <= 1:
+        return [_diagnose_one(r, options) for r in runs]
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return list(pool.map(_diagnose_one, runs, [options] * len(runs)))
+
+
+def _print_json(runs: list[Path], options: dict) -> None:
+    from analyzer.diagnose import diagnose_path
+    from analyzer.findings import to_dict, to_json
+
+    if len(runs) == 1:
+        click.echo(to_json(diagnose_path(runs[0], **options), __version__), nl=False)
+        return
+    import json
+
+    docs = [to_dict(diagnose_path(r, **options), __version__) for r in runs]
+    click.echo(json.dumps(docs, indent=2, ensure_ascii=False, allow_nan=False))
+
+
+def _out_dir(run_dir: Path, out: Path | None, several: bool) -> Path:
+    name = run_dir.resolve().name
+    if out is not None:
+        return out / name if several else out
+    home = run_dir if run_dir.is_dir() else run_dir.parent
+    if os.access(home, os.W_OK):
+        return home / "postmortem"
+    return Path.cwd() / "postmortem" / name
+
+
+def _fails(diagnosis, level: str) -> bool:
+    from analyzer.findings import Severity
+
+    return bool(diagnosis.at_or_above(Severity(level)))
+
+
+def _color() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
+
+
+def _write(run, diagnosis, target: Path, formats: list[str], fail_on: str) -> None:
+    from analyzer.report import github_summary, terminal_summary, write_reports
+
+    click.echo(run_overview(run))
+    click.echo(terminal_summary(diagnosis, color=_color()))
+    written = write_reports(run, diagnosis, target, formats, fail_on)
+    if written:
+        click.echo(f"reports: {', '.join(str(p) for p in written)}")
+    summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary_file:
+        hint = str(target)
+        with open(summary_file, "a", encoding="utf-8") as fh:
+            fh.write(github_summary(diagnosis, artifact_hint=hint))
+
+
+def _write_index(entries, out: Path) -> None:
+    from analyzer.report import write_index
+
+    for path in write_index(entries, out):
+        click.echo(f"index: {path}")
+
+
+def run_overview(run) -> str:
+    """What ingest found, in a few lines: formats, metrics with point counts, steps, checkpoints, events."""
+    counts = run.scalars.groupby("metric", sort=True).size()
+    metrics = ", ".join(f"{name} ({count})" for name, count in counts.items())
+    kinds = {}
+    for event in run.events:
+        kinds[event.kind] = kinds.get(event.kind, 0) + 1
+    lines = [
+        f"run {run.name}: {', '.join(run.formats) or 'no format'}; steps {run.first_step}-{run.last_step}, "
+        f"{len(run.scalars)} points" + (f"; status {run.status}" if run.status else ""),
+        f"  metrics: {metrics or 'none'}",
+    ]
+    if run.hparams:
+        shown = list(run.hparams.items())[:12]
+        more = f" (+{len(run.hparams) - 12} more)" if len(run.hparams) > 12 else ""
+        lines.append("  hparams: " + ", ".join(f"{k}={hp.value}" for k, hp in shown) + more)
+    if run.checkpoints:
+        lines.append(f"  checkpoints: {len(run.checkpoints)} (" + ", ".join(
+            c.path for c in run.checkpoints[:4]) + (", ..." if len(run.checkpoints) > 4 else "") + ")")
+    if kinds:
+        lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
+    for spot in run.blind_spots:
+        lines.append(f"  blind spot: {spot.message}")
+    if run.notes:
+        lines.append(f"  notes: {len(run.notes)} (e.g. {run.notes[0].file}: {run.notes[0].message})")
+    return "\n".join(lines)
+
+
+# --- reproduce-run -------------------------------------------------------------------------------------------------
+
+@click.command(name="reproduce-run", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), help="New run dir (default: RUN_DIR-repro or -fixed beside "
+              "RUN_DIR, or under ./postmortem/ when that is read-only).")
+@click.option("--apply-fixes", is_flag=True, help="Diagnose RUN_DIR, apply its recommendations, compare before/after.")
+@click.option("--max-steps", type=click.IntRange(1), help="Stop after this many steps.")
+@click.option("--nproc", type=click.IntRange(1, 16), help="Processes (torch.distributed, gloo).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a config value.")
+@reports_errors
+def reproduce_command(run_dir, out, apply_fixes, max_steps, nproc, sets):
+    """Re-run the reference trainer from RUN_DIR's config and seed, and check the metrics match (or a fix works)."""
+    if not run_dir.exists():
+        raise InputError("no such file or directory", path=run_dir)
+    overrides = {}
+    for value in sets:
+        key, sep, raw = value.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--set {value}: expected KEY=VALUE")
+        overrides[key.strip()] = raw.strip()
+    from analyzer.trainer.reproduce import reproduce_run
+
+    sys.exit(reproduce_run(run_dir, out, max_steps, nproc, overrides, apply_fixes, echo=click.echo))
+
+
+# --- postmortem group ----------------------------------------------------------------------------------------------
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="postmortem")
+def postmortem():
+    """Postmortem: incident reports for deep-learning training runs."""
+
+
+postmortem.add_command(diagnose_command)
+postmortem.add_command(reproduce_command)
+
+
+@postmortem.command()
+@click.argument("key", metavar="NAME|CODE")
+@reports_errors
+def explain(key):
+    """Print a detector's documentation."""
+    from analyzer.detectors import lookup
+
+    det = lookup(key)
+    if det is None:
+        raise InputError(f"unknown detector {key!r} (see `postmortem detectors`)")
+    click.echo(f"{det.code} {det.name} ({det.severity.value})\n")
+    click.echo(_dedent(det.doc))
+    if det.params:
+        click.echo("Defaults: " + ", ".join(f"{k}={v}" for k, v in det.params.items()))
+
+
+@postmortem.command()
+@reports_errors
+def detectors():
+    """List the detectors: code, name, severity, what they need."""
+    from analyzer.detectors import DETECTORS
+
+    for det in DETECTORS.values():
+        needs = ", ".join(det.requires) or "-"
+        click.echo(f"{det.code}  {det.name:<28} {det.severity.value:<8}  needs: {needs:<28} {det.summary}")
+
+
+@postmortem.command()
+def formats():
+    """List the log and checkpoint formats diagnose reads."""
+    from analyzer.ingest import READERS, checkpoints
+
+    for reader in (*READERS, checkpoints):
+        doc = (reader.__doc__ or "").strip().splitlines()
+        click.echo(f"{reader.FORMAT:<16} {doc[0] if doc else ''}")
+
+
+def _dedent(text: str) -> str:
+    import textwrap
+
+    first, _, rest = text.strip().partition("\n")
+    return first + "\n" + textwrap.dedent(rest)
+
+
+def main() -> None:  # pragma: no cover - entry for `python -m analyzer.cli`
+    postmortem(prog_name="postmortem")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

