@@ -1,0 +1,413 @@
+"""Shared numeric helpers for detectors: robust baselines, logging interval, schedule phase, chance level, batch.
+
+Everything here is a pure, vectorised function of a Run or of a series (pandas Series indexed by step). Detectors
+build on these so the same question (what is the local level of the loss? is the lr still warming up? what loss
+means "learning nothing"?) gets the same answer everywhere. Other detector engineers may APPEND functions; existing
+signatures stay stable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from analyzer.run import Checkpoint, Run
+
+MAD_TO_STD = 1.4826  # scales a median absolute deviation to a normal standard deviation
+DIFF_MAD_TO_STD = MAD_TO_STD / math.sqrt(2.0)  # the same for first differences, whose variance is twice the noise's
+WARMUP_REACHED = 0.95  # the lr is "at its peak" once it reaches this fraction of its maximum
+WARMUP_STARTS_BELOW = 0.5  # a warmup exists only if the first logged lr is below this fraction of the maximum
+# Formats whose logged train loss is a mean over the logging window rather than one step's loss.
+WINDOW_AVERAGED_FORMATS = ("hf-trainer",)
+TRAIN_LOSS_METRICS = ("loss", "lm_loss")  # in order of preference
+
+
+# --- series basics ---------------------------------------------------------------------------------------------------
+
+def finite(series: pd.Series) -> pd.Series:
+    """The finite points of a series, sorted by step, one per step (the last one wins)."""
+    if not len(series):
+        return series.astype("float64")
+    values = pd.to_numeric(series, errors="coerce").astype("float64")
+    values = values[np.isfinite(values.to_numpy())]
+    values = values[~values.index.duplicated(keep="last")]
+    return values.sort_index(kind="stable")
+
+
+def train_loss(run: Run) -> tuple[str, pd.Series] | None:
+    """(metric name, finite train loss series) of the run's main training loss, or None when none is logged."""
+    for metric in TRAIN_LOSS_METRICS:
+        if run.has(metric):
+            series = finite(run.series(metric))
+            if len(series):
+                return metric, series
+    return None
+
+
+def log_interval(series: pd.Series) -> float:
+    """The typical number of steps between two logged points (median positive gap); 1.0 when unknown."""
+    steps = np.unique(np.asarray(series.index, dtype="float64"))
+    gaps = np.diff(steps)
+    gaps = gaps[gaps > 0]
+    return float(np.median(gaps)) if len(gaps) else 1.0
+
+
+def points_for_steps(series: pd.Series, steps: float, lo: int, hi: int) -> int:
+    """How many logged points cover `steps` training steps, clipped to [lo, hi]."""
+    return int(np.clip(round(steps / max(log_interval(series), 1.0)), lo, hi))
+
+
+def log_values(series: pd.Series) -> pd.Series | None:
+    """Natural log of a positive series (losses are compared on a log scale: a rise of +50% means the same at
+    loss 2 and at loss 20); None when any value is <= 0, e.g. RL losses that sit at ~0 by design."""
+    values = series.to_numpy(dtype="float64")
+    if not len(values) or np.any(values <= 0):
+        return None
+    return pd.Series(np.log(values), index=series.index, name=series.name)
+
+
+def robust_std(values: np.ndarray) -> float:
+    """Normal-consistent robust standard deviation (1.4826 x MAD) of the finite values; 0.0 when empty."""
+    values = np.asarray(values, dtype="float64")
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return 0.0
+    return float(MAD_TO_STD * np.median(np.abs(values - np.median(values))))
+
+
+def noise_std(values: np.ndarray) -> float:
+    """Point-to-point noise of a series, from the MAD of its first differences: insensitive to a slow trend and to
+    a few outliers, unlike the std of the values themselves."""
+    diffs = np.diff(np.asarray(values, dtype="float64"))
+    diffs = diffs[np.isfinite(diffs)]
+    if not len(diffs):
+        return 0.0
+    return float(DIFF_MAD_TO_STD * np.median(np.abs(diffs - np.median(diffs))))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Trailing robust level and noise at each point, computed from the points BEFORE it (so a spike never raises
+    its own baseline). `level` is the rolling median, `noise` the rolling robust std of successive differences."""
+
+    level: pd.Series
+    noise: pd.Series
+
+
+def trailing_baseline(x: pd.Series, window: int, min_periods: int) -> Baseline:
+    """Rolling median and difference-noise over the `window` points before each point (NaN until `min_periods`)."""
+    min_periods = max(1, min(min_periods, window))
+    level = x.rolling(window, min_periods=min_periods).median().shift(1)
+    absdiff = x.diff().abs()
+    # median |d| of differences of i.i.d. normal noise with std s is 0.6745 * s * sqrt(2)
+    noise = absdiff.rolling(window, min_periods=max(1, min_periods - 1)).median().shift(1) * DIFF_MAD_TO_STD
+    return Baseline(level=level, noise=noise)
+
+
+def rolling_median(x: pd.Series, window: int, center: bool = True) -> pd.Series:
+    """Rolling median with shrinking windows at the ends (never NaN where x has values)."""
+    return x.rolling(window, min_periods=1, center=center).median()
+
+
+def forward_median(x: pd.Series, window: int) -> pd.Series:
+    """Median of the `window` points starting AT each point (the mirror of a trailing median)."""
+    reversed_x = x.iloc[::-1]
+    out = reversed_x.rolling(window, min_periods=1).median().iloc[::-1]
+    return out
+
+
+def log_slope(series: pd.Series) -> float:
+    """Least-squares slope of log(values) per step (natural log units per step); NaN with < 3 points or values <= 0."""
+    if len(series) < 3:
+        return float("nan")
+    logs = log_values(series)
+    if logs is None:
+        return float("nan")
+    steps = np.asarray(series.index, dtype="float64")
+    if np.ptp(steps) == 0:
+        return float("nan")
+    return float(np.polyfit(steps - steps.mean(), logs.to_numpy(), 1)[0])
+
+
+@dataclass(frozen=True)
+class LevelShift:
+    """The strongest sustained change of level in a series: `before` and `after` are robust levels over `window`
+    points on each side of step `step` (the first point of the new level)."""
+
+    step: int
+    index: int  # position of that point in the series
+    before: float
+    after: float
+
+    @property
+    def ratio(self) -> float:
+        return self.after / self.before if self.before else float("inf")
+
+
+def level_shift(series: pd.Series, window: int, direction: str = "down") -> LevelShift | None:
+    """The point where the median of the next `window` points differs most from the median of the previous
+    `window` points, in `direction` ("down": the largest relative drop, "up": the largest rise). Single outliers
+    do not move a median, so one slow step or one eval stall is never a shift. None with < 2 x window points."""
+    n = len(series)
+    if window < 1 or n < 2 * window:
+        return None
+    values = series.astype("float64")
+    before = values.rolling(window, min_periods=window).median().shift(1).to_numpy()
+    after = forward_median(values, window).to_numpy()
+    valid = np.arange(n)
+    valid = (valid >= window) & (valid <= n - window)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = after / before
+    score = np.where(valid & np.isfinite(ratio) & (before > 0), ratio, np.nan)
+    if not np.isfinite(score).any():
+        return None
+    i = int(np.nanargmin(score) if direction == "down" else np.nanargmax(score))
+    # Medians tie while the next window is still half old level: the shift begins at the first point of the new
+    # level, i.e. the first point from i on that lies past the midpoint between the two levels.
+    mid = 0.5 * (before[i] + after[i])
+    ahead = values.to_numpy()[i:i + window]
+    crossed = np.flatnonzero(ahead <= mid if direction == "down" else ahead >= mid)
+    j = i + int(crossed[0]) if len(crossed) else i
+    return LevelShift(step=int(series.index[j]), index=j, before=float(before[i]), after=float(after[i]))
+
+
+def runs_of_true(mask: np.ndarray) -> list[tuple[int, int]]:
+    """[(start, end_exclusive)] of the runs of True in a boolean array, in order."""
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return []
+    edges = np.diff(np.concatenate(([0], mask.astype(np.int8), [0])))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    return list(zip(starts.tolist(), ends.tolist()))
+
+
+def loss_noise_cv(series: pd.Series) -> float:
+    """Robust coefficient of variation of the loss's step-to-step changes: the robust std of differences of the
+    log-loss (so 0.05 means ~5% point-to-point noise). NaN when it cannot be computed."""
+    logs = log_values(series)
+    if logs is None or len(logs) < 4:
+        return float("nan")
+    return noise_std(logs.to_numpy())
+
+
+# --- schedule --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Schedule:
+    """What the learning-rate schedule was doing: from the logged lr where there is one, else from hparams.
+
+    `warmup_end` is the first step at which the lr reached its peak (None: no warmup seen); `peak_lr` the largest
+    lr; `source` says where the numbers came from ("logged lr", "hparams", or "unknown").
+    """
+
+    peak_lr: float | None
+    warmup_end: int | None
+    source: str
+    lr: pd.Series | None = None  # the finite logged lr, when logged
+    max_steps: int | None = None
+    kind: str | None = None  # lr_schedule from hparams (cosine, linear, constant, ...)
+
+    def lr_at(self, step: float) -> float | None:
+        """The lr at a step: interpolated from the logged series, else computed from the hparams' schedule."""
+        if self.lr is not None and len(self.lr):
+            steps = np.asarray(self.lr.index, dtype="float64")
+            return float(np.interp(step, steps, self.lr.to_numpy()))
+        if self.peak_lr is None:
+            return None
+        return self.peak_lr * self._fraction_from_hparams(step)
+
+    def fraction_at(self, step: float) -> float | None:
+        """lr at `step` as a fraction of the peak lr (1.0 at peak, ~0 at the end of a full decay)."""
+        lr = self.lr_at(step)
+        if lr is None or not self.peak_lr:
+            return None
+        return lr / self.peak_lr
+
+    def in_warmup(self, step: float) -> bool:
+        return self.warmup_end is not None and step < self.warmup_end
+
+    def _fraction_from_hparams(self, step: float) -> float:
+        warm = self.warmup_end or 0
+        if step < warm:
+            return max(step, 0) / warm
+        if not self.max_steps or self.max_steps <= warm:
+            return 1.0
+        progress = min(max((step - warm) / (self.max_steps - warm), 0.0), 1.0)
+        kind = (self.kind or "").lower()
+        if "cos" in kind:
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if "linear" in kind or "poly" in kind:
+            return 1.0 - progress
+        return 1.0  # constant (or unknown: assume the lr stays, the cautious choice for "still learning")
+
+
+def schedule(run: Run) -> Schedule:
+    """The run's lr schedule: logged lr if any (warmup end where it first reaches 95% of its max), else hparams."""
+    max_steps = _as_int(run.hparam("max_steps"))
+    kind = run.hparam("lr_schedule")
+    kind = str(kind) if kind is not None else None
+    if run.has("lr"):
+        lr = finite(run.series("lr"))
+        lr = lr[lr >= 0]
+        if len(lr):
+            values = lr.to_numpy()
+            peak = float(values.max())
+            warmup_end = None
+            if peak > 0 and values[0] < WARMUP_STARTS_BELOW * peak:
+                reached = np.flatnonzero(values >= WARMUP_REACHED * peak)
+                warmup_end = int(lr.index[reached[0]]) if len(reached) else None
+            return Schedule(peak_lr=peak, warmup_end=warmup_end, source="logged lr", lr=lr,
+                            max_steps=max_steps, kind=kind)
+    peak = _as_float(run.hparam("lr"))
+    warmup = _as_int(run.hparam("warmup_steps"))
+    ratio = _as_float(run.hparam("warmup_ratio"))
+    if not warmup and ratio and max_steps:
+        warmup = int(round(ratio * max_steps))
+    return Schedule(peak_lr=peak, warmup_end=warmup or None, source="hparams" if peak else "unknown",
+                    max_steps=max_steps, kind=kind)
+
+
+# --- chance level ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ChanceLevel:
+    """The loss of a model that predicts the uniform distribution: ln(classes), in the loss's own base."""
+
+    value: float
+    classes: int
+    hparam: str  # "vocab_size" or "num_classes"
+    base: float  # e (natural log) unless the run reports base-2 loss (fairseq)
+
+    def describe(self) -> str:
+        unit = "ln" if self.base == math.e else f"log{self.base:g}"
+        return f"{unit}({self.classes}) = {self.value:.3f}"
+
+
+def loss_base(run: Run) -> float:
+    """The logarithm base of the logged loss: 2 for fairseq-style logs (hparam loss_base), else e."""
+    base = _as_float(run.hparam("loss_base"))
+    return base if base and base > 1 else math.e
+
+
+def chance_level(run: Run) -> ChanceLevel | None:
+    """ln(num_classes) if the run is a classifier, else ln(vocab_size) for a language model; None if unknown."""
+    base = loss_base(run)
+    for name in ("num_classes", "vocab_size"):
+        classes = _as_int(run.hparam(name))
+        if classes and classes >= 2:
+            return ChanceLevel(value=math.log(classes) / math.log(base), classes=classes, hparam=name, base=base)
+    return None
+
+
+# --- batch -----------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EffectiveBatch:
+    """Sequences (and tokens, when block_size is known) per optimizer step, and the factors it came from."""
+
+    sequences: int
+    batch_size: int | None
+    grad_accum: int
+    world_size: int
+    tokens: int | None
+    source: str  # "batch_size x grad_accum x world_size" or "global_batch_size"
+
+    def describe(self) -> str:
+        if self.batch_size is None:
+            text = f"global batch {self.sequences}"
+        else:
+            text = f"{self.batch_size} x {self.grad_accum}"
+            if self.world_size > 1:
+                text += f" x {self.world_size}"
+            text += f" = {self.sequences} sequences"
+        if self.tokens:
+            text += f" ({self.tokens} tokens)"
+        return text
+
+
+def effective_batch(run: Run) -> EffectiveBatch | None:
+    """batch_size x grad_accum x world_size (or global_batch_size when that is all the run says); None if unknown."""
+    batch = _as_int(run.hparam("batch_size"))
+    accum = _as_int(run.hparam("grad_accum")) or 1
+    world = _as_int(run.hparam("world_size")) or 1
+    block = _as_int(run.hparam("block_size"))
+    global_batch = _as_int(run.hparam("global_batch_size"))
+    if batch:
+        sequences = batch * accum * world
+        source = "batch_size x grad_accum x world_size"
+    elif global_batch:
+        sequences, source = global_batch, "global_batch_size"
+    else:
+        return None
+    return EffectiveBatch(sequences=sequences, batch_size=batch, grad_accum=accum, world_size=world,
+                          tokens=sequences * block if block else None, source=source)
+
+
+# --- run facts -------------------------------------------------------------------------------------------------------
+
+def window_averaged(run: Run) -> bool:
+    """True when the logged train loss is a mean over the logging window (HF Trainer), which flattens spikes."""
+    return any(fmt in WINDOW_AVERAGED_FORMATS for fmt in run.formats)
+
+
+def last_checkpoint_before(run: Run, step: int) -> Checkpoint | None:
+    """The latest readable checkpoint saved at or before `step` (None when there is none)."""
+    best = None
+    for ckpt in run.checkpoints:
+        if ckpt.step is None or ckpt.step > step or ckpt.error:
+            continue
+        if ckpt.stats is not None and ckpt.stats.nonfinite:
+            continue
+        if best is None or ckpt.step >= best.step:
+            best = ckpt
+    return best
+
+
+def restart_steps(run: Run) -> list[int]:
+    """Steps at which the run resumed (steps went backwards), from restart events."""
+    return sorted({e.step for e in run.events_of("restart") if e.step is not None})
+
+
+def hparam_number(run: Run, name: str) -> float | None:
+    """A numeric hyperparameter, or None when absent or not a number."""
+    return _as_float(run.hparam(name))
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) else None
+
+
+def _as_int(value: Any) -> int | None:
+    out = _as_float(value)
+    return int(out) if out is not None and out == int(out) else None
+
+
+def fmt_num(value: float | None, digits: int = 3) -> str:
+    """A number for a message: 3 significant digits, scientific for small/large magnitudes; "unknown" for None."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "unknown"
+    if value == 0:
+        return "0"
+    if abs(value) < 1e-3 or abs(value) >= 1e5:
+        return f"{value:.{digits - 1}e}".replace("e-0", "e-").replace("e+0", "e+").replace("e+", "e")
+    return f"{value:.{digits}g}"
+
+
+def round_sig(value: float, digits: int = 2) -> float:
+    """Round to `digits` significant digits (suggested hparam values read as a person would write them)."""
+    if value == 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.{digits}g}")
