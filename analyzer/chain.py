@@ -3,7 +3,7 @@
 CAUSES is the one table of known mechanisms: (cause, consequence). A link is drawn when both findings are present
 and the consequence did not begin before the cause (within a tolerance: a cause that holds from the first step,
 such as a hyperparameter, precedes everything). Findings with no cause among the warnings and criticals are the
-root causes.
+root causes, and so are info findings that explain one of them.
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def link(findings: tuple[Finding, ...], run_length: int) -> tuple[tuple[Finding,
             and not _cycle(cause, f.name, by_name, slack)
         ))
         linked.append(replace(f, caused_by=causes) if causes else f)
-    important = [f for f in linked if f.severity is not Severity.INFO]
-    roots = tuple(f.name for f in _ordered(important) if not f.caused_by)
+    # An info finding is a root cause only when it explains a warning or a critical one.
+    explains = {cause for f in linked if f.severity is not Severity.INFO for cause in f.caused_by}
+    roots = tuple(f.name for f in _ordered(linked)
+                  if not f.caused_by and (f.severity is not Severity.INFO or f.name in explains))
     ordered = _ordered([f for f in linked if f.name in roots]) + _ordered([f for f in linked if f.name not in roots])
     return tuple(ordered), roots
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -48,7 +49,7 @@ def diagnose_run(run: Run, *, select: Iterable[str] = (), ignore: Iterable[str] 
             skipped.append(result)
         else:
             findings.extend(result)
-    findings = [_with_evidence_text(f, run) for f in findings]
+    findings = fill_evidence_text(findings, run)
     run_length = (run.last_step or 0) - (run.first_step or 0)
     ordered, roots = link(tuple(findings), run_length)
     return Diagnosis(
@@ -145,39 +146,38 @@ def _median_gap(steps) -> float:
     return float(np.median(gaps)) if len(gaps) else 0.0
 
 
-def _with_evidence_text(finding: Finding, run: Run) -> Finding:
-    """Fill each evidence item's text from its file, so a reader can check it in the original."""
-    if not finding.evidence or all(e.text for e in finding.evidence):
-        return finding
-    from dataclasses import replace
+def fill_evidence_text(findings: list[Finding], run: Run) -> list[Finding]:
+    """Fill each evidence item's text from its file, so a reader can check it in the original.
 
-    filled = tuple(e if e.text else Evidence(e.file, e.line, _line_text(run, e.file, e.line))
-                   for e in finding.evidence)
-    return replace(finding, evidence=filled)
-
-
-def _line_text(run: Run, file: str, line: int | None) -> str:
-    """The cited line of a text file; for binary formats (TensorBoard, SQLite) the record number is the citation."""
-    if line is None:
-        return ""
-    cache = run.__dict__.setdefault("_line_cache", {})
-    key = (file, line)
-    if key not in cache:
-        cache[key] = _read_line(Path(run.path) if Path(run.path).is_dir() else Path(run.path).parent, file, line)
-    return cache[key]
+    Detectors cite (file, line) only: they do no I/O. Each cited file is read once, up to its last cited line.
+    """
+    wanted: dict[str, set[int]] = defaultdict(set)
+    for f in findings:
+        for e in f.evidence:
+            if not e.text and e.line is not None:
+                wanted[e.file].add(e.line)
+    if not wanted:
+        return findings
+    root = Path(run.path) if Path(run.path).is_dir() else Path(run.path).parent
+    texts = {(file, n): text for file, lines in wanted.items() for n, text in _read_lines(root / file, lines).items()}
+    return [replace(f, evidence=tuple(e if e.text else Evidence(e.file, e.line, texts.get((e.file, e.line), ""))
+                                      for e in f.evidence)) for f in findings]
 
 
-def _read_line(root: Path, file: str, line: int) -> str:
-    path = root / file
+def _read_lines(path: Path, lines: set[int]) -> dict[int, str]:
+    """The given 1-based lines of a text file; nothing for binary files (TensorBoard, SQLite: the record is cited)."""
+    out: dict[int, str] = {}
+    last = max(lines)
     try:
         with open(path, "rb") as fh:
-            head = fh.read(1024)
-            if b"\0" in head:
-                return ""
+            if b"\0" in fh.read(1024):
+                return out
             fh.seek(0)
             for number, raw in enumerate(fh, start=1):
-                if number == line:
-                    return raw.decode("utf-8", "replace").strip()[:MAX_EVIDENCE_LINE]
+                if number in lines:
+                    out[number] = raw.decode("utf-8", "replace").strip()[:MAX_EVIDENCE_LINE]
+                if number >= last:
+                    break
     except OSError:
-        return ""
-    return ""
+        pass
+    return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from analyzer.findings import Confidence, Evidence, Finding, Recommendation, Severity, Skipped
@@ -66,13 +66,3 @@ def evidence_at(run: Run, metric: str, steps: Sequence[int], limit: int = 5) -> 
         if where is not None:
             out.append(Evidence(file=where[0], line=where[1]))
     return tuple(out)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What running one detector produced."""
-
-    findings: tuple[Finding, ...] = ()
-    skipped: Skipped | None = None
-    error: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
