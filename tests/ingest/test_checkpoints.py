@@ -1,0 +1,317 @@
+"""Checkpoint reader: stats of weights and optimizer state, framework layouts, and hostile or broken files."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from analyzer.ingest import checkpoints
+
+FRAMEWORKS = Path(__file__).resolve().parents[1] / "fixtures" / "frameworks"
+HF_RUN = FRAMEWORKS / "hf_trainer_healthy"
+LIGHTNING_RUN = FRAMEWORKS / "lightning_csv"
+
+
+def read_dir(root: Path, scan: bool = True):
+    files = sorted(p for p in root.rglob("*") if p.is_file() and checkpoints.sniff(p))
+    return checkpoints.read(files, root, scan=scan)
+
+
+def trainer_checkpoint(path: Path, *, step: int | None = 400, nan_weight: int = 0, nan_exp_avg_sq: int = 0) -> None:
+    """A reference-trainer checkpoint: {"model", "optimizer", "scheduler", "scaler", "step", "config"}."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5)
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    state = model.state_dict()
+    state["0.weight"].view(-1)[:nan_weight] = float("nan")
+    opt_state = optimizer.state_dict()
+    opt_state["state"][2]["exp_avg_sq"].view(-1)[:nan_exp_avg_sq] = float("inf")
+    scaler = {"scale": 1024.0, "growth_factor": 2.0, "backoff_factor": 0.5, "growth_interval": 2000,
+              "_growth_tracker": 17}
+    payload = {"model": state, "optimizer": opt_state, "scheduler": scheduler.state_dict(), "scaler": scaler,
+               "config": {"lr": 3e-4, "batch_size": 8, "optim": {"weight_decay": 0.1}}}
+    if step is not None:
+        payload["step"] = step
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, path)
+
+
+# --- the reference trainer's layout ---------------------------------------------------------------------------------
+
+def test_trainer_checkpoint_counts_planted_nonfinite_values(tmp_path):
+    trainer_checkpoint(tmp_path / "checkpoints" / "step_000400.pt", nan_weight=3, nan_exp_avg_sq=2)
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert (ckpt.path, ckpt.step, ckpt.format, ckpt.error) == ("checkpoints/step_000400.pt", 400, "torch", None)
+    weights = {t.name: t for t in ckpt.stats.tensors}
+    assert set(weights) == {"0.weight", "0.bias", "1.weight", "1.bias"}
+    assert weights["0.weight"].nonfinite == 3 and weights["0.weight"].shape == (8, 4)
+    assert weights["1.weight"].nonfinite == 0
+    optimizer = {t.name: t for t in ckpt.stats.optimizer_tensors}
+    assert optimizer["exp_avg_sq"].nonfinite == 2 and optimizer["exp_avg"].nonfinite == 0
+    assert optimizer["exp_avg_sq"].numel == sum(p.numel for p in weights.values())
+    assert ckpt.stats.nonfinite == 5
+
+
+def test_trainer_checkpoint_optimizer_scaler_scheduler_and_config(tmp_path):
+    trainer_checkpoint(tmp_path / "checkpoints" / "step_000400.pt")
+    piece = read_dir(tmp_path)
+    stats = piece.checkpoints[0].stats
+    assert stats.optimizer_step == 1
+    (group,) = stats.optimizer_groups
+    assert group["lr"] == pytest.approx(1.5e-4) and group["betas"] == [0.9, 0.95] and group["weight_decay"] == 0.1
+    assert stats.scaler == {"scale": 1024.0, "growth_tracker": 17, "growth_interval": 2000}
+    assert stats.scheduler["last_lr"] == [pytest.approx(1.5e-4)]
+    assert stats.config["optim"] == {"weight_decay": 0.1}
+    hparams = {name: (value, file, key) for name, value, file, key in piece.hparams}
+    assert hparams["lr"] == (3e-4, "checkpoints/step_000400.pt", "lr")
+    assert hparams["weight_decay"] == (0.1, "checkpoints/step_000400.pt", "optim.weight_decay")
+
+
+def test_step_comes_from_the_name_when_the_dict_has_none(tmp_path):
+    trainer_checkpoint(tmp_path / "ckpt" / "step_001200.pt", step=None)
+    assert read_dir(tmp_path).checkpoints[0].step == 1200
+
+
+@pytest.mark.parametrize("name, step", [
+    ("step_000400.pt", 400), ("checkpoint-400", 400), ("epoch=3-step=1200.ckpt", 1200), ("last.ckpt", None),
+    ("global_step800", 800), ("iter_0001000", 1000), ("model.safetensors", None),
+])
+def test_step_from_name(name, step):
+    assert checkpoints.step_from_name(name) == step
+
+
+def test_stats_match_a_direct_computation_across_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "CHUNK_ELEMENTS", 7)  # many chunks, uneven last one
+    values = torch.randn(5, 13, dtype=torch.float64) * 3 + 1
+    values[2, 3] = float("nan")
+    values[4, 0] = float("-inf")
+    torch.save({"w": values.float(), "t": values.float().t()}, tmp_path / "x.pt")  # t: not contiguous
+    stats = {t.name: t for t in read_dir(tmp_path).checkpoints[0].stats.tensors}
+    finite = values.float().double()[torch.isfinite(values)]
+    for name in ("w", "t"):
+        got = stats[name]
+        assert got.nonfinite == 2 and got.numel == 65
+        assert got.norm == pytest.approx(float(finite.norm()), rel=1e-9)
+        assert got.std == pytest.approx(float(finite.std(unbiased=False)), rel=1e-9)
+        assert got.absmax == pytest.approx(float(finite.abs().max()))
+    assert stats["t"].shape == (13, 5)
+
+
+def test_all_nonfinite_tensor_has_zero_norm_not_nan(tmp_path):
+    torch.save({"w": torch.full((4,), float("nan"))}, tmp_path / "x.pt")
+    (stats,) = read_dir(tmp_path).checkpoints[0].stats.tensors
+    assert (stats.nonfinite, stats.norm, stats.std, stats.absmax) == (4, 0.0, 0.0, 0.0)
+
+
+def test_bfloat16_and_integer_tensors_are_scanned(tmp_path):
+    torch.save({"b": torch.tensor([1.0, -2.0], dtype=torch.bfloat16), "i": torch.tensor([3, 4])}, tmp_path / "x.pt")
+    stats = {t.name: t for t in read_dir(tmp_path).checkpoints[0].stats.tensors}
+    assert stats["b"].dtype == "bfloat16" and stats["b"].absmax == 2.0
+    assert stats["i"].dtype == "int64" and stats["i"].norm == 5.0
+
+
+# --- framework layouts ------------------------------------------------------------------------------------------------
+
+def test_hf_checkpoint_folder_is_one_checkpoint_with_weights_and_optimizer():
+    piece = read_dir(HF_RUN)
+    folders = {c.path: c for c in piece.checkpoints if c.format == "hf"}
+    assert sorted(folders) == ["checkpoint-20", "checkpoint-40", "checkpoint-60"]
+    ckpt = folders["checkpoint-40"]
+    assert ckpt.step == 40 and ckpt.error is None
+    assert {t.name for t in ckpt.stats.tensors} >= {"transformer.wte.weight", "transformer.h.0.attn.c_attn.weight"}
+    assert {t.name for t in ckpt.stats.optimizer_tensors} == {"exp_avg", "exp_avg_sq"}
+    assert ckpt.stats.nonfinite == 0
+    assert ckpt.stats.optimizer_step == 40
+    assert [g["weight_decay"] for g in ckpt.stats.optimizer_groups] == [0.01, 0.0]
+    assert ckpt.stats.scheduler["last_lr"][0] == pytest.approx(ckpt.stats.optimizer_groups[0]["lr"])
+
+
+def test_hf_top_level_safetensors_is_a_checkpoint_without_step():
+    top = [c for c in read_dir(HF_RUN).checkpoints if c.path == "model.safetensors"]
+    assert len(top) == 1 and top[0].format == "safetensors" and top[0].step is None and top[0].stats.tensors
+
+
+def test_json_files_in_hf_folders_are_left_to_other_readers():
+    assert not checkpoints.sniff(HF_RUN / "checkpoint-20" / "trainer_state.json")
+    assert not checkpoints.sniff(HF_RUN / "checkpoint-20" / "config.json")
+    assert checkpoints.sniff(HF_RUN / "checkpoint-20" / "training_args.bin")
+
+
+def test_training_args_and_rng_state_are_never_loaded(monkeypatch):
+    loaded = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, *a, **k: loaded.append(Path(path).name) or real_load(path, *a, **k))
+    piece = read_dir(HF_RUN)
+    assert loaded and not any(n == "training_args.bin" or n.startswith("rng_state") for n in loaded)
+    assert any(n.file == "training_args.bin" and "not loaded" in n.message for n in piece.notes)
+    assert all(c.error is None for c in piece.checkpoints)
+
+
+def test_lightning_ckpt():
+    piece = read_dir(LIGHTNING_RUN)
+    ckpts = [c for c in piece.checkpoints if c.path.endswith("last.ckpt")]
+    assert ckpts and all(c.format == "lightning" and c.error is None for c in ckpts)
+    ckpt = ckpts[-1]
+    assert ckpt.step == torch.load(LIGHTNING_RUN / ckpt.path, weights_only=True)["global_step"]
+    assert {t.name for t in ckpt.stats.tensors} == {"net.0.weight", "net.0.bias", "net.2.weight", "net.2.bias"}
+    assert [t.name for t in ckpt.stats.optimizer_tensors] == ["momentum_buffer"]
+    assert ckpt.stats.optimizer_groups[0]["momentum"] == 0.9
+    assert ckpt.stats.scheduler["last_lr"]
+    assert ckpt.stats.config["optimizer"] == "SGD"
+    assert ("lr", 0.05) in {(name, value) for name, value, _, _ in piece.hparams}
+
+
+def test_lightning_step_comes_from_the_file_name_without_loading(tmp_path):
+    (tmp_path / "epoch=3-step=1200.ckpt").write_bytes(b"not read")
+    (ckpt,) = read_dir(tmp_path, scan=False).checkpoints
+    assert (ckpt.step, ckpt.format, ckpt.stats, ckpt.error) == (1200, "lightning", None, None)
+
+
+def test_safetensors_with_nan_read_in_row_blocks(tmp_path, monkeypatch):
+    monkeypatch.setattr(checkpoints, "CHUNK_ELEMENTS", 10)
+    weight = torch.ones(9, 4)
+    weight[7, 1] = float("nan")
+    save_file({"w": weight, "b": torch.zeros(3)}, str(tmp_path / "model.safetensors"))
+    stats = {t.name: t for t in read_dir(tmp_path).checkpoints[0].stats.tensors}
+    assert stats["w"].shape == (9, 4) and stats["w"].nonfinite == 1 and stats["w"].norm == pytest.approx(35 ** 0.5)
+    assert stats["b"].dtype == "float32"
+
+
+def test_shards_are_one_checkpoint(tmp_path):
+    save_file({"a": torch.ones(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    save_file({"b": torch.ones(3)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.path == "model-00001-of-00002.safetensors" and {t.name for t in ckpt.stats.tensors} == {"a", "b"}
+
+
+def test_scan_false_lists_without_loading(tmp_path, monkeypatch):
+    trainer_checkpoint(tmp_path / "checkpoints" / "step_000400.pt")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("loaded"))
+    (ckpt,) = read_dir(tmp_path, scan=False).checkpoints
+    assert (ckpt.step, ckpt.format, ckpt.stats) == (400, "torch", None)
+
+
+# --- hostile and broken files -----------------------------------------------------------------------------------------
+
+class _CreatesFile:
+    """Unpickling this runs os.system, which would create the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "PWNED"
+    run = tmp_path / "run"
+    trainer_checkpoint(run / "step_000400.pt")
+    payload = torch.load(run / "step_000400.pt", weights_only=True)
+    payload["evil"] = _CreatesFile(marker)
+    torch.save(payload, run / "step_000400.pt")
+    with open(run / "raw.pth", "wb") as handle:  # a bare protocol-2 pickle, not even a torch file
+        pickle.dump(_CreatesFile(marker), handle, protocol=2)
+    found = {c.path: c for c in read_dir(run).checkpoints}
+    for name in ("step_000400.pt", "raw.pth"):
+        assert found[name].error.startswith("refused: ")
+        assert "needs arbitrary Python objects" in found[name].error and "system" in found[name].error
+        assert "nothing executed" in found[name].error and found[name].stats is None
+    assert not marker.exists()
+
+
+def test_lfs_pointer_is_reported(tmp_path):
+    (tmp_path / "pytorch_model.bin").write_text(
+        "version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 498000000\n")
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.format == "lfs-pointer" and "not downloaded" in ckpt.error
+
+
+def test_lfs_pointer_inside_hf_folder(tmp_path):
+    folder = tmp_path / "checkpoint-500"
+    shutil.copytree(HF_RUN / "checkpoint-20", folder)
+    (folder / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\nsize 1\n")
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert (ckpt.path, ckpt.step, ckpt.format) == ("checkpoint-500", 500, "lfs-pointer")
+    assert "checkpoint-500/model.safetensors" in ckpt.error
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.95])
+def test_truncated_zip_checkpoint_is_an_error_not_a_crash(tmp_path, fraction):
+    trainer_checkpoint(tmp_path / "full" / "step_000400.pt")
+    data = (tmp_path / "full" / "step_000400.pt").read_bytes()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "step_000400.pt").write_bytes(data[: int(len(data) * fraction)])
+    (ckpt,) = read_dir(tmp_path / "run").checkpoints
+    assert ckpt.step == 400 and ckpt.error.startswith("truncated or corrupt") and ckpt.stats is None
+
+
+def test_truncated_safetensors_is_an_error(tmp_path):
+    save_file({"w": torch.ones(100)}, str(tmp_path / "full.safetensors"))
+    data = (tmp_path / "full.safetensors").read_bytes()
+    (tmp_path / "full.safetensors").write_bytes(data[:-50])
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.error.startswith("unreadable safetensors file")
+
+
+def test_legacy_non_zip_file_loads_without_mmap(tmp_path):
+    torch.save({"model": {"w": torch.tensor([3.0, 4.0])}, "step": 7}, tmp_path / "old.pt",
+               _use_new_zipfile_serialization=False)
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.error is None and ckpt.step == 7 and ckpt.stats.tensors[0].norm == 5.0
+
+
+def test_truncated_legacy_file(tmp_path):
+    torch.save({"w": torch.ones(50)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "old.pt").write_bytes((tmp_path / "old.pt").read_bytes()[:60])
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.error.startswith("truncated or corrupt")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello world\n", bytes(range(256)) * 4])
+def test_garbage_and_empty_files_are_errors(tmp_path, content):
+    (tmp_path / "model.pt").write_bytes(content)
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.error and ckpt.stats is None
+
+
+def test_bin_files_are_claimed_only_when_they_are_checkpoints(tmp_path):
+    (tmp_path / "train_text_document.bin").write_bytes(bytes(1000))  # a Megatron data set
+    torch.save({"w": torch.ones(2)}, tmp_path / "weights_v2.bin")
+    assert not checkpoints.sniff(tmp_path / "train_text_document.bin")
+    assert checkpoints.sniff(tmp_path / "weights_v2.bin")
+    assert checkpoints.sniff(tmp_path / "pytorch_model-00001-of-00002.bin")  # by name, even when missing
+
+
+def test_sniff_never_raises_on_unreadable_paths(tmp_path):
+    assert not checkpoints.sniff(tmp_path / "missing.bin")
+    assert checkpoints.sniff(tmp_path / "missing.pt")  # by extension; reading it reports the error
+
+
+def test_nonexistent_file_is_an_error_not_a_crash(tmp_path):
+    piece = checkpoints.read([tmp_path / "gone.pt"], tmp_path)
+    assert piece.checkpoints[0].error
+
+
+def test_newest_checkpoint_config_wins(tmp_path):
+    for step, lr in ((100, 1e-3), (200, 5e-4)):
+        torch.save({"model": {"w": torch.ones(1)}, "step": step, "config": {"lr": lr}}, tmp_path / f"s{step}.pt")
+    hparams = [(value, file) for name, value, file, _ in read_dir(tmp_path).hparams if name == "lr"]
+    assert hparams[-1] == (5e-4, "s200.pt")
+
+
+def test_std_is_population_std(tmp_path):
+    torch.save({"w": torch.tensor([1.0, 3.0])}, tmp_path / "x.pt")
+    assert read_dir(tmp_path).checkpoints[0].stats.tensors[0].std == pytest.approx(1.0)
+    assert math.isclose(read_dir(tmp_path).checkpoints[0].stats.tensors[0].norm, math.sqrt(10))
