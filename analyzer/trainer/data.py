@@ -25,9 +25,8 @@ class MarkovLanguage:
     def _stationary(self, iters: int = 200) -> np.ndarray:
         pi = np.full(self.vocab_size, 1.0 / self.vocab_size)
         for _ in range(iters):
-            nxt = np.zeros_like(pi)
-            np.add.at(nxt, self.successors, pi[:, None] * self.probs)
-            pi = nxt
+            pi = np.bincount(self.successors.ravel(), weights=(pi[:, None] * self.probs).ravel(),
+                             minlength=self.vocab_size)
         return pi / pi.sum()
 
     def transition_matrix(self) -> np.ndarray:
