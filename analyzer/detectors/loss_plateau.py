@@ -1,28 +1,221 @@
-"""PLACEHOLDER for loss-plateau: being written.
+"""Loss plateau: the loss stops improving for a long stretch while the lr schedule still allows learning.
 
 What it detects:
-    TODO
+    A long stretch of training (at least `min_fraction` of the logged steps) over which the training loss (or,
+    separately, the eval loss) never improves by more than `min_improvement` below where the stretch began,
+    while the learning rate is past its warmup and still at least `min_lr_fraction` of its peak. A plateau AT
+    chance level (ln of the number of classes or of the vocabulary: the loss of a uniform guess) means the model
+    learns nothing at all.
 Why it matters:
-    TODO
+    Steps on a plateau are compute spent for nothing. A plateau early and high usually means the optimizer
+    cannot make progress (lr too low for the batch, bad initialization, a learning-rate/batch mismatch); a
+    plateau at chance level means the model predicts the uniform distribution: labels, loss wiring or a collapse
+    of the network, not slow learning. Slow progress at the end of a decay, or during warmup, is normal and is
+    not flagged.
 How it decides:
-    TODO
+    The log of the loss over the eligible steps (after warmup; lr at least `min_lr_fraction` of its peak, from
+    the logged lr or from the hparams' schedule) is summarised by medians of up to 200 equal bins, which removes
+    point noise. For every bin, the stretch it starts runs until the first later bin that lies more than the
+    threshold below it; the threshold is `min_improvement` (relative), raised to 3 standard errors of a bin
+    median on noisy logs so that noise never ends a stretch by itself. The longest stretch is a plateau when it
+    covers `min_fraction` of the logged steps and at least `min_points` logged points (`min_eval_points` for
+    eval loss), and it does not rise more than `max_rise` (that is a divergence). Chance level is ln(num_classes)
+    or ln(vocab_size) from the hparams (base 2 for fairseq-style logs), or is implied when a loss sits within
+    0.2% of ln(k) for k <= 10. Severity: critical at chance level (within `chance_tolerance`); warning when the
+    run ends still on the plateau; info when the loss improved again later.
 What it recommends:
-    TODO
+    Nothing by itself: the plateau is a symptom. Its cause, with numeric fixes, comes from lr-too-low,
+    lr-too-high, small-effective-batch, init-variance or initial-loss-mismatch, which the report links to it.
+    At chance level the message says so, since the fix is in the data, labels or loss rather than in the
+    schedule.
 Parameters:
-    none
+    min_fraction (default 0.25): shortest plateau, as a fraction of the logged steps of that series.
+    min_improvement (default 0.02): largest relative improvement (2%) that still counts as "not improving".
+    min_lr_fraction (default 0.3): steps where the lr is below this fraction of its peak are not judged.
+    max_rise (default 0.1): a stretch whose level rises more than this (relative) is left to loss-divergence.
+    chance_tolerance (default 0.03): a plateau within this relative distance of chance level is "at chance".
+    min_points (default 12): fewest training-loss points in the judged stretch.
+    min_eval_points (default 5): fewest eval-loss points in the judged stretch.
 """
 
 from __future__ import annotations
 
-from analyzer.detectors.base import Detector
-from analyzer.findings import Severity, Skipped
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analyzer.detectors import stats
+from analyzer.detectors.base import Detector, evidence_at
+from analyzer.findings import Confidence, Severity, Skipped
+
+MIN_FRACTION = 0.25  # a quarter of the run: shorter flat stretches happen between phases of healthy training
+MIN_IMPROVEMENT = 0.02  # 2%: seed 001's 3.75 -> 3.60 over 1500+ steps is a plateau at this scale
+MIN_LR_FRACTION = 0.3  # below ~30% of peak lr a cosine/linear decay is winding down and slow progress is normal
+MAX_RISE = 0.1
+CHANCE_TOLERANCE = 0.03
+MIN_POINTS = 12
+MIN_EVAL_POINTS = 5
+MAX_BINS = 200  # bins of the judged stretch: keeps the all-pairs search at 200 x 200
+BIN_SE_UNITS = 3.0  # a bin median must fall 3 standard errors before noise alone could end a stretch
+MEDIAN_SE = 1.2533  # standard error of a median = 1.2533 x sigma / sqrt(n) for normal noise
+
+
+@dataclass(frozen=True)
+class Plateau:
+    """A stretch of a loss series with no improvement: where it ran, its level, and whether the run ended on it."""
+
+    first_step: int
+    last_step: int
+    start_level: float  # loss units
+    level: float  # median loss over the stretch
+    ongoing: bool  # the run's last points are still on it
+    points: int
+    span: int  # logged steps of the whole series
+    threshold: float  # relative improvement that would have ended it
+    lr_low: float | None  # lr over the stretch as a fraction of the peak (min, max)
+    lr_high: float | None
+
+
+def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: int) -> Plateau | None:
+    """The longest stretch of `series` that never improves by more than the threshold (see the module docs)."""
+    logs = stats.log_values(series)
+    if logs is None or len(logs) < min_points:
+        return None
+    steps = np.asarray(series.index, dtype="float64")
+    eligible = np.ones(len(steps), dtype=bool)
+    if sched.warmup_end is not None:
+        eligible &= steps >= sched.warmup_end
+    fractions = sched.fractions(steps)
+    if fractions is not None:
+        eligible &= fractions >= params["min_lr_fraction"]
+    x = logs.to_numpy()[eligible]
+    st = steps[eligible]
+    if len(x) < min_points:
+        return None
+    nbins = min(MAX_BINS, len(x))
+    bin_of = (np.arange(len(x)) * nbins) // len(x)
+    grouped = pd.Series(x).groupby(bin_of)
+    medians = grouped.median().to_numpy()
+    counts = grouped.size().to_numpy()
+    starts = pd.Series(st).groupby(bin_of).min().to_numpy()
+    ends = pd.Series(st).groupby(bin_of).max().to_numpy()
+    per_bin = max(float(np.median(counts)), 1.0)
+    threshold = max(math.log1p(params["min_improvement"]),
+                    BIN_SE_UNITS * MEDIAN_SE * stats.noise_std(x) / math.sqrt(per_bin))
+    below = medians[None, :] < medians[:, None] - threshold
+    below &= np.triu(np.ones((nbins, nbins), dtype=bool), k=1)
+    has_end = below.any(axis=1)
+    first_below = np.where(has_end, below.argmax(axis=1), nbins)
+    last_bin = first_below - 1
+    length = ends[last_bin] - starts
+    # a stretch that climbs well above where it began is a divergence, not a plateau
+    cols = np.arange(nbins)
+    inside = (cols[None, :] >= cols[:, None]) & (cols[None, :] <= last_bin[:, None])
+    rises = np.where(inside, medians[None, :], -np.inf).max(axis=1) - medians
+    length = np.where(rises > math.log1p(params["max_rise"]), -1, length)
+    a = int(np.argmax(length))
+    span = float(steps[-1] - steps[0])
+    b = int(last_bin[a])
+    n_points = int(counts[a:b + 1].sum())
+    if span <= 0 or length[a] < params["min_fraction"] * span or n_points < min_points:
+        return None
+    in_stretch = (st >= starts[a]) & (st <= ends[b])
+    level = float(math.exp(np.median(x[in_stretch])))
+    start_level = float(math.exp(medians[a]))
+    tail = logs.to_numpy()[steps > ends[b]]
+    ongoing = not has_end[a] and (not len(tail) or np.median(tail[-max(3, len(tail) // 4):]) >
+                                  medians[a] - threshold)
+    lr_low = lr_high = None
+    if fractions is not None:
+        fr = fractions[eligible][in_stretch]
+        lr_low, lr_high = float(fr.min()), float(fr.max())
+    return Plateau(first_step=int(starts[a]), last_step=int(ends[b]), start_level=start_level, level=level,
+                   ongoing=bool(ongoing), points=n_points, span=int(span), threshold=math.expm1(threshold),
+                   lr_low=lr_low, lr_high=lr_high)
+
+
+def chance_for(run, levels: list[float]) -> stats.ChanceLevel | None:
+    """The run's chance level: from hparams, else implied by any of the given loss levels."""
+    chance = stats.chance_level(run)
+    if chance is not None:
+        return chance
+    for level in levels:
+        implied = stats.implied_chance_level(level, run)
+        if implied is not None:
+            return implied
+    return None
 
 
 def check(run, params):
-    return Skipped("loss-plateau", "not implemented yet")
+    found = stats.train_loss(run)
+    eval_loss = stats.finite(run.series("eval_loss")) if run.has("eval_loss") else None
+    if found is None and (eval_loss is None or not len(eval_loss)):
+        return Skipped(DETECTOR.name, "the run logs no finite training or eval loss")
+    sched = stats.schedule(run)
+    plateaus = []
+    if found is not None:
+        metric, loss = found
+        p = find_plateau(loss, sched, params, params["min_points"])
+        if p is not None:
+            plateaus.append((metric, loss, p))
+    if eval_loss is not None and len(eval_loss):
+        p = find_plateau(eval_loss, sched, params, params["min_eval_points"])
+        if p is not None:
+            plateaus.append(("eval_loss", eval_loss, p))
+    if not plateaus:
+        if found is not None and stats.log_values(found[1]) is None:
+            return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective): "
+                                          "no relative improvement to measure")
+        return []
+    chance = chance_for(run, [p.level for _, _, p in plateaus])
+    return [_finding(run, metric, series, p, chance, sched, params) for metric, series, p in plateaus]
+
+
+def _finding(run, metric, series, p: Plateau, chance, sched, params):
+    metrics = {"level": p.level, "start_level": p.start_level, "steps": p.last_step - p.first_step,
+               "fraction_of_run": (p.last_step - p.first_step) / p.span if p.span else None,
+               "threshold": p.threshold, "ongoing": p.ongoing}
+    at_chance = chance is not None and abs(p.level / chance.value - 1.0) <= params["chance_tolerance"]
+    chance_text = ""
+    if chance is not None:
+        metrics.update(chance_level=chance.value, chance_classes=chance.classes, chance_source=chance.hparam,
+                       above_chance=p.level / chance.value)
+        if at_chance:
+            chance_text = (f", at chance level {chance.describe()}: the model predicts the uniform distribution "
+                           "and learns nothing")
+        else:
+            chance_text = f" ({p.level / chance.value:.0%} of chance level {chance.describe()})"
+    lr_text = ""
+    if p.lr_low is not None and sched.peak_lr:
+        lr_text = (f" while the lr stayed at {p.lr_low:.0%}-{p.lr_high:.0%} of its peak "
+                   f"{stats.fmt_num(sched.peak_lr)}")
+        metrics.update(lr_fraction_min=p.lr_low, lr_fraction_max=p.lr_high, peak_lr=sched.peak_lr)
+    if at_chance:
+        severity = Severity.CRITICAL
+    elif p.ongoing:
+        severity = Severity.WARNING
+    else:
+        severity = Severity.INFO
+    ending = "and the run ends on it" if p.ongoing else "before improving again"
+    message = (f"{metric} stopped improving: it stayed near {stats.fmt_num(p.level, 4)} (no drop of more than "
+               f"{p.threshold:.1%}) from step {p.first_step} to {p.last_step} "
+               f"({metrics['fraction_of_run']:.0%} of the logged steps){chance_text}{lr_text}, {ending}.")
+    confidence = Confidence.HIGH if sched.source != "unknown" else Confidence.MEDIUM
+    steps = series.index.to_numpy()
+    inside = steps[(steps >= p.first_step) & (steps <= p.last_step)]
+    ev = [p.first_step, int(inside[len(inside) // 2]), p.last_step]
+    return DETECTOR.finding(message, p.first_step, p.last_step, severity=severity, confidence=confidence,
+                            metrics=metrics, evidence=evidence_at(run, metric, ev))
 
 
 DETECTOR = Detector(
-    code="L002", name="loss-plateau", severity=Severity.WARNING, summary="TODO",
-    doc=__doc__, params={}, check=check,
+    code="L002", name="loss-plateau", severity=Severity.WARNING,
+    summary="the loss stops improving for a long stretch while the lr schedule still allows learning",
+    doc=__doc__,
+    params={"min_fraction": MIN_FRACTION, "min_improvement": MIN_IMPROVEMENT, "min_lr_fraction": MIN_LR_FRACTION,
+            "max_rise": MAX_RISE, "chance_tolerance": CHANCE_TOLERANCE, "min_points": MIN_POINTS,
+            "min_eval_points": MIN_EVAL_POINTS},
+    check=check, requires=("loss", "lm_loss", "eval_loss"),
 )

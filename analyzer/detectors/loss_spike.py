@@ -1,28 +1,258 @@
-"""PLACEHOLDER for loss-spike: being written.
+"""Loss spike: a sudden, large, short rise of the training loss far above its recent robust level.
 
 What it detects:
-    TODO
+    A training loss point that jumps far above the local level of the loss within a few logged points: far in
+    units of the loss's own point-to-point noise AND by a large relative amount. Each spike is followed until the
+    loss returns near its pre-spike level (recovered, with the number of steps it took) or the log ends first
+    (persistent). A gradient-norm spike at or just before the loss spike is reported with it when grad_norm is
+    logged.
 Why it matters:
-    TODO
+    A spike throws away progress (the steps after it re-learn what was lost), often marks a bad batch or an
+    optimizer instability (Adam's second-moment estimate lags a sudden gradient), and a spike that does not
+    recover turns into a divergence. Large runs restart from a checkpoint before the spike and skip the batches
+    around it (PaLM skipped ~200-500 batches), lower the lr, or clip gradients harder.
 How it decides:
-    TODO
+    On the log of the loss (a +50% rise means the same at loss 2 and loss 20), each point is compared with the
+    median of the `window_steps` steps BEFORE it (converted to logged points, between `min_window` and
+    `max_window`), so a spike never raises its own baseline. Noise is the robust std of successive differences
+    of the log-loss over the same window (never below `noise_floor`, nor below half the whole run's noise). A
+    point is a spike when it is at least `z` noise units AND `min_rise` (relative) above that level, and the
+    rise is sudden: the point before it was less than half as far above the level. This is stricter than
+    Lightning Fabric's SpikeDetection (2x a running mean) or llm-foundry's KillLossSpike (2x the mean of 100
+    steps) on noisy runs and more sensitive on smooth ones; Megatron's ">10x the max so far" misses all but
+    catastrophic spikes. The spike has recovered at the first later point within max(2 noise units,
+    `min_rise`/2) of the pre-spike level; if the log ends first, it is persistent (critical once it has lasted
+    `persist_points` points, since a loss that does not come back is a divergence, not a blip). A
+    window-averaged log (HF Trainer averages the loss over the logging window) still shows a large spike as
+    one raised point; the message says the true per-step peak was higher. Losses that can be <= 0 (RL objectives)
+    are skipped.
 What it recommends:
-    TODO
+    Restart from the last checkpoint saved before the spike (named when one exists) and skip the batches around
+    it; clip gradients near the pre-spike 99th percentile of the gradient norm (`max_grad_norm`, from the logged
+    grad_norm; 1.0 by common practice when none is logged and no clipping is set); and lower the lr (x0.5 for a
+    persistent spike or a rise of 1.5x or more, else x0.7), as seed 003 (2e-5 -> 1e-5) and OPT-175B did.
 Parameters:
-    none
+    window_steps (default 500): steps of history that form the local level, converted to logged points.
+    min_window (default 5): fewest points in the baseline window (sparse logs).
+    max_window (default 50): most points in the baseline window (dense logs).
+    z (default 6.0): how many noise units above the local level a spike must reach.
+    min_rise (default 0.3): how far above the local level a spike must reach, relative (0.3 = +30%).
+    noise_floor (default 0.01): smallest noise assumed, in log-loss units (1%), for very smooth or rounded logs.
+    persist_points (default 3): logged points a non-recovered spike must last to be called persistent (critical).
+    grad_factor (default 5.0): a grad-norm point this many times its pre-spike median counts as a grad-norm spike.
+    max_findings (default 5): most spikes reported (the largest, in step order).
+    min_points (default 10): fewest finite loss points needed.
 """
 
 from __future__ import annotations
 
-from analyzer.detectors.base import Detector
-from analyzer.findings import Severity, Skipped
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analyzer.detectors import stats
+from analyzer.detectors.base import Detector, evidence_at
+from analyzer.findings import Confidence, Recommendation, Severity, Skipped
+
+WINDOW_STEPS = 500  # a few hundred steps: long enough for a stable median, short enough to follow the curve
+MIN_WINDOW = 5  # sparse logs (every 100+ steps) still get a baseline of a few points
+MAX_WINDOW = 50  # dense logs: 50 points give a median within ~2% of the true level at 10% noise
+Z = 6.0  # six robust noise units: ~1e-9 for Gaussian noise, so noise alone never makes a spike
+MIN_RISE = 0.3  # +30% above the level: smaller jumps are ordinary on small-batch runs
+NOISE_FLOOR = 0.01  # 1% in log units: logs rounded to 4 digits or very smooth curves must not make tiny rises big
+PERSIST_POINTS = 3  # a spike that ends the log after 1-2 points may just be where the log stops
+GRAD_FACTOR = 5.0  # grad-norm spikes are large: x5 the median is well outside ordinary grad-norm noise
+MAX_FINDINGS = 5
+MIN_POINTS = 10
+SUDDEN_FRACTION = 0.5  # the point before a spike was less than this fraction of the way up: the rise is sudden
+RECOVER_NOISE_UNITS = 2.0
+QUANTA = 5  # a spike rises more than this many rounding steps of the logged values
+GRAD_P99_MIN_POINTS = 10  # fewest pre-spike grad-norm points for a percentile to mean anything
+LR_FACTOR_LARGE = 0.5  # halve the lr after a persistent or large spike (seed 003, OPT-175B practice)
+LR_FACTOR_SMALL = 0.7
+LARGE_RATIO = 1.5
+DEFAULT_CLIP = 1.0  # the usual max_grad_norm (HF Trainer, Megatron, nanoGPT)
+
+
+@dataclass(frozen=True)
+class Spike:
+    """One spike, in the loss's own numbering: where it began, its peak, and where (if) it came back."""
+
+    start: int  # position in the series of the first raised point
+    peak: int  # position of the highest point
+    end: int | None  # position of the first recovered point; None when the log ends first
+    level: float  # pre-spike level (loss units)
+    noise: float  # log-loss noise used
+    before: int | None  # position of the last point before the spike
+
+    def ratio(self, values: np.ndarray) -> float:
+        return float(values[self.peak] / self.level)
+
+
+def find_spikes(loss: pd.Series, params) -> list[Spike]:
+    """Every sudden rise of a positive loss series, with its recovery (see the module docs)."""
+    logs = stats.log_values(loss)
+    if logs is None or len(logs) < 3:
+        return []
+    x = logs.to_numpy()
+    n = len(x)
+    window = stats.points_for_steps(loss, params["window_steps"], params["min_window"], params["max_window"])
+    base = stats.trailing_baseline(logs, window, min_periods=min(params["min_window"], window))
+    level = base.level.to_numpy()
+    global_noise = stats.noise_std(x)
+    noise = np.fmax(np.nan_to_num(base.noise.to_numpy(), nan=0.0),
+                    max(params["noise_floor"], 0.5 * global_noise))
+    excess = x - level
+    rise = math.log1p(params["min_rise"])
+    raised = np.nan_to_num(excess, nan=-np.inf) >= np.fmax(params["z"] * noise, rise)
+    # a rise of a few rounding steps is the logger's rounding (a loss printed as 0.0001 / 0.0002), not a spike
+    raised &= loss.to_numpy() - np.exp(np.nan_to_num(level, nan=np.inf)) > QUANTA * stats.quantum(loss)
+    spikes: list[Spike] = []
+    candidates = np.flatnonzero(raised)
+    while len(candidates):
+        s = int(candidates[0])
+        lvl, nse = level[s], noise[s]
+        prev_excess = x[s - 1] - lvl if s > 0 else 0.0
+        band = max(RECOVER_NOISE_UNITS * nse, math.log1p(params["min_rise"] / 2))
+        after = x[s + 1:] - lvl
+        back = np.flatnonzero(after <= band)
+        end = s + 1 + int(back[0]) if len(back) else None
+        stop = end if end is not None else n
+        peak = s + int(np.argmax(x[s:stop]))
+        if prev_excess < SUDDEN_FRACTION * (x[peak] - lvl):
+            spikes.append(Spike(start=s, peak=peak, end=end, level=float(math.exp(lvl)), noise=float(nse),
+                                before=s - 1 if s > 0 else None))
+        i = stop
+        candidates = candidates[candidates >= max(i, s + 1)]
+    return spikes
 
 
 def check(run, params):
-    return Skipped("loss-spike", "not implemented yet")
+    found = stats.train_loss(run)
+    if found is None:
+        return Skipped(DETECTOR.name, "the run logs no finite training loss")
+    metric, loss = found
+    if len(loss) < params["min_points"]:
+        return Skipped(DETECTOR.name, f"only {len(loss)} finite loss points; needs {params['min_points']}")
+    if stats.log_values(loss) is None:
+        return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective): no relative level")
+    spikes = find_spikes(loss, params)
+    if not spikes:
+        return []
+    values = loss.to_numpy()
+    steps = loss.index.to_numpy()
+    largest = sorted(spikes, key=lambda sp: -sp.ratio(values))[: params["max_findings"]]
+    chosen = sorted(largest, key=lambda sp: sp.start)
+    grad = stats.finite(run.series("grad_norm")) if run.has("grad_norm") else None
+    sched = stats.schedule(run)
+    averaged = stats.window_averaged(run)
+    return [_finding(run, metric, loss, sp, grad, sched, averaged, len(spikes), params) for sp in chosen]
+
+
+def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params):
+    values = loss.to_numpy()
+    steps = loss.index.to_numpy()
+    onset, peak_step = int(steps[sp.start]), int(steps[sp.peak])
+    peak_value = float(values[sp.peak])
+    ratio = peak_value / sp.level
+    persistent = sp.end is None
+    lasted = (len(values) - sp.start) if persistent else (sp.end - sp.start)
+    metrics = {"level_before": sp.level, "peak": peak_value, "ratio": ratio, "peak_step": peak_step,
+               "noise_units": (math.log(ratio)) / sp.noise if sp.noise else None, "spikes_total": total}
+    if persistent:
+        severity = Severity.CRITICAL if lasted >= params["persist_points"] else Severity.WARNING
+        last_step = int(steps[-1])
+        recovery = (f"has not come back by the last logged step {last_step}" if severity is Severity.CRITICAL
+                    else f"and the log ends {lasted} point(s) later, before it could recover")
+        metrics["recovered"] = False
+    else:
+        severity = Severity.WARNING
+        last_step = int(steps[sp.end])
+        recovery = f"and came back near its level after {last_step - onset} steps"
+        metrics.update(recovered=True, recovery_steps=last_step - onset)
+
+    grad_text, grad_peak_step = "", None
+    if grad is not None and len(grad):
+        prev_step = int(steps[sp.before]) if sp.before is not None else onset - 1
+        near = grad[(grad.index > prev_step - 1) & (grad.index <= peak_step)]
+        history = grad[grad.index < max(prev_step, int(grad.index[0]) + 1)].tail(
+            max(GRAD_P99_MIN_POINTS, 10 * params["max_window"]))
+        if len(near) and len(history) >= 3:
+            median = float(np.median(history.to_numpy()))
+            gmax = float(near.max())
+            if median > 0 and gmax >= params["grad_factor"] * median:
+                grad_peak_step = int(near.idxmax())
+                grad_text = (f"; grad_norm spiked to {stats.fmt_num(gmax)} ({gmax / median:.0f}x its median "
+                             f"{stats.fmt_num(median)}) at step {grad_peak_step}")
+                metrics.update(grad_norm_peak=gmax, grad_norm_median=median, grad_norm_step=grad_peak_step)
+
+    ckpt = stats.last_checkpoint_before(run, onset - 1)
+    restart = ""
+    if ckpt is not None:
+        restart = f"; restart from {ckpt.path} (step {ckpt.step}, {onset - ckpt.step} steps before it)"
+        metrics.update(restart_checkpoint=ckpt.path, restart_step=ckpt.step)
+    averaged_text = (" (a mean over the logging window: the per-step peak was higher)" if averaged else "")
+    message = (f"{metric} jumped from a level of {stats.fmt_num(sp.level)} to {stats.fmt_num(peak_value)} "
+               f"({ratio:.2f}x) at step {onset}{averaged_text} {recovery}{grad_text}{restart}.")
+
+    recs = _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt)
+    ev_steps = [s for s in ([int(steps[sp.before])] if sp.before is not None else []) + [onset]]
+    if peak_step != onset:
+        ev_steps.append(peak_step)
+    if not persistent:
+        ev_steps.append(last_step)
+    evidence = list(evidence_at(run, metric, ev_steps, limit=4))
+    if grad_peak_step is not None:
+        evidence += list(evidence_at(run, "grad_norm", [grad_peak_step], limit=1))
+    confidence = Confidence.HIGH if metrics["noise_units"] and metrics["noise_units"] >= 2 * params["z"] else \
+        Confidence.MEDIUM
+    return DETECTOR.finding(message, onset, last_step, severity=severity, confidence=confidence, metrics=metrics,
+                            recommendations=recs, evidence=evidence[:5])
+
+
+def _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt):
+    recs = []
+    where = (f"restart from {ckpt.path} (step {ckpt.step}) and skip the batches between it and step {onset} "
+             "(PaLM skipped ~200-500 batches around spikes)" if ckpt is not None
+             else "no checkpoint before the spike was found to restart from")
+    current_clip = stats.hparam_number(run, "max_grad_norm")
+    history = grad[grad.index < onset] if grad is not None else None
+    if history is not None and len(history) >= GRAD_P99_MIN_POINTS:
+        p99 = float(np.percentile(history.to_numpy(), 99))
+        suggested = stats.round_sig(p99, 2)
+        if current_clip is None or current_clip <= 0 or current_clip > suggested:
+            now = "unknown (not in the run's config)" if current_clip is None else (
+                "off" if current_clip <= 0 else stats.fmt_num(current_clip))
+            recs.append(Recommendation(
+                "max_grad_norm", current_clip, suggested,
+                f"99% of the {len(history)} grad-norm points before step {onset} are below {stats.fmt_num(p99)}; "
+                f"clipping there (current: {now}) caps a spike's update without touching ordinary steps; {where}"))
+    elif current_clip is None or current_clip <= 0:
+        recs.append(Recommendation(
+            "max_grad_norm", current_clip, DEFAULT_CLIP,
+            f"no grad norm is logged to derive a threshold from and clipping is "
+            f"{'unknown' if current_clip is None else 'off'}; 1.0 is the common default; {where}"))
+    lr = stats.hparam_number(run, "lr") or sched.peak_lr
+    if lr:
+        factor = LR_FACTOR_LARGE if persistent or ratio >= LARGE_RATIO else LR_FACTOR_SMALL
+        at = sched.lr_at(onset)
+        at_text = f" (lr {stats.fmt_num(at)} at the spike)" if at else ""
+        recs.append(Recommendation(
+            "lr", lr, stats.round_sig(lr * factor, 2),
+            f"the loss rose {ratio:.2f}x within one logging interval{at_text}; a x{factor} lower peak lr "
+            f"lowers the size of the update a bad batch can make, as seed 003 (2e-5 -> 1e-5) and OPT-175B did"
+            + ("" if recs else f"; {where}")))
+    return recs
 
 
 DETECTOR = Detector(
-    code="L001", name="loss-spike", severity=Severity.WARNING, summary="TODO",
-    doc=__doc__, params={}, check=check,
+    code="L001", name="loss-spike", severity=Severity.WARNING,
+    summary="a sudden, large, short rise of the training loss above its robust recent level",
+    doc=__doc__,
+    params={"window_steps": WINDOW_STEPS, "min_window": MIN_WINDOW, "max_window": MAX_WINDOW, "z": Z,
+            "min_rise": MIN_RISE, "noise_floor": NOISE_FLOOR, "persist_points": PERSIST_POINTS,
+            "grad_factor": GRAD_FACTOR, "max_findings": MAX_FINDINGS, "min_points": MIN_POINTS},
+    check=check, requires=("loss", "lm_loss"),
 )

@@ -186,6 +186,16 @@ def runs_of_true(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(starts.tolist(), ends.tolist()))
 
 
+def quantum(series: pd.Series) -> float:
+    """The resolution of a logged series: the smallest gap between two distinct values (0.0001 for a loss that the
+    logger rounded to 4 decimals). A change of one or two quanta is rounding, not a signal."""
+    values = np.unique(series.to_numpy(dtype="float64"))
+    values = values[np.isfinite(values)]
+    gaps = np.diff(values)
+    gaps = gaps[gaps > 0]
+    return float(gaps.min()) if len(gaps) else 0.0
+
+
 def loss_noise_cv(series: pd.Series) -> float:
     """Robust coefficient of variation of the loss's step-to-step changes: the robust std of differences of the
     log-loss (so 0.05 means ~5% point-to-point noise). NaN when it cannot be computed."""
@@ -228,22 +238,37 @@ class Schedule:
             return None
         return lr / self.peak_lr
 
+    def fractions(self, steps: np.ndarray) -> np.ndarray | None:
+        """`fraction_at` for an array of steps (vectorised); None when the schedule is unknown."""
+        steps = np.asarray(steps, dtype="float64")
+        if not self.peak_lr:
+            return None
+        if self.lr is not None and len(self.lr):
+            return np.interp(steps, np.asarray(self.lr.index, dtype="float64"), self.lr.to_numpy()) / self.peak_lr
+        return self._fractions_from_hparams(steps)
+
     def in_warmup(self, step: float) -> bool:
         return self.warmup_end is not None and step < self.warmup_end
 
     def _fraction_from_hparams(self, step: float) -> float:
+        return float(self._fractions_from_hparams(np.array([step], dtype="float64"))[0])
+
+    def _fractions_from_hparams(self, steps: np.ndarray) -> np.ndarray:
         warm = self.warmup_end or 0
-        if step < warm:
-            return max(step, 0) / warm
+        out = np.ones(len(steps))
+        if warm:
+            out = np.where(steps < warm, np.maximum(steps, 0) / warm, 1.0)
         if not self.max_steps or self.max_steps <= warm:
-            return 1.0
-        progress = min(max((step - warm) / (self.max_steps - warm), 0.0), 1.0)
+            return out
+        progress = np.clip((steps - warm) / (self.max_steps - warm), 0.0, 1.0)
         kind = (self.kind or "").lower()
         if "cos" in kind:
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if "linear" in kind or "poly" in kind:
-            return 1.0 - progress
-        return 1.0  # constant (or unknown: assume the lr stays, the cautious choice for "still learning")
+            decay = 0.5 * (1.0 + np.cos(np.pi * progress))
+        elif "linear" in kind or "poly" in kind:
+            decay = 1.0 - progress
+        else:
+            return out  # constant (or unknown: assume the lr stays, the cautious choice for "still learning")
+        return np.where(steps < warm, out, decay)
 
 
 def schedule(run: Run) -> Schedule:
@@ -411,3 +436,118 @@ def round_sig(value: float, digits: int = 2) -> float:
     if value == 0 or not math.isfinite(value):
         return value
     return float(f"{value:.{digits}g}")
+
+
+# --- events, gradient norm, precision (stability detectors) ----------------------------------------------------------
+
+UNMEASURED_ZERO_SHARE = 0.8  # a grad norm that is exactly 0 at this share of its points is not measured
+FP16_PRECISIONS = ("fp16", "16", "16-mixed", "float16", "half", "amp", "mixed")
+
+
+def event_steps(run: Run, events) -> list[int | None]:
+    """The step of each event; where its line carried none, the step of the last scalar point written above it in
+    the same file (a DeepSpeed OVERFLOW line belongs to the iteration being computed when it was printed)."""
+    out: list[int | None] = [e.step for e in events]
+    missing = [i for i, e in enumerate(events) if e.step is None and e.line is not None and e.file in run.sources]
+    if not missing:
+        return out
+    scalars = run.scalars
+    for file in sorted({events[i].file for i in missing}):
+        rows = scalars[scalars["source"] == run.sources.index(file)]
+        if not len(rows):
+            continue
+        order = np.argsort(rows["line"].to_numpy(), kind="stable")
+        lines = rows["line"].to_numpy()[order]
+        steps = rows["step"].to_numpy()[order]
+        for i in missing:
+            if events[i].file == file:
+                at = int(np.searchsorted(lines, events[i].line, side="right")) - 1
+                out[i] = int(steps[at]) if at >= 0 else None
+    return out
+
+
+@dataclass(frozen=True)
+class GradNorm:
+    """The logged gradient norm as detectors should read it: finite points, and exact zeros set apart (a zero
+    norm is no gradient at all: a zero-advantage RL batch, or a value printed with too few decimals)."""
+
+    values: pd.Series  # finite, non-zero points
+    zeros: pd.Series  # finite points that are exactly 0
+    unmeasured: str | None  # why the logged numbers are not a measurement, or None
+
+
+def grad_norm(run: Run) -> GradNorm | None:
+    """The run's gradient norm, or None when it logs none. `unmeasured` is set when the norm is exactly 0 at most
+    points while the loss changes: the norm was printed with too few decimals (Megatron's `grad norm: 0.000`) or
+    never computed, so it says nothing about the gradients."""
+    if not run.has("grad_norm"):
+        return None
+    series = finite(run.series("grad_norm"))
+    is_zero = series.to_numpy() == 0.0
+    zeros, values = series[is_zero], series[~is_zero]
+    unmeasured = None
+    if len(series) and is_zero.mean() >= UNMEASURED_ZERO_SHARE:
+        loss = train_loss(run)
+        if loss is not None and len(loss[1]) > 1 and float(np.ptp(loss[1].to_numpy())) > 0:
+            unmeasured = (f"the gradient norm is exactly 0 at {int(is_zero.sum())} of {len(series)} points while "
+                          f"the {loss[0]} changes: it is not measured (printed with too few decimals or never "
+                          "computed)")
+    return GradNorm(values=values, zeros=zeros, unmeasured=unmeasured)
+
+
+def uses_fp16(run: Run) -> bool:
+    """True when the run trains in float16 with loss scaling: said by the precision hparam (not bf16), an `fp16`
+    flag, a logged loss scale, or overflow messages."""
+    precision = run.hparam("precision")
+    if isinstance(precision, (str, int, float)) and not isinstance(precision, bool):
+        text = str(precision).lower()
+        if "bf16" in text or "bfloat" in text:
+            return False
+        if text in FP16_PRECISIONS or "fp16" in text or "float16" in text:
+            return True
+    if run.hparam("fp16") is True:
+        return True
+    return run.has("loss_scale") or bool(run.events_of("overflow"))
+
+
+IMPLIED_MAX_CLASSES = 10  # ln k for k <= 10 are far enough apart (>= 0.1) to tell which one a loss sits on
+IMPLIED_TOLERANCE = 0.002  # relative: a loss within 0.2% of ln k for a long stretch is not a coincidence
+
+
+def implied_chance_level(level: float, run: Run | None = None) -> ChanceLevel | None:
+    """A chance level the loss itself points at: a loss that sits within 0.2% of ln(k) for a small k (2..10) is a
+    k-way classifier predicting the uniform distribution (e.g. 1.3863 = ln 4 for 4-way multiple choice), even
+    when the config does not say num_classes. None when the level is not that close to any such ln(k)."""
+    if not (level > 0 and math.isfinite(level)):
+        return None
+    base = loss_base(run) if run is not None else math.e
+    for k in range(2, IMPLIED_MAX_CLASSES + 1):
+        value = math.log(k) / math.log(base)
+        if abs(level - value) <= IMPLIED_TOLERANCE * value:
+            return ChanceLevel(value=value, classes=k, hparam="implied by the loss", base=base)
+    return None
+
+
+@dataclass(frozen=True)
+class Rise:
+    """How far a series rose during a stretch [start, end] (plus a margin of two logging intervals), against the
+    median of the `lookback` points before it."""
+
+    ratio: float  # highest value in the stretch / level before; 1.0 when it cannot be measured
+    level: float | None  # the median before the stretch
+    peak_step: int | None  # the step of the highest value
+
+
+def rise_during(series: pd.Series, start: int, end: int, lookback: int = 5) -> Rise:
+    """The rise of a (finite, sorted) positive series such as the loss during an episode of another signal."""
+    if series is None or not len(series):
+        return Rise(1.0, None, None)
+    before = series[series.index < start]
+    if not len(before):
+        return Rise(1.0, None, None)
+    level = float(np.median(before.to_numpy()[-lookback:]))
+    margin = max(2.0 * log_interval(series), 1.0)
+    during = series[(series.index >= start) & (series.index <= end + margin)]
+    if not len(during) or level <= 0:
+        return Rise(1.0, level, None)
+    return Rise(float(during.max()) / level, level, int(during.idxmax()))
