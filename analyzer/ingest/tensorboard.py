@@ -1,17 +1,290 @@
-"""PLACEHOLDER: the tensorboard reader is being written; it claims nothing yet."""
+"""TensorBoard event files: every scalar point (simple_value and scalar tensors) and logged hparams, read directly.
+
+TensorBoard's own EventAccumulator keeps a 10,000-point reservoir sample per tag and purges points after a restart,
+so it is not used: every record is decoded here (TFRecord framing + the Event protobuf, see `_protobuf`). Restarts
+are left to `build_run`, which sees the files in the order they were written.
+"""
 
 from __future__ import annotations
 
+import re
+import struct
 from pathlib import Path
 
-from analyzer.run import Ingested
+import numpy as np
+import pandas as pd
+
+from analyzer.ingest import _protobuf as pb
+from analyzer.run import Ingested, Note
 
 FORMAT = "tensorboard"
 
+HEADER = struct.Struct("<QI")  # record length, masked CRC-32C of the length bytes
+HEADER_SIZE, FOOTER_SIZE = 12, 4
+MAX_RECORD = 1 << 30  # a length above this is corruption, not a record
+EVAL_DIRS = {"eval", "evaluation", "val", "valid", "validation"}  # Keras writes train/ and validation/ runs
+FILE_TIME = re.compile(r"tfevents\.(\d+)")
+
+# Field numbers, from tensorboard/compat/proto/{event,summary,tensor,tensor_shape}.proto.
+EVENT_STEP, EVENT_SUMMARY = 2, 5
+SUMMARY_VALUE = 1
+VALUE_TAG, VALUE_SIMPLE, VALUE_TENSOR, VALUE_METADATA = 1, 2, 8, 9
+METADATA_PLUGIN, PLUGIN_NAME, PLUGIN_CONTENT = 1, 1, 2
+TENSOR_DTYPE, TENSOR_SHAPE, TENSOR_CONTENT = 1, 2, 4
+SHAPE_DIM, DIM_SIZE = 2, 1
+# DataType enum -> (struct format of one element in tensor_content, field holding typed values, its element format)
+DT_HALF, DT_BFLOAT16 = 19, 14
+DTYPES = {
+    1: ("f", 5, "f"), 2: ("d", 6, "d"), 3: ("i", 7, "varint"), 4: ("B", 7, "varint"), 5: ("h", 7, "varint"),
+    6: ("b", 7, "varint"), 9: ("q", 10, "varint"), 10: ("?", 11, "varint"), 17: ("H", 7, "varint"),
+    22: ("I", 16, "varint"), 23: ("Q", 17, "varint"), DT_HALF: ("e", 13, "varint"), DT_BFLOAT16: ("H", 13, "varint"),
+}
+# hparams plugin (tensorboard/plugins/hparams/plugin_data.proto) and google.protobuf.Value (struct.proto).
+HPARAMS_PLUGIN, HPARAMS_SESSION_START, SESSION_HPARAMS = "hparams", 3, 1
+PB_NUMBER, PB_STRING, PB_BOOL = 2, 3, 4
+SCALAR_PLUGINS = {"", "scalars"}
+
 
 def sniff(path: Path) -> bool:
-    return False
+    return "tfevents" in path.name
 
 
 def read(paths: list[Path], root: Path) -> Ingested:
-    return Ingested(FORMAT)
+    out = Ingested(FORMAT)
+    for path in sorted(paths, key=_write_order):
+        rel = _rel(path, root)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
+            continue
+        frame, hparams = _read_events(data, rel, out.notes)
+        if _is_eval_dir(path, root):
+            frame["split"] = "eval"
+        out.add_frame(rel, frame)
+        if hparams:
+            out.add_hparams(hparams, rel)
+    return out
+
+
+def _write_order(path: Path) -> tuple:
+    """Event files in the order they were started: their names carry the start time (restarts write a new file)."""
+    match = FILE_TIME.search(path.name)
+    return (0, int(match[1]), path.as_posix()) if match else (1, 0, path.as_posix())
+
+
+def _is_eval_dir(path: Path, root: Path) -> bool:
+    try:
+        parts = path.relative_to(root).parts[:-1]
+    except ValueError:
+        parts = ()
+    return bool(parts) and parts[-1].lower() in EVAL_DIRS
+
+
+# --- TFRecord framing -----------------------------------------------------------------------------------------------
+
+def frame_records(data: bytes, rel: str, notes: list[Note]) -> tuple[np.ndarray, np.ndarray]:
+    """(payload offsets, payload lengths) of the complete records whose length checksum holds.
+
+    A last record cut short is normal (the writer was killed): noted, the rest kept. A bad length checksum means the
+    framing is lost (a length cannot be trusted, so no later record can be found): reading stops there, noted.
+    """
+    offsets, lengths = [], []
+    pos, size = 0, len(data)
+    while pos + HEADER_SIZE <= size:
+        length = HEADER.unpack_from(data, pos)[0]
+        if length > MAX_RECORD or pos + HEADER_SIZE + length + FOOTER_SIZE > size:
+            break
+        offsets.append(pos)
+        lengths.append(length)
+        pos += HEADER_SIZE + length + FOOTER_SIZE
+    heads = offsets + ([pos] if pos + HEADER_SIZE <= size else [])
+    stored = np.array([HEADER.unpack_from(data, o)[1] for o in heads], dtype=np.uint32)
+    computed = pb.mask(pb.crc32c_many(data, heads, [8] * len(heads)).astype(np.uint64)).astype(np.uint32)
+    bad = np.flatnonzero(stored != computed)
+    n_complete = len(offsets)
+    if len(bad) and bad[0] < n_complete:
+        n_complete = int(bad[0])
+        notes.append(Note(rel, f"record {n_complete + 1}: its length checksum is wrong (the file is corrupt); reading "
+                               f"stopped there, {size - offsets[n_complete]} bytes not read", line=n_complete + 1))
+    elif pos < size and len(bad):  # what follows the last record is not a record header
+        notes.append(Note(rel, f"the {size - pos} bytes after record {n_complete} are not a valid record (bad length "
+                               "checksum); not read", line=n_complete + 1))
+    elif pos < size:  # a valid header whose record runs past the end, or a partial header: the writer was stopped
+        notes.append(Note(rel, f"record {n_complete + 1} is cut short (the writer stopped mid-record); "
+                               f"{size - pos} bytes at the end ignored", line=n_complete + 1))
+    starts = np.asarray(offsets[:n_complete], dtype=np.int64) + HEADER_SIZE
+    return starts, np.asarray(lengths[:n_complete], dtype=np.int64)
+
+
+def _data_crc_ok(data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    if not len(starts):
+        return np.zeros(0, dtype=bool)
+    stored = np.frombuffer(b"".join(data[int(s + n):int(s + n) + 4] for s, n in zip(starts, lengths)), dtype="<u4")
+    computed = pb.mask(pb.crc32c_many(data, starts, lengths).astype(np.uint64)).astype(np.uint32)
+    return stored == computed
+
+
+# --- Event records --------------------------------------------------------------------------------------------------
+
+def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame, dict]:
+    starts, lengths = frame_records(data, rel, notes)
+    steps, names, values, lines, used = [], [], [], [], []
+    hparams: dict = {}
+    plugins: dict[str, str] = {}  # tag -> plugin: metadata comes only with a tag's first value
+    undecodable = []
+    for index in range(len(starts)):
+        start = int(starts[index])
+        record = data[start:start + int(lengths[index])]
+        try:
+            found = _decode_event(record, plugins, hparams)
+        except pb.DecodeError:
+            undecodable.append(index)
+            continue
+        if found is None:
+            continue
+        step, points = found
+        for name, value in points:
+            steps.append(step)
+            names.append(name)
+            values.append(value)
+            lines.append(index + 1)
+        used.append(index)
+    if undecodable:
+        notes.append(Note(rel, "records that are not a well-formed Event were skipped", line=undecodable[0] + 1,
+                          count=len(undecodable)))
+    frame = pd.DataFrame({"step": np.asarray(steps, dtype=np.int64), "name": np.asarray(names, dtype=object),
+                          "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)})
+    if used:  # payload checksums, checked for the records that gave us something
+        used_idx = np.asarray(used)
+        ok = _data_crc_ok(data, starts[used_idx], lengths[used_idx])
+        if not ok.all():
+            bad_lines = set((used_idx[~ok] + 1).tolist())
+            notes.append(Note(rel, "records whose payload checksum is wrong (corrupt) were skipped",
+                              line=min(bad_lines), count=len(bad_lines)))
+            frame = frame[~frame["line"].isin(bad_lines)].reset_index(drop=True)
+    return frame, hparams
+
+
+def _decode_event(record: bytes, plugins: dict[str, str], hparams: dict) -> tuple[int, list] | None:
+    step, summary = 0, None
+    for number, wire, value in pb.fields(record):
+        if number == EVENT_STEP and wire == pb.VARINT:
+            step = pb.as_int64(value)
+        elif number == EVENT_SUMMARY and wire == pb.LEN:
+            summary = value
+    if summary is None:
+        return None
+    points = []
+    for number, wire, value in pb.fields(summary):
+        if number == SUMMARY_VALUE and wire == pb.LEN:
+            point = _decode_value(value, plugins, hparams)
+            if point is not None:
+                points.append(point)
+    return (step, points) if points else None
+
+
+def _decode_value(raw: bytes, plugins: dict[str, str], hparams: dict) -> tuple[str, float] | None:
+    tag, simple, tensor, plugin, content = "", None, None, None, None
+    for number, wire, value in pb.fields(raw):
+        if number == VALUE_TAG and wire == pb.LEN:
+            tag = pb.as_text(value)
+        elif number == VALUE_SIMPLE and wire == pb.I32:
+            simple = pb.as_float(value)
+        elif number == VALUE_TENSOR and wire == pb.LEN:
+            tensor = value
+        elif number == VALUE_METADATA and wire == pb.LEN:
+            plugin, content = _plugin(value)
+    if plugin is not None:
+        plugins[tag] = plugin
+    plugin = plugins.get(tag, "")
+    if plugin == HPARAMS_PLUGIN:
+        if content:
+            hparams.update(_session_hparams(content))
+        return None
+    if simple is not None:
+        return tag, simple
+    if tensor is not None and plugin in SCALAR_PLUGINS:
+        scalar = tensor_scalar(tensor)
+        if scalar is not None:
+            return tag, scalar
+    return None  # histograms, images, audio, text, non-scalar tensors
+
+
+def _plugin(raw: bytes) -> tuple[str, bytes | None]:
+    for number, wire, value in pb.fields(raw):
+        if number == METADATA_PLUGIN and wire == pb.LEN:
+            message = pb.parse(value)
+            return pb.as_text(pb.last(message, PLUGIN_NAME, b"")), pb.last(message, PLUGIN_CONTENT)
+    return "", None
+
+
+def tensor_scalar(raw: bytes) -> float | None:
+    """The value of a one-element numeric TensorProto, or None (strings, several elements, unknown dtypes)."""
+    message = pb.parse(raw)
+    dtype = pb.last(message, TENSOR_DTYPE, 0)
+    if dtype not in DTYPES:
+        return None
+    numel = 1
+    shape = pb.last(message, TENSOR_SHAPE)
+    if shape:
+        for dim in pb.parse(shape).get(SHAPE_DIM, []):
+            numel *= pb.as_int64(pb.last(pb.parse(dim), DIM_SIZE, 0))
+    if numel != 1:
+        return None
+    content_format, typed_field, typed_format = DTYPES[dtype]
+    content = pb.last(message, TENSOR_CONTENT)
+    if content:
+        if len(content) != struct.calcsize(content_format):
+            return None
+        value = struct.unpack("<" + content_format, content)[0]
+    else:
+        typed = message.get(typed_field)
+        if not typed:
+            return 0.0  # proto3 leaves out default values: an all-zero tensor has no values at all
+        value = _typed_value(typed[-1], typed_format)
+        if value is None:
+            return None
+    if dtype == DT_BFLOAT16:
+        return struct.unpack("<f", struct.pack("<I", (int(value) & 0xFFFF) << 16))[0]
+    if dtype == DT_HALF and not content:
+        return struct.unpack("<e", struct.pack("<H", int(value) & 0xFFFF))[0]
+    return float(value)
+
+
+def _typed_value(raw, fmt: str):
+    """The last element of a repeated numeric field, packed (bytes) or not (an int or raw fixed bytes)."""
+    if isinstance(raw, int):
+        return raw
+    if fmt == "varint":
+        values = pb.packed_varints(raw)
+    else:
+        values = pb.packed_fixed(raw, fmt)
+    return values[-1] if values else None
+
+
+def _session_hparams(content: bytes) -> dict:
+    """hparams logged with the hparams plugin (SummaryWriter.add_hparams, Lightning's TensorBoardLogger)."""
+    session = pb.last(pb.parse(content), HPARAMS_SESSION_START)
+    if not session:
+        return {}
+    found = {}
+    for entry in pb.parse(session).get(SESSION_HPARAMS, []):
+        item = pb.parse(entry)
+        key, value = pb.as_text(pb.last(item, 1, b"")), pb.parse(pb.last(item, 2, b""))
+        if PB_NUMBER in value:
+            number = pb.as_double(value[PB_NUMBER][-1])
+            found[key] = int(number) if number.is_integer() and abs(number) < 2**53 else number
+        elif PB_STRING in value:
+            found[key] = pb.as_text(value[PB_STRING][-1])
+        elif PB_BOOL in value:
+            found[key] = bool(value[PB_BOOL][-1])
+    return found
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+

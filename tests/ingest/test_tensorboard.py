@@ -1,0 +1,229 @@
+"""TensorBoard reader: every point of real SummaryWriter/Lightning files, scalar tensors, restarts, damaged files."""
+
+from __future__ import annotations
+
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyzer.ingest import tensorboard
+from analyzer.run import build_run
+
+try:
+    from binary_writers import f_bytes, f_float, f_varint, tb_event, tb_file, tb_simple, tb_tensor, tf_record, varint
+except ImportError:  # tests/ingest collected as a package
+    from .binary_writers import f_bytes, f_float, f_varint, tb_event, tb_file, tb_simple, tb_tensor, tf_record, varint
+
+FRAMEWORKS = Path(__file__).resolve().parents[1] / "fixtures" / "frameworks"
+SCALARS = FRAMEWORKS / "tensorboard_scalars"
+
+
+def read_dir(root: Path):
+    files = sorted(p for p in root.rglob("*") if p.is_file() and tensorboard.sniff(p))
+    return tensorboard.read(files, root)
+
+
+def write(tmp_path: Path, *events: bytes, name: str = "events.out.tfevents.1700000000.host.1.0") -> Path:
+    path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tb_file(*events))
+    return path
+
+
+def points(piece) -> dict[str, list[tuple[int, float]]]:
+    out: dict[str, list] = {}
+    for _, frame in piece.frames:
+        for step, name, value in zip(frame["step"], frame["name"], frame["value"]):
+            out.setdefault(name, []).append((int(step), float(value)))
+    return out
+
+
+# --- real files -------------------------------------------------------------------------------------------------------
+
+def test_summarywriter_files_every_point_in_write_order():
+    piece = read_dir(SCALARS)
+    files = [file for file, _ in piece.frames]
+    assert len(files) == 2 and files == sorted(files, key=lambda f: int(f.split(".")[3]))
+    first, second = (frame for _, frame in piece.frames)
+    assert (first["name"] == "train/loss").sum() == 300 and (second["name"] == "train/loss").sum() == 151
+    assert sorted(first.loc[first["name"] == "eval/loss", "step"]) == [50, 100, 150, 200, 250, 300]
+    assert "weights/hist" not in set(first["name"])  # histograms are skipped
+
+
+def test_summarywriter_nonfinite_values_kept():
+    found = points(read_dir(SCALARS))
+    assert math.isnan(dict(found["train/loss"])[137])
+    assert [v for s, v in found["train/grad_norm"] if s == 211] == [math.inf, math.inf]
+
+
+def test_new_style_tensor_scalars_float_and_double():
+    found = points(read_dir(SCALARS))
+    assert len(found["perf/steps_per_s"]) == 451 and dict(found["perf/steps_per_s"])[3] == 20.75
+    assert {v for _, v in found["train/loss_scale"]} == {65536.0}
+
+
+def test_restart_keeps_both_segments_and_the_newest_wins():
+    piece = read_dir(SCALARS)
+    run = build_run(SCALARS, [piece])
+    assert any(e.kind == "restart" and e.step == 200 for e in run.events)
+    second = piece.frames[1][1]
+    newest = second[(second["name"] == "train/loss") & (second["step"] == 250)]["value"].item()
+    assert run.series("loss")[250] == newest
+    assert len(run.scalars[run.scalars["metric"] == "loss"]) == 451
+
+
+def test_truncated_last_record_is_a_note_and_the_rest_is_read():
+    root = FRAMEWORKS / "tensorboard_truncated"
+    piece = read_dir(root)
+    found = points(piece)
+    assert (len(found["train/loss"]), len(found["train/lr"]), len(found["train/grad_norm"])) == (40, 40, 39)
+    (note,) = piece.notes
+    assert "cut short" in note.message and note.line == 121
+
+
+def test_line_is_the_record_number():
+    frame = read_dir(FRAMEWORKS / "tensorboard_truncated").frames[0][1]
+    assert frame["line"].iloc[0] == 2  # record 1 is the file_version event
+    assert frame["line"].is_monotonic_increasing
+
+
+def test_lightning_tensorboard_hparams_and_scalars():
+    root = FRAMEWORKS / "lightning_tb"
+    piece = read_dir(root)
+    hparams = {name: value for name, value, _, _ in piece.hparams}
+    assert hparams["lr"] == 0.05 and hparams["batch_size"] == 8 and hparams["optimizer"] == "SGD"
+    names = set(piece.frames[0][1]["name"])
+    assert {"train_loss_step", "val_loss", "lr-SGD", "epoch"} <= names
+    assert not any(n.startswith("_hparams_") for n in names)
+
+
+# --- crafted files ----------------------------------------------------------------------------------------------------
+
+def test_more_than_ten_thousand_points_are_all_kept(tmp_path):
+    write(tmp_path, *(tb_event(s, tb_simple("loss", 1.0 / (s + 1))) for s in range(12_000)))
+    frame = read_dir(tmp_path).frames[0][1]
+    assert len(frame) == 12_000 and frame["step"].tolist() == list(range(12_000))
+
+
+@pytest.mark.parametrize("dtype, content, typed, expected", [
+    (1, struct.pack("<f", 1.5), b"", 1.5),  # DT_FLOAT in tensor_content
+    (2, b"", f_bytes(6, struct.pack("<d", 0.1)), 0.1),  # DT_DOUBLE packed double_val
+    (1, b"", f_float(5, 2.5), 2.5),  # DT_FLOAT float_val, unpacked encoding
+    (19, b"", f_bytes(13, varint(0x3E00)), 1.5),  # DT_HALF half_val: packed int32 bit patterns
+    (14, b"", f_bytes(13, varint(0x7FC0)), math.nan),  # DT_BFLOAT16 NaN bits
+    (9, b"", f_bytes(10, varint(123)), 123.0),  # DT_INT64 int64_val
+    (14, struct.pack("<H", 0x3FC0), b"", 1.5),  # DT_BFLOAT16 in tensor_content
+    (3, struct.pack("<i", -7), b"", -7.0),  # DT_INT32 in tensor_content
+    (1, b"", b"", 0.0),  # proto3 omits an all-default value
+])
+def test_scalar_tensor_dtypes(tmp_path, dtype, content, typed, expected):
+    write(tmp_path, tb_event(5, tb_tensor("x", dtype, content=content, typed=typed)))
+    ((step, value),) = points(read_dir(tmp_path))["x"]
+    assert step == 5 and (value == expected or (math.isnan(expected) and math.isnan(value)))
+
+
+def test_non_scalar_and_string_tensors_are_skipped(tmp_path):
+    write(tmp_path,
+          tb_event(1, tb_tensor("vec", 1, content=struct.pack("<3f", 1, 2, 3), dims=(3,))),
+          tb_event(1, tb_tensor("text", 7, typed=f_bytes(8, "hello"), plugin="text")),
+          tb_event(1, tb_tensor("hist", 2, content=struct.pack("<d", 1.0), plugin="histograms")),
+          tb_event(1, tb_tensor("one", 1, content=struct.pack("<f", 4.0), dims=(1, 1))))
+    assert set(points(read_dir(tmp_path))) == {"one"}
+
+
+def test_plugin_metadata_only_on_the_first_value_of_a_tag(tmp_path):
+    write(tmp_path, tb_event(1, tb_tensor("h", 2, content=struct.pack("<d", 1.0), plugin="histograms")),
+          tb_event(2, tb_tensor("h", 2, content=struct.pack("<d", 1.0), plugin=None)))
+    assert points(read_dir(tmp_path)) == {}
+
+
+def test_negative_and_large_steps(tmp_path):
+    write(tmp_path, tb_event(-1, tb_simple("a", 1.0)), tb_event(2**40, tb_simple("a", 2.0)))
+    assert points(read_dir(tmp_path))["a"] == [(-1, 1.0), (2**40, 2.0)]
+
+
+def test_bad_length_checksum_mid_file_stops_reading_with_a_note(tmp_path):
+    records = [tf_record(tb_event(s, tb_simple("loss", float(s)))) for s in range(5)]
+    bad = bytearray(records[2])
+    bad[8] ^= 0xFF  # the stored length checksum
+    (tmp_path / "events.out.tfevents.1.h").write_bytes(b"".join(records[:2]) + bytes(bad) + b"".join(records[3:]))
+    piece = read_dir(tmp_path)
+    assert points(piece)["loss"] == [(0, 0.0), (1, 1.0)]
+    (note,) = piece.notes
+    assert note.line == 3 and "stopped" in note.message
+
+
+def test_bad_payload_checksum_skips_that_record(tmp_path):
+    records = [tf_record(tb_event(s, tb_simple("loss", float(s)))) for s in range(5)]
+    bad = bytearray(records[2])
+    bad[-1] ^= 0xFF  # the stored payload checksum
+    (tmp_path / "events.out.tfevents.1.h").write_bytes(b"".join(records[:2]) + bytes(bad) + b"".join(records[3:]))
+    piece = read_dir(tmp_path)
+    assert [s for s, _ in points(piece)["loss"]] == [0, 1, 3, 4]
+    (note,) = piece.notes
+    assert note.line == 3 and "checksum" in note.message
+
+
+def test_garbage_after_the_last_record_is_noted(tmp_path):
+    path = write(tmp_path, tb_event(1, tb_simple("a", 1.0)))
+    path.write_bytes(path.read_bytes() + b"\xff" * 40)
+    piece = read_dir(tmp_path)
+    assert points(piece)["a"] == [(1, 1.0)] and "not a valid record" in piece.notes[0].message
+
+
+def test_event_that_is_not_protobuf_is_skipped_with_a_note(tmp_path):
+    (tmp_path / "events.out.tfevents.1.h").write_bytes(tf_record(b"\xff\xff\xff") + tf_record(
+        tb_event(3, tb_simple("a", 1.0))))
+    piece = read_dir(tmp_path)
+    assert points(piece)["a"] == [(3, 1.0)] and piece.notes[0].count == 1
+
+
+def test_empty_event_file(tmp_path):
+    (tmp_path / "events.out.tfevents.1.h").write_bytes(b"")
+    piece = read_dir(tmp_path)
+    assert piece.frames == [] and piece.notes == []
+
+
+def test_validation_folder_is_the_eval_split(tmp_path):
+    write(tmp_path / "train", tb_event(1, tb_simple("epoch_loss", 2.0)))
+    write(tmp_path / "validation", tb_event(1, tb_simple("epoch_loss", 3.0)), name="events.out.tfevents.2.h")
+    run = build_run(tmp_path, [read_dir(tmp_path)])
+    assert run.series("epoch_loss")[1] == 2.0 and run.series("eval_epoch_loss")[1] == 3.0
+
+
+def test_files_are_read_in_start_time_order_not_name_order(tmp_path):
+    write(tmp_path, tb_event(5, tb_simple("a", 2.0)), name="events.out.tfevents.1700000100.h.1.0")
+    write(tmp_path, tb_event(1, tb_simple("a", 1.0)), name="events.out.tfevents.999999999.h.1.0")
+    assert [f for f, _ in read_dir(tmp_path).frames][0].endswith("999999999.h.1.0")
+
+
+def test_hparams_plugin_values(tmp_path):
+    # SessionStartInfo.hparams map entries {key=1, value=2: google.protobuf.Value{number=2 | string=3 | bool=4}}
+    entries = (f_bytes(1, f_bytes(1, "lr") + f_bytes(2, b"\x11" + struct.pack("<d", 0.001)))
+               + f_bytes(1, f_bytes(1, "optim") + f_bytes(2, f_bytes(3, "adam")))
+               + f_bytes(1, f_bytes(1, "amp") + f_bytes(2, f_varint(4, 1))))
+    content = f_varint(1, 0) + f_bytes(3, entries)
+    value = f_bytes(1, "_hparams_/session_start_info") + f_bytes(9, f_bytes(1, f_bytes(1, "hparams") + f_bytes(
+        2, content)))
+    write(tmp_path, tb_event(0, value))
+    piece = read_dir(tmp_path)
+    assert {n: v for n, v, _, _ in piece.hparams} == {"lr": 0.001, "optimizer": "adam", "amp": True}
+    assert piece.frames == []
+
+
+def test_sniff_by_name():
+    assert tensorboard.sniff(Path("events.out.tfevents.1700000000.host.123.0"))
+    assert not tensorboard.sniff(Path("events.jsonl"))
+
+
+def test_read_speed_is_reasonable(tmp_path):
+    write(tmp_path, *(tb_event(s, tb_simple("loss", 1.0), tb_simple("lr", 0.1)) for s in range(20_000)))
+    import time
+
+    start = time.perf_counter()
+    frame = read_dir(tmp_path).frames[0][1]
+    assert len(frame) == 40_000 and np.isfinite(frame["value"]).all()
+    assert time.perf_counter() - start < 2.0
