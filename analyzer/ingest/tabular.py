@@ -1,17 +1,607 @@
-"""PLACEHOLDER: the table reader is being written; it claims nothing yet."""
+"""Generic metric tables: CSV/TSV and JSON-lines files with a step column, wide or long (step, metric, value)."""
 
 from __future__ import annotations
 
+import io
+import json
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from analyzer.run import Ingested
+import numpy as np
+import pandas as pd
+
+from analyzer.run import Ingested, Note
 
 FORMAT = "table"
 
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # a `.json` file counts only when it holds one object per line
+CSV_SUFFIXES = (".csv", ".tsv")
+# Step columns by preference; `epoch` only when nothing finer is logged.
+STEP_COLUMNS = ("step", "global_step", "trainer/global_step", "train/global_step", "iteration", "iter", "_step",
+                "epoch")
+LONG_NAME_COLUMNS = ("metric", "name", "tag", "key")  # long format: one (step, name, value) per row
+# Bookkeeping columns that are numbers but not training metrics.
+NOT_METRICS = {"rank", "split", "timestamp", "_timestamp", "_runtime", "time_stamp", "wall_time", "walltime",
+               "wallclock", "date", "datetime", "created_at", "local_rank", "global_rank", "process_index"}
+EVAL_SPLITS = {"eval", "evaluation", "val", "valid", "validation", "dev", "test"}
+TRAIN_SPLITS = {"train", "training"}
+SNIFF_BYTES = 16384  # sniff looks at no more than this
+_RANK_IN_NAME = re.compile(r"(?:^|[._-])rank[._-]?(\d+)(?:[._-]|$)", re.IGNORECASE)
+
+# pyarrow refuses JSON's non-standard NaN/Infinity tokens, so they are swapped for numbers no run logs and swapped
+# back after parsing. Python's json writes these tokens for float nan/inf: they are the evidence of a diverged run.
+NAN_SENTINEL = -1.2345678909876543e308
+POS_INF_SENTINEL = 1.3579246801357924e308
+NEG_INF_SENTINEL = -1.3579246801357924e308
+_TOKEN_SWAPS = tuple(
+    (sep + token, sep + repr(value).encode())
+    for token, value in ((b"-Infinity", NEG_INF_SENTINEL), (b"Infinity", POS_INF_SENTINEL), (b"NaN", NAN_SENTINEL))
+    for sep in (b": ", b":")
+)
+_CONSTANTS = {"NaN": NAN_SENTINEL, "Infinity": POS_INF_SENTINEL, "-Infinity": NEG_INF_SENTINEL}
+_BOM = b"\xef\xbb\xbf"
+
+
+@dataclass
+class Column:
+    """One column of a parsed file: float64 values (or objects for text) and which rows hold a value at all."""
+
+    values: np.ndarray
+    valid: np.ndarray | None = None  # None: every row holds a value
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.values.dtype.kind in "fiu"
+
+
+@dataclass
+class Parsed:
+    """A parsed file before it becomes a tidy frame: named columns, the line of each row, and what was tolerated."""
+
+    columns: dict[str, Column]
+    lines: np.ndarray  # 1-based line of each row
+    notes: list[Note] = field(default_factory=list)
+    sentinels: bool = False  # NaN/Infinity tokens were swapped for sentinel numbers
+
+
+@dataclass
+class Table:
+    """What one file gave: a frame in Ingested's shape (or None) and the notes about it."""
+
+    frame: pd.DataFrame | None
+    notes: list[Note]
+
+
+# --- sniffing --------------------------------------------------------------------------------------------------------
 
 def sniff(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        return _csv_header_has_step(path)
+    if suffix in JSONL_SUFFIXES:
+        return _jsonl_head_has_step(path)
     return False
 
 
+def _csv_header_has_step(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    header = head.removeprefix(_BOM).split(b"\n", 1)[0].decode("utf-8", "replace")
+    names = {n.strip().strip('"').lower() for n in re.split(r"[,\t;]", header)}
+    return bool(names & set(STEP_COLUMNS)) or ("value" in names and bool(names & set(LONG_NAME_COLUMNS)))
+
+
+def _jsonl_head_has_step(path: Path) -> bool:
+    """True when one of the first complete lines is a JSON object with a step (a `.json` needs two such lines)."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    lines = [line.strip() for line in head.removeprefix(_BOM).split(b"\n")[:-1] if line.strip()]
+    if not lines and len(head) < SNIFF_BYTES:  # one line without a newline at the end
+        lines = [head.removeprefix(_BOM).strip()]
+    objects = 0
+    for line in lines[:20]:
+        try:
+            obj = json.loads(line.decode("utf-8", "replace"))
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            return False
+        objects += 1
+        keys = {str(k).lower() for k in obj}
+        if keys & set(STEP_COLUMNS) and (path.suffix.lower() != ".json" or len(lines) > 1):
+            return True
+    return False
+
+
+# --- reading -------------------------------------------------------------------------------------------------------
+
 def read(paths: list[Path], root: Path) -> Ingested:
-    return Ingested(FORMAT)
+    out = Ingested(FORMAT)
+    for path in paths:
+        file = _relative(path, root)
+        table = read_file(path, file, rank=rank_from_name(path.name))
+        out.notes.extend(table.notes)
+        if table.frame is not None:
+            out.add_frame(file, table.frame)
+    return out
+
+
+def read_file(path: Path, file: str, rank: int | None = None) -> Table:
+    """Read one CSV/TSV or JSON-lines file into a tidy frame (step, name, value, line[, split][, rank])."""
+    if path.suffix.lower() in CSV_SUFFIXES:
+        parsed = parse_csv(path, file)
+    else:
+        parsed = parse_jsonl(path, file)
+    return tidy(parsed, file, rank=rank)
+
+
+def rank_from_name(name: str) -> int | None:
+    """`metrics.rank1.jsonl` -> 1: per-rank files of one run."""
+    found = _RANK_IN_NAME.search(name)
+    return int(found.group(1)) if found else None
+
+
+def _read_bytes(path: Path, file: str) -> bytes:
+    from analyzer.errors import InputError
+
+    try:
+        return path.read_bytes().removeprefix(_BOM)
+    except OSError as exc:
+        raise InputError(f"cannot read file: {exc.strerror or exc}", path=file) from None
+
+
+# --- JSON lines ------------------------------------------------------------------------------------------------------
+
+def parse_jsonl(path: Path, file: str) -> Parsed:
+    """Parse a JSON-lines file with pyarrow; fall back to per-line parsing only when the fast path refuses it."""
+    buf = _read_bytes(path, file)
+    notes: list[Note] = []
+    buf, truncated = _drop_truncated_last_line(buf)
+    if truncated is not None:
+        notes.append(Note(file, "last line is cut short (the run was probably stopped mid-write); dropped",
+                          line=truncated))
+    if not buf.strip():
+        return Parsed({}, np.zeros(0, dtype="int64"), notes + [Note(file, "no records in the file")])
+    fast = _jsonl_with_arrow(buf)
+    if fast is not None:
+        fast.notes[:0] = notes
+        return fast
+    return _jsonl_line_by_line(buf, file, notes)
+
+
+def _drop_truncated_last_line(buf: bytes) -> tuple[bytes, int | None]:
+    """A last line without a newline that does not parse was cut by a killed writer: drop it, return its line."""
+    if not buf or buf.endswith(b"\n"):
+        return buf, None
+    cut = buf.rfind(b"\n") + 1
+    last = buf[cut:]
+    if not last.strip():
+        return buf, None
+    try:
+        json.loads(last.decode("utf-8", "replace"), parse_constant=_CONSTANTS.__getitem__)
+        return buf, None
+    except (ValueError, RecursionError):
+        return buf[:cut], buf.count(b"\n", 0, cut) + 1
+
+
+def _swap_tokens(buf: bytes) -> tuple[bytes, bool]:
+    if b"NaN" not in buf and b"Infinity" not in buf:
+        return buf, False
+    for token, number in _TOKEN_SWAPS:
+        if token in buf:
+            buf = buf.replace(token, number)
+    return buf, True
+
+
+def _jsonl_with_arrow(buf: bytes) -> Parsed | None:
+    """The fast path: pyarrow over the whole buffer. None when it refuses the file or rows cannot be lined up."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    swapped, sentinels = _swap_tokens(buf)
+    try:
+        table = pj.read_json(pa.BufferReader(swapped))
+        columns = _arrow_columns(table)
+    except (pa.ArrowException, UnicodeDecodeError, ValueError, TypeError):
+        return None
+    lines = _row_lines(buf, table.num_rows, json_lines=True)
+    if lines is None:
+        return None
+    return Parsed(columns, lines, sentinels=sentinels)
+
+
+def _row_lines(buf: bytes, n_rows: int, json_lines: bool, skip_header: bool = False) -> np.ndarray | None:
+    """1-based line numbers of the rows a parser returned, which skips blank lines; None if they do not line up."""
+    n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
+    first = 2 if skip_header else 1
+    if n_rows == n_lines - first + 1:
+        return np.arange(first, n_rows + first, dtype="int64")
+    content = _content_lines(buf, json_lines)
+    if skip_header:
+        content = content[1:]
+    return content if len(content) == n_rows else None
+
+
+def _content_lines(buf: bytes, any_whitespace: bool) -> np.ndarray:
+    """1-based numbers of the lines that hold something other than whitespace (or than `\\r`, for CSV)."""
+    a = np.frombuffer(buf, dtype=np.uint8)
+    ends = np.flatnonzero(a == 10)
+    if not len(a) or a[-1] != 10:
+        ends = np.append(ends, len(a))
+    starts = np.concatenate(([0], ends[:-1] + 1))
+    ink = (a > 32) if any_whitespace else ((a != 13) & (a != 10))
+    if not len(a):
+        return np.zeros(0, dtype="int64")
+    counts = np.add.reduceat(ink.astype(np.int32), np.minimum(starts, len(a) - 1))
+    counts[starts >= ends] = 0  # empty lines: reduceat returns the element itself there
+    return np.flatnonzero(counts > 0).astype("int64") + 1
+
+
+def _jsonl_line_by_line(buf: bytes, file: str, notes: list[Note]) -> Parsed:
+    """The tolerant path: drop lines that are not JSON objects (counted), then parse the rest."""
+    raw_lines = buf.split(b"\n")
+    numbered = [(i + 1, line.strip()) for i, line in enumerate(raw_lines) if line.strip()]
+    candidates = [(n, line) for n, line in numbered if line[:1] == b"{" and line[-1:] == b"}"]
+    garbage_lines = [n for n, line in numbered if not (line[:1] == b"{" and line[-1:] == b"}")]
+    parsed = None
+    if candidates:
+        joined = b"\n".join(line for _, line in candidates) + b"\n"
+        parsed = _jsonl_with_arrow(joined)
+        if parsed is not None and len(parsed.lines) == len(candidates):
+            parsed.lines = np.array([n for n, _ in candidates], dtype="int64")
+        else:
+            parsed = None
+    if parsed is None:  # some candidate is still broken, or types clash between lines: the slow, exact path
+        records, kept = [], []
+        for n, line in candidates:
+            try:
+                obj = json.loads(line.decode("utf-8", "replace"), parse_constant=_CONSTANTS.__getitem__)
+            except (ValueError, RecursionError):
+                garbage_lines.append(n)
+                continue
+            if isinstance(obj, dict):
+                records.append(obj)
+                kept.append(n)
+            else:
+                garbage_lines.append(n)
+        parsed = Parsed(_record_columns(records), np.array(kept, dtype="int64"), sentinels=True)
+    if garbage_lines:
+        garbage_lines.sort()
+        notes.append(Note(file, f"{len(garbage_lines)} line(s) that are not JSON objects were skipped "
+                                f"(first at line {garbage_lines[0]})", line=garbage_lines[0],
+                          count=len(garbage_lines)))
+    parsed.notes[:0] = notes
+    return parsed
+
+
+def _record_columns(records: list[dict]) -> dict[str, Column]:
+    """Columns from parsed JSON objects (the slow path), flattening nested objects as `outer/inner`."""
+    if not records:
+        return {}
+    frame = pd.json_normalize(records, sep="/") if any(isinstance(v, dict) for r in records[:1000]
+                                                       for v in r.values()) else pd.DataFrame.from_records(records)
+    columns: dict[str, Column] = {}
+    for name in frame.columns:
+        col = frame[name]
+        valid = col.notna().to_numpy()
+        if col.dtype.kind in "fiu":
+            columns[str(name)] = Column(col.to_numpy(dtype="float64", na_value=np.nan), valid)
+        elif col.dtype.kind == "b":
+            continue
+        else:
+            columns[str(name)] = Column(col.to_numpy(dtype=object), valid)
+    return columns
+
+
+def _arrow_columns(table) -> dict[str, Column]:
+    """numpy columns from a pyarrow table: numbers as float64, text as objects, structs flattened as `a/b`."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    columns: dict[str, Column] = {}
+
+    def add(name: str, col) -> None:
+        kind = col.type
+        if pa.types.is_struct(kind):
+            for i in range(kind.num_fields):
+                add(f"{name}/{kind.field(i).name}", pc.struct_field(col, [i]))
+            return
+        valid = None if col.null_count == 0 else pc.is_valid(col).to_numpy(zero_copy_only=False)
+        if pa.types.is_integer(kind) or pa.types.is_floating(kind):
+            columns[name] = Column(col.to_numpy(zero_copy_only=False).astype("float64", copy=False), valid)
+        elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            columns[name] = Column(_arrow_strings(col), valid)
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            values = col.to_numpy(zero_copy_only=False)
+            columns[name] = Column(np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+                                             for v in values], dtype=object), valid)
+        # booleans, lists and nulls-only columns are not metrics
+
+    for name, col in zip(table.column_names, table.columns):
+        add(name, col)
+    return columns
+
+
+def _arrow_strings(col) -> np.ndarray:
+    """Text column as objects, via a dictionary so that a million `"train"`s cost one string each."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(col)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    words = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
+    codes = encoded.indices.fill_null(len(words) - 1).to_numpy(zero_copy_only=False)
+    return words[codes]
+
+
+# --- CSV -------------------------------------------------------------------------------------------------------------
+
+def parse_csv(path: Path, file: str) -> Parsed:
+    """Parse a CSV/TSV file with pyarrow: rows with the wrong number of fields are skipped and counted."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    buf = _read_bytes(path, file)
+    notes: list[Note] = []
+    if not buf.strip():
+        return Parsed({}, np.zeros(0, dtype="int64"), [Note(file, "no records in the file")])
+    delimiter = _delimiter(path, buf)
+    bad: list[str] = []
+
+    def skip(row) -> str:
+        bad.append(row.text)
+        return "skip"
+
+    def parse(data: bytes, threads: bool):
+        bad.clear()
+        return pcsv.read_csv(
+            pa.BufferReader(data),
+            read_options=pcsv.ReadOptions(use_threads=threads),
+            parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip, newlines_in_values=False),
+            # Only an empty field is "no value": "nan" and "inf" are values, and evidence.
+            convert_options=pcsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
+                                                quoted_strings_can_be_null=True))
+
+    try:
+        buf.decode("utf-8")
+    except UnicodeDecodeError:  # pyarrow cannot hand a row of invalid UTF-8 to the skip handler
+        buf = buf.decode("utf-8", "replace").encode("utf-8")
+    try:
+        table = parse(buf, threads=True)
+    except (pa.ArrowException, UnicodeDecodeError) as exc:
+        from analyzer.errors import InputError
+
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise InputError(f"not a readable CSV table ({reason})", path=file) from None
+    columns = _arrow_columns(table)
+    lines = None
+    if bad:
+        last_cut = not buf.endswith(b"\n") and bad[-1] == buf[buf.rfind(b"\n") + 1:].decode("utf-8", "replace")
+        n_bad = len(bad) - (1 if last_cut else 0)
+        if last_cut:
+            notes.append(Note(file, "last line is cut short (the run was probably stopped mid-write); dropped",
+                              line=buf.count(b"\n") + 1))
+        if n_bad:
+            notes.append(Note(file, f"{n_bad} line(s) with the wrong number of fields were skipped", count=n_bad))
+        lines = _csv_lines_without(buf, bad)
+    if lines is None or len(lines) != table.num_rows:
+        lines = _row_lines(buf, table.num_rows, json_lines=False, skip_header=True)
+    if lines is None:  # quoted line breaks or skipped rows we cannot place: cite the row order instead
+        lines = np.arange(2, table.num_rows + 2, dtype="int64")
+        notes.append(Note(file, "line numbers are row numbers (the file has quoted line breaks or odd rows)"))
+    return Parsed(columns, lines, notes)
+
+
+def _delimiter(path: Path, buf: bytes) -> str:
+    header = buf[:4096].split(b"\n", 1)[0]
+    if path.suffix.lower() == ".tsv" or header.count(b"\t") > header.count(b","):
+        return "\t"
+    if header.count(b";") > header.count(b","):
+        return ";"
+    return ","
+
+
+def _csv_lines_without(buf: bytes, bad: list[str]) -> np.ndarray | None:
+    """Line numbers of the good data rows when some rows were skipped: content lines minus header minus bad ones."""
+    content = _content_lines(buf, any_whitespace=False)
+    if not len(content):
+        return None
+    text_lines = buf.split(b"\n")
+    bad_set = {b.encode("utf-8", "replace") for b in bad}
+    keep = [n for n in content[1:].tolist() if text_lines[n - 1].rstrip(b"\r") not in bad_set]
+    return np.array(keep, dtype="int64")
+
+
+# --- from columns to a tidy frame ------------------------------------------------------------------------------------
+
+def tidy(parsed: Parsed, file: str, rank: int | None = None) -> Table:
+    """Turn parsed columns into Ingested's long frame: one row per (record, metric) that holds a value."""
+    notes = list(parsed.notes)
+    columns = parsed.columns
+    n_rows = len(parsed.lines)
+    if not columns or not n_rows:
+        return Table(None, notes)
+    lower = {}
+    for name in columns:
+        lower.setdefault(name.strip().lower(), name)
+    step_name = next((lower[s] for s in STEP_COLUMNS if s in lower and columns[lower[s]].is_numeric), None)
+    if step_name is None:
+        notes.append(Note(file, f"no step column ({', '.join(STEP_COLUMNS[:4])}, ...): "
+                                f"{n_rows} record(s) are not metric records; ignored", count=n_rows))
+        return Table(None, notes)
+
+    steps, has_step = _steps(columns[step_name], step_name, file, notes, n_rows)
+    if not has_step.all():
+        missing = int((~has_step).sum())
+        first = int(parsed.lines[np.flatnonzero(~has_step)[0]])
+        notes.append(Note(file, f"{missing} record(s) without a {step_name} are not metric records; ignored",
+                          line=first, count=missing))
+    split = _split_column(columns, lower)
+    ranks = _rank_column(columns, lower, rank)
+
+    long_name = next((lower[c] for c in LONG_NAME_COLUMNS if c in lower and not columns[lower[c]].is_numeric), None)
+    if long_name is not None and "value" in lower:
+        metrics = _long_metrics(columns[long_name], columns[lower["value"]], file, notes, parsed)
+    else:
+        skip = {step_name.lower(), *STEP_COLUMNS[:-1], *NOT_METRICS}
+        metrics = _wide_metrics(columns, skip, file, notes, parsed)
+
+    pieces_idx, pieces_val, pieces_name = [], [], []
+    for name, values, valid in metrics:
+        keep = has_step if valid is None else (has_step & valid)
+        idx = np.flatnonzero(keep)
+        if not len(idx):
+            continue
+        pieces_idx.append(idx)
+        pieces_val.append(values[idx] if values.ndim else np.full(len(idx), float(values)))
+        pieces_name.append((name, len(idx)) if isinstance(name, str) else (name[idx], len(idx)))
+    if not pieces_idx:
+        notes.append(Note(file, "no numeric metric columns"))
+        return Table(None, notes)
+    idx = np.concatenate(pieces_idx)
+    value = np.concatenate(pieces_val)
+    if parsed.sentinels:
+        value = _restore_nonfinite(value)
+    names = _names(pieces_name)
+    frame = {"step": steps[idx], "name": names, "value": value, "line": parsed.lines[idx]}
+    if split is not None:
+        frame["split"] = split[idx]
+    if ranks is not None:
+        frame["rank"] = ranks if np.isscalar(ranks) else ranks[idx]
+    return Table(pd.DataFrame(frame, copy=False), notes)
+
+
+def _names(pieces: list[tuple[Any, int]]) -> np.ndarray:
+    if all(isinstance(name, str) for name, _ in pieces):
+        words = np.array([name for name, _ in pieces], dtype=object)
+        return np.repeat(words, [n for _, n in pieces])
+    return np.concatenate([np.full(n, name, dtype=object) if isinstance(name, str) else name for name, n in pieces])
+
+
+def _restore_nonfinite(values: np.ndarray) -> np.ndarray:
+    values = values.copy()
+    values[values == NAN_SENTINEL] = np.nan
+    values[values == POS_INF_SENTINEL] = np.inf
+    values[values == NEG_INF_SENTINEL] = -np.inf
+    return values
+
+
+def _steps(col: Column, name: str, file: str, notes: list[Note], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    values = col.values.astype("float64", copy=False)
+    if col.values.dtype.kind == "f":
+        values = _restore_nonfinite(values)
+    has = np.isfinite(values) if col.valid is None else (col.valid & np.isfinite(values))
+    fractional = has & (values != np.floor(values))
+    if fractional.any():
+        if name.lower() == "epoch":  # fractional epochs as the only clock: the row order is the finer step
+            notes.append(Note(file, "steps are fractional epochs; the row number is used as the step"))
+            return np.arange(n_rows, dtype="int64"), has
+        notes.append(Note(file, f"{int(fractional.sum())} non-integer {name} value(s) rounded down",
+                          count=int(fractional.sum())))
+    out = np.zeros(n_rows, dtype="int64")
+    out[has] = np.floor(values[has]).astype("int64")
+    return out, has
+
+
+def _split_column(columns: dict[str, Column], lower: dict[str, str]) -> np.ndarray | None:
+    if "split" not in lower or columns[lower["split"]].is_numeric:
+        return None
+    col = columns[lower["split"]]
+    words = pd.unique(col.values)
+    mapping = {w: _split_word(w) for w in words}
+    codes, uniques = pd.factorize(col.values, use_na_sentinel=True)
+    table = np.array([mapping[u] for u in uniques] + [None], dtype=object)
+    return table[codes]  # -1 (missing) picks the trailing None
+
+
+def _split_word(word: Any) -> str | None:
+    if not isinstance(word, str):
+        return None
+    key = word.strip().lower()
+    if key in EVAL_SPLITS:
+        return "eval"
+    if key in TRAIN_SPLITS:
+        return "train"
+    return None
+
+
+def _rank_column(columns: dict[str, Column], lower: dict[str, str], rank: int | None):
+    for name in ("rank", "global_rank", "process_index"):
+        if name in lower and columns[lower[name]].is_numeric:
+            col = columns[lower[name]]
+            values = col.values
+            ok = np.isfinite(values) if col.valid is None else (col.valid & np.isfinite(values))
+            out = np.full(len(values), rank or 0, dtype="int64")
+            out[ok] = values[ok].astype("int64")
+            return out
+    return rank
+
+
+def _wide_metrics(columns: dict[str, Column], skip: set[str], file: str, notes: list[Note], parsed: Parsed):
+    out = []
+    for name, col in columns.items():
+        if name.strip().lower() in skip:
+            continue
+        if col.is_numeric:
+            out.append((name, col.values, col.valid))
+            continue
+        numbers, valid = _numeric_text(col, name, file, notes, parsed)
+        if numbers is not None:
+            out.append((name, numbers, valid))
+    return out
+
+
+def _long_metrics(names: Column, values: Column, file: str, notes: list[Note], parsed: Parsed):
+    if values.is_numeric:
+        numbers, valid = values.values, values.valid
+    else:
+        numbers, valid = _numeric_text(values, "value", file, notes, parsed)
+        if numbers is None:
+            return []
+    has_name = np.array([isinstance(n, str) and bool(n) for n in pd.unique(names.values)])  # per unique name
+    uniques = pd.unique(names.values)
+    good = {u for u, ok in zip(uniques, has_name) if ok}
+    name_ok = pd.Series(names.values).isin(good).to_numpy()
+    valid = name_ok if valid is None else (valid & name_ok)
+    return [(names.values, numbers, valid)]
+
+
+def _numeric_text(col: Column, name: str, file: str, notes: list[Note], parsed: Parsed):
+    """Numbers written as text ("3.2", "nan"): kept; columns of words are not metrics; stray words are counted."""
+    text = pd.Series(col.values, dtype=object)
+    present = text.notna().to_numpy() if col.valid is None else col.valid & text.notna().to_numpy()
+    if not present.any():
+        return None, None
+    numbers = pd.to_numeric(text.where(present, None).map(_as_number_text), errors="coerce").to_numpy(
+        dtype="float64")
+    spelled_nonfinite = text.map(lambda v: isinstance(v, str) and v.strip().lower().lstrip("+-") in
+                                 ("nan", "inf", "infinity")).to_numpy()
+    parsed_ok = present & (np.isfinite(numbers) | spelled_nonfinite)
+    if parsed_ok.sum() * 2 < present.sum():  # mostly words: a label column, not a metric
+        return None, None
+    stray = present & ~parsed_ok
+    if stray.any():
+        first = int(parsed.lines[np.flatnonzero(stray)[0]])
+        notes.append(Note(file, f"{int(stray.sum())} non-numeric value(s) in column {name!r} ignored",
+                          line=first, count=int(stray.sum())))
+    return numbers, parsed_ok
+
+
+def _as_number_text(value: Any) -> Any:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, str):
+        return value.strip()
+    return None
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name

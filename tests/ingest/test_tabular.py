@@ -1,0 +1,267 @@
+"""Generic CSV/TSV and JSON-lines metric files: real framework output, non-finite tokens, broken and odd input."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analyzer.ingest import tabular
+from analyzer.run import Ingested, build_run
+
+FRAMEWORKS = Path(__file__).resolve().parents[1] / "fixtures" / "frameworks"
+GENERIC_CSV = FRAMEWORKS / "generic_csv" / "metrics.csv"
+GENERIC_JSONL = FRAMEWORKS / "generic_jsonl" / "metrics.jsonl"
+TRUNCATED_JSONL = FRAMEWORKS / "generic_jsonl" / "metrics_truncated.jsonl"
+
+
+def write(tmp_path: Path, name: str, data: str | bytes) -> Path:
+    path = tmp_path / name
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def table(path: Path, rank: int | None = None) -> tabular.Table:
+    return tabular.read_file(path, path.name, rank=rank)
+
+
+def series(frame, name: str) -> dict[int, float]:
+    rows = frame[frame["name"] == name]
+    return dict(zip(rows["step"].tolist(), rows["value"].tolist()))
+
+
+def run_of(path: Path):
+    piece = tabular.read([path], path.parent)
+    return build_run(path.parent, [piece])
+
+
+def needs(path: Path) -> Path:
+    if not path.is_file():
+        pytest.skip(f"framework fixture not generated yet: {path}")
+    return path
+
+
+# --- real framework output ---------------------------------------------------------------------------------------------
+
+def test_generic_csv_every_point_with_its_line():
+    frame = table(needs(GENERIC_CSV)).frame
+    loss = series(frame, "loss")
+    assert sorted(loss) == list(range(1, 101))
+    assert loss[1] == 7.9570088386535645
+    evals = frame[frame["name"] == "eval_loss"]
+    assert evals["step"].tolist() == [20, 40, 60, 80, 100]
+    row = evals[evals["step"] == 60].iloc[0]
+    assert row["value"] == 0.5820446610450745 and row["line"] == 61  # header is line 1
+
+
+def test_generic_jsonl_matches_the_csv_of_the_same_run():
+    frame = table(needs(GENERIC_JSONL)).frame
+    csv = table(needs(GENERIC_CSV)).frame
+    for name in ("loss", "lr", "grad_norm", "eval_loss"):
+        assert series(frame, name) == series(csv, name)
+    row = frame[(frame["name"] == "eval_loss") & (frame["step"] == 60)].iloc[0]
+    assert row["line"] == 60
+
+
+def test_truncated_jsonl_drops_the_cut_line_with_a_note():
+    result = table(needs(TRUNCATED_JSONL))
+    assert max(series(result.frame, "loss")) == 60
+    (note,) = result.notes
+    assert note.line == 61 and "cut short" in note.message
+
+
+# --- JSON lines ----------------------------------------------------------------------------------------------------
+
+def test_nonfinite_tokens_become_nonfinite_values(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": NaN, "gn": Infinity}\n'
+                                      '{"step":2,"loss":-Infinity,"gn":1.5}\n'
+                                      '{"step": 3, "loss": 2.0, "gn": NaN}\n')
+    frame = table(path).frame
+    loss, gn = series(frame, "loss"), series(frame, "gn")
+    assert math.isnan(loss[1]) and loss[2] == -math.inf and loss[3] == 2.0
+    assert gn[1] == math.inf and gn[2] == 1.5 and math.isnan(gn[3])
+
+
+def test_absent_key_is_no_point_but_nan_is_one(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 1.0}\n{"step": 2, "eval_loss": NaN}\n')
+    frame = table(path).frame
+    assert series(frame, "loss") == {1: 1.0}
+    assert list(series(frame, "eval_loss")) == [2]
+
+
+def test_nan_in_a_list_takes_the_tolerant_path(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 3.0, "hist": [NaN, 1]}\n{"step": 2, "loss": NaN}\n')
+    loss = series(table(path).frame, "loss")
+    assert loss[1] == 3.0 and math.isnan(loss[2])
+
+
+def test_garbage_lines_are_counted_and_lines_stay_right(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 3.0}\nTraceback (most recent call last):\n'
+                                      '\x00\xff\xfe binary\n{"step": 2, "loss": 2.5}\n{"step": 3, "loss": }\n'
+                                      '{"step": 4, "loss": 2.0}\n')
+    result = table(path)
+    frame = result.frame
+    assert series(frame, "loss") == {1: 3.0, 2: 2.5, 4: 2.0}
+    assert dict(zip(frame["step"], frame["line"])) == {1: 1, 2: 4, 4: 6}
+    (note,) = result.notes
+    assert note.count == 3 and note.line == 2
+
+
+def test_blank_lines_and_crlf_keep_line_numbers(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 3.0}\r\n\r\n   \n{"step": 2, "loss": 2.0}\r\n')
+    frame = table(path).frame
+    assert dict(zip(frame["step"], frame["line"])) == {1: 1, 2: 4}
+
+
+def test_records_without_a_step_are_ignored_with_a_note(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 3.0}\n{"config": {"lr": 0.1}}\n{"step": 2, "loss": 2.0}\n')
+    result = table(path)
+    assert series(result.frame, "loss") == {1: 3.0, 2: 2.0}
+    assert any("without a step" in n.message and n.line == 2 for n in result.notes)
+
+
+def test_split_field_makes_eval_metrics(tmp_path):
+    path = write(tmp_path, "metrics.jsonl", '{"step": 10, "split": "train", "loss": 3.0}\n'
+                                            '{"step": 10, "split": "eval", "loss": 3.4, "ppl": 30.0}\n')
+    run = run_of(path)
+    assert run.series("loss").to_dict() == {10: 3.0}
+    assert run.series("eval_loss").to_dict() == {10: 3.4} and run.has("eval_ppl")
+
+
+def test_type_clash_between_lines_is_tolerated(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 3.0}\n{"step": 2, "loss": "n/a"}\n'
+                                      '{"step": 3, "loss": "2.5"}\n')
+    result = table(path)
+    assert series(result.frame, "loss") == {1: 3.0, 3: 2.5}
+    assert any("non-numeric" in n.message and n.line == 2 for n in result.notes)
+
+
+def test_nested_objects_are_flattened_with_slashes(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "train": {"loss": 3.0}, "eval": {"loss": 3.5}}\n')
+    run = run_of(path)
+    assert run.series("loss").to_dict() == {1: 3.0} and run.series("eval_loss").to_dict() == {1: 3.5}
+
+
+def test_rank_field_and_rank_in_file_name(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "rank": 0, "loss": 3.0}\n{"step": 1, "rank": 1, "loss": 3.3}\n')
+    run = run_of(path)
+    assert run.series("loss", rank=1).to_dict() == {1: 3.3}
+    other = write(tmp_path, "metrics.rank2.jsonl", '{"step": 1, "loss": 2.9}\n')
+    assert tabular.rank_from_name(other.name) == 2
+    assert table(other, rank=2).frame["rank"].tolist() == [2]
+
+
+def test_fallback_step_columns(tmp_path):
+    for column in ("global_step", "iteration", "iter", "_step"):
+        path = write(tmp_path, f"{column}.jsonl", f'{{"{column}": 7, "loss": 1.0}}\n')
+        assert series(table(path).frame, "loss") == {7: 1.0}
+
+
+def test_fractional_epoch_as_the_only_clock_uses_row_order(tmp_path):
+    path = write(tmp_path, "m.csv", "epoch,loss\n0.5,3.0\n1.0,2.0\n")
+    result = table(path)
+    assert series(result.frame, "loss") == {0: 3.0, 1: 2.0}
+    assert any("fractional epochs" in n.message for n in result.notes)
+
+
+def test_invalid_utf8_in_a_text_field(tmp_path):
+    path = write(tmp_path, "m.jsonl", b'{"step": 1, "note": "\xff\xfe", "loss": 3.0}\n{"step": 2, "loss": 2.0}\n')
+    assert series(table(path).frame, "loss") == {1: 3.0, 2: 2.0}
+
+
+def test_unicode_metric_names_are_kept(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "Temperature²": 9.0, "损失": 2.0}\n')
+    frame = table(path).frame
+    assert series(frame, "Temperature²") == {1: 9.0} and series(frame, "损失") == {1: 2.0}
+
+
+def test_empty_and_blank_files_give_no_frame(tmp_path):
+    for data in ("", "\n\n  \n"):
+        result = table(write(tmp_path, "m.jsonl", data))
+        assert result.frame is None and result.notes
+
+
+def test_long_format_jsonl(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "tag": "train/loss", "value": 3.0}\n'
+                                      '{"step": 1, "tag": "val/loss", "value": NaN}\n')
+    run = run_of(path)
+    assert run.series("loss").to_dict() == {1: 3.0}
+    assert math.isnan(run.series("eval_loss")[1])
+
+
+# --- CSV -----------------------------------------------------------------------------------------------------------
+
+def test_csv_nonfinite_text_is_kept_and_empty_is_absent(tmp_path):
+    path = write(tmp_path, "m.csv", "step,loss,lr\n1,nan,0.1\n2,inf,\n3,-inf,0.1\n4,2.0,0.1\n")
+    frame = table(path).frame
+    loss = series(frame, "loss")
+    assert math.isnan(loss[1]) and loss[2] == math.inf and loss[3] == -math.inf and loss[4] == 2.0
+    assert sorted(series(frame, "lr")) == [1, 3, 4]
+
+
+def test_csv_rows_with_wrong_field_count_are_skipped(tmp_path):
+    path = write(tmp_path, "m.csv", "step,loss\n1,3.0\n2,2.5,9,9\n\n3,2.0\n4,1")
+    result = table(path)
+    frame = result.frame
+    assert series(frame, "loss") == {1: 3.0, 3: 2.0, 4: 1.0}  # "4,1" has the right fields: kept
+    assert dict(zip(frame["step"], frame["line"])) == {1: 2, 3: 5, 4: 6}
+    assert any("wrong number of fields" in n.message and n.count == 1 for n in result.notes)
+
+
+def test_csv_truncated_last_row_is_dropped(tmp_path):
+    path = write(tmp_path, "m.csv", "step,loss,lr\n1,3.0,0.1\n2,2.")
+    result = table(path)
+    assert series(result.frame, "loss") == {1: 3.0}
+    assert any("cut short" in n.message and n.line == 3 for n in result.notes)
+
+
+def test_csv_words_in_a_numeric_column_are_counted(tmp_path):
+    path = write(tmp_path, "m.csv", "step,loss,phase\n1,3.0,warmup\n2,oops,main\n3,2.0,main\n")
+    result = table(path)
+    assert series(result.frame, "loss") == {1: 3.0, 3: 2.0}
+    assert "phase" not in set(result.frame["name"])  # a column of words is a label, not a metric
+    assert any("'loss'" in n.message and n.line == 3 for n in result.notes)
+
+
+def test_tsv_and_long_format_csv(tmp_path):
+    tsv = write(tmp_path, "m.tsv", "step\tloss\n5\t1.5\n")
+    assert series(table(tsv).frame, "loss") == {5: 1.5}
+    long = write(tmp_path, "long.csv", "step,metric,value\n1,loss,3.0\n1,grad_norm,0.5\n2,loss,2.0\n")
+    frame = table(long).frame
+    assert series(frame, "loss") == {1: 3.0, 2: 2.0} and series(frame, "grad_norm") == {1: 0.5}
+
+
+def test_csv_binary_junk_is_tolerated(tmp_path):
+    path = write(tmp_path, "m.csv", b"step,loss\n1,3.0\n\x00\x01\x02\xff\n2,\xff\xfe\n3,2.0\n")
+    result = table(path)
+    assert series(result.frame, "loss") == {1: 3.0, 3: 2.0}
+
+
+# --- sniff ---------------------------------------------------------------------------------------------------------
+
+def test_sniff(tmp_path):
+    assert tabular.sniff(needs(GENERIC_CSV)) and tabular.sniff(needs(GENERIC_JSONL))
+    assert not tabular.sniff(write(tmp_path, "data.csv", "x,y\n1,2\n"))
+    assert not tabular.sniff(write(tmp_path, "config.json", '{"step": 1, "lr": 0.1}'))  # one object: a config
+    assert tabular.sniff(write(tmp_path, "metrics.json", '{"iteration": 1, "loss": 2}\n{"iteration": 2, "loss": 1}\n'))
+    assert not tabular.sniff(write(tmp_path, "empty.jsonl", ""))
+    assert not tabular.sniff(write(tmp_path, "list.jsonl", "[1, 2]\n"))
+
+
+def test_fast_and_tolerant_paths_agree(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [f'{{"step": {i}, "loss": {v!r}, "lr": 0.001}}' for i, v in enumerate(rng.random(200).tolist())]
+    clean = write(tmp_path, "clean.jsonl", "\n".join(lines) + "\n")
+    dirty = write(tmp_path, "dirty.jsonl", "\n".join(lines[:100] + ["garbage"] + lines[100:]) + "\n")
+    a, b = table(clean).frame, table(dirty).frame
+    assert a["value"].tolist() == b["value"].tolist() and a["step"].tolist() == b["step"].tolist()
+    assert (b["line"].to_numpy() - a["line"].to_numpy() == (a["step"].to_numpy() >= 100)).all()
+
+
+def test_read_collects_every_file(tmp_path):
+    a = write(tmp_path, "a.jsonl", '{"step": 1, "loss": 3.0}\n')
+    b = write(tmp_path, "b.csv", "step,acc\n1,0.5\n")
+    piece = tabular.read([a, b], tmp_path)
+    assert isinstance(piece, Ingested) and [f for f, _ in piece.frames] == ["a.jsonl", "b.csv"]
