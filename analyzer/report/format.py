@@ -1,0 +1,131 @@
+"""Text formatting shared by every renderer: numbers, step ranges, and markdown escaping of strings from logs."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+SIGNIFICANT_DIGITS = 4  # numbers in prose and tables; enough to tell 3.75 from 3.60 without noise
+PATCH_DIGITS = 6  # numbers in a patch to paste: the value a user will actually set
+
+
+def number(value: Any, digits: int = SIGNIFICANT_DIGITS) -> str:
+    """A value as a reader wants it: 0.0002, 9, 4.85e+08, NaN, true, [0.9, 0.999]."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        try:
+            return number(value.item(), digits)  # numpy scalars
+        except (TypeError, ValueError):
+            pass
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Inf" if value > 0 else "-Inf"
+        if value.is_integer() and abs(value) < 1e7:
+            return f"{int(value)}.0"  # 3.0 stays visibly a float, and a loss scale of 65536 keeps its digits
+        return f"{value:.{digits}g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(number(v, digits) for v in value) + "]"
+    return str(value)
+
+
+def patch_value(value: Any) -> Any:
+    """A JSON-safe value for the patch: floats rounded to PATCH_DIGITS so 2e-4 reads 0.0002, not 0.00020000000001."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return value
+    if hasattr(value, "item") and callable(value.item):
+        return patch_value(value.item())
+    if isinstance(value, float):
+        return float(f"{value:.{PATCH_DIGITS}g}") if math.isfinite(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [patch_value(v) for v in value]
+    return str(value)
+
+
+def cli_value(value: Any) -> str:
+    """A value as a `--set KEY=VALUE` override: plain numbers, JSON for lists, shell-safe quoting for text."""
+    value = patch_value(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return number(value, PATCH_DIGITS)
+    if isinstance(value, list):
+        return shell_quote(json.dumps(value, separators=(",", ":")))
+    return shell_quote(str(value))
+
+
+def shell_quote(text: str) -> str:
+    if re.fullmatch(r"[\w.,:+\-/=@]+", text):
+        return text
+    return "'" + text.replace("'", "'\"'\"'") + "'"
+
+
+def steps(first: int | None, last: int | None) -> str:
+    """'436', '100-600', 'from 436', 'whole run'."""
+    if first is None and last is None:
+        return "whole run"
+    if last is None:
+        return f"from {first}"
+    if first is None:
+        return f"until {last}"
+    return str(first) if first == last else f"{first}-{last}"
+
+
+def steps_phrase(first: int | None, last: int | None) -> str:
+    """'step 436', 'steps 100-600', 'from step 5', 'whole run': the steps as prose."""
+    span = steps(first, last)
+    if first is None and last is None:
+        return span
+    if first is not None and last is not None:
+        return f"step {span}" if first == last else f"steps {span}"
+    return span.replace("from ", "from step ").replace("until ", "until step ")
+
+
+def truncate(text: str, limit: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
+
+
+# --- markdown ---------------------------------------------------------------------------------------------------
+
+# "<" and "&" are enough to stop raw HTML and entities; ">" alone is harmless mid-line and reads better raw.
+_MD_HTML = str.maketrans({"&": "&amp;", "<": "&lt;"})
+
+
+def md_text(text: Any) -> str:
+    """Inline markdown text from an untrusted string: HTML-escaped (GitHub renders raw tags), on one line."""
+    return " ".join(str(text).split()).translate(_MD_HTML)
+
+
+def md_cell(text: Any) -> str:
+    """md_text that is also safe inside a table cell (pipes escaped)."""
+    return md_text(text).replace("|", "\\|")
+
+
+def md_code(text: Any, in_table: bool = False) -> str:
+    """An inline code span that holds any string: the fence is longer than any backtick run inside it."""
+    body = " ".join(str(text).split())
+    if not body:
+        return ""
+    longest = max((len(run) for run in re.findall(r"`+", body)), default=0)
+    fence = "`" * (longest + 1)
+    if body.startswith("`") or body.endswith("`") or (body.startswith(" ") and body.endswith(" ")):
+        body = f" {body} "
+    if in_table:
+        body = body.replace("|", "\\|")  # GFM splits cells on pipes even inside code spans
+    return f"{fence}{body}{fence}"
+
+
+def md_fence(text: str, info: str = "") -> str:
+    """A fenced code block that holds any text: the fence is longer than any backtick run inside it."""
+    longest = max((len(run) for run in re.findall(r"`{3,}", text)), default=2)
+    fence = "`" * (longest + 1)
+    return f"{fence}{info}\n{text.rstrip()}\n{fence}"

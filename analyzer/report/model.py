@@ -1,0 +1,722 @@
+"""The report as plain data: every sentence, table row and figure a template shows, computed here, once.
+
+Templates only format these objects (coverage.py's model): whatever needs a decision, a number or a sort order is
+decided in `build_report`, so the markdown and HTML reports cannot disagree and tests can check content without
+parsing either.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from analyzer.findings import Diagnosis, Finding, Severity
+from analyzer.report import format as fmt
+
+MAX_EVIDENCE_ROWS = 8  # log lines shown per finding; the rest are counted (findings.json has them all)
+MAX_NOTES = 20  # ingest notes shown in the run facts
+MAX_VERDICT_NAMES = 4  # consequences named in the verdict; a sentence, not a list
+MAX_MARKS = 4
+WHOLE_RUN = 0.8  # a finding spanning more of the run than this is not shaded on its plots  # root-cause / critical onsets marked on the overview plot
+
+# Findings that say the run's numbers (and so its later checkpoints) went NaN/Inf.
+NONFINITE_FINDINGS = ("nonfinite-onset", "checkpoint-nonfinite")
+
+SEVERITY_LABEL = {"critical": "Critical", "warning": "Warning", "info": "Info"}
+
+
+# --- the objects templates see ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FigureView:
+    """One rendered figure: SVG text, written as figures/<id>.svg beside report.md and inlined as a data: URI in HTML."""
+
+    id: str
+    title: str
+    caption: str
+    svg: str
+
+    @property
+    def file(self) -> str:
+        return f"figures/{self.id}.svg"
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/svg+xml;base64," + base64.b64encode(self.svg.encode("utf-8")).decode("ascii")
+
+
+@dataclass(frozen=True)
+class ChainStep:
+    """One finding in a root cause's chain; depth 0 is the root, depth n follows from a finding at depth n-1."""
+
+    depth: int
+    name: str
+    code: str
+    severity: str
+    steps: str
+    when: str  # "step 436" / "steps 100-600"
+    first_step: int | None
+    message: str
+    anchor: str
+    because: tuple[str, ...]  # the causes of this step among the chain
+
+
+@dataclass(frozen=True)
+class RootCause:
+    name: str
+    code: str
+    severity: str
+    first_step: int | None
+    steps: str
+    when: str
+    message: str
+    anchor: str
+    chain: tuple[ChainStep, ...]  # the root first, then what it led to, in pre-order
+    arrow: str  # the longest path, one line: "a (step 0) -> b (step 120) -> c (step 436)"
+
+
+@dataclass(frozen=True)
+class RecommendationRow:
+    hparam: str
+    current: str
+    suggested: str
+    rationale: str
+    source: str  # the finding that recommends it
+    source_anchor: str
+    also: str = ""  # other findings that recommend a change of the same hparam, and what they suggest
+
+
+@dataclass(frozen=True)
+class Patch:
+    json: str  # {"temperature": 2.0}
+    overrides: str  # --set temperature=2.0
+    command: str  # reproduce-run RUN_DIR --set temperature=2.0
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class EvidenceRow:
+    location: str  # train.log:12
+    text: str
+
+
+@dataclass(frozen=True)
+class Table:
+    """A small table a detector's partial shows (e.g. T -> T^2 -> KD loss)."""
+
+    title: str
+    headers: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class FindingView:
+    index: int
+    anchor: str
+    code: str
+    name: str
+    severity: str
+    severity_label: str
+    confidence: str
+    message: str
+    steps: str
+    when: str
+    is_root: bool
+    caused_by: tuple[str, ...]
+    leads_to: tuple[str, ...]
+    metrics: tuple[Row, ...]
+    recommendations: tuple[RecommendationRow, ...]
+    evidence: tuple[EvidenceRow, ...]
+    evidence_more: int
+    figures: tuple[FigureView, ...]
+    missing_plots: tuple[str, ...]  # plots this finding would show, and the metric the run lacks for each
+    table: Table | None = None
+
+    @property
+    def evidence_block(self) -> str:
+        """The cited lines as one aligned text block: `train.log:436  [Warning] lm_loss ...`."""
+        width = max((len(e.location) for e in self.evidence), default=0)
+        return "\n".join(f"{e.location.ljust(width)}  {_one_line(e.text)}".rstrip() for e in self.evidence)
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    path: str
+    step: str
+    format: str
+    state: str  # "finite", "NaN/Inf in 12 values", "not inspected", or why it could not be read
+    good: bool | None  # True finite, False non-finite or unreadable, None not inspected
+
+
+@dataclass(frozen=True)
+class RunFacts:
+    path: str
+    name: str
+    status: str
+    formats: str
+    steps: str
+    n_points: str
+    metrics: str
+    sources: tuple[str, ...]
+    hparams: tuple[Row, ...]
+    checkpoints: tuple[CheckpointRow, ...]
+    last_good: CheckpointRow | None
+    last_good_reason: str
+    notes: tuple[str, ...]
+    notes_more: int
+
+
+@dataclass(frozen=True)
+class Report:
+    title: str
+    run_name: str
+    version: str
+    worst: str  # critical | warning | info | ok
+    worst_label: str
+    verdict: str
+    fix: str  # "temperature 3.0 -> 2.0", or "" when nothing to change
+    status: str
+    counts: tuple[Row, ...]  # ("critical", "2"), ...
+    overview: FigureView | None
+    root_causes: tuple[RootCause, ...]
+    recommendations: tuple[RecommendationRow, ...]
+    patch: Patch | None
+    findings: tuple[FindingView, ...]
+    blind_spots: tuple[Row, ...]  # (message, "affects: a, b")
+    skipped: tuple[Row, ...]  # (detector, reason)
+    errors: tuple[Row, ...]  # (detector, error)
+    facts: RunFacts
+
+
+def _one_line(text: str) -> str:
+    """A log line as written (its spacing is evidence too), minus what would break a line: CR, LF, controls."""
+    return re.sub(r"[\x00-\x08\x0a-\x1f\x7f]", " ", text.replace("\t", "    "))
+
+
+# --- building it ------------------------------------------------------------------------------------------------
+
+def build_report(diagnosis: Diagnosis, run=None, *, version: str = "", figures: bool = True) -> Report:
+    """The report for one diagnosis. `run` (an analyzer.run.Run) adds plots, checkpoint stats and ingest notes."""
+    findings = diagnosis.findings
+    anchors = {id(f): _anchor(i, f) for i, f in enumerate(findings, start=1)}
+    first_anchor = {}
+    for f in findings:
+        first_anchor.setdefault(f.name, anchors[id(f)])
+    roots = set(diagnosis.root_causes)
+    series = _SeriesCache(run)
+    facts = _facts(diagnosis, run)
+    rec_rows, patch_values = recommendations(findings, first_anchor)
+    views = tuple(
+        _finding_view(i, f, findings, anchors[id(f)], roots, first_anchor, series, facts, run, figures,
+                      (diagnosis.run.first_step, diagnosis.run.last_step))
+        for i, f in enumerate(findings, start=1))
+    worst = diagnosis.worst()
+    return Report(
+        title=f"Postmortem: {diagnosis.run.name}",
+        run_name=diagnosis.run.name,
+        version=version,
+        worst=worst.value if worst else "ok",
+        worst_label=SEVERITY_LABEL[worst.value] if worst else "OK",
+        verdict=verdict(diagnosis),
+        fix=fix_line(rec_rows),
+        status=_status(diagnosis),
+        counts=tuple(Row(s.value, str(sum(f.severity is s for f in findings))) for s in Severity),
+        overview=_overview(diagnosis, series, facts, run) if figures else None,
+        root_causes=_root_causes(diagnosis, first_anchor),
+        recommendations=rec_rows,
+        patch=_patch(patch_values, diagnosis.run.path),
+        findings=views,
+        blind_spots=tuple(Row(b.message, ", ".join(b.affects)) for b in diagnosis.blind_spots),
+        skipped=tuple(Row(s.name, s.reason) for s in diagnosis.skipped),
+        errors=tuple(Row(e.name, e.error) for e in diagnosis.errors),
+        facts=facts,
+    )
+
+
+def _anchor(index: int, finding: Finding) -> str:
+    return f"f{index}-" + re.sub(r"[^a-z0-9-]+", "-", finding.name.lower()).strip("-")
+
+
+# --- verdict ------------------------------------------------------------------------------------------------------
+
+def verdict(diagnosis: Diagnosis) -> str:
+    """The whole diagnosis in one sentence."""
+    findings = diagnosis.findings
+    run = diagnosis.run
+    span = fmt.steps(run.first_step, run.last_step)
+    could_not = len(diagnosis.skipped) + len(diagnosis.errors)
+    caveat = f" ({could_not} detector{'s' if could_not != 1 else ''} could not run)" if could_not else ""
+    worst = diagnosis.worst()
+    if worst is None:
+        if run.n_points == 0:
+            return f"Nothing to judge: no metrics were found in this run{caveat}."
+        return f"No problem found in steps {span}{caveat}."
+    if worst is Severity.INFO:
+        names = _and([f.name for f in findings])
+        return f"No warning or critical finding in steps {span}; worth knowing: {names}{caveat}."
+    lead = "The run is broken" if worst is Severity.CRITICAL else "The run is degraded"
+    by_name = {f.name: f for f in findings}
+    roots = [by_name[n] for n in diagnosis.root_causes if n in by_name]
+    consequences = sorted((f for f in findings if f.name not in diagnosis.root_causes
+                           and f.severity is not Severity.INFO), key=_step_key)
+    led = ""
+    if consequences:
+        named = [_named_at(f) for f in consequences[:MAX_VERDICT_NAMES]]
+        if len(consequences) > MAX_VERDICT_NAMES:
+            named.append(f"{len(consequences) - MAX_VERDICT_NAMES} more")
+        led = ", which led to " + _and(named)
+    if len(roots) == 1:
+        root = roots[0]
+        return f"{lead}: {_sentence_body(root.message)} ({root.name}, {_from(root)}){led}."
+    if roots:
+        return f"{lead} by {len(roots)} root causes: {_and([_named_from(r) for r in roots])}{led}."
+    return f"{lead}: {_and([_named_at(f) for f in findings if f.severity is not Severity.INFO])}."
+
+
+def fix_line(rows: Sequence[RecommendationRow]) -> str:
+    return "; ".join(f"{r.hparam} {r.current} -> {r.suggested}" for r in rows)
+
+
+def _sentence_body(message: str) -> str:
+    text = " ".join(message.split()).rstrip(".")
+    return text[:1].lower() + text[1:] if text[:2].isalpha() and not text[:2].isupper() else text
+
+
+def _named_at(f: Finding) -> str:
+    if f.first_step is None:
+        return f.name
+    return f"{f.name} (step {f.first_step})"
+
+
+def _named_from(f: Finding) -> str:
+    return f"{f.name} ({_from(f)})"
+
+
+def _from(f: Finding) -> str:
+    return "whole run" if f.first_step is None else f"from step {f.first_step}"
+
+
+def _and(items: Sequence[str]) -> str:
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _status(diagnosis: Diagnosis) -> str:
+    run = diagnosis.run
+    status = run.status or "not recorded by the run"
+    points = f"{run.n_points:,} points"
+    return f"{status}; steps {fmt.steps(run.first_step, run.last_step)}, {points}"
+
+
+# --- root causes and their chains ---------------------------------------------------------------------------------
+
+def _root_causes(diagnosis: Diagnosis, anchors: Mapping[str, str]) -> tuple[RootCause, ...]:
+    by_name = {f.name: f for f in diagnosis.findings}
+    effects: dict[str, list[str]] = {}
+    for f in diagnosis.findings:
+        for cause in f.caused_by:
+            effects.setdefault(cause, []).append(f.name)
+    out = []
+    for root_name in diagnosis.root_causes:
+        root = by_name.get(root_name)
+        if root is None:
+            continue
+        depth = _depths(root_name, effects)
+        # Each finding hangs under its deepest cause in the chain, so a -> b -> c is drawn as a path, not a fan.
+        parent = {}
+        for name in depth:
+            if name == root_name:
+                continue
+            causes = [c for c in by_name[name].caused_by if c in depth]
+            parent[name] = max(causes, key=lambda c: (depth[c], c))
+        children: dict[str, list[str]] = {}
+        for name, up in parent.items():
+            children.setdefault(up, []).append(name)
+        order: list[str] = []
+
+        def visit(name: str) -> None:
+            order.append(name)
+            for child in sorted(children.get(name, ()), key=lambda n: _step_key(by_name[n])):
+                visit(child)
+
+        visit(root_name)
+        chain = tuple(
+            ChainStep(depth=depth[n], name=n, code=by_name[n].code, severity=by_name[n].severity.value,
+                      steps=fmt.steps(by_name[n].first_step, by_name[n].last_step),
+                      when=fmt.steps_phrase(by_name[n].first_step, by_name[n].last_step),
+                      first_step=by_name[n].first_step, message=by_name[n].message, anchor=anchors[n],
+                      because=tuple(c for c in by_name[n].caused_by if c in depth))
+            for n in order)
+        out.append(RootCause(
+            name=root.name, code=root.code, severity=root.severity.value, first_step=root.first_step,
+            steps=fmt.steps(root.first_step, root.last_step), when=fmt.steps_phrase(root.first_step, root.last_step),
+            message=root.message, anchor=anchors[root.name],
+            chain=chain, arrow=" -> ".join(_named_at(by_name[n]) for n in _longest_path(root_name, effects, by_name)),
+        ))
+    return tuple(out)
+
+
+def _step_key(f: Finding) -> tuple:
+    return (f.first_step if f.first_step is not None else -1, f.name)
+
+
+def _depths(root: str, effects: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Longest distance from the root to each finding it reaches (the cause graph is acyclic; a cycle is cut)."""
+    depth = {root: 0}
+    frontier = [root]
+    for _ in range(len(effects) + 1):
+        nxt = []
+        for name in frontier:
+            for effect in effects.get(name, ()):
+                if effect != root and depth.get(effect, -1) < depth[name] + 1 and depth[name] < len(effects):
+                    depth[effect] = depth[name] + 1
+                    nxt.append(effect)
+        if not nxt:
+            break
+        frontier = nxt
+    return depth
+
+
+def _longest_path(root: str, effects: Mapping[str, Sequence[str]], by_name: Mapping[str, Finding]) -> list[str]:
+    """The chain from the root to its deepest consequence; among equally long ones, the earliest steps."""
+    reach = _depths(root, effects)
+    height: dict[str, int] = {}
+
+    def tall(name: str, seen: frozenset) -> int:
+        if name not in height:
+            below = [tall(e, seen | {name}) for e in effects.get(name, ()) if e in reach and e not in seen]
+            height[name] = 1 + max(below, default=0)
+        return height[name]
+
+    path = [root]
+    while True:
+        nxt = [e for e in effects.get(path[-1], ()) if e in reach and e not in path]
+        if not nxt:
+            return path
+        path.append(min(nxt, key=lambda n: (-tall(n, frozenset(path)), _step_key(by_name[n]))))
+
+
+# --- recommendations ----------------------------------------------------------------------------------------------
+
+def recommendations(findings: Sequence[Finding], anchors: Mapping[str, str] | None = None
+                    ) -> tuple[tuple[RecommendationRow, ...], dict[str, Any]]:
+    """One row per hparam, from the first finding (root causes come first) that recommends it, others noted; and
+    the raw suggested values for the patch."""
+    first: dict[str, tuple[Any, Finding]] = {}
+    also: dict[str, list[str]] = {}
+    for f in findings:
+        for r in f.recommendations:
+            if r.hparam not in first:
+                first[r.hparam] = (r, f)
+            elif f.name != first[r.hparam][1].name:
+                also.setdefault(r.hparam, []).append(f"{f.name} suggests {fmt.number(r.suggested, fmt.PATCH_DIGITS)}")
+    rows = tuple(
+        RecommendationRow(hparam=h, current=fmt.number(r.current, fmt.PATCH_DIGITS),
+                          suggested=fmt.number(r.suggested, fmt.PATCH_DIGITS), rationale=r.rationale, source=f.name,
+                          source_anchor=(anchors or {}).get(f.name, ""), also="; ".join(also.get(h, [])))
+        for h, (r, f) in first.items())
+    return rows, {h: fmt.patch_value(r.suggested) for h, (r, _) in first.items()}
+
+
+def _patch(values: Mapping[str, Any], run_path: str) -> Patch | None:
+    if not values:
+        return None
+    overrides = " ".join(f"--set {h}={fmt.cli_value(v)}" for h, v in values.items())
+    return Patch(
+        json=json.dumps(dict(values), indent=2, ensure_ascii=False),
+        overrides=overrides,
+        command=f"reproduce-run {fmt.shell_quote(run_path)} {overrides}",
+    )
+
+
+# --- one finding --------------------------------------------------------------------------------------------------
+
+def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: str, roots: set[str],
+                  anchors: Mapping[str, str], series: "_SeriesCache", facts: RunFacts, run, figures: bool,
+                  facts_span: tuple[int | None, int | None] = (None, None)) -> FindingView:
+    from analyzer.report import plots
+
+    leads_to = tuple(g.name for g in findings if f.name in g.caused_by)
+    metrics = tuple(Row(str(k), fmt.number(v)) for k, v in f.metrics.items())
+    recs = tuple(
+        RecommendationRow(r.hparam, fmt.number(r.current, fmt.PATCH_DIGITS), fmt.number(r.suggested, fmt.PATCH_DIGITS),
+                          r.rationale, f.name, anchor) for r in f.recommendations)
+    evidence = tuple(
+        EvidenceRow(f"{e.file}:{e.line}" if e.line is not None else e.file, e.text)
+        for e in f.evidence[:MAX_EVIDENCE_ROWS])
+    available = series.metrics
+    specs = plots.plots_for(f.name, available)
+    missing = tuple(
+        f"{plots.PLOTS[p].title.lower()}: the run logs no {_missing(plots.PLOTS[p], available)}"
+        for p in plots.FINDING_PLOTS.get(f.name, plots.DEFAULT_PLOTS)[:plots.MAX_PLOTS_PER_FINDING]
+        if not plots.PLOTS[p].available(available)) if run is not None else ()
+    figs: tuple[FigureView, ...] = ()
+    if figures and specs:
+        when = fmt.steps_phrase(f.first_step, f.last_step)
+        window, note = (f.first_step, f.last_step), f"shaded: {f.name} ({when})"
+        if _covers_run(f, facts_span):
+            window, note = None, f"{f.name} spans the whole run ({when})"
+        data = series.plot_input(
+            [m for s in specs for m in s.metrics] + ["eval_loss"], window=window, window_label=f"{f.name} ({when})",
+            with_checkpoints=f.name in plots.CHECKPOINT_FINDINGS, facts=facts)
+        figs = tuple(
+            FigureView(id=f"{index:02d}-{f.name}-{spec.name}", title=spec.title, caption=f"{spec.title}; {note}",
+                       svg=plots.render_svg([spec], data))
+            for spec in specs)
+    table_builder = TABLES.get(f.name)
+    return FindingView(
+        index=index, anchor=anchor, code=f.code, name=f.name, severity=f.severity.value,
+        severity_label=SEVERITY_LABEL[f.severity.value], confidence=f.confidence.value, message=f.message,
+        steps=fmt.steps(f.first_step, f.last_step), when=fmt.steps_phrase(f.first_step, f.last_step), is_root=f.name in roots, caused_by=tuple(f.caused_by),
+        leads_to=leads_to, metrics=metrics, recommendations=recs, evidence=evidence,
+        evidence_more=max(0, len(f.evidence) - MAX_EVIDENCE_ROWS), figures=figs, missing_plots=missing,
+        table=table_builder(f, series, facts, run) if table_builder else None,
+    )
+
+
+def _covers_run(f: Finding, span: tuple[int | None, int | None]) -> bool:
+    """A finding over most of the run (a setting, a run-long oscillation): shading it would shade everything."""
+    first, last = span
+    if None in (first, last, f.first_step, f.last_step) or last <= first:
+        return False
+    return (f.last_step - f.first_step) > WHOLE_RUN * (last - first)
+
+
+def _missing(spec, available) -> str:
+    lacking = [m for m in spec.requires if m not in available]
+    if spec.any_of and not any(m in available for m in spec.any_of):
+        lacking.append(" or ".join(spec.any_of))
+    return " and ".join(lacking)
+
+
+def _overview(diagnosis: Diagnosis, series: "_SeriesCache", facts: RunFacts, run) -> FigureView | None:
+    """Loss (and grad norm, else lr) over the whole run, with the onsets of root causes and critical findings."""
+    from analyzer.report import plots
+
+    if run is None:
+        return None
+    specs = [plots.PLOTS[n] for n in ("loss", "grad_norm", "lr") if plots.PLOTS[n].available(series.metrics)][:2]
+    if not specs:
+        return None
+    marked = []
+    for f in diagnosis.findings:
+        if f.first_step is None or not (f.name in diagnosis.root_causes or f.severity is Severity.CRITICAL):
+            continue
+        if f.first_step != diagnosis.run.first_step and all(step != f.first_step for step, _ in marked):
+            marked.append((f.first_step, f.code))
+    marked = sorted(marked)[:MAX_MARKS]
+    data = series.plot_input([m for s in specs for m in s.metrics] + ["eval_loss"], marks=tuple(marked),
+                             with_checkpoints=True, facts=facts)
+    caption = "The whole run" + (": dotted lines mark where " + ", ".join(
+        f"{code} began (step {step})" for step, code in marked) if marked else "")
+    return FigureView(id="00-overview", title="Run overview", caption=caption,
+                      svg=plots.render_svg(specs, data, figsize=None if len(specs) > 1 else plots.FIGSIZE))
+
+
+class _SeriesCache:
+    """The run's series as numpy arrays, each pulled from the Run once (plots and tables share them)."""
+
+    def __init__(self, run):
+        self.run = run
+        self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.metrics: set[str] = set(run.metrics) if run is not None else set()
+
+    def get(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+        if metric not in self.metrics:
+            return None
+        if metric not in self._cache:
+            s = self.run.series(metric)
+            self._cache[metric] = (s.index.to_numpy(), s.to_numpy(dtype="float64"))
+        return self._cache[metric]
+
+    def plot_input(self, metrics: Sequence[str], *, window=None, window_label: str = "", marks=(),
+                   with_checkpoints: bool = False, facts: RunFacts | None = None):
+        from analyzer.report.plots import PlotInput
+
+        data = {m: self.get(m) for m in dict.fromkeys(metrics) if m in self.metrics}
+        run = self.run
+        checkpoints = ()
+        if with_checkpoints and run is not None:
+            checkpoints = tuple((c.step, not (c.error or (c.stats is not None and c.stats.nonfinite)))
+                                for c in run.checkpoints if c.step is not None)
+        overflow = tuple(e.step for e in run.events_of("overflow") if e.step is not None) if run is not None else ()
+        hparams = {k: h.value for k, h in run.hparams.items()} if run is not None else {}
+        return PlotInput(series=data, hparams=hparams,
+                         window=window, window_label=window_label, marks=tuple(marks), checkpoints=checkpoints,
+                         overflow_steps=overflow)
+
+
+# --- tables that a detector's partial shows -----------------------------------------------------------------------
+
+HIDDEN_KINDS = {"nan": "NaN reported in the log", "nan_clamp": "NaN clamped in the log",
+                "skipped_step": "step skipped in the log"}
+
+def _temperature_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) -> Table | None:
+    """T -> T^2 -> KD loss at the run's median raw KL, for the current and suggested temperatures (seed 002)."""
+    temps = []
+    for r in f.recommendations:
+        if r.hparam in ("temperature", "min_temperature"):
+            temps += [r.current, r.suggested]
+    current = f.metrics.get("temperature")
+    if current is not None:
+        temps.insert(0, current)
+    temps = sorted({float(t) for t in temps if _is_number(t) and float(t) > 0}, reverse=True)
+    if not temps:
+        return None
+    raw = f.metrics.get("kd_raw_median")
+    if not _is_number(raw):
+        kd = series.get("kd_raw")
+        raw = float(np.nanmedian(kd[1])) if kd is not None and np.isfinite(kd[1]).any() else None
+    rows = tuple(
+        (fmt.number(t), fmt.number(t * t), fmt.number(raw * t * t) if raw is not None else "-") for t in temps)
+    note = (f"KD loss = raw KL x T^2; raw KL median {fmt.number(raw)}." if raw is not None
+            else "KD loss = raw KL x T^2 (the run logs no raw KL).")
+    return Table("Temperature and the KD loss it produces", ("temperature", "T^2", "KD loss"), rows, note)
+
+
+def _nonfinite_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) -> Table | None:
+    """Where each metric first went NaN/Inf, and the NaN the logs hid (clamped, filtered)."""
+    rows = []
+    for metric in sorted(series.metrics):
+        got = series.get(metric)
+        if got is None:
+            continue
+        steps, values = got
+        bad = ~np.isfinite(values)
+        if bad.any():
+            rows.append((metric, str(int(steps[bad.argmax()])), str(int(bad.sum())), "logged as NaN/Inf"))
+    if run is not None:
+        hidden: dict[str, list] = {}
+        for e in run.events_of("nan", "nan_clamp", "skipped_step"):
+            hidden.setdefault(e.kind, []).append(e)
+        for kind, events in sorted(hidden.items()):
+            known = [e for e in events if e.step is not None]
+            first = min(known, key=lambda e: e.step) if known else events[0]
+            where = f"{first.file}:{first.line}" if first.line is not None else first.file
+            metric = str(first.data.get("metric", "-")) if first.data else "-"
+            rows.append((metric, fmt.number(first.step), str(len(events)), f"{HIDDEN_KINDS[kind]} ({where})"))
+    if not rows:
+        return None
+    note = ""
+    if facts.last_good is not None:
+        note = f"Last good checkpoint: {facts.last_good.path} (step {facts.last_good.step}). {facts.last_good_reason}"
+    return Table("First non-finite values", ("metric", "first step", "count", "how"), tuple(rows), note)
+
+
+def _checkpoint_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) -> Table | None:
+    """Every checkpoint with its NaN/Inf count and the tensors that hold them."""
+    if run is None or not run.checkpoints:
+        return None
+    rows = []
+    for c in run.checkpoints:
+        where = ""
+        if c.stats is not None:
+            bad = [t.name for t in (*c.stats.tensors, *c.stats.optimizer_tensors) if t.nonfinite]
+            where = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
+        state = c.error or (str(c.stats.nonfinite) if c.stats is not None else "not inspected")
+        rows.append((c.path, fmt.number(c.step), state, where or "-"))
+    note = (f"Last good checkpoint: {facts.last_good.path} (step {facts.last_good.step})."
+            if facts.last_good is not None else "No checkpoint is known to be good.")
+    return Table("Checkpoints", ("checkpoint", "step", "NaN/Inf values", "in tensors"), tuple(rows), note)
+
+
+TABLES: dict[str, Callable[[Finding, _SeriesCache, RunFacts, Any], Table | None]] = {
+    "distill-temperature-blowup": _temperature_table,
+    "nonfinite-onset": _nonfinite_table,
+    "checkpoint-nonfinite": _checkpoint_table,
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# --- run facts ----------------------------------------------------------------------------------------------------
+
+def _facts(diagnosis: Diagnosis, run) -> RunFacts:
+    summary = diagnosis.run
+    rows = tuple(_checkpoint_row(c) for c in summary.checkpoints)
+    last_good, reason = last_good_checkpoint(diagnosis)
+    notes: list[str] = []
+    if run is not None:
+        for n in run.notes:
+            where = f"{n.file}:{n.line}" if n.line is not None else n.file
+            notes.append(f"{where}: {n.message}" + (f" (x{n.count})" if n.count > 1 else ""))
+    return RunFacts(
+        path=summary.path, name=summary.name, status=summary.status or "not recorded",
+        formats=", ".join(summary.formats) or "none recognised",
+        steps=fmt.steps(summary.first_step, summary.last_step) if summary.n_points else "none",
+        n_points=f"{summary.n_points:,}", metrics=", ".join(summary.metrics) or "none",
+        sources=tuple(run.sources) if run is not None else (),
+        hparams=tuple(Row(k, fmt.number(v, fmt.PATCH_DIGITS)) for k, v in summary.hparams.items()),
+        checkpoints=rows, last_good=_checkpoint_row(last_good) if last_good else None, last_good_reason=reason,
+        notes=tuple(notes[:MAX_NOTES]), notes_more=max(0, len(notes) - MAX_NOTES),
+    )
+
+
+def _checkpoint_row(c: Mapping[str, Any]) -> CheckpointRow:
+    if c.get("error"):
+        state, good = str(c["error"]), False
+    elif "nonfinite" in c:
+        bad = int(c["nonfinite"])
+        state, good = ("finite" if not bad else f"NaN/Inf in {bad} values"), not bad
+    else:
+        state, good = "not inspected", None
+    return CheckpointRow(path=str(c.get("path", "")), step=fmt.number(c.get("step")), format=str(c.get("format", "")),
+                         state=state, good=good)
+
+
+def last_good_checkpoint(diagnosis: Diagnosis) -> tuple[Mapping[str, Any] | None, str]:
+    """The newest readable, finite checkpoint saved before the damage began, and why that one.
+
+    The damage begins at the earliest critical finding that starts after the run's first step: a critical finding
+    from the first step is a setting of the run (a temperature, a learning rate), present in every checkpoint, so it
+    cannot name a restart point. When no checkpoint predates that onset, the fallback is the newest finite one saved
+    before the run went non-finite (its weights are intact even if the run was already unstable).
+    """
+    summary = diagnosis.run
+    start = summary.first_step
+    critical = sorted((f for f in diagnosis.findings if f.severity is Severity.CRITICAL and f.first_step is not None
+                       and (start is None or f.first_step > start)), key=_step_key)
+    finite = [c for c in summary.checkpoints
+              if c.get("step") is not None and not c.get("error") and not c.get("nonfinite")]
+
+    def newest_before(limit: int | None) -> Mapping[str, Any] | None:
+        fits = [c for c in finite if limit is None or c["step"] < limit]
+        return max(fits, key=lambda c: c["step"]) if fits else None
+
+    def unchecked(c: Mapping[str, Any]) -> str:
+        return "" if "nonfinite" in c else " Its weights were not inspected."
+
+    if not critical:
+        best = newest_before(None)
+        return (best, "The newest finite checkpoint; no critical finding." + unchecked(best)) if best else (None, "")
+    onset = critical[0]
+    best = newest_before(onset.first_step)
+    if best is not None:
+        return best, (f"The newest finite checkpoint before step {onset.first_step}, where {onset.name} began."
+                      + unchecked(best))
+    went_nonfinite = [f.first_step for f in critical if f.name in NONFINITE_FINDINGS] + [
+        c["step"] for c in summary.checkpoints if c.get("nonfinite") and c.get("step") is not None]
+    if went_nonfinite:
+        limit = min(went_nonfinite)
+        best = newest_before(limit)
+        if best is not None:
+            return best, (f"No checkpoint predates step {onset.first_step}, where {onset.name} began; this is the "
+                          f"newest with finite weights, saved before the run went non-finite at step {limit}."
+                          + unchecked(best))
+    return None, f"No readable, finite checkpoint was saved before step {onset.first_step}, where {onset.name} began."

@@ -1,0 +1,86 @@
+"""Short markdown for CI ($GITHUB_STEP_SUMMARY, kept under GitHub's 1 MiB limit) and sweep indexes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import quote
+
+from analyzer.findings import Diagnosis, Severity
+from analyzer.report.model import SEVERITY_LABEL, build_report, verdict
+from analyzer.report.render import render
+
+# GitHub refuses a step summary over 1 MiB; the margin leaves room for what other steps append.
+SUMMARY_LIMIT = 1024 * 1024 - 64 * 1024
+MAX_SUMMARY_FINDINGS = 50  # a summary is a glance; the artifact has the rest
+
+
+def github_summary(diagnosis: Diagnosis, artifact_hint: str, limit: int = SUMMARY_LIMIT) -> str:
+    report = build_report(diagnosis, None, figures=False)
+    total = len(report.findings)
+
+    def attempt(shown: int) -> str:
+        return render("summary.md.j2", r=report, findings=report.findings[:shown], cut=total - shown,
+                      artifact=artifact_hint)
+
+    shown = min(total, MAX_SUMMARY_FINDINGS)
+    text = attempt(shown)
+    if _size(text) > limit:
+        low, high = 0, shown  # the most findings that fit
+        while low < high:
+            mid = (low + high + 1) // 2
+            if _size(attempt(mid)) <= limit:
+                low = mid
+            else:
+                high = mid - 1
+        text = attempt(low)
+    if _size(text) > limit:  # even the frame is too big (a huge verdict or recommendation table): cut by bytes
+        pointer = f"\n\n... cut to fit GitHub's summary limit; the full report is in {artifact_hint}\n"
+        budget = limit - _size(pointer)
+        text = text.encode("utf-8")[:budget].decode("utf-8", "ignore").rsplit("\n", 1)[0] + pointer
+    return text
+
+
+def _size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+@dataclass(frozen=True)
+class IndexRow:
+    name: str
+    link: str  # URL-quoted relative path
+    verdict: str
+    worst: str  # critical | warning | info | ok
+    worst_label: str
+    counts: str  # "2 critical, 1 warning"
+    root_causes: str
+    fix: str
+
+
+def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow, ...]:
+    from analyzer.report.model import fix_line, recommendations
+
+    rows = []
+    for name, diagnosis, link in entries:
+        worst = diagnosis.worst()
+        counts = ", ".join(f"{n} {s.value}" for s in Severity
+                           if (n := sum(f.severity is s for f in diagnosis.findings)))
+        rows.append(IndexRow(
+            name=name, link=quote(Path(link).as_posix()), verdict=verdict(diagnosis), worst=worst.value if worst else "ok",
+            worst_label=SEVERITY_LABEL[worst.value] if worst else "OK", counts=counts or "none",
+            root_causes=", ".join(diagnosis.root_causes), fix=fix_line(recommendations(diagnosis.findings)[0]),
+        ))
+    # Worst first, then by name: the runs that need a look lead the page.
+    order = {"critical": 0, "warning": 1, "info": 2, "ok": 3}
+    return tuple(sorted(rows, key=lambda r: (order[r.worst], r.name)))
+
+
+def index(entries: Sequence[tuple[str, Diagnosis, Path]], html: bool) -> str:
+    from analyzer import __version__
+
+    rows = index_rows(entries)
+    tally = {label: sum(r.worst == key for r in rows) for key, label in
+             (("critical", "critical"), ("warning", "warning"), ("info", "info only"), ("ok", "clean"))}
+    return render("index.html.j2" if html else "index.md.j2", rows=rows, version=__version__,
+                  tally=tuple((label, n) for label, n in tally.items() if n))
