@@ -32,6 +32,7 @@ NOT_CONFIGS = re.compile(
     re.IGNORECASE)
 # Mappings that describe labels or files, not settings.
 SKIPPED_KEYS = {"id2label", "label2id", "weight_map", "auto_map", "_name_or_path"}
+_PYTHON_TAG = re.compile(r"^tag:yaml\.org,2002:python/[\w/]+:")  # `!!python/name:torch.optim.AdamW` -> the name
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 _KNOWN = set(HPARAM_ALIASES) | set(HPARAM_ALIASES.values())
 
@@ -147,7 +148,7 @@ def _tolerant_loader():
                 return loader.construct_mapping(node, deep=True)
             if isinstance(node, yaml.SequenceNode):
                 return loader.construct_sequence(node, deep=True)
-            return loader.construct_scalar(node) or tag_suffix
+            return loader.construct_scalar(node) or _PYTHON_TAG.sub("", tag_suffix)
 
         TolerantLoader.add_multi_constructor("", construct_unknown)
         _LOADER = TolerantLoader

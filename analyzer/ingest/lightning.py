@@ -1,17 +1,95 @@
-"""PLACEHOLDER: the lightning reader is being written; it claims nothing yet."""
+"""PyTorch Lightning CSVLogger: `lightning_logs/version_*/metrics.csv` + `hparams.yaml`; versions of a folder are
+one run (each resume starts a new version)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from analyzer.run import Ingested
+from analyzer.ingest import configs, tabular
+from analyzer.run import Event, Ingested, Note
 
 FORMAT = "lightning"
 
+METRICS = "metrics.csv"
+HPARAMS = "hparams.yaml"
+VERSION_DIR = re.compile(r"version_(\d+)")
+_LIGHTNING_COLUMN = re.compile(r".+_(step|epoch)")
+
 
 def sniff(path: Path) -> bool:
-    return False
+    if path.name not in (METRICS, HPARAMS):
+        return False
+    if VERSION_DIR.fullmatch(path.parent.name):
+        return True
+    if path.name == HPARAMS:  # beside a Lightning metrics.csv or TensorBoard events
+        beside = path.parent / METRICS
+        return (beside.is_file() and _lightning_header(beside)) or any(path.parent.glob("events.out.tfevents.*"))
+    return _lightning_header(path)
+
+
+def _lightning_header(path: Path) -> bool:
+    """A CSV with a `step` column and Lightning's `epoch` or `*_step`/`*_epoch` columns."""
+    with open(path, "rb") as fh:
+        header = fh.read(8192).removeprefix(b"\xef\xbb\xbf").split(b"\n", 1)[0].decode("utf-8", "replace")
+    names = [n.strip().strip('"') for n in header.split(",")]
+    return "step" in names and ("epoch" in names or any(_LIGHTNING_COLUMN.fullmatch(n) for n in names))
 
 
 def read(paths: list[Path], root: Path) -> Ingested:
-    return Ingested(FORMAT)
+    out = Ingested(FORMAT)
+    for _, folders in sorted(_runs(paths).items()):
+        previous_last: int | None = None
+        previous_name = ""
+        for folder in folders:
+            hparams = folder / HPARAMS
+            if hparams in paths:
+                _read_hparams(hparams, tabular._relative(hparams, root), out)
+            metrics = folder / METRICS
+            if metrics not in paths:
+                continue
+            file = tabular._relative(metrics, root)
+            table = tabular.read_file(metrics, file)
+            out.notes.extend(table.notes)
+            if table.frame is None:
+                continue
+            out.add_frame(file, table.frame)
+            first = table.frame.iloc[0]
+            last_step = int(table.frame["step"].max())
+            if previous_last is not None and int(table.frame["step"].min()) > previous_last:
+                # a resume that carries on where the last version stopped: the steps do not go back, so only
+                # the new version folder tells that the process restarted
+                out.events.append(Event(
+                    "restart", int(first["step"]),
+                    f"{folder.name} resumes at step {int(first['step'])} after {previous_name} ended at step "
+                    f"{previous_last}", file, int(first["line"]), {"version": folder.name}))
+            previous_last = last_step if previous_last is None else max(previous_last, last_step)
+            previous_name = folder.name
+    return out
+
+
+def _runs(paths: list[Path]) -> dict[str, list[Path]]:
+    """Folders holding claimed files, grouped by run: a `version_N` folder belongs to its parent, in N order."""
+    runs: dict[str, set[Path]] = {}
+    for path in paths:
+        folder = path.parent
+        version = VERSION_DIR.fullmatch(folder.name)
+        key = str(folder.parent) if version else str(folder)
+        runs.setdefault(key, set()).add(folder)
+    return {key: sorted(folders, key=_version_order) for key, folders in runs.items()}
+
+
+def _version_order(folder: Path) -> tuple[int, str]:
+    version = VERSION_DIR.fullmatch(folder.name)
+    return (int(version.group(1)) if version else -1, folder.name)
+
+
+def _read_hparams(path: Path, file: str, out: Ingested) -> None:
+    value = configs.load(path, file, out.notes)
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        if value not in ("", [], {}):
+            out.notes.append(Note(file, "not a mapping of hyperparameters; not read"))
+        return
+    out.add_hparams(configs.flatten(value), file)

@@ -365,6 +365,13 @@ def parse_csv(path: Path, file: str) -> Parsed:
             convert_options=pcsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
                                                 quoted_strings_can_be_null=True))
 
+    cut = buf.rfind(b"\n") + 1
+    if not buf.endswith(b"\n") and cut and buf[cut:].strip():
+        # CSV writers end every row with a line break: a last row without one was cut by a killed writer, and a
+        # cut number ("1." of "1.9") would parse as a wrong value
+        notes.append(Note(file, "last line has no line end, so it may be cut short (the run was probably stopped "
+                                "mid-write); dropped", line=buf.count(b"\n") + 1))
+        buf = buf[:cut]
     try:
         buf.decode("utf-8")
     except UnicodeDecodeError:  # pyarrow cannot hand a row of invalid UTF-8 to the skip handler
@@ -379,13 +386,8 @@ def parse_csv(path: Path, file: str) -> Parsed:
     columns = _arrow_columns(table)
     lines = None
     if bad:
-        last_cut = not buf.endswith(b"\n") and bad[-1] == buf[buf.rfind(b"\n") + 1:].decode("utf-8", "replace")
-        n_bad = len(bad) - (1 if last_cut else 0)
-        if last_cut:
-            notes.append(Note(file, "last line is cut short (the run was probably stopped mid-write); dropped",
-                              line=buf.count(b"\n") + 1))
-        if n_bad:
-            notes.append(Note(file, f"{n_bad} line(s) with the wrong number of fields were skipped", count=n_bad))
+        notes.append(Note(file, f"{len(bad)} line(s) with the wrong number of fields were skipped",
+                          count=len(bad)))
         lines = _csv_lines_without(buf, bad)
     if lines is None or len(lines) != table.num_rows:
         lines = _row_lines(buf, table.num_rows, json_lines=False, skip_header=True)
