@@ -239,7 +239,7 @@ def run_overview(run) -> str:
     if run.hparams:
         shown = list(run.hparams.items())[:12]
         more = f" (+{len(run.hparams) - 12} more)" if len(run.hparams) > 12 else ""
-        lines.append("  hparams: " + ", ".join(f"{k}={hp.value}" for k, hp in shown) + more)
+        lines.append("  hparams: " + ", ".join(f"{k}={_short(hp.value)}" for k, hp in shown) + more)
     if run.checkpoints:
         lines.append(f"  checkpoints: {len(run.checkpoints)} (" + ", ".join(
             c.path for c in run.checkpoints[:4]) + (", ..." if len(run.checkpoints) > 4 else "") + ")")
@@ -250,6 +250,11 @@ def run_overview(run) -> str:
     if run.notes:
         lines.append(f"  notes: {len(run.notes)} (e.g. {run.notes[0].file}: {run.notes[0].message})")
     return "\n".join(lines)
+
+
+def _short(value, limit: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 # --- reproduce-run -------------------------------------------------------------------------------------------------

@@ -233,11 +233,16 @@ class Ingested:
     def add_hparams(self, values: Mapping[str, Any], file: str, prefix: str = "") -> None:
         """Flatten a (nested) config mapping into hparams; the canonical name comes from the last key."""
         for key, value in values.items():
+            if str(key).startswith("_") or str(key).lower() in _COMMENT_KEYS:
+                continue  # a comment written into a config explains values; it is not one
             full = f"{prefix}{key}"
             if isinstance(value, Mapping):
                 self.add_hparams(value, file, prefix=f"{full}.")
             elif value is None or isinstance(value, (bool, int, float, str)) or _is_short_list(value):
                 self.hparams.append((canonical_hparam(str(key)), value, file, full))
+
+
+_COMMENT_KEYS = {"comment", "comments", "description", "notes", "note", "doc"}
 
 
 def _is_short_list(value: Any) -> bool:

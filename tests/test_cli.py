@@ -89,8 +89,7 @@ def test_reproduce_run_missing_dir_is_exit_2(runner, tmp_path):
 def test_json_prints_schema_document(runner, tmp_path):
     (tmp_path / "metrics.csv").write_text("step,loss\n" + "".join(f"{i},{3 - i * 0.01}\n" for i in range(50)))
     result = runner.invoke(diagnose_command, ["--json", str(tmp_path)])
-    if result.exit_code == 2 and "no training log" in result.output:
-        pytest.skip("the CSV reader has not landed yet")
+    assert result.exit_code in (0, 1), result.output
     doc = json.loads(result.output)
     assert doc["schema"] == "postmortem.findings/1"
     assert doc["run"]["last_step"] == 49
