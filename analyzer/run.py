@@ -398,8 +398,10 @@ def _segments(scalars: pd.DataFrame, sources: list[str]) -> tuple[pd.DataFrame, 
     if not len(scalars):
         return scalars, []
     keys = [scalars["metric"], scalars["rank"]]
-    prev_max = scalars.groupby(keys, sort=False)["step"].cummax().groupby(keys, sort=False).shift(1)
-    restarted = (scalars["step"] < prev_max).to_numpy()
+    # A restart is where a series' step drops below its previous point; the resumed segment then rises again
+    # (comparing with the running maximum would count every resumed point below the old maximum as a restart).
+    prev_step = scalars.groupby(keys, sort=False)["step"].shift(1)
+    restarted = (scalars["step"] < prev_step).to_numpy()
     segment = pd.Series(restarted.astype("int64")).groupby([k.to_numpy() for k in keys], sort=False).cumsum()
     scalars = scalars.assign(segment=segment.to_numpy())
     events = []
