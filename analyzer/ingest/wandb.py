@@ -1,17 +1,398 @@
-"""PLACEHOLDER: the wandb reader is being written; it claims nothing yet."""
+"""W&B offline runs: history and config decoded from the `run-<id>.wandb` record file, else the files/ W&B wrote.
+
+Offline runs keep history and config only inside the `.wandb` file (wandb >= 0.17 writes no config.yaml or
+wandb-history.jsonl until synced): a LevelDB-log framing of protobuf `Record`s, decoded with `_protobuf` (field
+numbers from wandb/proto/wandb_internal.proto, checked against the installed wandb 0.31 descriptors).
+`files/output.log` is the console; it is handed to the text-log reader for its warnings, and for its numbers only
+when the run has no history of its own (otherwise the same values would be read twice, rounded).
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from analyzer.run import Ingested
+import numpy as np
+import pandas as pd
+
+from analyzer.ingest import _protobuf as pb
+from analyzer.run import Event, Ingested, Note
 
 FORMAT = "wandb"
 
+RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-([A-Za-z0-9]+)$")
+# What W&B itself writes into a run folder; anything else under files/ is the user's (wandb.save) and left to
+# the other readers.
+WANDB_FILES = {"output.log", "config.yaml", "wandb-summary.json", "wandb-metadata.json", "wandb-history.jsonl",
+               "wandb-events.jsonl", "requirements.txt", "conda-environment.yaml", "diff.patch", "debug.log",
+               "debug-internal.log", "debug-core.log"}
+
+# The .wandb file: a 7-byte header, then LevelDB log blocks of 32 KiB; chunks are (crc32, length, type) + data,
+# where crc32 is zlib's CRC-32 of the type byte and the data.
+FILE_HEADER = struct.Struct("<4sHB")
+FILE_IDENT, FILE_MAGIC = b":W&B", 0xBEE1
+BLOCK_SIZE = 32768
+CHUNK_HEADER = struct.Struct("<IHB")
+CHUNK_FULL, CHUNK_FIRST, CHUNK_MIDDLE, CHUNK_LAST = 1, 2, 3, 4
+
+# wandb_internal.proto field numbers.
+RECORD_HISTORY, RECORD_CONFIG, RECORD_RUN, RECORD_EXIT = 2, 5, 17, 18
+HISTORY_ITEM, HISTORY_STEP, STEP_NUM = 1, 2, 1
+ITEM_KEY, ITEM_NESTED_KEY, ITEM_VALUE_JSON = 1, 2, 16
+ITEM_BOOLEAN, ITEM_INTEGER, ITEM_NUMBER = 4, 5, 6  # HistoryItem's typed oneof (integer is a zigzag sint64)
+CONFIG_UPDATE = 1
+RUN_ID, RUN_CONFIG = 1, 4
+EXIT_CODE = 1
+STEP_KEY = "_step"
+
 
 def sniff(path: Path) -> bool:
-    return False
+    if path.suffix == ".wandb":
+        return True
+    folder = _run_folder(path)
+    return folder is not None and path.name in WANDB_FILES
+
+
+def _run_folder(path: Path) -> Path | None:
+    """The W&B run folder (`offline-run-<date>_<time>-<id>`) holding this file (in files/ or logs/)."""
+    for ancestor in list(path.parents)[:2]:
+        if RUN_DIR.match(ancestor.name):
+            return ancestor
+    return None
 
 
 def read(paths: list[Path], root: Path) -> Ingested:
-    return Ingested(FORMAT)
+    out = Ingested(FORMAT)
+    runs: dict[Path, _Run] = {}
+    for path in sorted(paths):
+        folder = path.parent if path.suffix == ".wandb" else _run_folder(path)
+        folder = folder if folder is not None else path.parent
+        runs.setdefault(folder, _Run(folder)).files.append(path)
+    chosen = _choose_run(runs, out, root)
+    for run in chosen:  # one run id, its folders in start order: a resume continues the same run
+        _read_run(run, root, out)
+    return out
+
+
+@dataclass
+class _Run:
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+
+    @property
+    def run_id(self) -> str:
+        match = RUN_DIR.match(self.folder.name)
+        return match[2] if match else self.folder.name
+
+    @property
+    def started(self) -> str:
+        match = RUN_DIR.match(self.folder.name)
+        return match[1] if match else ""
+
+
+def _choose_run(runs: dict[Path, _Run], out: Ingested, root: Path) -> list[_Run]:
+    """The folders of the most recently started run id; other run ids are named in a Note."""
+    by_id: dict[str, list[_Run]] = {}
+    for run in sorted(runs.values(), key=lambda r: (r.started, r.folder.name)):
+        by_id.setdefault(run.run_id, []).append(run)
+    if not by_id:
+        return []
+    latest = max(by_id, key=lambda run_id: by_id[run_id][-1].started)
+    others = sorted(run_id for run_id in by_id if run_id != latest)
+    if others:
+        out.notes.append(Note(_rel(by_id[latest][-1].folder, root),
+                              f"{len(by_id)} W&B runs found; only the most recent ({latest}) was read, not "
+                              + ", ".join(others), count=len(others)))
+    return by_id[latest]
+
+
+def _read_run(run: _Run, root: Path, out: Ingested) -> None:
+    named = {p.name: p for p in run.files}
+    has_history = False
+    for path in (p for p in run.files if p.suffix == ".wandb"):
+        has_history |= _read_wandb_file(path, _rel(path, root), out)
+    if not has_history and "wandb-history.jsonl" in named:
+        has_history = _read_history_jsonl(named["wandb-history.jsonl"], root, out)
+    if "config.yaml" in named:
+        _read_config_yaml(named["config.yaml"], root, out)
+    if "output.log" in named:
+        _read_console(named["output.log"], root, out, keep_numbers=not has_history)
+
+
+# --- the .wandb record file -----------------------------------------------------------------------------------------
+
+def records(data: bytes, rel: str, notes: list[Note]) -> list[bytes]:
+    """The Record payloads of a .wandb file, reassembled from their chunks; damage is noted, never raised."""
+    if len(data) < FILE_HEADER.size:
+        if data:
+            notes.append(Note(rel, "too short to be a W&B record file"))
+        return []
+    ident, magic, _version = FILE_HEADER.unpack_from(data)
+    if ident != FILE_IDENT or magic != FILE_MAGIC:
+        notes.append(Note(rel, "not a W&B record file (wrong header); ignored"))
+        return []
+    found: list[bytes] = []
+    pending: list[bytes] | None = None
+    bad_crc = broken = 0
+    pos, size = FILE_HEADER.size, len(data)
+    while pos < size:
+        left = BLOCK_SIZE - pos % BLOCK_SIZE
+        if left < CHUNK_HEADER.size:  # block trailer: zero padding
+            pos += left
+            continue
+        if pos + CHUNK_HEADER.size > size:
+            break
+        crc, length, kind = CHUNK_HEADER.unpack_from(data, pos)
+        start = pos + CHUNK_HEADER.size
+        if kind == 0 and length == 0:  # zero padding to the end of the block
+            pos += left
+            continue
+        if start + length > size or length > left - CHUNK_HEADER.size:
+            if start + length > size and kind in (CHUNK_FULL, CHUNK_FIRST, CHUNK_MIDDLE, CHUNK_LAST):
+                notes.append(Note(rel, "the last record is cut short (the writer stopped mid-record); ignored",
+                                  line=len(found) + 1))
+            else:
+                notes.append(Note(rel, f"corrupt chunk header at byte {pos}; the rest of the file was not read",
+                                  line=len(found) + 1))
+            return found
+        chunk = data[start:start + length]
+        pos = start + length
+        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) != crc:
+            bad_crc += 1
+            pending = None
+            continue
+        if kind == CHUNK_FULL:
+            found.append(chunk)
+            pending = None
+        elif kind == CHUNK_FIRST:
+            pending = [chunk]
+        elif kind == CHUNK_MIDDLE and pending is not None:
+            pending.append(chunk)
+        elif kind == CHUNK_LAST and pending is not None:
+            pending.append(chunk)
+            found.append(b"".join(pending))
+            pending = None
+        else:
+            broken += 1
+            pending = None
+    if bad_crc:
+        notes.append(Note(rel, "chunks whose checksum is wrong (corrupt) were skipped", count=bad_crc))
+    if broken:
+        notes.append(Note(rel, "record fragments without their start were skipped", count=broken))
+    if pending is not None:
+        notes.append(Note(rel, "the last record is cut short (the writer stopped mid-record); ignored",
+                          line=len(found) + 1))
+    return found
+
+
+def _read_wandb_file(path: Path, rel: str, out: Ingested) -> bool:
+    """History, config and exit code from one .wandb file; True when it held history."""
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
+        return False
+    steps, names, values, lines = [], [], [], []
+    config: dict[str, Any] = {}
+    undecodable: list[int] = []
+    history_records = 0
+    for index, record in enumerate(records(data, rel, out.notes), start=1):
+        try:
+            message = pb.parse(record)
+            if RECORD_HISTORY in message:
+                history_records += 1
+                step, points = _history(message[RECORD_HISTORY][-1], history_records - 1)
+                for name, value in points:
+                    steps.append(step)
+                    names.append(name)
+                    values.append(value)
+                    lines.append(index)
+            if RECORD_RUN in message:
+                run_config = pb.last(pb.parse(message[RECORD_RUN][-1]), RUN_CONFIG)
+                if run_config:
+                    config.update(_config_items(run_config))
+            if RECORD_CONFIG in message:
+                config.update(_config_items(message[RECORD_CONFIG][-1]))
+            if RECORD_EXIT in message:
+                _exit_event(message[RECORD_EXIT][-1], rel, index, out)
+        except (pb.DecodeError, UnicodeDecodeError, ValueError, OverflowError):
+            undecodable.append(index)
+    if undecodable:
+        out.notes.append(Note(rel, "records that are not a well-formed W&B Record were skipped",
+                              line=undecodable[0], count=len(undecodable)))
+    out.add_frame(rel, pd.DataFrame({
+        "step": np.asarray(steps, dtype=np.int64), "name": np.asarray(names, dtype=object),
+        "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)}))
+    if config:
+        out.add_hparams(config, rel)
+    return history_records > 0
+
+
+def _history(raw: bytes, sequence: int) -> tuple[int, list[tuple[str, float]]]:
+    """(step, [(metric, value)]) of one HistoryRecord; non-numeric values (media, tables, text) are skipped."""
+    message = pb.parse(raw)
+    step = None
+    step_message = pb.last(message, HISTORY_STEP)
+    if step_message:
+        step = pb.as_int64(pb.last(pb.parse(step_message), STEP_NUM, 0))
+    points = []
+    for item_raw in message.get(HISTORY_ITEM, []):
+        item = pb.parse(item_raw)
+        key = _item_key(item)
+        value = _item_value(item)
+        if key == STEP_KEY:
+            if step is None and isinstance(value, (int, float)) and math.isfinite(value):
+                step = int(value)
+            continue
+        if key.startswith("_"):  # W&B's own bookkeeping: _runtime, _timestamp, _wandb
+            continue
+        points.extend(_numbers(key, value))
+    return (step if step is not None else sequence), points
+
+
+def _item_key(item: dict[int, list]) -> str:
+    if ITEM_KEY in item:
+        return pb.as_text(item[ITEM_KEY][-1])
+    return "/".join(pb.as_text(k) for k in item.get(ITEM_NESTED_KEY, []))
+
+
+def _item_value(item: dict[int, list]) -> Any:
+    if ITEM_VALUE_JSON in item:
+        return json.loads(pb.as_text(item[ITEM_VALUE_JSON][-1]))  # NaN / Infinity tokens parse as floats
+    if ITEM_NUMBER in item:
+        return pb.as_double(item[ITEM_NUMBER][-1])
+    if ITEM_INTEGER in item:
+        raw = item[ITEM_INTEGER][-1]
+        return (raw >> 1) ^ -(raw & 1)  # zigzag
+    if ITEM_BOOLEAN in item:
+        return bool(item[ITEM_BOOLEAN][-1])
+    return None
+
+
+def _numbers(key: str, value: Any, depth: int = 0) -> list[tuple[str, float]]:
+    """Numeric leaves of a logged value: `run.log({"train": {"loss": x}})` gives ("train/loss", x)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        try:
+            return [(key, float(value))]
+        except OverflowError:  # a JSON integer beyond float range
+            return []
+    if isinstance(value, dict) and "_type" not in value and depth < 4:  # "_type": a media object or table
+        return [point for k, v in value.items() for point in _numbers(f"{key}/{k}", v, depth + 1)]
+    return []
+
+
+def _config_items(raw: bytes) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    for item_raw in pb.parse(raw).get(CONFIG_UPDATE, []):
+        item = pb.parse(item_raw)
+        key = _item_key(item).replace("/", ".")
+        if not key or key.startswith("_wandb"):
+            continue
+        try:
+            config[key] = json.loads(pb.as_text(item[ITEM_VALUE_JSON][-1])) if ITEM_VALUE_JSON in item else None
+        except ValueError:
+            continue
+    return config
+
+
+def _exit_event(raw: bytes, rel: str, index: int, out: Ingested) -> None:
+    code = pb.last(pb.parse(raw), EXIT_CODE, 0)
+    code = code - (1 << 64) if code >= 1 << 63 else code
+    if code:
+        out.events.append(Event("error", None, f"W&B run exited with code {code}", rel, index, {"exit_code": code}))
+
+
+# --- files/ -----------------------------------------------------------------------------------------------------------
+
+def _read_history_jsonl(path: Path, root: Path, out: Ingested) -> bool:
+    """files/wandb-history.jsonl (synced runs): one JSON object per logged step."""
+    rel = _rel(path, root)
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as error:
+        out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
+        return False
+    steps, names, values, lines = [], [], [], []
+    garbage: list[int] = []
+    rows = text.split("\n")
+    # One json.loads per line: W&B writes NaN/Infinity tokens that pyarrow's JSON reader rejects; this file only
+    # exists for runs synced from the cloud, where it is the fallback to the .wandb file.
+    for number, row in enumerate(rows, start=1):
+        if not row.strip():
+            continue
+        try:
+            entry = json.loads(row)
+        except ValueError:
+            if number == len(rows) and not text.endswith("\n"):
+                out.notes.append(Note(rel, "the last line is cut short (the writer stopped mid-line); ignored",
+                                      line=number))
+            else:
+                garbage.append(number)
+            continue
+        if not isinstance(entry, dict):
+            garbage.append(number)
+            continue
+        step = entry.get(STEP_KEY)
+        step = int(step) if isinstance(step, (int, float)) and math.isfinite(step) else len(set(lines))
+        for key, value in entry.items():
+            if not key.startswith("_"):
+                for name, number_value in _numbers(key, value):
+                    steps.append(step)
+                    names.append(name)
+                    values.append(number_value)
+                    lines.append(number)
+    if garbage:
+        out.notes.append(Note(rel, "lines that are not JSON objects were skipped", line=garbage[0],
+                              count=len(garbage)))
+    out.add_frame(rel, pd.DataFrame({
+        "step": np.asarray(steps, dtype=np.int64), "name": np.asarray(names, dtype=object),
+        "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)}))
+    return bool(steps)
+
+
+def _read_config_yaml(path: Path, root: Path, out: Ingested) -> None:
+    """files/config.yaml: {key: {desc: ..., value: ...}} plus W&B's own wandb_version and _wandb entries."""
+    import yaml
+
+    rel = _rel(path, root)
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, yaml.YAMLError) as error:
+        out.notes.append(Note(rel, f"config unreadable ({type(error).__name__}); ignored"))
+        return
+    if not isinstance(loaded, dict):
+        return
+    config = {str(key): (entry.get("value") if isinstance(entry, dict) and "value" in entry else entry)
+              for key, entry in loaded.items() if str(key) not in ("wandb_version", "_wandb")}
+    out.add_hparams(config, rel)
+
+
+def _read_console(path: Path, root: Path, out: Ingested, keep_numbers: bool) -> None:
+    """files/output.log through the text-log reader: its events always, its numbers only without a history."""
+    from analyzer.ingest import textlog
+
+    try:
+        piece = textlog.read([path], root)
+    except Exception as error:  # noqa: BLE001 - another reader's failure must not lose the W&B history
+        out.notes.append(Note(_rel(path, root), f"console log not read ({type(error).__name__})"))
+        return
+    out.events.extend(piece.events)
+    out.notes.extend(piece.notes)
+    out.blind_spots.extend(piece.blind_spots)
+    if keep_numbers:
+        out.frames.extend(piece.frames)
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
