@@ -551,3 +551,13 @@ def rise_during(series: pd.Series, start: int, end: int, lookback: int = 5) -> R
     if not len(during) or level <= 0:
         return Rise(1.0, level, None)
     return Rise(float(during.max()) / level, level, int(during.idxmax()))
+
+
+def hidden_zeros(series: pd.Series, zero_from: float, lookback: int = 5) -> np.ndarray:
+    """Positions where a loss reads exactly 0.0 right after a normal level (the median of the `lookback` finite,
+    non-zero points before it at least `zero_from`): a NaN that a filter or a clamp replaced by zero (HF Trainer's
+    logging_nan_inf_filter, seed 002's "clamping to zero"). A loss that sits at ~0 by design never qualifies."""
+    values = series.to_numpy(dtype="float64")
+    usable = np.isfinite(values) & (values != 0.0)
+    level = series.where(usable).rolling(lookback, min_periods=1).median().shift(1).to_numpy()
+    return np.flatnonzero((values == 0.0) & (level >= zero_from))
