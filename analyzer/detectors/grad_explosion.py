@@ -1,28 +1,213 @@
-"""PLACEHOLDER for grad-explosion: being written.
+"""grad-explosion: the gradient norm far above its own robust baseline, sustained or harmful, or far above the clip.
 
 What it detects:
-    TODO
+    A gradient norm (before clipping) that rises far above its own recent level and stays there, comes back again
+    and again, or drags the loss up with it; or one that sits at many times the clip threshold for the whole run
+    (seed 000's diagnostic: norms of ~87 against a clip of 1.0, where the production pipeline gave ~20).
 Why it matters:
-    TODO
+    Exploding gradients make updates that overshoot: the loss spikes, the fp16 loss scale collapses, and weights
+    reach NaN (seed 002's path). A clip threshold far below the norm on every step means every update is rescaled,
+    so the real step size is lr x clip / norm, not the lr: the cause (wrong labels, a loss term multiplied by T^2,
+    too high an lr) should be fixed rather than clipped.
 How it decides:
-    TODO
+    On the log of the non-zero norm, each point is compared with the rolling median of the `window` points before
+    it (robust: a spike never raises its own baseline). An excursion is a stretch of points above half `factor`
+    times their baseline that reaches `factor` times it somewhere; excursions during the lr warmup are left out. An excursion is harmful when it lasts at least `sustain_points` logged points, when the norm has
+    not come back by the end of the run, when the loss rises by `loss_jump` during it, or when at least
+    `repeat_episodes` excursions fall within one window; such an excursion is a warning. Isolated single-point
+    spikes that heal at once while the loss keeps falling are normal (large-batch outliers) and are info at most.
+    When max_grad_norm is known, a median norm of at least `clip_factor` times it over the run (after the first
+    tenth) is a warning too. A norm that is exactly 0 on most points while the loss changes is not measured
+    (Megatron prints `grad norm: 0.000`): the detector is skipped. Where per-layer gradient norms are logged, the
+    first/last layer ratio at the peak is reported (AutoTrainer flags > 70).
 What it recommends:
-    TODO
+    max_grad_norm near the p99 of the healthy (non-excursion) norms, unless clipping is already that tight, and the
+    peak lr halved, with the numbers; for a norm held at many times the clip threshold, finding the cause (the
+    chain links mlm-label-ratio, distill-temperature-blowup, lr-too-high) rather than more clipping.
 Parameters:
-    none
+    window (default 50): points in the trailing robust baseline.
+    factor (default 10.0): a point at least this many times its baseline is part of an excursion.
+    sustain_points (default 3): logged points an excursion must last to count as sustained.
+    repeat_episodes (default 3): excursions within one window that count as repeated.
+    loss_jump (default 1.2): a rise of the loss by this factor during an excursion makes it harmful.
+    clip_factor (default 20.0): a median norm this many times max_grad_norm is an explosion held down by clipping.
+    min_points (default 10): fewer non-zero finite norms than this are too few to judge.
 """
 
 from __future__ import annotations
 
-from analyzer.detectors.base import Detector
-from analyzer.findings import Severity, Skipped
+import re
+
+import numpy as np
+
+from analyzer.detectors import remedies, stats
+from analyzer.detectors.base import Detector, evidence_at
+from analyzer.findings import Confidence, Severity, Skipped
+
+WINDOW = 50  # trailing points: long enough to ignore a burst, short enough to follow the norm's slow decay
+MIN_PERIODS = 10  # a baseline from fewer points is not a baseline (and init transients settle by then)
+FACTOR = 10.0  # an order of magnitude: healthy large-batch outliers reach 5-17x (hf_star: 28-82 vs median 4.8)
+SUSTAIN_POINTS = 3
+REPEAT_EPISODES = 3
+LOSS_JUMP = 1.2  # a 20% rise of the loss while the norm is up
+CLIP_FACTOR = 20.0  # pre-clip norms of 1-5x the clip are common in healthy runs; 20x is not
+MIN_POINTS = 10
+EARLY_SHARE = 0.1  # the first tenth of a run (init transients) is left out of the clip comparison
+LOOKBACK = 20  # points before an excursion whose median is the loss level it is compared with
+LAYER_NORM = re.compile(r"grad_norm[/_.:]?(?:layer|layers|block|h)?[/_.:]?(\d+)$|(?:layer|layers|block|h)[/_.:]?(\d+)"
+                        r"[/_.:]grad_norm$", re.I)
 
 
 def check(run, params):
-    return Skipped("grad-explosion", "not implemented yet")
+    grad = stats.grad_norm(run)
+    if grad is None:
+        return Skipped(DETECTOR.name, "the run logs no gradient norm")
+    if grad.unmeasured:
+        return Skipped(DETECTOR.name, grad.unmeasured)
+    g = grad.values
+    if len(g) < params["min_points"]:
+        return Skipped(DETECTOR.name, f"only {len(g)} non-zero gradient norms; needs {params['min_points']}")
+    findings = []
+    excursion = _excursions(run, g, params)
+    if excursion is not None:
+        findings.append(excursion)
+    clipped = _above_clip(run, g, params)
+    if clipped is not None and (excursion is None or excursion.severity is Severity.INFO):
+        findings = [clipped]  # the norm's level is the finding; its outliers around that level are not news
+    return findings
+
+
+def _excursions(run, g, params):
+    x = np.log(g)
+    base = stats.trailing_baseline(x, params["window"], MIN_PERIODS).level
+    excess = (x - base).to_numpy()
+    excess0 = np.nan_to_num(excess, nan=0.0)
+    high = excess0 >= np.log(params["factor"])
+    sched = stats.schedule(run)
+    if sched.warmup_end is not None:  # gradients grow while the lr warms up (LoRA's zero-init B, say): not news
+        high &= g.index.to_numpy() >= sched.warmup_end
+    # Hysteresis: an excursion is the stretch above half the factor around points above the factor, so one event
+    # whose norm wobbles around the threshold is not cut into pieces.
+    low = excess0 >= np.log(params["factor"] / 2)
+    runs = [(a, b) for a, b in stats.runs_of_true(low) if high[a:b].any()]
+    if not runs:
+        return None
+    loss = stats.train_loss(run)
+    loss_series = loss[1] if loss is not None else None
+    steps = g.index.to_numpy()
+    episodes = []
+    for start, end in runs:
+        peak = start + int(np.argmax(excess[start:end]))
+        rise = stats.rise_during(loss_series, int(steps[start]), int(steps[end - 1]), LOOKBACK)
+        episodes.append({
+            "start": start, "end": end, "peak": peak, "points": end - start,
+            "ratio": float(np.exp(excess[peak])), "jump": rise.ratio, "loss_peak_step": rise.peak_step,
+            "unhealed": end == len(g), "sustained": end - start >= params["sustain_points"],
+        })
+    starts = np.array([e["start"] for e in episodes])
+    for e in episodes:
+        near = np.abs(starts - e["start"]) < params["window"]
+        e["repeated"] = int(near.sum()) >= params["repeat_episodes"]
+        e["harmful"] = (e["sustained"] or e["unhealed"] or e["repeated"] or e["jump"] >= params["loss_jump"])
+    harmful = [e for e in episodes if e["harmful"]]
+    healthy_mask = np.ones(len(g), dtype=bool)
+    for e in episodes:
+        healthy_mask[e["start"]:e["end"]] = False
+    healthy = g[healthy_mask]
+    baseline = float(np.median(healthy.to_numpy())) if len(healthy) else float(np.median(g.to_numpy()))
+
+    if not harmful:
+        worst = max(episodes, key=lambda e: e["ratio"])
+        return DETECTOR.finding(
+            f"{len(episodes)} isolated gradient-norm spike(s) up to {worst['ratio']:.0f}x the running median "
+            f"(peak {stats.fmt_num(float(g.iloc[worst['peak']]))} at step {int(steps[worst['peak']])}), each back "
+            "to its level at the next point with no rise of the loss: normal outliers.",
+            int(steps[episodes[0]["start"]]), int(steps[episodes[-1]["end"] - 1]), severity=Severity.INFO,
+            confidence=Confidence.MEDIUM,
+            metrics={"episodes": len(episodes), "peak_ratio": round(worst["ratio"], 2),
+                     "baseline_median": baseline},
+            evidence=evidence_at(run, "grad_norm", [int(steps[e["peak"]]) for e in episodes]))
+
+    first = harmful[0]
+    worst = max(harmful, key=lambda e: e["ratio"])
+    start_step, end_step = int(steps[first["start"]]), int(steps[harmful[-1]["end"] - 1])
+    peak_step = int(steps[worst["peak"]])
+    peak_value = float(g.iloc[worst["peak"]])
+    how = []
+    if worst["sustained"] or first["sustained"]:
+        how.append(f"held for {max(e['points'] for e in harmful)} logged points")
+    if any(e["unhealed"] for e in harmful):
+        how.append("not back to its level by the end of the run")
+    if any(e["repeated"] for e in harmful):
+        how.append(f"{len(harmful)} excursions close together")
+    jumps = [e["jump"] for e in harmful if e["jump"] >= params["loss_jump"]]
+    if jumps:
+        how.append(f"the {loss[0]} rose {max(jumps):.2f}x with it")
+    message = (f"The gradient norm rose to {stats.fmt_num(peak_value)} at step {peak_step}, "
+               f"{worst['ratio']:.0f}x its running median (healthy median {stats.fmt_num(baseline)}), from step "
+               f"{start_step}: {', '.join(how)}")
+    metrics = {"peak": peak_value, "peak_step": peak_step, "peak_ratio": round(worst["ratio"], 2),
+               "baseline_median": baseline, "episodes": len(harmful), "isolated_spikes": len(episodes) - len(harmful),
+               "healthy_p99": remedies.healthy_p99(healthy)}
+    layer_ratio = _layer_ratio(run, peak_step)
+    if layer_ratio is not None:
+        metrics["first_last_layer_ratio"] = round(layer_ratio, 2)
+        message += f"; first/last layer gradient ratio {layer_ratio:.0f} at the peak"
+    why = (f"the gradient norm reached {stats.fmt_num(peak_value)} ({worst['ratio']:.0f}x its running median) at "
+           f"step {peak_step}")
+    recs = remedies.unique([remedies.clip(run, healthy, why), remedies.lower_lr(run, why)])
+    evidence = evidence_at(run, "grad_norm", [start_step, peak_step])
+    jumped = [e for e in harmful if e["jump"] >= params["loss_jump"] and e["loss_peak_step"] is not None]
+    if jumped and loss is not None:
+        evidence += evidence_at(run, loss[0], [jumped[0]["loss_peak_step"]])
+    return DETECTOR.finding(message + ".", start_step, end_step, severity=Severity.WARNING,
+                            confidence=Confidence.HIGH if len(harmful) and (jumps or worst["sustained"])
+                            else Confidence.MEDIUM,
+                            metrics=metrics, recommendations=recs, evidence=evidence)
+
+
+def _above_clip(run, g, params):
+    clip = stats.hparam_number(run, "max_grad_norm")
+    if not clip or clip <= 0:
+        return None
+    skip = int(len(g) * EARLY_SHARE)
+    body = g.iloc[skip:]
+    median = float(np.median(body.to_numpy()))
+    ratio = median / clip
+    if ratio < params["clip_factor"]:
+        return None
+    first = int(body.index[int(np.argmax(body.to_numpy() >= params["clip_factor"] * clip))])
+    return DETECTOR.finding(
+        f"The gradient norm has a median of {stats.fmt_num(median)} over the run, {ratio:.0f}x the clip threshold "
+        f"max_grad_norm {stats.fmt_num(clip)}: every update is clipped, so the step size is set by the clip, not "
+        "the lr; something makes the gradient far larger than it should be.",
+        first, int(body.index[-1]), severity=Severity.WARNING, confidence=Confidence.MEDIUM,
+        metrics={"median": median, "max_grad_norm": clip, "clip_ratio": round(ratio, 2)},
+        evidence=evidence_at(run, "grad_norm", [first, int(body.index[len(body) // 2])]))
+
+
+def _layer_ratio(run, step) -> float | None:
+    """First/last layer gradient-norm ratio at `step`, where per-layer norms are logged."""
+    layers = {}
+    for metric in run.metrics:
+        m = LAYER_NORM.search(metric)
+        if m and metric != "grad_norm":
+            layers[int(m.group(1) or m.group(2))] = metric
+    if len(layers) < 2:
+        return None
+    first, last = run.series(layers[min(layers)]), run.series(layers[max(layers)])
+    if step not in first.index or step not in last.index:
+        return None
+    a, b = float(first.loc[step]), float(last.loc[step])
+    return a / b if b > 0 and np.isfinite(a) else None
 
 
 DETECTOR = Detector(
-    code="G001", name="grad-explosion", severity=Severity.WARNING, summary="TODO",
-    doc=__doc__, params={}, check=check,
+    code="G001", name="grad-explosion", severity=Severity.WARNING,
+    summary="gradient norm far above its own robust baseline (sustained, repeated or harmful) or the clip threshold",
+    doc=__doc__,
+    params={"window": WINDOW, "factor": FACTOR, "sustain_points": SUSTAIN_POINTS,
+            "repeat_episodes": REPEAT_EPISODES, "loss_jump": LOSS_JUMP, "clip_factor": CLIP_FACTOR,
+            "min_points": MIN_POINTS},
+    check=check, requires=("grad_norm",),
 )
