@@ -35,12 +35,9 @@ _RANK_IN_NAME = re.compile(r"(?:^|[._-])rank[._-]?(\d+)(?:[._-]|$)", re.IGNORECA
 NAN_SENTINEL = -1.2345678909876543e308
 POS_INF_SENTINEL = 1.3579246801357924e308
 NEG_INF_SENTINEL = -1.3579246801357924e308
-_TOKEN_SWAPS = tuple(
-    (sep + token, sep + repr(value).encode())
-    for token, value in ((b"-Infinity", NEG_INF_SENTINEL), (b"Infinity", POS_INF_SENTINEL), (b"NaN", NAN_SENTINEL))
-    for sep in (b": ", b":")
-)
-_CONSTANTS = {"NaN": NAN_SENTINEL, "Infinity": POS_INF_SENTINEL, "-Infinity": NEG_INF_SENTINEL}
+_TOKENS = (b"-Infinity", b"Infinity", b"NaN")  # "-Infinity" first: it contains "Infinity"
+_SENTINELS = {b"-Infinity": NEG_INF_SENTINEL, b"Infinity": POS_INF_SENTINEL, b"NaN": NAN_SENTINEL}
+_SEPARATORS = (b": ", b":")  # json.dumps' default and compact separators; other spellings take the slow path
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -180,19 +177,36 @@ def _drop_truncated_last_line(buf: bytes) -> tuple[bytes, int | None]:
     if not last.strip():
         return buf, None
     try:
-        json.loads(last.decode("utf-8", "replace"), parse_constant=_CONSTANTS.__getitem__)
+        json.loads(last.decode("utf-8", "replace"))
         return buf, None
     except (ValueError, RecursionError):
         return buf[:cut], buf.count(b"\n", 0, cut) + 1
 
 
-def _swap_tokens(buf: bytes) -> tuple[bytes, bool]:
+def _swap_tokens(buf: bytes) -> tuple[bytes, dict[float, int]]:
+    """Swap bare NaN/Infinity values for sentinel numbers; returns how many of each sentinel were written."""
+    written: dict[float, int] = {}
     if b"NaN" not in buf and b"Infinity" not in buf:
-        return buf, False
-    for token, number in _TOKEN_SWAPS:
-        if token in buf:
-            buf = buf.replace(token, number)
-    return buf, True
+        return buf, written
+    for token in _TOKENS:
+        sentinel = _SENTINELS[token]
+        for sep in _SEPARATORS:
+            found = buf.count(sep + token)
+            if found:
+                buf = buf.replace(sep + token, sep + repr(sentinel).encode())
+                written[sentinel] = written.get(sentinel, 0) + found
+    return buf, written
+
+
+def _sentinels_match(columns: dict[str, Column], written: dict[float, int]) -> bool:
+    """Every sentinel in the table is one we wrote: no logged value happens to equal one, and no token we swapped
+    sat inside a string. Otherwise the exact (slow) path must read the file."""
+    seen = dict.fromkeys(_SENTINELS.values(), 0)
+    for col in columns.values():
+        if col.values.dtype.kind == "f":
+            for sentinel in seen:
+                seen[sentinel] += int(np.count_nonzero(col.values == sentinel))
+    return all(seen[s] == written.get(s, 0) for s in seen)
 
 
 def _jsonl_with_arrow(buf: bytes) -> Parsed | None:
@@ -200,16 +214,18 @@ def _jsonl_with_arrow(buf: bytes) -> Parsed | None:
     import pyarrow as pa
     import pyarrow.json as pj
 
-    swapped, sentinels = _swap_tokens(buf)
+    swapped, written = _swap_tokens(buf)
     try:
         table = pj.read_json(pa.BufferReader(swapped))
         columns = _arrow_columns(table)
     except (pa.ArrowException, UnicodeDecodeError, ValueError, TypeError):
         return None
+    if written and not _sentinels_match(columns, written):
+        return None
     lines = _row_lines(buf, table.num_rows, json_lines=True)
     if lines is None:
         return None
-    return Parsed(columns, lines, sentinels=sentinels)
+    return Parsed(columns, lines, sentinels=bool(written))
 
 
 def _row_lines(buf: bytes, n_rows: int, json_lines: bool, skip_header: bool = False) -> np.ndarray | None:
@@ -257,7 +273,7 @@ def _jsonl_line_by_line(buf: bytes, file: str, notes: list[Note]) -> Parsed:
         records, kept = [], []
         for n, line in candidates:
             try:
-                obj = json.loads(line.decode("utf-8", "replace"), parse_constant=_CONSTANTS.__getitem__)
+                obj = json.loads(line.decode("utf-8", "replace"))  # reads NaN/Infinity as floats
             except (ValueError, RecursionError):
                 garbage_lines.append(n)
                 continue
@@ -266,7 +282,7 @@ def _jsonl_line_by_line(buf: bytes, file: str, notes: list[Note]) -> Parsed:
                 kept.append(n)
             else:
                 garbage_lines.append(n)
-        parsed = Parsed(_record_columns(records), np.array(kept, dtype="int64"), sentinels=True)
+        parsed = Parsed(_record_columns(records), np.array(kept, dtype="int64"))
     if garbage_lines:
         garbage_lines.sort()
         notes.append(Note(file, f"{len(garbage_lines)} line(s) that are not JSON objects were skipped "
@@ -276,23 +292,39 @@ def _jsonl_line_by_line(buf: bytes, file: str, notes: list[Note]) -> Parsed:
     return parsed
 
 
+_MISSING = object()
+
+
 def _record_columns(records: list[dict]) -> dict[str, Column]:
-    """Columns from parsed JSON objects (the slow path), flattening nested objects as `outer/inner`."""
-    if not records:
-        return {}
-    frame = pd.json_normalize(records, sep="/") if any(isinstance(v, dict) for r in records[:1000]
-                                                       for v in r.values()) else pd.DataFrame.from_records(records)
+    """Columns from parsed JSON objects (the slow path): nested objects flattened as `outer/inner`; a key that is
+    absent is no value, a NaN that was written is one."""
+    flat = [_flat_record(r) for r in records]
+    names = list(dict.fromkeys(k for r in flat for k in r))
     columns: dict[str, Column] = {}
-    for name in frame.columns:
-        col = frame[name]
-        valid = col.notna().to_numpy()
-        if col.dtype.kind in "fiu":
-            columns[str(name)] = Column(col.to_numpy(dtype="float64", na_value=np.nan), valid)
-        elif col.dtype.kind == "b":
+    for name in names:
+        raw = [r.get(name, _MISSING) for r in flat]
+        valid = np.array([v is not _MISSING and v is not None for v in raw], dtype=bool)
+        present = [v for v in raw if v is not _MISSING and v is not None]
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+            values = np.array([float(v) if ok else np.nan for v, ok in zip(raw, valid)], dtype="float64")
+        elif any(isinstance(v, bool) for v in present) or all(isinstance(v, (list, dict)) for v in present):
             continue
         else:
-            columns[str(name)] = Column(col.to_numpy(dtype=object), valid)
+            values = np.array([v if ok and not isinstance(v, (list, dict)) else None for v, ok in zip(raw, valid)],
+                              dtype=object)
+        columns[name] = Column(values, valid)
     return columns
+
+
+def _flat_record(record: dict, prefix: str = "", depth: int = 0) -> dict:
+    out = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and depth < 8:
+            out.update(_flat_record(value, f"{name}/", depth + 1))
+        else:
+            out[name] = value
+    return out
 
 
 def _arrow_columns(table) -> dict[str, Column]:
@@ -579,9 +611,9 @@ def _numeric_text(col: Column, name: str, file: str, notes: list[Note], parsed: 
         return None, None
     numbers = pd.to_numeric(text.where(present, None).map(_as_number_text), errors="coerce").to_numpy(
         dtype="float64")
-    spelled_nonfinite = text.map(lambda v: isinstance(v, str) and v.strip().lower().lstrip("+-") in
-                                 ("nan", "inf", "infinity")).to_numpy()
-    parsed_ok = present & (np.isfinite(numbers) | spelled_nonfinite)
+    nonfinite_ok = text.map(lambda v: (isinstance(v, str) and v.strip().lower().lstrip("+-") in
+                                       ("nan", "inf", "infinity")) or isinstance(v, float)).to_numpy(dtype=bool)
+    parsed_ok = present & (np.isfinite(numbers) | nonfinite_ok)
     if parsed_ok.sum() * 2 < present.sum():  # mostly words: a label column, not a metric
         return None, None
     stray = present & ~parsed_ok

@@ -265,3 +265,10 @@ def test_read_collects_every_file(tmp_path):
     b = write(tmp_path, "b.csv", "step,acc\n1,0.5\n")
     piece = tabular.read([a, b], tmp_path)
     assert isinstance(piece, Ingested) and [f for f, _ in piece.frames] == ["a.jsonl", "b.csv"]
+
+
+def test_a_logged_value_equal_to_a_sentinel_is_not_mistaken_for_nan(tmp_path):
+    odd = tabular.POS_INF_SENTINEL
+    path = write(tmp_path, "m.jsonl", f'{{"step": 1, "loss": {odd!r}}}\n{{"step": 2, "loss": NaN}}\n')
+    loss = series(table(path).frame, "loss")
+    assert loss[1] == odd and math.isnan(loss[2])
