@@ -21,8 +21,9 @@ How it decides:
     covers `min_fraction` of the logged steps and at least `min_points` logged points (`min_eval_points` for
     eval loss), and it does not rise more than `max_rise` (that is a divergence). Chance level is ln(num_classes)
     or ln(vocab_size) from the hparams (base 2 for fairseq-style logs), or is implied when a loss sits within
-    0.2% of ln(k) for k <= 10. Severity: critical at chance level (within `chance_tolerance`); warning when the
-    run ends still on the plateau; info when the loss improved again later.
+    0.2% of ln(k) for k <= 10. Severity: critical at chance level (within `chance_tolerance`) when the run ends
+    on it; warning when the run ends still on the plateau, or for a plateau at chance that the loss left later;
+    info when the loss improved again later.
 What it recommends:
     Nothing by itself: the plateau is a symptom. Its cause, with numeric fixes, comes from lr-too-low,
     lr-too-high, small-effective-batch, init-variance or initial-loss-mismatch, which the report links to it.
@@ -33,7 +34,7 @@ Parameters:
     min_improvement (default 0.02): largest relative improvement (2%) that still counts as "not improving".
     min_lr_fraction (default 0.3): steps where the lr is below this fraction of its peak are not judged.
     max_rise (default 0.1): a stretch whose level rises more than this (relative) is left to loss-divergence.
-    chance_tolerance (default 0.03): a plateau within this relative distance of chance level is "at chance".
+    chance_tolerance (default 0.01): a plateau within this relative distance of chance level is "at chance".
     min_points (default 12): fewest training-loss points in the judged stretch.
     min_eval_points (default 5): fewest eval-loss points in the judged stretch.
 """
@@ -54,10 +55,11 @@ MIN_FRACTION = 0.25  # a quarter of the run: shorter flat stretches happen betwe
 MIN_IMPROVEMENT = 0.02  # 2%: seed 001's 3.75 -> 3.60 over 1500+ steps is a plateau at this scale
 MIN_LR_FRACTION = 0.3  # below ~30% of peak lr a cosine/linear decay is winding down and slow progress is normal
 MAX_RISE = 0.1
-CHANCE_TOLERANCE = 0.03
+CHANCE_TOLERANCE = 0.01  # 1%: a 4-way classifier at 1.40 vs ln 4 = 1.386; an LM that learned unigrams is further
 MIN_POINTS = 12
 MIN_EVAL_POINTS = 5
-MAX_BINS = 200  # bins of the judged stretch: keeps the all-pairs search at 200 x 200
+MAX_BINS = 200
+TRAIN_BIN = 5  # training-loss points per bin at least: one noisy point must not start or end a stretch  # bins of the judged stretch: keeps the all-pairs search at 200 x 200
 BIN_SE_UNITS = 3.0  # a bin median must fall 3 standard errors before noise alone could end a stretch
 MEDIAN_SE = 1.2533  # standard error of a median = 1.2533 x sigma / sqrt(n) for normal noise
 
@@ -78,7 +80,8 @@ class Plateau:
     lr_high: float | None
 
 
-def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: int) -> Plateau | None:
+def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: int,
+                 min_bin: int = 1) -> Plateau | None:
     """The longest stretch of `series` that never improves by more than the threshold (see the module docs)."""
     logs = stats.log_values(series)
     if logs is None or len(logs) < min_points:
@@ -94,7 +97,7 @@ def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: i
     st = steps[eligible]
     if len(x) < min_points:
         return None
-    nbins = min(MAX_BINS, len(x))
+    nbins = max(1, min(MAX_BINS, len(x) // min_bin))
     bin_of = (np.arange(len(x)) * nbins) // len(x)
     grouped = pd.Series(x).groupby(bin_of)
     medians = grouped.median().to_numpy()
@@ -103,7 +106,7 @@ def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: i
     ends = pd.Series(st).groupby(bin_of).max().to_numpy()
     per_bin = max(float(np.median(counts)), 1.0)
     threshold = max(math.log1p(params["min_improvement"]),
-                    BIN_SE_UNITS * MEDIAN_SE * stats.noise_std(x) / math.sqrt(per_bin))
+                    BIN_SE_UNITS * MEDIAN_SE * stats.curvature_noise_std(x) / math.sqrt(per_bin))
     below = medians[None, :] < medians[:, None] - threshold
     below &= np.triu(np.ones((nbins, nbins), dtype=bool), k=1)
     has_end = below.any(axis=1)
@@ -157,7 +160,7 @@ def check(run, params):
     plateaus = []
     if found is not None:
         metric, loss = found
-        p = find_plateau(loss, sched, params, params["min_points"])
+        p = find_plateau(loss, sched, params, params["min_points"], min_bin=TRAIN_BIN)
         if p is not None:
             plateaus.append((metric, loss, p))
     if eval_loss is not None and len(eval_loss):
@@ -169,8 +172,10 @@ def check(run, params):
             return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective): "
                                           "no relative improvement to measure")
         return []
-    chance = chance_for(run, [p.level for _, _, p in plateaus])
-    return [_finding(run, metric, series, p, chance, sched, params) for metric, series, p in plateaus]
+    chance = chance_for(run, [p.level for m, _, p in plateaus if m != "loss" or not stats.composite_loss(run)])
+    return [_finding(run, metric, series, p,
+                     None if metric == "loss" and stats.composite_loss(run) else chance, sched, params)
+            for metric, series, p in plateaus]
 
 
 def _finding(run, metric, series, p: Plateau, chance, sched, params):
@@ -192,9 +197,9 @@ def _finding(run, metric, series, p: Plateau, chance, sched, params):
         lr_text = (f" while the lr stayed at {p.lr_low:.0%}-{p.lr_high:.0%} of its peak "
                    f"{stats.fmt_num(sched.peak_lr)}")
         metrics.update(lr_fraction_min=p.lr_low, lr_fraction_max=p.lr_high, peak_lr=sched.peak_lr)
-    if at_chance:
+    if at_chance and p.ongoing:
         severity = Severity.CRITICAL
-    elif p.ongoing:
+    elif at_chance or p.ongoing:
         severity = Severity.WARNING
     else:
         severity = Severity.INFO

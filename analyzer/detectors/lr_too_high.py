@@ -1,28 +1,149 @@
-"""PLACEHOLDER for lr-too-high: being written.
+"""Learning rate too high: updates are large, yet the loss does not go below chance, rises or swings from the start.
 
 What it detects:
-    TODO
+    A run whose steps are big enough to learn but whose loss does not: it stays at or above chance level
+    (ln of the vocabulary or class count), climbs above where it started after warmup, or oscillates from the
+    first steps, while the weights move by a large fraction per step. Seed 004: lr 1e-4 with micro-batch 1, loss
+    not decreasing from ln(65536) = 11.1; the fix halved the lr.
 Why it matters:
-    TODO
+    Too large a step overshoots the valley the loss should descend into: the model bounces between bad
+    solutions, never leaves the uniform prediction, or diverges later. More steps do not help; a smaller lr does.
 How it decides:
-    TODO
+    On the steps after warmup (lr at least `min_lr_fraction` of its peak), any of these symptoms:
+    - at chance: the median cross-entropy loss there, and over its last fifth, is above chance level or less
+      than `chance_margin` (relative) below it (chance from vocab_size / num_classes);
+    - rising: the loss level after warmup is more than `rise` (relative) above the first losses;
+    - oscillating from the start: loss-oscillation's test finds swings that begin in the first 20% of steps.
+    Then the update size decides: with `update_ratio` logged, its median must be at least `active_ratio`
+    (1e-3, the size at which healthy runs learn: the steps are not too small, so the lack of progress is not
+    lr-too-low's) and above `huge_ratio` (1e-2) the confidence is high; without update_ratio, the at-chance and
+    rising symptoms alone give a warning at medium confidence. A run with a tiny update ratio is never flagged
+    here (lr-too-low covers it).
 What it recommends:
-    TODO
+    Lower the peak `lr` by a factor from the data: towards an update ratio of 1e-3 (1e-3 / ratio, between x0.1
+    and x0.5), else x0.5 (seed 004: 1e-4 -> 5e-5).
 Parameters:
-    none
+    chance_margin (default 0.02): a median loss above chance, or less than this fraction below it, is "at chance".
+    rise (default 0.1): relative rise of the post-warmup level over the first losses that counts as rising.
+    active_ratio (default 0.001): smallest median update ratio for which a stalled loss is blamed on a high lr.
+    huge_ratio (default 0.01): update ratio above which the finding has high confidence.
+    min_lr_fraction (default 0.3): steps where the lr is below this fraction of its peak are not judged.
+    min_points (default 10): fewest judged loss points.
 """
 
 from __future__ import annotations
 
-from analyzer.detectors.base import Detector
-from analyzer.findings import Severity, Skipped
+import numpy as np
+
+from analyzer.detectors import stats
+from analyzer.detectors.base import Detector, evidence_at
+from analyzer.detectors.loss_oscillation import DETECTOR as OSCILLATION, find_oscillation
+from analyzer.findings import Confidence, Recommendation, Severity, Skipped
+
+CHANCE_MARGIN = 0.02
+RISE = 0.1
+ACTIVE_RATIO = 1e-3
+HUGE_RATIO = 1e-2
+TARGET_RATIO = 1e-3
+MIN_LR_FRACTION = 0.3
+MIN_POINTS = 10
+FACTOR_RANGE = (0.1, 0.5)
+DEFAULT_FACTOR = 0.5
+EARLY = 0.2  # an oscillation that begins in the first 20% of the steps is "from the start"
+HEAD_POINTS = 5
 
 
 def check(run, params):
-    return Skipped("lr-too-high", "not implemented yet")
+    found = stats.train_loss(run)
+    if found is None:
+        return Skipped(DETECTOR.name, "the run logs no finite training loss")
+    metric, loss = found
+    if stats.log_values(loss) is None:
+        return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective)")
+    sched = stats.schedule(run)
+    steps = loss.index.to_numpy()
+    keep = np.ones(len(steps), dtype=bool)
+    if sched.warmup_end is not None:
+        keep &= steps >= sched.warmup_end
+    fractions = sched.fractions(steps)
+    if fractions is not None:
+        keep &= fractions >= params["min_lr_fraction"]
+    judged = loss[keep]
+    if len(judged) < params["min_points"]:
+        return Skipped(DETECTOR.name, f"only {len(judged)} loss points after warmup at >= "
+                                      f"{params['min_lr_fraction']:.0%} of the peak lr; needs {params['min_points']}")
+    symptoms, metrics, ev_metric = [], {}, metric
+    chance = stats.chance_level(run)
+    ce = stats.cross_entropy_loss(run)
+    if chance is not None and ce is not None:
+        ce_metric, ce_loss = ce
+        ce_judged = ce_loss[(ce_loss.index >= judged.index[0]) & (ce_loss.index <= judged.index[-1])]
+        if len(ce_judged) >= params["min_points"]:
+            level = float(np.median(ce_judged.to_numpy()))
+            final = float(np.median(ce_judged.tail(max(3, len(ce_judged) // 5)).to_numpy()))
+            metrics.update(loss_level=level, final_level=final, chance_level=chance.value)
+            floor = chance.value * (1 - params["chance_margin"])
+            if level >= floor and final >= floor:  # at chance after warmup AND still there at the end
+                symptoms.append(f"{ce_metric} stays at {stats.fmt_num(level)} after warmup, "
+                                f"{level / chance.value:.0%} of chance level {chance.describe()}")
+                ev_metric = ce_metric
+    head = float(np.median(loss.head(HEAD_POINTS).to_numpy()))
+    after = float(np.median(judged.to_numpy()))
+    metrics.update(first_losses=head, level_after_warmup=after)
+    if after > head * (1 + params["rise"]):
+        symptoms.append(f"the loss rose from {stats.fmt_num(head)} at the start to {stats.fmt_num(after)} "
+                        "after warmup")
+    osc = find_oscillation(loss, OSCILLATION.params) if len(loss) >= OSCILLATION.params["min_points"] else None
+    span = float(steps[-1] - steps[0]) or 1.0
+    oscillating = osc is not None and osc["first_step"] - steps[0] <= EARLY * span
+    if oscillating:
+        symptoms.append(f"it swings by ~{osc['swing']:.0%} from step {osc['first_step']}")
+        metrics["swing"] = osc["swing"]
+    if not symptoms:
+        return []
+
+    ratio = None
+    if run.has("update_ratio"):
+        ur = stats.finite(run.series("update_ratio"))
+        ur = ur[(ur.index >= judged.index[0]) & (ur.index <= judged.index[-1]) & (ur > 0)]
+        if len(ur) >= 3:
+            ratio = float(np.median(ur.to_numpy()))
+            metrics["update_ratio"] = ratio
+    if ratio is not None:
+        if ratio < params["active_ratio"]:
+            return []
+        confidence = Confidence.HIGH if ratio >= params["huge_ratio"] else Confidence.MEDIUM
+        factor = float(np.clip(TARGET_RATIO / ratio, *FACTOR_RANGE))
+        basis = f"update ratio {stats.fmt_num(ratio)} towards ~{stats.fmt_num(TARGET_RATIO)}"
+        size = f"while each step moves the weights by {stats.fmt_num(ratio)} of their norm"
+    else:
+        if oscillating and len(symptoms) == 1:
+            return []  # swings alone, with no update size: loss-oscillation reports them
+        confidence = Confidence.MEDIUM
+        factor = DEFAULT_FACTOR
+        basis = "no update ratio is logged; halving is the usual first step (seed 004: 1e-4 -> 5e-5)"
+        size = "with no update ratio logged"
+    lr = stats.hparam_number(run, "lr") or sched.peak_lr
+    metrics["lr_factor"] = factor
+    batch = stats.effective_batch(run)
+    batch_text = f" at an effective batch of {batch.describe()}" if batch is not None else ""
+    message = (f"lr {stats.fmt_num(lr)}{batch_text} is too high: " + "; ".join(symptoms) + f", {size}.")
+    recs = []
+    if lr:
+        recs.append(Recommendation(
+            "lr", lr, stats.round_sig(lr * factor, 2),
+            f"x{factor:.2f} from the data ({basis}); " + "; ".join(symptoms)))
+    ev = evidence_at(run, ev_metric, [int(judged.index[0]), int(judged.index[len(judged) // 2]),
+                                      int(judged.index[-1])])
+    return [DETECTOR.finding(message, int(steps[0]), int(steps[-1]), confidence=confidence, metrics=metrics,
+                             recommendations=recs, evidence=ev)]
 
 
 DETECTOR = Detector(
-    code="O002", name="lr-too-high", severity=Severity.WARNING, summary="TODO",
-    doc=__doc__, params={}, check=check,
+    code="O002", name="lr-too-high", severity=Severity.WARNING,
+    summary="the lr is too large: the loss stays at chance, rises or swings from the start while updates are big",
+    doc=__doc__,
+    params={"chance_margin": CHANCE_MARGIN, "rise": RISE, "active_ratio": ACTIVE_RATIO, "huge_ratio": HUGE_RATIO,
+            "min_lr_fraction": MIN_LR_FRACTION, "min_points": MIN_POINTS},
+    check=check, requires=("loss", "lm_loss"),
 )

@@ -1,28 +1,183 @@
-"""PLACEHOLDER for lr-too-low: being written.
+"""Learning rate too low: the optimizer's steps are too small to make progress, so the loss crawls or stalls.
 
 What it detects:
-    TODO
+    Training whose updates are tiny relative to the weights and whose loss is stalled or crawling at the peak
+    learning rate: seed 001 (BERT-style MLM, lr 1e-4, 8.44e-5 after warmup: 3.75 -> 3.60 over 1500+ steps) and
+    seed 000's over-conservative lr 1e-5.
 Why it matters:
-    TODO
+    Too small an lr wastes the whole budget: the run ends far from where the same compute could take it, and the
+    flat loss is easily mistaken for a data or model limit. It is the cheapest problem to fix.
 How it decides:
-    TODO
+    Looks only at steps after warmup where the lr is at least `min_lr_fraction` of its peak. With `update_ratio`
+    logged (|weight update| / |weights| per step), its median there is compared with the healthy ~1e-3
+    (TheDeepChecker's healthy band is 1e-4..1e-1 in log10 terms; practitioners aim near 1e-3):
+    - below `tiny_ratio` (1e-4) and the loss is not falling fast (less than `fast_progress` relative drop over
+      those steps): warning, high confidence;
+    - below `low_ratio` (1e-3) and the loss sits on a plateau to the end of the run (loss-plateau's test):
+      warning, medium confidence.
+    Without update_ratio, a plateau to the end of the run whose loss is smooth (point-to-point noise under
+    `smooth_noise`, i.e. steps are small rather than noisy) at a peak lr below `typical_lr` gives an info
+    finding, low confidence: a loss can also stall for reasons the lr does not cure.
 What it recommends:
-    TODO
+    Raise the peak `lr` by a factor from the data: towards an update ratio of 1e-3 (1e-3 / ratio, between x2 and
+    x10 for tiny ratios, x2 to x4 on a plateau), else x2 (a loss that falls linearly with small steps falls
+    about twice as fast at twice the lr). With a long warmup (over `long_warmup` of the steps), `warmup_ratio`
+    0.06 so the peak lr is reached sooner (seed 001: 0.1 -> 0.06).
 Parameters:
-    none
+    tiny_ratio (default 0.0001): update ratio below which steps are too small whatever the loss does.
+    low_ratio (default 0.001): update ratio below which a plateau is blamed on the lr.
+    fast_progress (default 0.1): relative loss drop over the judged steps that counts as good progress.
+    smooth_noise (default 0.01): point-to-point relative loss noise below which a plateau counts as smooth.
+    min_lr_fraction (default 0.5): steps where the lr is below this fraction of its peak are not judged.
+    typical_lr (default 0.0001): without update_ratio, only a peak lr below this is suspected (AdamW pretraining
+        uses 1e-4..1e-3).
+    long_warmup (default 0.08): warmup longer than this fraction of the run is called long.
+    min_points (default 10): fewest judged points.
 """
 
 from __future__ import annotations
 
-from analyzer.detectors.base import Detector
-from analyzer.findings import Severity, Skipped
+import math
+
+import numpy as np
+
+from analyzer.detectors import stats
+from analyzer.detectors.base import Detector, evidence_at
+from analyzer.detectors.loss_plateau import DETECTOR as PLATEAU, TRAIN_BIN, find_plateau
+from analyzer.findings import Confidence, Recommendation, Severity, Skipped
+
+TINY_RATIO = 1e-4
+LOW_RATIO = 1e-3
+TARGET_RATIO = 1e-3
+FAST_PROGRESS = 0.1
+SMOOTH_NOISE = 0.01
+MIN_LR_FRACTION = 0.5
+TYPICAL_LR = 1e-4  # the low end of AdamW pretraining lrs (BERT 1e-4, RoBERTa 6e-4, GPT-2 small 6e-4)
+LONG_WARMUP = 0.08
+SHORT_WARMUP = 0.06  # the warmup_ratio seed 001 moved to, common for BERT-style pretraining (RoBERTa: 6%)
+MIN_POINTS = 10
+TINY_FACTOR = (2.0, 10.0)
+PLATEAU_FACTOR = (2.0, 4.0)
+DEFAULT_FACTOR = 2.0
 
 
 def check(run, params):
-    return Skipped("lr-too-low", "not implemented yet")
+    found = stats.train_loss(run)
+    if found is None:
+        return Skipped(DETECTOR.name, "the run logs no finite training loss")
+    metric, loss = found
+    if stats.log_values(loss) is None:
+        return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective)")
+    sched = stats.schedule(run)
+    judged = _judged(loss, sched, params)
+    if len(judged) < params["min_points"]:
+        return Skipped(DETECTOR.name, f"only {len(judged)} loss points after warmup at >= "
+                                      f"{params['min_lr_fraction']:.0%} of the peak lr; needs {params['min_points']}")
+    plateau = find_plateau(loss, sched, PLATEAU.params, PLATEAU.params["min_points"], min_bin=TRAIN_BIN)
+    stalled = plateau is not None and plateau.ongoing
+    drop = 1.0 - float(np.median(judged.tail(max(3, len(judged) // 10)))) / float(
+        np.median(judged.head(max(3, len(judged) // 10))))
+    ratio = None
+    if run.has("update_ratio"):
+        ur = stats.finite(run.series("update_ratio"))
+        ur = ur[(ur.index >= judged.index[0]) & (ur.index <= judged.index[-1]) & (ur > 0)]
+        if len(ur) >= 3:
+            ratio = float(np.median(ur.to_numpy()))
+    metrics = {"loss_drop": drop, "judged_from": int(judged.index[0]), "judged_to": int(judged.index[-1])}
+    if sched.peak_lr:
+        metrics["peak_lr"] = sched.peak_lr
+    if ratio is not None:
+        metrics["update_ratio"] = ratio
+    if plateau is not None:
+        metrics.update(plateau_level=plateau.level, plateau_from=plateau.first_step)
+
+    if ratio is not None and ratio < params["tiny_ratio"] and drop < params["fast_progress"]:
+        factor = float(np.clip(TARGET_RATIO / ratio, *TINY_FACTOR))
+        why = (f"the median update ratio {stats.fmt_num(ratio)} is below {stats.fmt_num(params['tiny_ratio'])}: "
+               f"each step moves the weights by a {stats.fmt_num(ratio)} fraction")
+        severity, confidence = Severity.WARNING, Confidence.HIGH
+        basis = f"update ratio {stats.fmt_num(ratio)} -> ~{stats.fmt_num(TARGET_RATIO)}"
+    elif ratio is not None and ratio < params["low_ratio"] and stalled:
+        factor = float(np.clip(TARGET_RATIO / ratio, *PLATEAU_FACTOR))
+        why = (f"the loss has stalled near {stats.fmt_num(plateau.level)} since step {plateau.first_step} while "
+               f"the median update ratio is only {stats.fmt_num(ratio)}")
+        severity, confidence = Severity.WARNING, Confidence.MEDIUM
+        basis = f"update ratio {stats.fmt_num(ratio)} towards ~{stats.fmt_num(TARGET_RATIO)}"
+    elif ratio is None and stalled and lr_known_low(run, sched, params) and \
+            stats.noise_std(stats.log_values(judged).to_numpy()) < params["smooth_noise"]:
+        factor = DEFAULT_FACTOR
+        why = (f"the loss has stalled near {stats.fmt_num(plateau.level)} since step {plateau.first_step} with "
+               "smooth, small steps (no update ratio is logged to confirm)")
+        severity, confidence = Severity.INFO, Confidence.LOW
+        basis = "the slope of a loss limited by step size grows about linearly with the lr"
+    else:
+        return []
+    lr = stats.hparam_number(run, "lr") or sched.peak_lr
+    at_peak = sched.lr_at(int(judged.index[0])) if sched.peak_lr else None
+    lr_text = f"lr {stats.fmt_num(lr)}" if lr else "the lr (value unknown)"
+    if at_peak and lr and abs(at_peak / lr - 1) > 0.05:
+        lr_text += f" ({stats.fmt_num(at_peak)} effective after warmup)"
+        metrics["effective_lr"] = at_peak
+    message = (f"{lr_text} is too low: {why}; the loss fell only {drop:.1%} from step {int(judged.index[0])} to "
+               f"{int(judged.index[-1])}.")
+    recs = []
+    if lr:
+        recs.append(Recommendation(
+            "lr", lr, stats.round_sig(lr * factor, 2),
+            f"x{factor:.1f} from the data ({basis}); the loss fell {drop:.1%} over {len(judged)} judged points"))
+    warm_recs = _warmup_rec(run, sched, params)
+    recs.extend(warm_recs)
+    metrics["lr_factor"] = factor
+    ev_steps = [int(judged.index[0]), int(judged.index[len(judged) // 2]), int(judged.index[-1])]
+    evidence = evidence_at(run, metric, ev_steps)
+    if ratio is not None:
+        evidence += evidence_at(run, "update_ratio", [int(judged.index[-1])])
+    first = plateau.first_step if stalled else int(judged.index[0])
+    return [DETECTOR.finding(message, first, int(judged.index[-1]), severity=severity, confidence=confidence,
+                             metrics=metrics, recommendations=recs, evidence=evidence)]
+
+
+def lr_known_low(run, sched, params) -> bool:
+    """The peak lr is known and below typical_lr (without update sizes, only a low lr makes the lr a suspect)."""
+    lr = stats.hparam_number(run, "lr") or sched.peak_lr
+    return bool(lr) and lr < params["typical_lr"]
+
+
+def _judged(loss, sched, params):
+    """The loss points after warmup where the lr is at least min_lr_fraction of its peak."""
+    steps = loss.index.to_numpy()
+    keep = np.ones(len(steps), dtype=bool)
+    if sched.warmup_end is not None:
+        keep &= steps >= sched.warmup_end
+    fractions = sched.fractions(steps)
+    if fractions is not None:
+        keep &= fractions >= params["min_lr_fraction"]
+    return loss[keep]
+
+
+def _warmup_rec(run, sched, params) -> list[Recommendation]:
+    """warmup_ratio -> 0.06 when the warmup takes more than long_warmup of the run."""
+    total = stats.hparam_number(run, "max_steps")
+    ratio = stats.hparam_number(run, "warmup_ratio")
+    warm = stats.hparam_number(run, "warmup_steps")
+    if not ratio and warm and total:
+        ratio = warm / total
+    if not ratio and sched.warmup_end and total:
+        ratio = sched.warmup_end / total
+    if not ratio or ratio <= params["long_warmup"]:
+        return []
+    return [Recommendation(
+        "warmup_ratio", stats.round_sig(ratio, 2), SHORT_WARMUP,
+        f"warmup takes {ratio:.0%} of the run at an already low lr; {SHORT_WARMUP:.0%} reaches the peak sooner "
+        "(seed 001: 0.1 -> 0.06; RoBERTa uses 6%)")]
 
 
 DETECTOR = Detector(
-    code="O001", name="lr-too-low", severity=Severity.WARNING, summary="TODO",
-    doc=__doc__, params={}, check=check,
+    code="O001", name="lr-too-low", severity=Severity.WARNING,
+    summary="the lr is too small to make progress: tiny updates and a stalled or crawling loss",
+    doc=__doc__,
+    params={"tiny_ratio": TINY_RATIO, "low_ratio": LOW_RATIO, "fast_progress": FAST_PROGRESS,
+            "smooth_noise": SMOOTH_NOISE, "min_lr_fraction": MIN_LR_FRACTION, "typical_lr": TYPICAL_LR, "long_warmup": LONG_WARMUP,
+            "min_points": MIN_POINTS},
+    check=check, requires=("loss", "lm_loss"),
 )

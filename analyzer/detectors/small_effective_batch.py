@@ -1,28 +1,148 @@
-"""PLACEHOLDER for small-effective-batch: being written.
+"""Small effective batch: batch_size x grad_accum x world_size too small for stable gradients.
 
 What it detects:
-    TODO
+    An optimizer step that averages the gradient over few sequences (or tokens, when block_size is known):
+    seed 001 (24 x 3 = 72 sequences), seed 003 (batch 8 of 256 tokens), seed 004 (micro-batch 1 x accum 16),
+    seed 000 (micro-batch 4 x accum 24). It also measures how noisy the loss actually is from step to step.
 Why it matters:
-    TODO
+    Gradient noise shrinks with the square root of the batch: a small batch gives noisy steps, which limits the
+    usable lr, slows convergence and makes spikes more likely. A micro-batch of 1-4 with heavy accumulation also
+    wastes the accelerator (many small kernels) for the same effective batch.
 How it decides:
-    TODO
+    The effective batch comes from the hparams: batch_size x grad_accum x world_size (or global_batch_size).
+    It is small when it has fewer than `min_tokens` tokens (block_size known) or, without block_size, fewer than
+    `min_sequences` sequences. The loss noise is the robust std of successive log-loss differences (a relative
+    per-point noise); on a window-averaged log (HF Trainer) it is scaled up by sqrt(logging interval) to a
+    per-step noise. Severity: info for a small batch; warning when the measured per-step noise is at least
+    `noisy` (relative) and the run records grad_accum (otherwise the true batch may be larger). A micro-batch at most `tiny_micro_batch` with grad_accum of 4 or more gives an info
+    finding even when the effective batch is large enough.
 What it recommends:
-    TODO
+    A larger effective batch, by a factor from the measured noise ((noise / `target_noise`)^2, since noise falls
+    as 1/sqrt(batch)), else x4 (seeds 001 and 003: x3.6 and x4), rounded to a power of two: `batch_size` raised
+    to the next power of two (x4 for micro-batches under 16, up to 32) and `grad_accum` making up the rest.
+    When only the micro-batch is small, the same effective batch with fewer, larger micro-batches (seed 004:
+    1 x 16 -> 4 x 4).
 Parameters:
-    none
+    min_tokens (default 65536): fewest tokens per optimizer step that count as a stable batch.
+    min_sequences (default 64): fewest sequences per step when block_size is unknown.
+    noisy (default 0.05): per-step relative loss noise from which the batch is called out as a warning.
+    target_noise (default 0.02): per-step relative loss noise the recommended batch aims at.
+    tiny_micro_batch (default 2): a micro-batch this small with heavy accumulation is worth changing.
 """
 
 from __future__ import annotations
 
-from analyzer.detectors.base import Detector
-from analyzer.findings import Severity, Skipped
+import math
+
+import numpy as np
+
+from analyzer.detectors import stats
+from analyzer.detectors.base import Detector, evidence_at
+from analyzer.findings import Confidence, Recommendation, Severity, Skipped
+
+MIN_TOKENS = 65536  # BERT/GPT-2 pretraining used ~131k-524k tokens per step; fine-tunes rarely go below ~16k
+MIN_SEQUENCES = 64
+NOISY = 0.05
+TARGET_NOISE = 0.02
+TINY_MICRO_BATCH = 2
+DEFAULT_FACTOR = 4  # seeds 001 (72 -> 256) and 003 (8 -> 32)
+MAX_FACTOR = 16
+SMALL_MICRO = 16  # micro-batches below this are raised x4 first
+MAX_MICRO = 32  # the largest micro-batch we suggest without knowing the memory
+HEAVY_ACCUM = 4
 
 
 def check(run, params):
-    return Skipped("small-effective-batch", "not implemented yet")
+    batch = stats.effective_batch(run)
+    if batch is None:
+        return Skipped(DETECTOR.name, "the run's config gives no batch size")
+    small = (batch.tokens < params["min_tokens"]) if batch.tokens else (batch.sequences < params["min_sequences"])
+    tiny_micro = (batch.batch_size is not None and batch.batch_size <= params["tiny_micro_batch"]
+                  and batch.grad_accum >= HEAVY_ACCUM)
+    if not small and not tiny_micro:
+        return []
+    noise, metric, loss = _noise(run)
+    metrics = {"effective_batch": batch.sequences, "tokens_per_step": batch.tokens, "batch_size": batch.batch_size,
+               "grad_accum": batch.grad_accum, "world_size": batch.world_size}
+    if noise is not None:
+        metrics["loss_noise"] = noise
+    noisy = noise is not None and noise >= params["noisy"]
+    # a warning needs the whole product: with grad_accum unrecorded the true batch may be many times larger
+    severity = Severity.WARNING if small and noisy and batch.grad_accum_known else Severity.INFO
+    if small:
+        if noise is not None and noise > params["target_noise"]:
+            factor = (noise / params["target_noise"]) ** 2
+            basis = (f"measured per-step loss noise {noise:.1%} falls as 1/sqrt(batch): x{factor:.1f} reaches "
+                     f"~{params['target_noise']:.0%}")
+        else:
+            factor = DEFAULT_FACTOR
+            basis = "x4, as seeds 001 (72 -> 256) and 003 (8 -> 32) did"
+        factor = float(np.clip(factor, 2, MAX_FACTOR))
+        target = 2 ** round(math.log2(batch.sequences * factor))
+        size = f"{batch.tokens} tokens" if batch.tokens else f"{batch.sequences} sequences"
+        limit = (f"{params['min_tokens']} tokens" if batch.tokens else f"{params['min_sequences']} sequences")
+        message = (f"the effective batch is {batch.describe()} per optimizer step, under {limit}"
+                   + (f"; the loss moves {noise:.1%} from point to point" if noise is not None else "") + ".")
+        del size
+    else:
+        factor, target = 1.0, batch.sequences
+        basis = "the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4)"
+        message = (f"micro-batch {batch.batch_size} with {batch.grad_accum} accumulation steps ({batch.describe()}) "
+                   "runs many tiny forward/backward passes for each optimizer step.")
+    metrics["suggested_effective_batch"] = target
+    recs = _split(batch, target, basis)
+    evidence = ()
+    if loss is not None and len(loss) >= 3:
+        evidence = evidence_at(run, metric, [int(s) for s in loss.index[:3]])
+    confidence = Confidence.HIGH if noise is not None else Confidence.MEDIUM
+    return [DETECTOR.finding(message, int(loss.index[0]) if loss is not None and len(loss) else run.first_step,
+                             int(loss.index[-1]) if loss is not None and len(loss) else run.last_step,
+                             severity=severity, confidence=confidence, metrics=metrics, recommendations=recs,
+                             evidence=evidence)]
+
+
+def _noise(run):
+    """(per-step relative loss noise or None, metric, loss series)."""
+    found = stats.train_loss(run)
+    if found is None:
+        return None, None, None
+    metric, loss = found
+    noise = stats.loss_noise_cv(loss)
+    if not math.isfinite(noise):
+        return None, metric, loss
+    if stats.window_averaged(run):
+        noise *= math.sqrt(max(stats.log_interval(loss), 1.0))
+    return noise, metric, loss
+
+
+def _split(batch: stats.EffectiveBatch, target: int, basis: str) -> list[Recommendation]:
+    """batch_size / grad_accum values that reach `target` sequences per optimizer step."""
+    world = batch.world_size
+    if batch.batch_size is None:
+        return [Recommendation("global_batch_size", batch.sequences, target, basis)]
+    micro = 2 ** math.ceil(math.log2(batch.batch_size))
+    if micro < SMALL_MICRO:
+        micro = min(micro * 4, MAX_MICRO)
+    micro = max(1, min(micro, target // world))
+    accum = max(1, round(target / (micro * world)))
+    reached = micro * accum * world
+    recs = []
+    why = f"{batch.describe()} -> {micro} x {accum}" + (f" x {world}" if world > 1 else "") + \
+          f" = {reached} sequences; {basis}"
+    if micro != batch.batch_size:
+        recs.append(Recommendation("batch_size", batch.batch_size, micro, why))
+    if accum != batch.grad_accum or not batch.grad_accum_known:
+        recs.append(Recommendation("grad_accum", batch.grad_accum if batch.grad_accum_known else None, accum,
+                                   why + ("" if batch.grad_accum_known else
+                                          " (the current grad_accum is not recorded in the run)")))
+    return recs
 
 
 DETECTOR = Detector(
-    code="O003", name="small-effective-batch", severity=Severity.INFO, summary="TODO",
-    doc=__doc__, params={}, check=check,
+    code="O003", name="small-effective-batch", severity=Severity.INFO,
+    summary="batch_size x grad_accum x world_size too small for stable gradients",
+    doc=__doc__,
+    params={"min_tokens": MIN_TOKENS, "min_sequences": MIN_SEQUENCES, "noisy": NOISY, "target_noise": TARGET_NOISE,
+            "tiny_micro_batch": TINY_MICRO_BATCH},
+    check=check,
 )

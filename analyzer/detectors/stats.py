@@ -341,6 +341,8 @@ class EffectiveBatch:
     world_size: int
     tokens: int | None
     source: str  # "batch_size x grad_accum x world_size" or "global_batch_size"
+    grad_accum_known: bool = True  # False: the run does not say, 1 was assumed
+    world_size_known: bool = True
 
     def describe(self) -> str:
         if self.batch_size is None:
@@ -350,6 +352,8 @@ class EffectiveBatch:
             if self.world_size > 1:
                 text += f" x {self.world_size}"
             text += f" = {self.sequences} sequences"
+            if not self.grad_accum_known:
+                text += " (grad_accum not recorded, 1 assumed)"
         if self.tokens:
             text += f" ({self.tokens} tokens)"
         return text
@@ -370,7 +374,9 @@ def effective_batch(run: Run) -> EffectiveBatch | None:
     else:
         return None
     return EffectiveBatch(sequences=sequences, batch_size=batch, grad_accum=accum, world_size=world,
-                          tokens=sequences * block if block else None, source=source)
+                          tokens=sequences * block if block else None, source=source,
+                          grad_accum_known=bool(batch is None or _as_int(run.hparam("grad_accum"))),
+                          world_size_known=bool(batch is None or _as_int(run.hparam("world_size"))))
 
 
 # --- run facts -------------------------------------------------------------------------------------------------------
@@ -421,13 +427,18 @@ def _as_int(value: Any) -> int | None:
 
 
 def fmt_num(value: float | None, digits: int = 3) -> str:
-    """A number for a message: 3 significant digits, scientific for small/large magnitudes; "unknown" for None."""
+    """A number for a message: `digits` significant digits, 8.44e-5 style for very small or large magnitudes,
+    "unknown" for None or non-finite values."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "unknown"
     if value == 0:
         return "0"
-    if abs(value) < 1e-3 or abs(value) >= 1e5:
-        return f"{value:.{digits - 1}e}".replace("e-0", "e-").replace("e+0", "e+").replace("e+", "e")
+    magnitude = abs(value)
+    if magnitude >= 1e4 or magnitude < 1e-3:
+        mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+        return f"{mantissa}e{int(exponent)}"
+    if magnitude >= 10 ** digits:
+        return f"{value:.0f}"
     return f"{value:.{digits}g}"
 
 
@@ -551,6 +562,37 @@ def rise_during(series: pd.Series, start: int, end: int, lookback: int = 5) -> R
     if not len(during) or level <= 0:
         return Rise(1.0, level, None)
     return Rise(float(during.max()) / level, level, int(during.idxmax()))
+
+
+COMPOSITE_LOSS_MARKERS = ("kd_loss", "kd_raw")  # a logged KD term means `loss` is a weighted sum, not one CE
+
+
+def composite_loss(run: Run) -> bool:
+    """True when the run's `loss` is a sum of terms (knowledge distillation: alpha x KD + (1 - alpha) x LM), so it
+    cannot be compared with a cross-entropy's chance level; its `lm_loss` can."""
+    return any(run.has(m) for m in COMPOSITE_LOSS_MARKERS)
+
+
+def cross_entropy_loss(run: Run) -> tuple[str, pd.Series] | None:
+    """The training loss that is a plain cross-entropy: `lm_loss` for composite (KD) losses, else the train loss."""
+    if composite_loss(run) and run.has("lm_loss"):
+        series = finite(run.series("lm_loss"))
+        if len(series):
+            return "lm_loss", series
+        return None
+    if composite_loss(run):
+        return None
+    return train_loss(run)
+
+
+def curvature_noise_std(values: np.ndarray) -> float:
+    """Point noise from the MAD of second differences: unlike first differences, a steady (even steep) trend
+    does not inflate it, which matters on short, fast-falling series such as a few eval losses."""
+    d2 = np.diff(np.asarray(values, dtype="float64"), n=2)
+    d2 = d2[np.isfinite(d2)]
+    if not len(d2):
+        return 0.0
+    return float(MAD_TO_STD * np.median(np.abs(d2 - np.median(d2))) / math.sqrt(6.0))
 
 
 def hidden_zeros(series: pd.Series, zero_from: float, lookback: int = 5) -> np.ndarray:

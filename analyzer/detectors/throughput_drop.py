@@ -1,28 +1,175 @@
-"""PLACEHOLDER for throughput-drop: being written.
+"""Throughput drop: training speed (steps/s, tokens/s, samples/s, TFLOPs, time per iteration) falls and stays low.
 
 What it detects:
-    TODO
+    A lasting fall of the training speed to a lower level: seed 003's 1.0 -> 0.6 steps/s after the loss spike
+    (memory thrashing), BLOOM-176B's 149 -> 141-142 TFLOPs. Single slow steps (an evaluation, a checkpoint save,
+    a garbage-collection pause) are not a drop.
 Why it matters:
-    TODO
+    A slower run costs more for the same result, and a sudden lasting slowdown has a cause worth finding: memory
+    pressure or swapping, a debugging switch left on (autograd anomaly detection), a throttled or failing
+    device, a data loader that fell behind, a slower node joining the job.
 How it decides:
-    TODO
+    Uses the first of TFLOPs (or MFU), tokens_per_s, samples_per_s, steps_per_s logged for training (work per
+    second first: steps/s also falls when the batch grows, e.g. Megatron's batch-size ramp-up; steps/s is
+    multiplied by a logged global_batch_size that changes); failing those, a time per iteration (elapsed ms per
+    iteration, step time, dt), inverted to a rate. The strongest
+    level shift is found by comparing, at every point, the median of the `window` points before it with the
+    median of the `window` points from it on (medians ignore single slow steps); `window` is a sixth of the
+    points, between `min_window` and `max_window`. The shift is a drop when the new level is at least `min_drop`
+    (relative) below the old one and at least `noise_units` times the speed's own relative point-to-point noise
+    below it, and the speed then stays low: the median of everything after the shift is still below the
+    midpoint of the two levels and the last `window` points are too. The series is cut at restarts (a resumed
+    job may run on other hardware), and each piece is judged alone. Severity: warning for a drop of `big_drop`
+    or more; info below that (BLOOM's -5% TFLOPs).
 What it recommends:
-    TODO
+    Nothing numeric: the fix depends on the cause. The message names what else happened at that step (a loss
+    spike, a warning line in the log), with the log lines as evidence; the report links a loss spike to it.
 Parameters:
-    none
+    min_drop (default 0.04): smallest relative fall of the speed level that counts (4%).
+    big_drop (default 0.2): relative fall from which the drop is a warning.
+    noise_units (default 4.0): the fall must exceed this many robust point-to-point noise units.
+    min_window (default 3): fewest points on each side of the shift.
+    max_window (default 50): most points on each side of the shift.
 """
 
 from __future__ import annotations
 
-from analyzer.detectors.base import Detector
-from analyzer.findings import Severity, Skipped
+import re
+
+import numpy as np
+import pandas as pd
+
+from analyzer.detectors import stats
+from analyzer.detectors.base import Detector, evidence_at
+from analyzer.findings import Confidence, Evidence, Severity, Skipped
+
+MIN_DROP = 0.04  # 4%: BLOOM-176B's 149 -> 141 TFLOPs on a metric that otherwise varies by 0.1%
+BIG_DROP = 0.2
+NOISE_UNITS = 4.0
+MIN_WINDOW = 3
+MAX_WINDOW = 50
+WINDOW_SHARE = 6  # the comparison window is a sixth of the points
+# Work-normalised rates first: steps/s also falls when the batch grows (Megatron's batch-size ramp-up).
+RATE_METRICS = ("tflops", "tflops_per_gpu", "mfu", "tokens_per_s", "samples_per_s", "samples_per_second",
+                "steps_per_s")
+TIME_METRIC = re.compile(r"^(elapsed_time_per_iteration(_ms|_s)?|iteration_time|iter_time|time_per_(step|iter|"
+                         r"iteration)(_ms|_s)?|step_time(_ms|_s)?|dt(_ms)?|train_step_time)$")
+EVENT_NEAR = 2  # events within this many logging intervals before the shift are named
+
+
+def _speed(run) -> tuple[str, pd.Series, bool] | None:
+    """(metric, finite positive training speed series, inverted) or None."""
+    for name in RATE_METRICS:
+        if run.has(name):
+            series = stats.finite(run.series(name))
+            series = series[series > 0]
+            if len(series):
+                return name, _per_sample(run, name, series), False
+    for name in run.metrics:
+        if TIME_METRIC.match(name):
+            series = stats.finite(run.series(name))
+            series = series[series > 0]
+            if len(series):
+                return name, _per_sample(run, "steps_per_s", 1.0 / series), True
+    return None
 
 
 def check(run, params):
-    return Skipped("throughput-drop", "not implemented yet")
+    found = _speed(run)
+    if found is None:
+        return Skipped(DETECTOR.name, "the run logs no training speed (steps/s, tokens/s, TFLOPs or step time)")
+    metric, speed, inverted = found
+    best = None
+    for segment in _segments(speed, stats.restart_steps(run)):
+        found_drop = _drop(segment, params)
+        if found_drop is not None and (best is None or found_drop[1] > best[1]):
+            best = found_drop
+    if best is None:
+        return []
+    shift, drop, noise, window = best
+    severity = Severity.WARNING if drop >= params["big_drop"] else Severity.INFO
+    shown = "1 / " + metric if inverted else metric
+    before, after = (1 / shift.before, 1 / shift.after) if inverted else (shift.before, shift.after)
+    interval = stats.log_interval(speed)
+    del window
+    near = [e for e in run.events if e.step is not None
+            and shift.step - EVENT_NEAR * interval <= e.step <= shift.step + interval]
+    context = ""
+    spike = _loss_jump_near(run, shift.step, interval)
+    if spike is not None:
+        context = f"; the loss jumped at step {spike} just before"
+    if near:
+        context += f"; the log says at step {near[0].step}: {near[0].text[:120]}"
+    message = (f"training speed ({metric}) fell {drop:.0%} at step {shift.step}, from {stats.fmt_num(before)} to "
+               f"{stats.fmt_num(after)}, and stayed low to the end of the log{context}.")
+    metrics = {"metric": metric, "before": before, "after": after, "drop": drop, "noise": float(np.expm1(noise)),
+               "shift_step": shift.step}
+    del shown
+    steps = speed.index.to_numpy()
+    steps = steps[steps >= shift.step]
+    ev_steps = [shift.step, int(steps[-1])]
+    evidence = list(evidence_at(run, metric, ev_steps))
+    evidence += [Evidence(e.file, e.line, e.text) for e in near[:2]]
+    return [DETECTOR.finding(message, shift.step, int(steps[-1]), severity=severity, confidence=Confidence.HIGH,
+                             metrics=metrics, evidence=evidence[:5])]
+
+
+def _per_sample(run, name: str, series: pd.Series) -> pd.Series:
+    """Steps per second times the logged global batch size, where the batch changes during the run."""
+    if name != "steps_per_s" or not run.has("global_batch_size"):
+        return series
+    batch = stats.finite(run.series("global_batch_size"))
+    batch = batch[batch > 0]
+    if batch.nunique() < 2:
+        return series
+    sizes = batch.reindex(batch.index.union(series.index)).ffill().bfill()[series.index]
+    return series * sizes.to_numpy()
+
+
+def _segments(speed: pd.Series, restarts: list[int]) -> list[pd.Series]:
+    """The speed series cut at restarts: a resumed job may run on other hardware or settings, so a change of
+    speed across a restart is a change of setup, not a drop."""
+    cuts = [s for s in restarts if speed.index[0] < s <= speed.index[-1]]
+    edges = [speed.index[0]] + cuts + [speed.index[-1] + 1]
+    return [speed[(speed.index >= a) & (speed.index < b)] for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _drop(speed: pd.Series, params):
+    """(shift, relative drop, log noise, window) of a lasting fall of one segment's speed, or None."""
+    n = len(speed)
+    window = int(np.clip(n // WINDOW_SHARE, params["min_window"], params["max_window"]))
+    if n < 2 * window:
+        return None
+    shift = stats.level_shift(speed, window, direction="down")
+    if shift is None or shift.before <= 0 or n - shift.index < window:
+        return None
+    drop = 1.0 - shift.after / shift.before
+    noise = stats.noise_std(np.log(speed.to_numpy()))
+    values = speed.to_numpy()
+    mid = 0.5 * (shift.before + shift.after)
+    stays = np.median(values[shift.index:]) < mid and np.median(values[-window:]) < mid
+    if drop < params["min_drop"] or -np.log1p(-drop) < params["noise_units"] * noise or not stays:
+        return None
+    return shift, drop, noise, window
+
+
+def _loss_jump_near(run, step: int, interval: float) -> int | None:
+    """The step of a loss rise of 30%+ over its previous point within a few intervals before `step`, if any."""
+    found = stats.train_loss(run)
+    if found is None:
+        return None
+    _, loss = found
+    near = loss[(loss.index >= step - 3 * max(interval, 1)) & (loss.index <= step)]
+    prev = loss.shift(1)[near.index]
+    jumped = near[(near > 1.3 * prev) & (prev > 0)]
+    return int(jumped.index[0]) if len(jumped) else None
 
 
 DETECTOR = Detector(
-    code="P001", name="throughput-drop", severity=Severity.WARNING, summary="TODO",
-    doc=__doc__, params={}, check=check,
+    code="P001", name="throughput-drop", severity=Severity.WARNING,
+    summary="training speed (steps/s, tokens/s, TFLOPs) falls and stays low",
+    doc=__doc__,
+    params={"min_drop": MIN_DROP, "big_drop": BIG_DROP, "noise_units": NOISE_UNITS, "min_window": MIN_WINDOW,
+            "max_window": MAX_WINDOW},
+    check=check,
 )
