@@ -20,7 +20,9 @@ from analyzer.findings import Diagnosis, Finding, Severity
 from analyzer.report import format as fmt
 
 MAX_EVIDENCE_ROWS = 8  # log lines shown per finding; the rest are counted (findings.json has them all)
-MAX_NOTES = 20  # ingest notes shown in the run facts
+MAX_NOTES = 20
+MAX_NUMBER_TEXT = 24  # a finding value longer than this is text, not a number: shown on its own line
+MAX_HPARAM_TEXT = 160  # a free-text hparam (a comment, a path) is cut in the facts; findings.json keeps it whole  # ingest notes shown in the run facts
 MAX_VERDICT_NAMES = 4  # consequences named in the verdict; a sentence, not a list
 MAX_MARKS = 4
 WHOLE_RUN = 0.8  # a finding spanning more of the run than this is not shaded on its plots  # root-cause / critical onsets marked on the overview plot
@@ -136,7 +138,8 @@ class FindingView:
     is_root: bool
     caused_by: tuple[str, ...]
     leads_to: tuple[str, ...]
-    metrics: tuple[Row, ...]
+    metrics: tuple[Row, ...]  # the finding's numbers (short values)
+    details: tuple[Row, ...]  # its longer values, shown as lines
     recommendations: tuple[RecommendationRow, ...]
     evidence: tuple[EvidenceRow, ...]
     evidence_more: int
@@ -187,6 +190,7 @@ class Report:
     worst_label: str
     verdict: str
     fix: str  # "temperature 3.0 -> 2.0", or "" when nothing to change
+    fix_items: tuple[str, ...]  # the same, one change each
     status: str
     counts: tuple[Row, ...]  # ("critical", "2"), ...
     overview: FigureView | None
@@ -207,15 +211,19 @@ def _one_line(text: str) -> str:
 
 # --- building it ------------------------------------------------------------------------------------------------
 
-def build_report(diagnosis: Diagnosis, run=None, *, version: str = "", figures: bool = True) -> Report:
-    """The report for one diagnosis. `run` (an analyzer.run.Run) adds plots, checkpoint stats and ingest notes."""
+def build_report(diagnosis: Diagnosis, run=None, *, version: str = "", figures: bool = True,
+                 draw: bool = True) -> Report:
+    """The report for one diagnosis. `run` (an analyzer.run.Run) adds plots, checkpoint stats and ingest notes.
+
+    figures=False leaves plots out; draw=False keeps them listed with empty SVG (golden tests compare text only).
+    """
     findings = diagnosis.findings
     anchors = {id(f): _anchor(i, f) for i, f in enumerate(findings, start=1)}
     first_anchor = {}
     for f in findings:
         first_anchor.setdefault(f.name, anchors[id(f)])
     roots = set(diagnosis.root_causes)
-    series = _SeriesCache(run)
+    series = _SeriesCache(run, draw)
     facts = _facts(diagnosis, run)
     rec_rows, patch_values = recommendations(findings, first_anchor)
     views = tuple(
@@ -231,6 +239,7 @@ def build_report(diagnosis: Diagnosis, run=None, *, version: str = "", figures: 
         worst_label=SEVERITY_LABEL[worst.value] if worst else "OK",
         verdict=verdict(diagnosis),
         fix=fix_line(rec_rows),
+        fix_items=tuple(f"{r.hparam} {r.current} -> {r.suggested}" for r in rec_rows),
         status=_status(diagnosis),
         counts=tuple(Row(s.value, str(sum(f.severity is s for f in findings))) for s in Severity),
         overview=_overview(diagnosis, series, facts, run) if figures else None,
@@ -267,9 +276,11 @@ def verdict(diagnosis: Diagnosis) -> str:
         names = _and([f.name for f in findings])
         return f"No warning or critical finding in steps {span}; worth knowing: {names}{caveat}."
     lead = "The run is broken" if worst is Severity.CRITICAL else "The run is degraded"
-    by_name = {f.name: f for f in findings}
-    roots = [by_name[n] for n in diagnosis.root_causes if n in by_name]
-    consequences = sorted((f for f in findings if f.name not in diagnosis.root_causes
+    by_name: dict[str, Finding] = {}
+    for f in findings:
+        by_name.setdefault(f.name, f)
+    roots = [by_name[n] for n in dict.fromkeys(diagnosis.root_causes) if n in by_name]
+    consequences = sorted((f for name, f in by_name.items() if name not in diagnosis.root_causes
                            and f.severity is not Severity.INFO), key=_step_key)
     led = ""
     if consequences:
@@ -325,13 +336,15 @@ def _status(diagnosis: Diagnosis) -> str:
 # --- root causes and their chains ---------------------------------------------------------------------------------
 
 def _root_causes(diagnosis: Diagnosis, anchors: Mapping[str, str]) -> tuple[RootCause, ...]:
-    by_name = {f.name: f for f in diagnosis.findings}
+    by_name: dict[str, Finding] = {}
+    for f in diagnosis.findings:  # a detector may report twice (two spikes): its first finding stands for it
+        by_name.setdefault(f.name, f)
     effects: dict[str, list[str]] = {}
     for f in diagnosis.findings:
         for cause in f.caused_by:
             effects.setdefault(cause, []).append(f.name)
     out = []
-    for root_name in diagnosis.root_causes:
+    for root_name in dict.fromkeys(diagnosis.root_causes):
         root = by_name.get(root_name)
         if root is None:
             continue
@@ -422,7 +435,7 @@ def recommendations(findings: Sequence[Finding], anchors: Mapping[str, str] | No
         for r in f.recommendations:
             if r.hparam not in first:
                 first[r.hparam] = (r, f)
-            elif f.name != first[r.hparam][1].name:
+            elif f.name != first[r.hparam][1].name and not _same(r.suggested, first[r.hparam][0].suggested):
                 also.setdefault(r.hparam, []).append(f"{f.name} suggests {fmt.number(r.suggested, fmt.PATCH_DIGITS)}")
     rows = tuple(
         RecommendationRow(hparam=h, current=fmt.number(r.current, fmt.PATCH_DIGITS),
@@ -430,6 +443,10 @@ def recommendations(findings: Sequence[Finding], anchors: Mapping[str, str] | No
                           source_anchor=(anchors or {}).get(f.name, ""), also="; ".join(also.get(h, [])))
         for h, (r, f) in first.items())
     return rows, {h: fmt.patch_value(r.suggested) for h, (r, _) in first.items()}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return fmt.number(a, fmt.PATCH_DIGITS) == fmt.number(b, fmt.PATCH_DIGITS)
 
 
 def _patch(values: Mapping[str, Any], run_path: str) -> Patch | None:
@@ -450,14 +467,17 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
                   facts_span: tuple[int | None, int | None] = (None, None)) -> FindingView:
     from analyzer.report import plots
 
-    leads_to = tuple(g.name for g in findings if f.name in g.caused_by)
-    metrics = tuple(Row(str(k), fmt.number(v)) for k, v in f.metrics.items())
+    leads_to = tuple(dict.fromkeys(g.name for g in findings if f.name in g.caused_by))
+    numbers = [Row(str(k), fmt.number(v)) for k, v in f.metrics.items()]
+    # Short values read as a grid of numbers; a sentence-long value (a cause, a path) gets its own line.
+    metrics = tuple(r for r in numbers if len(r.value) <= MAX_NUMBER_TEXT)
+    details = tuple(r for r in numbers if len(r.value) > MAX_NUMBER_TEXT)
     recs = tuple(
         RecommendationRow(r.hparam, fmt.number(r.current, fmt.PATCH_DIGITS), fmt.number(r.suggested, fmt.PATCH_DIGITS),
                           r.rationale, f.name, anchor) for r in f.recommendations)
-    evidence = tuple(
-        EvidenceRow(f"{e.file}:{e.line}" if e.line is not None else e.file, e.text)
-        for e in f.evidence[:MAX_EVIDENCE_ROWS])
+    cited = tuple(dict.fromkeys(  # a detector may cite one line twice (two signals on one record)
+        EvidenceRow(f"{e.file}:{e.line}" if e.line is not None else e.file, e.text) for e in f.evidence))
+    evidence = cited[:MAX_EVIDENCE_ROWS]
     available = series.metrics
     specs = plots.plots_for(f.name, available)
     missing = tuple(
@@ -475,15 +495,15 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
             with_checkpoints=f.name in plots.CHECKPOINT_FINDINGS, facts=facts)
         figs = tuple(
             FigureView(id=f"{index:02d}-{f.name}-{spec.name}", title=spec.title, caption=f"{spec.title}; {note}",
-                       svg=plots.render_svg([spec], data))
+                       svg=series.svg([spec], data))
             for spec in specs)
     table_builder = TABLES.get(f.name)
     return FindingView(
         index=index, anchor=anchor, code=f.code, name=f.name, severity=f.severity.value,
         severity_label=SEVERITY_LABEL[f.severity.value], confidence=f.confidence.value, message=f.message,
         steps=fmt.steps(f.first_step, f.last_step), when=fmt.steps_phrase(f.first_step, f.last_step), is_root=f.name in roots, caused_by=tuple(f.caused_by),
-        leads_to=leads_to, metrics=metrics, recommendations=recs, evidence=evidence,
-        evidence_more=max(0, len(f.evidence) - MAX_EVIDENCE_ROWS), figures=figs, missing_plots=missing,
+        leads_to=leads_to, metrics=metrics, details=details, recommendations=recs, evidence=evidence,
+        evidence_more=max(0, len(cited) - MAX_EVIDENCE_ROWS), figures=figs, missing_plots=missing,
         table=table_builder(f, series, facts, run) if table_builder else None,
     )
 
@@ -524,15 +544,17 @@ def _overview(diagnosis: Diagnosis, series: "_SeriesCache", facts: RunFacts, run
     caption = "The whole run" + (": dotted lines mark where " + ", ".join(
         f"{code} began (step {step})" for step, code in marked) if marked else "")
     return FigureView(id="00-overview", title="Run overview", caption=caption,
-                      svg=plots.render_svg(specs, data, figsize=None if len(specs) > 1 else plots.FIGSIZE))
+                      svg=series.svg(specs, data))
 
 
 class _SeriesCache:
     """The run's series as numpy arrays, each pulled from the Run once (plots and tables share them)."""
 
-    def __init__(self, run):
+    def __init__(self, run, draw: bool = True):
         self.run = run
+        self.draw = draw
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._svgs: dict[tuple, str] = {}
         self.metrics: set[str] = set(run.metrics) if run is not None else set()
 
     def get(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -542,6 +564,18 @@ class _SeriesCache:
             s = self.run.series(metric)
             self._cache[metric] = (s.index.to_numpy(), s.to_numpy(dtype="float64"))
         return self._cache[metric]
+
+    def svg(self, specs, data) -> str:
+        """Rendered once per distinct plot: findings spanning the whole run share an unshaded figure."""
+        from analyzer.report.plots import render_svg
+
+        if not self.draw:
+            return ""
+        key = (tuple(s.name for s in specs), data.window, data.window_label if data.window else "", data.marks,
+               data.checkpoints)
+        if key not in self._svgs:
+            self._svgs[key] = render_svg(specs, data)
+        return self._svgs[key]
 
     def plot_input(self, metrics: Sequence[str], *, window=None, window_label: str = "", marks=(),
                    with_checkpoints: bool = False, facts: RunFacts | None = None):
@@ -662,7 +696,8 @@ def _facts(diagnosis: Diagnosis, run) -> RunFacts:
         steps=fmt.steps(summary.first_step, summary.last_step) if summary.n_points else "none",
         n_points=f"{summary.n_points:,}", metrics=", ".join(summary.metrics) or "none",
         sources=tuple(run.sources) if run is not None else (),
-        hparams=tuple(Row(k, fmt.number(v, fmt.PATCH_DIGITS)) for k, v in summary.hparams.items()),
+        hparams=tuple(Row(k, fmt.truncate(fmt.number(v, fmt.PATCH_DIGITS), MAX_HPARAM_TEXT))
+                      for k, v in summary.hparams.items()),
         checkpoints=rows, last_good=_checkpoint_row(last_good) if last_good else None, last_good_reason=reason,
         notes=tuple(notes[:MAX_NOTES]), notes_more=max(0, len(notes) - MAX_NOTES),
     )

@@ -144,7 +144,8 @@ def _marks(ax, data: PlotInput) -> None:
     for step, label in data.marks:
         ax.axvline(step, color=PURPLE, linewidth=1.0, linestyle=":")
         ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(5, -11),
-                    textcoords="offset points", fontsize=7, color=PURPLE)
+                    textcoords="offset points", fontsize=7, color=PURPLE,
+                    bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.75))
 
 
 def _checkpoints(ax, data: PlotInput) -> None:
