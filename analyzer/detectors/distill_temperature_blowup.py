@@ -73,8 +73,10 @@ def check(run, params):
         return Skipped(DETECTOR.name, "the run logs no kd_raw or kd_loss (not a distillation run, or the KD term "
                                       "is not logged)")
     temp, t_source, t_evidence = _temperature(run)
-    kd_raw = stats.finite(run.series("kd_raw")) if run.has("kd_raw") else None
-    kd_loss = stats.finite(run.series("kd_loss")) if run.has("kd_loss") else None
+    kd_raw = _positive(run, "kd_raw")
+    kd_loss = _positive(run, "kd_loss")
+    if kd_raw is None and kd_loss is None:
+        return Skipped(DETECTOR.name, "kd_raw / kd_loss hold no finite positive value")
     alpha = stats.hparam_number(run, "alpha")
 
     if temp is None and kd_raw is not None and kd_loss is not None:
@@ -93,7 +95,7 @@ def check(run, params):
     if reading is None:
         return []
     term, raw, term_metric, convention, confidence = reading
-    if convention == NO_T_SQUARED:
+    if convention == NO_T_SQUARED or not len(term):
         return []
     term_median = float(np.median(term.to_numpy()))
     raw_median = float(np.median(raw.to_numpy()))
@@ -147,6 +149,14 @@ def check(run, params):
                  "nonfinite_step": unstable_step, "suggested_temperature": suggested,
                  "suggested_min_temperature": min_suggested, **metrics_share},
         recommendations=recs, evidence=evidence[:5])]
+
+
+def _positive(run, metric) -> pd.Series | None:
+    if not run.has(metric):
+        return None
+    series = stats.finite(run.series(metric))
+    series = series[series > 0]
+    return series if len(series) else None
 
 
 def _lm_reference(run) -> tuple[float, str]:

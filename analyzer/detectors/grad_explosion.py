@@ -79,7 +79,9 @@ def check(run, params):
 
 def _excursions(run, g, params):
     x = np.log(g)
-    base = stats.trailing_baseline(x, params["window"], MIN_PERIODS).level
+    # Short excerpts (a chronicle quoting 20 lines) still need a baseline: a quarter of the points, at least 3.
+    min_periods = int(np.clip(len(g) // 4, 3, MIN_PERIODS))
+    base = stats.trailing_baseline(x, params["window"], min_periods).level
     excess = (x - base).to_numpy()
     excess0 = np.nan_to_num(excess, nan=0.0)
     high = excess0 >= np.log(params["factor"])

@@ -13,7 +13,8 @@ How it decides:
     distillation runs report the LM part's perplexity; eval_lm_loss before eval_loss), in base e and base 2; the
     pairing that explains most points is the convention. Points that differ by more than tolerance (in log space)
     are misreports. A constant perplexity while exp(loss) is larger, or a value that is exp() of a round number,
-    is a display cap. fairseq logs base-2 losses with ppl = 2**loss: that is correct where the run's loss base is
+    is a display cap; other disagreements count when they hold at min_share of the points (scattered ones are
+    rounding or per-batch averaging). fairseq logs base-2 losses with ppl = 2**loss: that is correct where the run's loss base is
     2 (loss_base, set by the text reader); 2**loss with an unknown base is only noted. A misreport is a warning
     when the logged number is off by `hidden_factor` or more somewhere (seed 002: exp(28.4) shown as exp(20), 4500x
     too small), else info: a cap that hides a factor of 2 misleads nobody about the state of the run.
@@ -23,6 +24,7 @@ What it recommends:
 Parameters:
     tolerance (default 0.05): the largest |ln(ppl) - loss x ln(base)| that still counts as a match (5%).
     hidden_factor (default 100.0): a logged perplexity off by at least this factor is a warning, else info.
+    min_share (default 0.1): a disagreement that is not a cap must hold at this share of the shared points.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from analyzer.detectors.base import Detector, evidence_at
 from analyzer.findings import Confidence, Evidence, Severity, Skipped
 
 TOLERANCE = 0.05  # log space: 5% covers printing precision and window averages
+MIN_SHARE = 0.1  # a disagreement that is not a cap must hold at this share of the points
 HIDDEN_FACTOR = 100.0  # two orders of magnitude: a number that far off changes what a reader concludes
 ROUND_CAP = 1e-3  # ln(ppl) this close to a whole number is exp(N) printed from a cap
 PAIRS = (("ppl", ("lm_loss", "loss")), ("eval_ppl", ("eval_lm_loss", "eval_loss")))
@@ -127,6 +130,8 @@ def _judge(run, ppl_name, best, tol, params):
     cap_logs = log_ppl[idx]
     capped = bool(under.all() and (np.ptp(cap_logs) <= tol if len(idx) > 1
                                    else abs(cap_logs[0] - round(cap_logs[0])) <= ROUND_CAP))
+    if not capped and len(idx) < params["min_share"] * len(steps):
+        return None  # scattered small disagreements: per-batch averaging or rounding, not a misreport
     worst = int(idx[np.argmax(values[idx])])
     evidence = list(evidence_at(run, ppl_name, [step])) + list(evidence_at(run, loss_name, [step]))
     evidence += [Evidence(e.file, e.line, e.text) for e in run.events_of("warning")
@@ -168,6 +173,6 @@ def _safe_exp(x: float) -> float:
 DETECTOR = Detector(
     code="N003", name="perplexity-misreport", severity=Severity.WARNING,
     summary="logged perplexity differs from exp(loss): capped for display or in the wrong base",
-    doc=__doc__, params={"tolerance": TOLERANCE, "hidden_factor": HIDDEN_FACTOR}, check=check,
+    doc=__doc__, params={"tolerance": TOLERANCE, "hidden_factor": HIDDEN_FACTOR, "min_share": MIN_SHARE}, check=check,
     requires=("ppl", "eval_ppl"),
 )

@@ -1,0 +1,142 @@
+"""nonfinite-onset (N001): the first NaN/Inf, including NaN hidden by filters, clamps, counters and checkpoints."""
+
+import numpy as np
+import pytest
+
+from analyzer.detectors import nonfinite_onset
+from analyzer.findings import Confidence, Severity
+from analyzer.run import BlindSpot, Checkpoint, CheckpointStats, Event, TensorStats
+from tests.conftest import make_run
+from tests.detectors import synth
+
+DET = nonfinite_onset.DETECTOR
+
+
+def run_check(run, **params):
+    return DET.check(run, {**DET.params, **params})
+
+
+def tensor(name, nonfinite=0, numel=100):
+    return TensorStats(name, (numel,), "float32", numel, nonfinite, 1.0, 0.02, 0.1)
+
+
+def hf_nan_run(blind=()):
+    """HF Trainer after a NaN: grad_norm NaN from step 35, loss filtered to 0.0 from step 40."""
+    n = 60
+    loss = np.linspace(4.0, 3.0, n)
+    grad = 0.6 + 0.1 * np.random.default_rng(0).random(n)
+    grad[35:] = np.nan
+    loss[40:] = 0.0
+    steps = np.arange(5, 5 * n + 5, 5)  # logged every 5 steps
+    return make_run({"loss": (steps, loss), "grad_norm": (steps, grad), "lr": (steps, np.full(n, 1e-3))},
+                    hparams={"learning_rate": 1e-3, "precision": "fp16"},
+                    checkpoints=[Checkpoint("checkpoint-100", 100, "hf"), Checkpoint("checkpoint-200", 200, "hf")],
+                    blind_spots=blind)
+
+
+def test_fires_at_first_nan_metric_and_names_restart_checkpoint():
+    [f] = run_check(hf_nan_run())
+    assert f.severity is Severity.CRITICAL
+    assert f.first_step == 180  # 36th point, logged every 5 steps
+    assert f.metrics["previous_clean_step"] == 175
+    assert f.metrics["restart_checkpoint"] == "checkpoint-100"
+    assert "exactly 0.0 while grad_norm is non-finite" in f.message
+
+
+def test_recommends_bf16_clip_and_lower_lr():
+    [f] = run_check(hf_nan_run())
+    recs = {r.hparam: r for r in f.recommendations}
+    assert recs["precision"].suggested == "bf16"
+    assert recs["lr"].current == 1e-3 and recs["lr"].suggested == 5e-4
+    assert recs["max_grad_norm"].current is None and 0.6 <= recs["max_grad_norm"].suggested <= 0.7
+
+
+def test_blind_spot_says_onset_may_be_earlier():
+    [f] = run_check(hf_nan_run(blind=[BlindSpot("HF filters NaN losses", ("nonfinite-onset",))]))
+    assert f.metrics["onset_may_be_earlier"] is True
+    assert "may be earlier" in f.message
+    assert f.confidence is Confidence.MEDIUM
+
+
+def test_clamped_lm_loss_event_gives_onset():
+    event = Event("nan_clamp", 436, "[Warning] lm_loss produced non-finite value (nan); clamping to zero.",
+                  "train.log", 12)
+    [f] = run_check(make_run({"kd_raw": ([0, 100, 600], [38.0, 28.6, 38.3])}, events=[event]))
+    assert f.first_step == 436 and f.severity is Severity.CRITICAL
+    assert f.evidence[0].line == 12
+
+
+def test_loss_dropping_to_exact_zero_is_a_hidden_nan():
+    loss = np.r_[np.linspace(5.0, 4.2, 220), 0.0, np.linspace(4.2, 4.1, 29)]
+    [f] = run_check(make_run({"lm_loss": loss}))
+    assert f.first_step == 220
+    assert f.metrics["onset_signal"] == "hidden"
+    assert f.confidence is Confidence.MEDIUM
+
+
+def test_megatron_nan_iteration_counter():
+    steps = np.arange(100, 200, 10)
+    [f] = run_check(make_run({"loss": (steps, np.full(10, 2.5)),
+                              "number_of_nan_iterations": (steps, [0, 0, 0, 0, 1, 2, 3, 3, 3, 3])}))
+    assert f.first_step == 140
+
+
+def test_nan_event_without_step_takes_the_step_above_it():
+    run = make_run({"loss": ([10, 20, 30], [2.0, 2.1, 2.2])},
+                   events=[Event("nan", None, "loss is nan, skipping", "metrics.jsonl", 2)])
+    [f] = run_check(run)
+    assert f.first_step == 20
+
+
+def test_checkpoint_with_nonfinite_values_bounds_the_onset():
+    ckpts = [Checkpoint("c/step_100.pt", 100, "torch", CheckpointStats(tensors=(tensor("w"),))),
+             Checkpoint("c/step_200.pt", 200, "torch", CheckpointStats(tensors=(tensor("w", 7),)))]
+    [f] = run_check(make_run({"loss": np.linspace(3, 2, 300)}, checkpoints=ckpts))
+    assert f.first_step == 200
+    assert f.metrics["restart_checkpoint"] == "c/step_100.pt"
+
+
+def test_loss_scale_below_one():
+    [f] = run_check(make_run({"loss": np.full(10, 3.0), "loss_scale": [4, 4, 2, 1, 0.5, 0.25, 1, 1, 1, 1]}))
+    assert f.first_step == 4
+
+
+def test_transient_fp16_grad_nan_with_finite_loss_is_info():
+    grad = np.full(100, 1.0)
+    grad[[3, 50]] = np.inf
+    [f] = run_check(make_run({"loss": np.linspace(4, 3, 100), "grad_norm": grad, "loss_scale": np.full(100, 2.0**15)}))
+    assert f.severity is Severity.INFO and f.first_step == 3
+
+
+def test_infinite_perplexity_and_timers_are_not_nan():
+    run = make_run({"loss": np.full(20, 800.0), "ppl": np.full(20, np.inf), "steps_per_s": np.r_[np.nan, np.ones(19)]})
+    assert run_check(run) == []
+
+
+@pytest.mark.parametrize("interval", [1, 10])
+@pytest.mark.parametrize("noise", [0.01, 0.05, 0.2])
+def test_silent_on_healthy_runs(interval, noise):
+    run = synth.log(synth.healthy(seed=3, steps=2000, noise=noise, warmup=100), interval=interval)
+    assert run_check(run) == []
+
+
+def test_grpo_loss_at_zero_by_design_is_not_hidden_nan():
+    rng = np.random.default_rng(1)
+    loss = np.where(rng.random(500) < 0.7, 0.0, rng.normal(0, 3e-4, 500))
+    assert run_check(make_run({"loss": loss, "grad_norm": np.abs(rng.normal(0.05, 0.01, 500))})) == []
+
+
+def test_empty_and_short_runs():
+    assert run_check(make_run({"loss": [2.0]})) == []
+    assert run_check(make_run({})) == []
+
+
+def test_hf_fixture_with_nan(tmp_path):
+    from analyzer.ingest import read_run
+    from tests.conftest import FIXTURES
+
+    run = read_run(FIXTURES / "frameworks" / "hf_trainer_nan")
+    [f] = run_check(run)
+    assert f.severity is Severity.CRITICAL
+    assert f.first_step == 35  # grad_norm NaN at the step-35 log, loss filtered to 0.0 from step 40
+    assert f.metrics["restart_checkpoint"] == "checkpoint-20"
