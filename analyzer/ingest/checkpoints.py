@@ -47,6 +47,8 @@ CONFIG_KEYS = ("config", "hyper_parameters", "hparams", "cfg", "args", "model_ar
 MODEL_KEYS = {"model", "state_dict", "module", "model_state_dict", "model_state", "net", "network", "weights"}
 # Top-level keys whose tensors are bookkeeping, not weights: RNG states, callback scores, loop counters, EMA copies.
 NON_WEIGHT_KEY = re.compile(r"rng|random|^callbacks$|^loops$|(^|_)ema(_|$)|^best_|metric", re.I)
+SCHEDULER_KEYS = {"scheduler", "lr_scheduler", "scheduler_state_dict", "lr_scheduler_state_dict", "sched"}
+SCALER_KEYS = {"scaler", "grad_scaler", "scaler_state_dict", "loss_scaler", "amp_scaler"}
 GROUP_FIELDS = ("lr", "initial_lr", "betas", "eps", "weight_decay", "momentum", "nesterov", "amsgrad")
 
 
@@ -302,13 +304,19 @@ def _walk(obj: Any, prefix: str, parts: _Parts, depth: int) -> None:
         elif _is_scheduler(obj):
             parts.scheduler = _merge_scheduler(parts.scheduler, obj)
         elif _is_scaler(obj):
-            parts.scaler = {"scale": _number(obj.get("scale")), "growth_tracker": _number(obj.get("_growth_tracker")),
-                            "growth_interval": _number(obj.get("growth_interval"))}
+            parts.scaler = _scaler(obj)
         else:
             for key, value in obj.items():
                 key = str(key)
                 if depth == 0 and (key in CONFIG_KEYS or key in STEP_KEYS or (
                         NON_WEIGHT_KEY.search(key) and not _holds_training_state(value))):
+                    continue
+                # Hand-rolled schedulers and loss scalers (the reference trainer's) are known by their key.
+                if key in SCHEDULER_KEYS and isinstance(value, Mapping) and ("last_lr" in value or "_last_lr" in value):
+                    parts.scheduler = _merge_scheduler(parts.scheduler, value)
+                    continue
+                if key in SCALER_KEYS and isinstance(value, Mapping) and not _is_optimizer(value):
+                    parts.scaler = _scaler(value) or parts.scaler
                     continue
                 if key in MODEL_KEYS and depth <= 1 and isinstance(value, Mapping):
                     name = prefix
@@ -362,6 +370,18 @@ def _add_optimizer(obj: Mapping, parts: _Parts) -> None:
                     parts.optimizer_step = max(parts.optimizer_step or 0, int(step))
             elif isinstance(value, torch.Tensor):
                 _accumulate(parts.optimizer.setdefault(str(key), _Moments()), value, parts)
+
+
+def _scaler(obj: Mapping) -> dict[str, Any] | None:
+    """GradScaler state (scale, _growth_tracker) or a hand-rolled equivalent; None when loss scaling was off."""
+    scale = next((_number(obj[k]) for k in ("scale", "cur_scale", "loss_scale") if k in obj), None)
+    if scale is None or obj.get("enabled") is False:
+        return None
+    tracker = next((_number(obj[k]) for k in ("_growth_tracker", "good_steps", "growth_tracker") if k in obj), None)
+    found = {"scale": scale, "growth_tracker": tracker}
+    if "growth_interval" in obj:
+        found["growth_interval"] = _number(obj["growth_interval"])
+    return found
 
 
 def _merge_scheduler(current: dict | None, obj: Mapping) -> dict:

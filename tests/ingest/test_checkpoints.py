@@ -315,3 +315,17 @@ def test_std_is_population_std(tmp_path):
     torch.save({"w": torch.tensor([1.0, 3.0])}, tmp_path / "x.pt")
     assert read_dir(tmp_path).checkpoints[0].stats.tensors[0].std == pytest.approx(1.0)
     assert math.isclose(read_dir(tmp_path).checkpoints[0].stats.tensors[0].norm, math.sqrt(10))
+
+
+def test_reference_trainer_scheduler_and_scaler(tmp_path):
+    """analyzer/trainer writes its own scheduler and loss-scaler dicts, not torch's state_dicts."""
+    payload = {"model": {"w": torch.ones(2)}, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+               "scheduler": {"lr_schedule": "cosine", "step": 100, "last_lr": 2.5e-4},
+               "scaler": {"enabled": True, "scale": 1024.0, "good_steps": 12}, "step": 100, "config": {"lr": 0.1}}
+    torch.save(payload, tmp_path / "step_000100.pt")
+    payload["scaler"] = {"enabled": False, "scale": 1.0, "good_steps": 0}
+    torch.save(payload, tmp_path / "step_000200.pt")
+    first, second = (c.stats for c in read_dir(tmp_path).checkpoints)
+    assert first.scheduler["last_lr"] == [2.5e-4] and first.scaler == {"scale": 1024.0, "growth_tracker": 12}
+    assert second.scaler is None  # fp16 off: no loss scale to report
+    assert [t.name for t in first.tensors] == ["w"]
