@@ -55,7 +55,7 @@ def diagnose_run(run: Run, *, select: Iterable[str] = (), ignore: Iterable[str] 
     return Diagnosis(
         run=summarize(run), findings=ordered, root_causes=roots,
         blind_spots=tuple(BlindSpotOut(b.message, b.affects) for b in (*run.blind_spots, *coverage_blind_spots(run))),
-        skipped=tuple(skipped), errors=tuple(errors),
+        skipped=tuple(skipped), errors=tuple(errors), detectors=tuple(d.name for d in detectors),
     )
 
 

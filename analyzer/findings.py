@@ -116,6 +116,7 @@ class Diagnosis:
     blind_spots: tuple[BlindSpotOut, ...] = ()
     skipped: tuple[Skipped, ...] = ()
     errors: tuple[DetectorError, ...] = ()
+    detectors: tuple[str, ...] = ()  # names of the detectors chosen for this run (ran or skipped), in table order
 
     def worst(self) -> Severity | None:
         return max((f.severity for f in self.findings), key=lambda s: s.rank, default=None)
