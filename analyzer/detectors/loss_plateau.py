@@ -17,9 +17,12 @@ How it decides:
     the logged lr or from the hparams' schedule) is summarised by medians of up to 200 equal bins, which removes
     point noise. For every bin, the stretch it starts runs until the first later bin that lies more than the
     threshold below it; the threshold is `min_improvement` (relative), raised to 3 standard errors of a bin
-    median on noisy logs so that noise never ends a stretch by itself. The longest stretch is a plateau when it
+    median on noisy logs so that noise never ends a stretch by itself (the noise comes from second differences,
+    which a steady trend does not inflate; a series so noisy that the threshold would exceed 15% gets no
+    verdict). Training-loss bins hold at least 5 points. The longest stretch is a plateau when it
     covers `min_fraction` of the logged steps and at least `min_points` logged points (`min_eval_points` for
-    eval loss), and it does not rise more than `max_rise` (that is a divergence). Chance level is ln(num_classes)
+    eval loss), its last quarter is not lower than its first quarter by the threshold (with the smaller noise
+    allowance of quarter medians), and it does not rise more than `max_rise` (that is a divergence). Chance level is ln(num_classes)
     or ln(vocab_size) from the hparams (base 2 for fairseq-style logs), or is implied when a loss sits within
     0.2% of ln(k) for k <= 10. Severity: critical at chance level (within `chance_tolerance`) when the run ends
     on it; warning when the run ends still on the plateau, or for a plateau at chance that the loss left later;
@@ -52,7 +55,7 @@ from analyzer.detectors.base import Detector, evidence_at
 from analyzer.findings import Confidence, Severity, Skipped
 
 MIN_FRACTION = 0.25  # a quarter of the run: shorter flat stretches happen between phases of healthy training
-MIN_IMPROVEMENT = 0.02  # 2%: seed 001's 3.75 -> 3.60 over 1500+ steps is a plateau at this scale
+MIN_IMPROVEMENT = 0.02  # 2%: seed 001 (3.75 -> 3.60, -4% over 1500+ steps) holds still for 1000+ steps at this scale
 MIN_LR_FRACTION = 0.3  # below ~30% of peak lr a cosine/linear decay is winding down and slow progress is normal
 MAX_RISE = 0.1
 CHANCE_TOLERANCE = 0.01  # 1%: a 4-way classifier at 1.40 vs ln 4 = 1.386; an LM that learned unigrams is further
@@ -60,6 +63,7 @@ MIN_POINTS = 12
 MIN_EVAL_POINTS = 5
 MAX_BINS = 200
 TRAIN_BIN = 5  # training-loss points per bin at least: one noisy point must not start or end a stretch  # bins of the judged stretch: keeps the all-pairs search at 200 x 200
+MAX_THRESHOLD = 0.15  # bins noisier than this cannot tell a plateau from slow progress
 BIN_SE_UNITS = 3.0  # a bin median must fall 3 standard errors before noise alone could end a stretch
 MEDIAN_SE = 1.2533  # standard error of a median = 1.2533 x sigma / sqrt(n) for normal noise
 
@@ -107,6 +111,8 @@ def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: i
     per_bin = max(float(np.median(counts)), 1.0)
     threshold = max(math.log1p(params["min_improvement"]),
                     BIN_SE_UNITS * MEDIAN_SE * stats.curvature_noise_std(x) / math.sqrt(per_bin))
+    if threshold > math.log1p(MAX_THRESHOLD):
+        return None  # so noisy that only a huge improvement would show: no verdict either way
     below = medians[None, :] < medians[:, None] - threshold
     below &= np.triu(np.ones((nbins, nbins), dtype=bool), k=1)
     has_end = below.any(axis=1)
@@ -125,7 +131,14 @@ def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: i
     if span <= 0 or length[a] < params["min_fraction"] * span or n_points < min_points:
         return None
     in_stretch = (st >= starts[a]) & (st <= ends[b])
-    level = float(math.exp(np.median(x[in_stretch])))
+    inside = x[in_stretch]
+    quarter = max(1, len(inside) // 4)
+    # quarter medians hold many points: their own, smaller, noise allowance
+    quarter_se = math.sqrt(2.0) * MEDIAN_SE * stats.curvature_noise_std(x) / math.sqrt(quarter)
+    net_threshold = max(math.log1p(params["min_improvement"]), BIN_SE_UNITS * quarter_se)
+    if np.median(inside[:quarter]) - np.median(inside[-quarter:]) >= min(threshold, net_threshold):
+        return None  # the stretch as a whole still improved: a noisy start bin made it look flat
+    level = float(math.exp(np.median(inside)))
     start_level = float(math.exp(medians[a]))
     tail = logs.to_numpy()[steps > ends[b]]
     ongoing = not has_end[a] and (not len(tail) or np.median(tail[-max(3, len(tail) // 4):]) >

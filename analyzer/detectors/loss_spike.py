@@ -15,7 +15,10 @@ How it decides:
     On the log of the loss (a +50% rise means the same at loss 2 and loss 20), each point is compared with the
     median of the `window_steps` steps BEFORE it (converted to logged points, between `min_window` and
     `max_window`), so a spike never raises its own baseline. Noise is the robust std of successive differences
-    of the log-loss over the same window (never below `noise_floor`, nor below half the whole run's noise). A
+    of the log-loss over the same window (never below `noise_floor`, nor, on logs of 20+ points, below half the
+    whole run's noise). Each segment between restarts gets its own baseline (a resumed job's loss is not judged
+    against the steps of the process before it). A rise of a few rounding steps of the logged values (a loss
+    printed as 0.0001 / 0.0002) is never a spike. A
     point is a spike when it is at least `z` noise units AND `min_rise` (relative) above that level, and the
     rise is sudden: the point before it was less than half as far above the level. This is stricter than
     Lightning Fabric's SpikeDetection (2x a running mean) or llm-foundry's KillLossSpike (2x the mean of 100
@@ -29,11 +32,13 @@ How it decides:
 What it recommends:
     Restart from the last checkpoint saved before the spike (named when one exists) and skip the batches around
     it; clip gradients near the pre-spike 99th percentile of the gradient norm (`max_grad_norm`, from the logged
-    grad_norm; 1.0 by common practice when none is logged and no clipping is set); and lower the lr (x0.5 for a
+    grad_norm, when that is below the current clip or no clip is set; 1.0 by common practice when too few grad
+    norms are logged and no clipping is set; nothing when the current clip is unknown and the p99 is over 10);
+    and lower the lr (x0.5 for a
     persistent spike or a rise of 1.5x or more, else x0.7), as seed 003 (2e-5 -> 1e-5) and OPT-175B did.
 Parameters:
     window_steps (default 500): steps of history that form the local level, converted to logged points.
-    min_window (default 5): fewest points in the baseline window (sparse logs).
+    min_window (default 3): fewest points in the baseline window (sparse logs); no point is judged before it.
     max_window (default 50): most points in the baseline window (dense logs).
     z (default 6.0): how many noise units above the local level a spike must reach.
     min_rise (default 0.3): how far above the local level a spike must reach, relative (0.3 = +30%).
@@ -57,7 +62,7 @@ from analyzer.detectors.base import Detector, evidence_at
 from analyzer.findings import Confidence, Recommendation, Severity, Skipped
 
 WINDOW_STEPS = 500  # a few hundred steps: long enough for a stable median, short enough to follow the curve
-MIN_WINDOW = 5  # sparse logs (every 100+ steps) still get a baseline of a few points
+MIN_WINDOW = 3  # sparse logs (every 100+ steps, excerpts) still get a baseline of a few points
 MAX_WINDOW = 50  # dense logs: 50 points give a median within ~2% of the true level at 10% noise
 Z = 6.0  # six robust noise units: ~1e-9 for Gaussian noise, so noise alone never makes a spike
 MIN_RISE = 0.3  # +30% above the level: smaller jumps are ordinary on small-batch runs
@@ -68,12 +73,14 @@ MAX_FINDINGS = 5
 MIN_POINTS = 10
 SUDDEN_FRACTION = 0.5  # the point before a spike was less than this fraction of the way up: the rise is sudden
 RECOVER_NOISE_UNITS = 2.0
+GLOBAL_NOISE_POINTS = 20
 QUANTA = 5  # a spike rises more than this many rounding steps of the logged values
 GRAD_P99_MIN_POINTS = 10  # fewest pre-spike grad-norm points for a percentile to mean anything
 LR_FACTOR_LARGE = 0.5  # halve the lr after a persistent or large spike (seed 003, OPT-175B practice)
 LR_FACTOR_SMALL = 0.7
 LARGE_RATIO = 1.5
 DEFAULT_CLIP = 1.0  # the usual max_grad_norm (HF Trainer, Megatron, nanoGPT)
+LARGE_P99 = 10.0  # a pre-spike p99 over 10x the usual clip, with the run's own clip unknown: no clip advice
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,9 @@ def find_spikes(loss: pd.Series, params) -> list[Spike]:
     window = stats.points_for_steps(loss, params["window_steps"], params["min_window"], params["max_window"])
     base = stats.trailing_baseline(logs, window, min_periods=min(params["min_window"], window))
     level = base.level.to_numpy()
-    global_noise = stats.noise_std(x)
+    # the whole series' noise guards a quiet local window on a long log; on a short one the spike itself
+    # would dominate it
+    global_noise = stats.noise_std(x) if n >= GLOBAL_NOISE_POINTS else 0.0
     noise = np.fmax(np.nan_to_num(base.noise.to_numpy(), nan=0.0),
                     max(params["noise_floor"], 0.5 * global_noise))
     excess = x - level
@@ -138,17 +147,17 @@ def check(run, params):
         return Skipped(DETECTOR.name, f"only {len(loss)} finite loss points; needs {params['min_points']}")
     if stats.log_values(loss) is None:
         return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective): no relative level")
-    spikes = find_spikes(loss, params)
+    # each segment (one process between restarts) has its own baseline
+    pieces = stats.segment_series(run, metric) or [loss]
+    spikes = [(piece, sp) for piece in pieces for sp in find_spikes(piece, params)]
     if not spikes:
         return []
-    values = loss.to_numpy()
-    steps = loss.index.to_numpy()
-    largest = sorted(spikes, key=lambda sp: -sp.ratio(values))[: params["max_findings"]]
-    chosen = sorted(largest, key=lambda sp: sp.start)
+    largest = sorted(spikes, key=lambda ps: -ps[1].ratio(ps[0].to_numpy()))[: params["max_findings"]]
+    chosen = sorted(largest, key=lambda ps: int(ps[0].index[ps[1].start]))
     grad = stats.finite(run.series("grad_norm")) if run.has("grad_norm") else None
     sched = stats.schedule(run)
     averaged = stats.window_averaged(run)
-    return [_finding(run, metric, loss, sp, grad, sched, averaged, len(spikes), params) for sp in chosen]
+    return [_finding(run, metric, piece, sp, grad, sched, averaged, len(spikes), params) for piece, sp in chosen]
 
 
 def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params):
@@ -164,7 +173,7 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
     if persistent:
         severity = Severity.CRITICAL if lasted >= params["persist_points"] else Severity.WARNING
         last_step = int(steps[-1])
-        recovery = (f"has not come back by the last logged step {last_step}" if severity is Severity.CRITICAL
+        recovery = (f"and has not come back by the last logged step {last_step}" if severity is Severity.CRITICAL
                     else f"and the log ends {lasted} point(s) later, before it could recover")
         metrics["recovered"] = False
     else:
@@ -222,7 +231,9 @@ def _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt):
     if history is not None and len(history) >= GRAD_P99_MIN_POINTS:
         p99 = float(np.percentile(history.to_numpy(), 99))
         suggested = stats.round_sig(p99, 2)
-        if current_clip is None or current_clip <= 0 or current_clip > suggested:
+        # with the current clip unknown, a p99 far above the usual 1.0 may be a scale the run already clips
+        unknown_and_large = current_clip is None and suggested > DEFAULT_CLIP * LARGE_P99
+        if not unknown_and_large and (current_clip is None or current_clip <= 0 or current_clip > suggested):
             now = "unknown (not in the run's config)" if current_clip is None else (
                 "off" if current_clip <= 0 else stats.fmt_num(current_clip))
             recs.append(Recommendation(
@@ -230,9 +241,11 @@ def _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt):
                 f"99% of the {len(history)} grad-norm points before step {onset} are below {stats.fmt_num(p99)}; "
                 f"clipping there (current: {now}) caps a spike's update without touching ordinary steps; {where}"))
     elif current_clip is None or current_clip <= 0:
+        have = "no grad norm is logged" if history is None else \
+            f"only {len(history)} grad-norm points precede the spike"
         recs.append(Recommendation(
             "max_grad_norm", current_clip, DEFAULT_CLIP,
-            f"no grad norm is logged to derive a threshold from and clipping is "
+            f"{have}, too few to derive a threshold from, and clipping is "
             f"{'unknown' if current_clip is None else 'off'}; 1.0 is the common default; {where}"))
     lr = stats.hparam_number(run, "lr") or sched.peak_lr
     if lr:

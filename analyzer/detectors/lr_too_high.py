@@ -14,7 +14,8 @@ How it decides:
       than `chance_margin` (relative) below it (chance from vocab_size / num_classes);
     - rising: the loss level after warmup is more than `rise` (relative) above the first losses;
     - oscillating from the start: loss-oscillation's test finds swings that begin in the first 20% of steps.
-    Then the update size decides: with `update_ratio` logged, its median must be at least `active_ratio`
+    The rising and oscillating symptoms need the log to start at the run's start (first point by step 50 or
+    two logging intervals). Then the update size decides: with `update_ratio` logged, its median must be at least `active_ratio`
     (1e-3, the size at which healthy runs learn: the steps are not too small, so the lack of progress is not
     lr-too-low's) and above `huge_ratio` (1e-2) the confidence is high; without update_ratio, the at-chance and
     rising symptoms alone give a warning at medium confidence. A run with a tiny update ratio is never flagged
@@ -51,6 +52,7 @@ FACTOR_RANGE = (0.1, 0.5)
 DEFAULT_FACTOR = 0.5
 EARLY = 0.2  # an oscillation that begins in the first 20% of the steps is "from the start"
 HEAD_POINTS = 5
+START_STEPS = 50  # a log whose first point is later than this (and than two logging intervals) misses the start
 
 
 def check(run, params):
@@ -90,12 +92,14 @@ def check(run, params):
     head = float(np.median(loss.head(HEAD_POINTS).to_numpy()))
     after = float(np.median(judged.to_numpy()))
     metrics.update(first_losses=head, level_after_warmup=after)
-    if after > head * (1 + params["rise"]):
+    # "from the start" needs the start: an excerpt that begins mid-run (a chronicle) cannot show it
+    start_visible = steps[0] <= max(START_STEPS, 2 * stats.log_interval(loss))
+    if start_visible and after > head * (1 + params["rise"]):
         symptoms.append(f"the loss rose from {stats.fmt_num(head)} at the start to {stats.fmt_num(after)} "
                         "after warmup")
     osc = find_oscillation(loss, OSCILLATION.params) if len(loss) >= OSCILLATION.params["min_points"] else None
     span = float(steps[-1] - steps[0]) or 1.0
-    oscillating = osc is not None and osc["first_step"] - steps[0] <= EARLY * span
+    oscillating = start_visible and osc is not None and osc["first_step"] - steps[0] <= EARLY * span
     if oscillating:
         symptoms.append(f"it swings by ~{osc['swing']:.0%} from step {osc['first_step']}")
         metrics["swing"] = osc["swing"]

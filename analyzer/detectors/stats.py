@@ -603,3 +603,18 @@ def hidden_zeros(series: pd.Series, zero_from: float, lookback: int = 5) -> np.n
     usable = np.isfinite(values) & (values != 0.0)
     level = series.where(usable).rolling(lookback, min_periods=1).median().shift(1).to_numpy()
     return np.flatnonzero((values == 0.0) & (level >= zero_from))
+
+
+def segment_series(run: Run, metric: str) -> list[pd.Series]:
+    """One finite series per segment of `metric` (a segment is what one process wrote between restarts), each
+    sorted by step. Where a later segment rewrote steps, each segment still keeps its own points: a baseline
+    must not mix a resumed job with the steps of the one before it."""
+    rows = run.scalars[run.scalars["metric"] == metric]
+    if not len(rows):
+        return []
+    rows = rows[rows["rank"] == rows["rank"].min()]
+    out = []
+    for _, part in rows.groupby("segment", sort=True):
+        out.append(finite(pd.Series(part["value"].to_numpy(), index=pd.Index(part["step"].to_numpy(), name="step"),
+                                    name=metric)))
+    return [s for s in out if len(s)]

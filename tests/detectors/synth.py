@@ -82,7 +82,7 @@ def log(curve: Curve, interval: int = 1, averaged: bool = False, metrics: tuple[
 def with_spike(curve: Curve, at: int, factor: float = 1.6, recover: int = 20, grad: float = 30.0) -> Curve:
     """A sudden rise x`factor` at step `at` that decays back over ~`recover` steps, led by a grad-norm spike."""
     t = np.arange(len(curve.loss), dtype=float)
-    bump = np.where(t >= at, (factor - 1.0) * np.exp(-(t - at) / max(recover / 3.0, 1e-9)), 0.0)
+    bump = np.where(t >= at, (factor - 1.0) * np.exp(-np.clip(t - at, 0, None) / max(recover / 3.0, 1e-9)), 0.0)
     loss = curve.loss * (1.0 + bump)
     g = curve.grad_norm.copy()
     g[max(at - 1, 0): at + 1] *= grad
