@@ -11,7 +11,7 @@ once, because the standard library has only the other CRC-32 (zlib's).
 from __future__ import annotations
 
 import struct
-from typing import Iterator
+from collections.abc import Iterator
 
 VARINT, I64, LEN, SGROUP, EGROUP, I32 = 0, 1, 2, 3, 4, 5
 MAX_VARINT_BYTES = 10
@@ -28,11 +28,11 @@ class DecodeError(ValueError):
 def read_varint(data: bytes, pos: int) -> tuple[int, int]:
     """(value, position after it) of the unsigned varint at `pos`."""
     result = shift = 0
-    for pos in range(pos, min(len(data), pos + MAX_VARINT_BYTES)):
-        byte = data[pos]
+    for index in range(pos, min(len(data), pos + MAX_VARINT_BYTES)):
+        byte = data[index]
         result |= (byte & 0x7F) << shift
         if byte < 0x80:
-            return result, pos + 1
+            return result, index + 1
         shift += 7
     raise DecodeError("truncated or overlong varint")
 
@@ -130,7 +130,7 @@ def packed_fixed(raw: bytes, fmt: str) -> tuple:
     return struct.unpack(f"<{len(raw) // size}{fmt}", raw)
 
 
-# --- CRC-32C ------------------------------------------------------------------------------------------------------
+# --- CRC-32C ----------------------------------------------------------------------------------------------------------
 
 _CRC_POLY = 0x82F63B78  # Castagnoli, reflected
 _CRC_TABLE: list[int] = []

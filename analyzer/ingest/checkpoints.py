@@ -13,7 +13,8 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any
+from collections.abc import Iterable, Iterator, Mapping
 
 from analyzer.run import Checkpoint, CheckpointStats, Ingested, Note, TensorStats
 
@@ -89,7 +90,7 @@ def read(paths: list[Path], root: Path, scan: bool = True) -> Ingested:
     return out
 
 
-# --- grouping files into checkpoints --------------------------------------------------------------------------------
+# --- grouping files into checkpoints ----------------------------------------------------------------------------------
 
 @dataclass
 class _Group:
@@ -148,7 +149,7 @@ class _Parts:
     """What the files of one checkpoint held, accumulated while walking them."""
 
     tensors: list[TensorStats] = field(default_factory=list)
-    optimizer: dict[str, "_Moments"] = field(default_factory=dict)  # state key -> pooled statistics
+    optimizer: dict[str, _Moments] = field(default_factory=dict)  # state key -> pooled statistics
     groups: list[dict[str, Any]] = field(default_factory=list)
     optimizer_step: int | None = None
     scaler: dict[str, Any] | None = None
@@ -210,7 +211,7 @@ def _read_safetensors(path: Path, parts: _Parts) -> str | None:
 
     try:
         with safe_open(str(path), framework="pt") as handle:
-            for name in handle.keys():
+            for name in handle.keys():  # noqa: SIM118 - a safetensors handle is not iterable
                 stats = _stats_of_chunks(name, *_safetensor_chunks(handle, name), parts)
                 if stats is not None:
                     parts.tensors.append(stats)
@@ -449,7 +450,7 @@ def _as_list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
-# --- statistics -----------------------------------------------------------------------------------------------------
+# --- statistics -------------------------------------------------------------------------------------------------------
 
 @dataclass
 class _Moments:

@@ -31,8 +31,8 @@ NAN_TOKENS = re.compile(r"^[+-]?(nan|inf|infinity)$", re.I)
 DBL_MAX = sys.float_info.max
 RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
 FAILED_STATUSES = {"FAILED", "KILLED"}
-MAX_NAMED_RUNS = 10
-MAX_STEP = 2**53  # steps beyond this are not exact as floats: damage, not a training step  # runs named in the "not read" note
+MAX_NAMED_RUNS = 10  # runs named in the "not read" note
+MAX_STEP = 2**53  # a step beyond this is not exact as a float: damage, not a training step
 
 
 def sniff(path: Path) -> bool:
@@ -92,7 +92,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
     return out
 
 
-# --- file store -----------------------------------------------------------------------------------------------------
+# --- file store -------------------------------------------------------------------------------------------------------
 
 @dataclass
 class _FileRun:
@@ -199,7 +199,7 @@ def parse_param(text: str) -> Any:
     return value
 
 
-# --- SQLite store ---------------------------------------------------------------------------------------------------
+# --- SQLite store -----------------------------------------------------------------------------------------------------
 
 def _connect(path: Path) -> sqlite3.Connection:
     """A read-only connection that creates nothing beside the file.

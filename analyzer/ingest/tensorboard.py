@@ -81,7 +81,7 @@ def _is_eval_dir(path: Path, root: Path) -> bool:
     return bool(parts) and parts[-1].lower() in EVAL_DIRS
 
 
-# --- TFRecord framing -----------------------------------------------------------------------------------------------
+# --- TFRecord framing -------------------------------------------------------------------------------------------------
 
 def frame_records(data: bytes, rel: str, notes: list[Note]) -> tuple[np.ndarray, np.ndarray]:
     """(payload offsets, payload lengths) of the complete records whose length checksum holds.
@@ -125,7 +125,7 @@ def _data_crc_ok(data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.nda
     return stored == computed
 
 
-# --- Event records --------------------------------------------------------------------------------------------------
+# --- Event records ----------------------------------------------------------------------------------------------------
 
 def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame, dict]:
     starts, lengths = frame_records(data, rel, notes)
@@ -256,10 +256,7 @@ def _typed_value(raw, fmt: str):
     """The last element of a repeated numeric field, packed (bytes) or not (an int or raw fixed bytes)."""
     if isinstance(raw, int):
         return raw
-    if fmt == "varint":
-        values = pb.packed_varints(raw)
-    else:
-        values = pb.packed_fixed(raw, fmt)
+    values = pb.packed_varints(raw) if fmt == "varint" else pb.packed_fixed(raw, fmt)
     return values[-1] if values else None
 
 

@@ -125,7 +125,7 @@ def _read_run(run: _Run, root: Path, out: Ingested) -> None:
         _read_console(named["output.log"], root, out, keep_numbers=not has_history)
 
 
-# --- the .wandb record file -----------------------------------------------------------------------------------------
+# --- the .wandb record file -------------------------------------------------------------------------------------------
 
 def records(data: bytes, rel: str, notes: list[Note]) -> list[bytes]:
     """The Record payloads of a .wandb file, reassembled from their chunks; damage is noted, never raised."""

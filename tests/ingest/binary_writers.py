@@ -88,7 +88,7 @@ def tb_file(*events: bytes) -> bytes:
     return b"".join(tf_record(e) for e in (tb_file_version(), *events))
 
 
-# --- W&B ---------------------------------------------------------------------------------------------------------------
+# --- W&B --------------------------------------------------------------------------------------------------------------
 
 WANDB_HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
 BLOCK = 32768
@@ -96,7 +96,7 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 def wandb_log(*records: bytes, header: bytes = WANDB_HEADER) -> bytes:
-    """W&B's LevelDB-style log: 32 KiB blocks, chunks of (crc32, length, type) + data, records split across blocks."""
+    """W&B's LevelDB-style log: 32 KiB blocks of (crc32, length, type) + data chunks; records span blocks."""
     out = bytearray(header)
     for record in records:
         data, first = record, True

@@ -47,7 +47,7 @@ def trainer_checkpoint(path: Path, *, step: int | None = 400, nan_weight: int = 
     torch.save(payload, path)
 
 
-# --- the reference trainer's layout ---------------------------------------------------------------------------------
+# --- the reference trainer's layout -----------------------------------------------------------------------------------
 
 def test_trainer_checkpoint_counts_planted_nonfinite_values(tmp_path):
     trainer_checkpoint(tmp_path / "checkpoints" / "step_000400.pt", nan_weight=3, nan_exp_avg_sq=2)

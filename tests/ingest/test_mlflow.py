@@ -34,7 +34,8 @@ def file_run(root: Path, run_id: str, *, start: int, name: str = "r", metrics: d
     folder = root / "mlruns" / "1" / run_id
     (folder / "metrics").mkdir(parents=True)
     (folder / "params").mkdir()
-    (folder / "meta.yaml").write_text(f"run_id: {run_id}\nrun_name: {name}\nstart_time: {start}\nstatus: {status}\n")
+    (folder / "meta.yaml").write_text(
+        f"run_id: {run_id}\nrun_name: {name}\nstart_time: {start}\nstatus: {status}\n")
     for key, text in (metrics or {}).items():
         (folder / "metrics" / key).parent.mkdir(parents=True, exist_ok=True)
         (folder / "metrics" / key).write_text(text)
@@ -43,7 +44,7 @@ def file_run(root: Path, run_id: str, *, start: int, name: str = "r", metrics: d
     return folder
 
 
-# --- real stores --------------------------------------------------------------------------------------------------------
+# --- real stores ------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("root", [FILESTORE, SQLITE], ids=["filestore", "sqlite"])
 def test_real_store_metrics_and_nonfinite_values(root):
@@ -103,7 +104,8 @@ def test_old_lines_without_step_use_line_order(tmp_path):
 
 
 def test_garbage_and_truncated_lines_are_noted_not_fatal(tmp_path):
-    file_run(tmp_path, "a", start=1, metrics={"loss": "10 1.0 1\n\u00e9\u00e8 garbage\n\x00\x01\n11 abc 2\n12 0.5 3\n13 0.4"})
+    text = "10 1.0 1\n\u00e9\u00e8 garbage\n\x00\x01\n11 abc 2\n12 0.5 3\n13 0.4"
+    file_run(tmp_path, "a", start=1, metrics={"loss": text})
     piece = read_dir(tmp_path)
     frame = piece.frames[0][1]
     assert frame["step"].tolist() == [1, 3] and frame["line"].tolist() == [1, 5]
@@ -147,7 +149,7 @@ def test_unrelated_files_are_not_claimed(tmp_path):
     assert not mlflow.sniff(tmp_path / "metrics" / "loss.txt") and not mlflow.sniff(tmp_path / "other.db")
 
 
-# --- crafted SQLite stores ------------------------------------------------------------------------------------------------
+# --- crafted SQLite stores --------------------------------------------------------------------------------------------
 
 def make_db(path: Path, runs: list[tuple], metrics: list[tuple], params: list[tuple] = (), wal: bool = False):
     connection = sqlite3.connect(path)

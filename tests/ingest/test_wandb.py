@@ -1,4 +1,4 @@
-"""W&B reader: offline runs written by wandb 0.31 (Go core) and 0.16 (legacy), crafted record files, files/ fallbacks."""
+"""W&B reader: offline runs by wandb 0.31 (Go core) and 0.16 (legacy), crafted record files, files/ fallbacks."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def test_console_log_numbers_are_used_when_there_is_no_history(monkeypatch, tmp_
     assert len(read_dir(tmp_path).frames) == 1
 
 
-# --- crafted record files -----------------------------------------------------------------------------------------------
+# --- crafted record files ---------------------------------------------------------------------------------------------
 
 def test_records_spanning_blocks_are_reassembled(tmp_path):
     big = {f"metric_{i}": str(i) for i in range(3000)}  # one record of ~60 KB: FIRST, MIDDLE, LAST chunks
@@ -195,7 +195,7 @@ def test_resumed_run_id_folders_are_read_in_order(tmp_path):
     assert [e.step for e in run.events_of("restart")] == [3]
 
 
-# --- files/ fallbacks ---------------------------------------------------------------------------------------------------
+# --- files/ fallbacks -------------------------------------------------------------------------------------------------
 
 def test_history_jsonl_and_config_yaml_without_a_record_file(tmp_path):
     files = tmp_path / "wandb" / "run-20260101_120000-xyz" / "files"
