@@ -12,10 +12,12 @@ Why it matters:
 How it decides:
     On the log of the non-zero norm, each point is compared with the rolling median of the `window` points before
     it (robust: a spike never raises its own baseline). An excursion is a stretch of points above half `factor`
-    times their baseline that reaches `factor` times it somewhere; excursions during the lr warmup are left out. An excursion is harmful when it lasts at least `sustain_points` logged points, when the norm has
-    not come back by the end of the run, when the loss rises by `loss_jump` during it, or when at least
-    `repeat_episodes` excursions fall within one window; such an excursion is a warning. Isolated single-point
-    spikes that heal at once while the loss keeps falling are normal (large-batch outliers) and are info at most.
+    times their baseline that reaches `factor` times it somewhere; excursions during the lr warmup are left out.
+    An excursion is harmful when at least `sustain_points` of its points are above `factor` times the baseline
+    (sustained), when the norm has not come back by the end of the run, when the loss rises by `loss_jump` during
+    it, or when at least `repeat_episodes` excursions fall within one window; such an excursion is a warning.
+    Spikes that come back at once while the loss keeps its course are normal (large-batch outliers, a norm that
+    wobbles up before the fp16 scaler catches an overflow) and are info at most.
     When max_grad_norm is known, a median norm of at least `clip_factor` times it over the run (after the first
     tenth) is a warning too. A norm that is exactly 0 on most points while the loss changes is not measured
     (Megatron prints `grad norm: 0.000`): the detector is skipped. Where per-layer gradient norms are logged, the
@@ -27,7 +29,7 @@ What it recommends:
 Parameters:
     window (default 50): points in the trailing robust baseline.
     factor (default 10.0): a point at least this many times its baseline is part of an excursion.
-    sustain_points (default 3): logged points an excursion must last to count as sustained.
+    sustain_points (default 3): points above `factor` x baseline that make an excursion sustained.
     repeat_episodes (default 3): excursions within one window that count as repeated.
     loss_jump (default 1.2): a rise of the loss by this factor during an excursion makes it harmful.
     clip_factor (default 20.0): a median norm this many times max_grad_norm is an explosion held down by clipping.
@@ -104,7 +106,8 @@ def _excursions(run, g, params):
         episodes.append({
             "start": start, "end": end, "peak": peak, "points": end - start,
             "ratio": float(np.exp(excess[peak])), "jump": rise.ratio, "loss_peak_step": rise.peak_step,
-            "unhealed": end == len(g), "sustained": end - start >= params["sustain_points"],
+            "unhealed": end == len(g) and bool(high[end - 1]),
+            "sustained": int(high[start:end].sum()) >= params["sustain_points"],
         })
     starts = np.array([e["start"] for e in episodes])
     for e in episodes:
@@ -137,7 +140,9 @@ def _excursions(run, g, params):
     peak_value = float(g.iloc[worst["peak"]])
     how = []
     if worst["sustained"] or first["sustained"]:
-        how.append(f"held for {max(e['points'] for e in harmful)} logged points")
+        longest = max(harmful, key=lambda e: e["points"])
+        how.append(f"above {params['factor'] / 2:g}x for {longest['points']} logged points, "
+                   f"{int(high[longest['start']:longest['end']].sum())} of them above {params['factor']:g}x")
     if any(e["unhealed"] for e in harmful):
         how.append("not back to its level by the end of the run")
     if any(e["repeated"] for e in harmful):
@@ -146,7 +151,7 @@ def _excursions(run, g, params):
     if jumps:
         how.append(f"the {loss[0]} rose {max(jumps):.2f}x with it")
     message = (f"The gradient norm rose to {stats.fmt_num(peak_value)} at step {peak_step}, "
-               f"{worst['ratio']:.0f}x its running median (healthy median {stats.fmt_num(baseline)}), from step "
+               f"{worst['ratio']:.0f}x its running median ({stats.fmt_num(peak_value / worst['ratio'])}), from step "
                f"{start_step}: {', '.join(how)}")
     metrics = {"peak": peak_value, "peak_step": peak_step, "peak_ratio": round(worst["ratio"], 2),
                "baseline_median": baseline, "episodes": len(harmful), "isolated_spikes": len(episodes) - len(harmful),
