@@ -32,6 +32,7 @@ RUN_DIR = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-([A-Za-z0-9]+)$")
 WANDB_FILES = {"output.log", "config.yaml", "wandb-summary.json", "wandb-metadata.json", "wandb-history.jsonl",
                "wandb-events.jsonl", "requirements.txt", "conda-environment.yaml", "diff.patch", "debug.log",
                "debug-internal.log", "debug-core.log"}
+WANDB_LOGS = {"debug.log", "debug-internal.log", "debug-core.log", "debug-cli.log"}  # W&B's own, not training
 
 # The .wandb file: a 7-byte header, then LevelDB log blocks of 32 KiB; chunks are (crc32, length, type) + data,
 # where crc32 is zlib's CRC-32 of the type byte and the data.
@@ -55,6 +56,8 @@ STEP_KEY = "_step"
 def sniff(path: Path) -> bool:
     if path.suffix == ".wandb":
         return True
+    if path.parent.name == "wandb" and path.name in WANDB_LOGS:  # links to the latest run's debug logs
+        return True
     folder = _run_folder(path)
     return folder is not None and path.name in WANDB_FILES
 
@@ -72,8 +75,8 @@ def read(paths: list[Path], root: Path) -> Ingested:
     runs: dict[Path, _Run] = {}
     for path in sorted(paths):
         folder = path.parent if path.suffix == ".wandb" else _run_folder(path)
-        folder = folder if folder is not None else path.parent
-        runs.setdefault(folder, _Run(folder)).files.append(path)
+        if folder is not None:  # else W&B's own debug logs beside the runs: nothing to read
+            runs.setdefault(folder, _Run(folder)).files.append(path)
     chosen = _choose_run(runs, out, root)
     for run in chosen:  # one run id, its folders in start order: a resume continues the same run
         _read_run(run, root, out)
@@ -385,10 +388,10 @@ def _read_console(path: Path, root: Path, out: Ingested, keep_numbers: bool) -> 
         out.notes.append(Note(_rel(path, root), f"console log not read ({type(error).__name__})"))
         return
     out.events.extend(piece.events)
-    out.notes.extend(piece.notes)
-    out.blind_spots.extend(piece.blind_spots)
-    if keep_numbers:
+    if keep_numbers:  # otherwise its notes are about numbers the history already has
         out.frames.extend(piece.frames)
+        out.notes.extend(piece.notes)
+        out.blind_spots.extend(piece.blind_spots)
 
 
 def _rel(path: Path, root: Path) -> str:

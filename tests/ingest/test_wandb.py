@@ -216,3 +216,11 @@ def test_user_files_saved_into_the_run_are_left_to_other_readers(tmp_path):
     files = tmp_path / "wandb" / "run-20260101_120000-xyz" / "files"
     assert not wandb.sniff(files / "train.log")
     assert wandb.sniff(files / "config.yaml") and not wandb.sniff(tmp_path / "config.yaml")
+
+
+def test_wandb_debug_logs_beside_the_runs_are_claimed_and_ignored(tmp_path):
+    write_run(tmp_path, wandb_history({"_step": "1", "loss": "1"}))
+    (tmp_path / "wandb" / "debug.log").write_text("2026-01-01 INFO wandb setup\n")
+    assert wandb.sniff(tmp_path / "wandb" / "debug.log")
+    piece = read_dir(tmp_path)
+    assert len(piece.frames) == 1 and piece.notes == []
