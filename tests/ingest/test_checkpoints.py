@@ -229,6 +229,8 @@ def test_pickle_that_runs_code_is_refused_and_nothing_runs(tmp_path):
         assert "needs arbitrary Python objects" in found[name].error and "system" in found[name].error
         assert "nothing executed" in found[name].error and found[name].stats is None
     assert not marker.exists()
+    pickle.loads((run / "raw.pth").read_bytes())  # the payload is live: plain unpickling runs it
+    assert marker.exists()
 
 
 def test_lfs_pointer_is_reported(tmp_path):
