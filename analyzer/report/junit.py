@@ -21,7 +21,7 @@ def _text(value: object) -> str:
 def detector_names(diagnosis: Diagnosis) -> list[str]:
     """The detectors that ran or were skipped: the diagnosis's own list where it has one, else the whole table;
     plus any name a finding, skip or error mentions (a detector outside the table still gets its test case)."""
-    names = list(getattr(diagnosis, "detectors", ()) or ())
+    names = list(diagnosis.detectors)
     if not names:
         from analyzer.detectors import DETECTORS
 

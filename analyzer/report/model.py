@@ -20,12 +20,12 @@ from analyzer.findings import Diagnosis, Finding, Severity
 from analyzer.report import format as fmt
 
 MAX_EVIDENCE_ROWS = 8  # log lines shown per finding; the rest are counted (findings.json has them all)
-MAX_NOTES = 20
+MAX_NOTES = 20  # ingest notes shown in the run facts
 MAX_NUMBER_TEXT = 24  # a finding value longer than this is text, not a number: shown on its own line
-MAX_HPARAM_TEXT = 160  # a free-text hparam (a comment, a path) is cut in the facts; findings.json keeps it whole  # ingest notes shown in the run facts
+MAX_HPARAM_TEXT = 160  # a free-text hparam (a comment, a path) is cut in the facts; findings.json keeps it whole
 MAX_VERDICT_NAMES = 4  # consequences named in the verdict; a sentence, not a list
-MAX_MARKS = 4
-WHOLE_RUN = 0.8  # a finding spanning more of the run than this is not shaded on its plots  # root-cause / critical onsets marked on the overview plot
+MAX_MARKS = 4  # root-cause / critical onsets marked on the overview plot
+WHOLE_RUN = 0.8  # a finding spanning more of the run than this is not shaded on its plots
 
 # Findings that say the run's numbers (and so its later checkpoints) went NaN/Inf.
 NONFINITE_FINDINGS = ("nonfinite-onset", "checkpoint-nonfinite")
@@ -37,7 +37,7 @@ SEVERITY_LABEL = {"critical": "Critical", "warning": "Warning", "info": "Info"}
 
 @dataclass(frozen=True)
 class FigureView:
-    """One rendered figure: SVG text, written as figures/<id>.svg beside report.md and inlined as a data: URI in HTML."""
+    """One rendered figure: SVG text, written as figures/<id>.svg beside report.md, a data: URI in the HTML."""
 
     id: str
     title: str
@@ -501,7 +501,8 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
     return FindingView(
         index=index, anchor=anchor, code=f.code, name=f.name, severity=f.severity.value,
         severity_label=SEVERITY_LABEL[f.severity.value], confidence=f.confidence.value, message=f.message,
-        steps=fmt.steps(f.first_step, f.last_step), when=fmt.steps_phrase(f.first_step, f.last_step), is_root=f.name in roots, caused_by=tuple(f.caused_by),
+        steps=fmt.steps(f.first_step, f.last_step), when=fmt.steps_phrase(f.first_step, f.last_step),
+        is_root=f.name in roots, caused_by=tuple(f.caused_by),
         leads_to=leads_to, metrics=metrics, details=details, recommendations=recs, evidence=evidence,
         evidence_more=max(0, len(cited) - MAX_EVIDENCE_ROWS), figures=figs, missing_plots=missing,
         table=table_builder(f, series, facts, run) if table_builder else None,

@@ -175,11 +175,12 @@ def _finish(ax, data: PlotInput, ylabel: str) -> None:
     ax.tick_params(labelsize=7)
     ax.grid(True, linewidth=0.4, alpha=0.5)
     ax.margins(x=0.01)
-    handles, labels = ax.get_legend_handles_labels()
+    handles, _ = ax.get_legend_handles_labels()
     if handles:
         # Above the axes, right of the title: inside, a legend hides exactly the late steps a reader looks at.
-        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=len(handles) if len(handles) <= LEGEND_COLUMNS else (2 if len(handles) == 4 else LEGEND_COLUMNS), fontsize=7,
-                  frameon=False, borderaxespad=0.1, handlelength=1.5, columnspacing=1.2)
+        columns = len(handles) if len(handles) <= LEGEND_COLUMNS else (2 if len(handles) == 4 else LEGEND_COLUMNS)
+        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=columns, fontsize=7, frameon=False,
+                  borderaxespad=0.1, handlelength=1.5, columnspacing=1.2)
 
 
 # --- the plots ----------------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import site
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,7 @@ def template_dirs() -> list[Path]:
         package.parent / TEMPLATE_FOLDER,  # repo root, beside analyzer/
         Path(sys.prefix).joinpath(*SHARE_FOLDER),  # a wheel's data-files, in this environment
         Path(sys.base_prefix).joinpath(*SHARE_FOLDER),
+        Path(site.getuserbase()).joinpath(*SHARE_FOLDER),  # pip install --user
     ]
     return [d for d in candidates if (d / "report.md.j2").is_file()]
 

@@ -67,7 +67,8 @@ def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow
         counts = ", ".join(f"{n} {s.value}" for s in Severity
                            if (n := sum(f.severity is s for f in diagnosis.findings)))
         rows.append(IndexRow(
-            name=name, link=quote(Path(link).as_posix()), verdict=verdict(diagnosis), worst=worst.value if worst else "ok",
+            name=name, link=quote(Path(link).as_posix()), verdict=verdict(diagnosis),
+            worst=worst.value if worst else "ok",
             worst_label=SEVERITY_LABEL[worst.value] if worst else "OK", counts=counts or "none",
             root_causes=", ".join(diagnosis.root_causes), fix=fix_line(recommendations(diagnosis.findings)[0]),
         ))

@@ -1,4 +1,4 @@
-"""Inline runs and diagnoses for report tests, until sample runs and detectors exist: numbers from the seed write-ups."""
+"""Inline runs and diagnoses for report tests, independent of detectors: numbers from the seed write-ups."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Report-test options: `--update-golden` rewrites tests/golden/ from the current output (or POSTMORTEM_UPDATE_GOLDEN=1)."""
+"""Report-test options: `--update-golden` (or POSTMORTEM_UPDATE_GOLDEN=1) rewrites tests/golden/ from the output."""
 
 from __future__ import annotations
 

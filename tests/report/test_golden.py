@@ -8,7 +8,6 @@ Mismatches are written to tests/artifacts/actual/ for a diff.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 

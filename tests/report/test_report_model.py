@@ -181,7 +181,8 @@ def test_evidence_cited_twice_is_shown_once():
 
 @pytest.mark.parametrize("value, text", [
     (3.0, "3.0"), (0.0002, "0.0002"), (1e-5, "1e-05"), (485165195.41, "4.852e+08"), (65536.0, "65536.0"),
-    (float("nan"), "NaN"), (float("-inf"), "-Inf"), (True, "true"), (7, "7"), (None, "-"), ([0.9, 0.999], "[0.9, 0.999]"),
+    (float("nan"), "NaN"), (float("-inf"), "-Inf"), (True, "true"), (7, "7"), (None, "-"),
+    ([0.9, 0.999], "[0.9, 0.999]"),
 ])
 def test_numbers_read_as_a_person_writes_them(value, text):
     assert fmt.number(value) == text

@@ -272,3 +272,14 @@ def test_a_million_point_run_renders_in_a_few_seconds(tmp_path):
     started = time.perf_counter()
     write_reports(run, d, tmp_path, ["md", "html", "json"], "critical")
     assert time.perf_counter() - started < 6.0
+
+
+def test_junit_has_cases_only_for_the_detectors_chosen(tmp_path):
+    from dataclasses import replace
+
+    _, d = seed002()
+    d = replace(d, detectors=("loss-spike", "distill-temperature-blowup"))
+    names = [c.get("name") for c in junit(d, "critical", tmp_path).findall("./testsuite/testcase")]
+    # the chosen two, then every detector a finding or skip names (a Diagnosis built by hand may lack them)
+    assert names[:2] == ["L001 loss-spike", "D001 distill-temperature-blowup"]
+    assert "G002 grad-vanishing" not in names
