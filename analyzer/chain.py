@@ -40,6 +40,9 @@ CAUSES: tuple[tuple[str, str], ...] = (
     ("small-effective-batch", "loss-oscillation"),
     ("small-effective-batch", "lr-too-high"),
     ("mlm-label-ratio", "grad-explosion"),
+    ("mlm-label-ratio", "initial-loss-mismatch"),  # every token labelled changes the loss's size and meaning
+    ("grad-vanishing", "loss-plateau"),
+    ("init-variance", "grad-vanishing"),
     ("init-variance", "initial-loss-mismatch"),
     ("init-variance", "loss-plateau"),
     ("init-variance", "grad-explosion"),
