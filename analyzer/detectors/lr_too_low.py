@@ -12,7 +12,7 @@ How it decides:
     logged (|weight update| / |weights| per step), its median there is compared with the healthy ~1e-3
     (TheDeepChecker's healthy band is 1e-4..1e-1 in log10 terms; practitioners aim near 1e-3):
     - below `tiny_ratio` (1e-4) and the loss is not falling fast (less than `fast_progress` relative drop over
-      those steps): warning, high confidence;
+      the later half of those steps): warning, high confidence;
     - below `low_ratio` (1e-3) and the loss sits on a plateau to the end of the run (loss-plateau's test):
       warning, medium confidence.
     Without update_ratio, a plateau to the end of the run whose loss is smooth (point-to-point noise under
@@ -75,8 +75,10 @@ def check(run, params):
                                       f"{params['min_lr_fraction']:.0%} of the peak lr; needs {params['min_points']}")
     plateau = find_plateau(loss, sched, PLATEAU.params, PLATEAU.params["min_points"], min_bin=TRAIN_BIN)
     stalled = plateau is not None and plateau.ongoing
-    drop = 1.0 - float(np.median(judged.tail(max(3, len(judged) // 10)))) / float(
-        np.median(judged.head(max(3, len(judged) // 10))))
+    # progress over the later half of the judged steps: an early fast fall says nothing about the lr now
+    late = judged.iloc[len(judged) // 2:]
+    drop = 1.0 - float(np.median(late.tail(max(3, len(late) // 5)))) / float(
+        np.median(late.head(max(3, len(late) // 5))))
     ratio = None
     if run.has("update_ratio"):
         ur = stats.finite(run.series("update_ratio"))
@@ -118,13 +120,14 @@ def check(run, params):
     if at_peak and lr and abs(at_peak / lr - 1) > 0.05:
         lr_text += f" ({stats.fmt_num(at_peak)} effective after warmup)"
         metrics["effective_lr"] = at_peak
-    message = (f"{lr_text} is too low: {why}; the loss fell only {drop:.1%} from step {int(judged.index[0])} to "
-               f"{int(judged.index[-1])}.")
+    message = (f"{lr_text} is too low: {why}; the loss fell only {drop:.1%} from step {int(late.index[0])} to "
+               f"{int(late.index[-1])}.")
     recs = []
     if lr:
         recs.append(Recommendation(
             "lr", lr, stats.round_sig(lr * factor, 2),
-            f"x{factor:.1f} from the data ({basis}); the loss fell {drop:.1%} over {len(judged)} judged points"))
+            f"x{factor:.1f} from the data ({basis}); the loss fell {drop:.1%} over steps {int(late.index[0])}-"
+            f"{int(late.index[-1])}"))
     warm_recs = _warmup_rec(run, sched, params)
     recs.extend(warm_recs)
     metrics["lr_factor"] = factor

@@ -79,6 +79,8 @@ def check(run, params):
     if found is None:
         return Skipped(DETECTOR.name, "the run logs no training speed (steps/s, tokens/s, TFLOPs or step time)")
     metric, speed, inverted = found
+    if len(speed) < 2 * params["min_window"]:
+        return Skipped(DETECTOR.name, f"only {len(speed)} {metric} points; needs {2 * params['min_window']}")
     best = None
     for segment in _segments(speed, stats.restart_steps(run)):
         found_drop = _drop(segment, params)
