@@ -56,6 +56,7 @@ class IndexRow:
     counts: str  # "2 critical, 1 warning"
     root_causes: str
     fix: str
+    fix_items: tuple[str, ...]
 
 
 def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow, ...]:
@@ -63,6 +64,7 @@ def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow
 
     rows = []
     for name, diagnosis, link in entries:
+        changes = recommendations(diagnosis.findings)[0]
         worst = diagnosis.worst()
         counts = ", ".join(f"{n} {s.value}" for s in Severity
                            if (n := sum(f.severity is s for f in diagnosis.findings)))
@@ -70,7 +72,8 @@ def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow
             name=name, link=quote(Path(link).as_posix()), verdict=verdict(diagnosis),
             worst=worst.value if worst else "ok",
             worst_label=SEVERITY_LABEL[worst.value] if worst else "OK", counts=counts or "none",
-            root_causes=", ".join(diagnosis.root_causes), fix=fix_line(recommendations(diagnosis.findings)[0]),
+            root_causes=", ".join(dict.fromkeys(diagnosis.root_causes)), fix=fix_line(changes),
+            fix_items=tuple(f"{r.hparam} {r.current} -> {r.suggested}" for r in changes),
         ))
     # Worst first, then by name: the runs that need a look lead the page.
     order = {"critical": 0, "warning": 1, "info": 2, "ok": 3}
