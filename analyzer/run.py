@@ -274,15 +274,14 @@ class Run:
     # -- metrics --
     @property
     def metrics(self) -> tuple[str, ...]:
-        return tuple(sorted(self.scalars["metric"].unique()))
+        return tuple(sorted(self._metric_slices()))
 
     def has(self, metric: str) -> bool:
-        return bool((self.scalars["metric"] == metric).any())
+        return metric in self._metric_slices()
 
     def series(self, metric: str, rank: int | None = None) -> pd.Series:
         """Values of one metric indexed by step, sorted; where a restart repeats steps, the newest segment wins."""
-        rows = self._latest()
-        rows = rows[rows["metric"] == metric]
+        rows = self._latest_of(metric)
         if rank is None and len(rows):
             rank = int(rows["rank"].min())
         rows = rows[rows["rank"] == rank]
@@ -290,8 +289,8 @@ class Run:
 
     def point(self, metric: str, step: int) -> tuple[str, int] | None:
         """(file, line) of the point that `series(metric)` holds at `step`, for evidence."""
-        rows = self._latest()
-        hit = rows[(rows["metric"] == metric) & (rows["step"] == step)]
+        rows = self._latest_of(metric)
+        hit = rows[rows["step"] == step]
         if not len(hit):
             return None
         row = hit.iloc[-1]
@@ -303,6 +302,24 @@ class Run:
             cached = latest_points(self.scalars)
             object.__setattr__(self, "_latest_cache", cached)
         return cached
+
+    def _metric_slices(self) -> dict[str, slice]:
+        """Where each metric's rows lie in `_latest()`, which is sorted by metric: one scan, not one per lookup."""
+        cached = self.__dict__.get("_slices_cache")
+        if cached is None:
+            latest = self._latest()
+            codes, names = pd.factorize(latest["metric"])  # already grouped: codes rise in runs
+            bounds = np.flatnonzero(np.diff(codes)) + 1 if len(codes) else np.zeros(0, dtype="int64")
+            starts = np.concatenate(([0], bounds)).astype("int64") if len(codes) else bounds
+            ends = np.append(starts[1:], len(codes)).astype("int64")
+            cached = {str(names[codes[a]]): slice(int(a), int(b)) for a, b in zip(starts, ends)}
+            object.__setattr__(self, "_slices_cache", cached)
+        return cached
+
+    def _latest_of(self, metric: str) -> pd.DataFrame:
+        where = self._metric_slices().get(metric)
+        latest = self._latest()
+        return latest.iloc[where] if where is not None else latest.iloc[0:0]
 
     @property
     def first_step(self) -> int | None:
@@ -322,10 +339,40 @@ class Run:
 
 
 def latest_points(scalars: pd.DataFrame) -> pd.DataFrame:
-    """One row per (metric, split, rank, step): the last one written, so a resumed segment replaces the old one."""
-    ordered = scalars.sort_values(["metric", "rank", "step"], kind="stable")
-    keep = ~ordered.duplicated(["metric", "rank", "step"], keep="last")
-    return ordered[keep]
+    """One row per (metric, split, rank, step): the last one written, so a resumed segment replaces the old one.
+
+    Sorted by metric, rank, step (stable). Done on integer codes, group by group, because a series is nearly
+    always in step order already: no string comparisons and no full sort over millions of rows.
+    """
+    if not len(scalars):
+        return scalars
+    group = _group_codes(scalars["metric"], scalars["rank"], sort=True)
+    order = _stable_order(group)
+    steps = scalars["step"].to_numpy()
+    g, s = group[order], steps[order]
+    unsorted = (g[1:] == g[:-1]) & (s[1:] < s[:-1])
+    if unsorted.any():  # some series go back (restarts): sort those groups by step, stably
+        for code in np.unique(g[1:][unsorted]):
+            where = np.flatnonzero(g == code)
+            order[where] = order[where][np.argsort(s[where], kind="stable")]
+        g, s = group[order], steps[order]
+    last_of_step = np.ones(len(order), dtype=bool)
+    last_of_step[:-1] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
+    return scalars.iloc[order[last_of_step]]
+
+
+def _group_codes(metric: pd.Series, rank: pd.Series, sort: bool) -> np.ndarray:
+    """One integer per (metric, rank) pair; with sort=True the codes follow metric, then rank, order."""
+    metric_codes, metric_names = pd.factorize(metric, sort=sort)
+    rank_codes, ranks = pd.factorize(rank, sort=sort)
+    return metric_codes.astype("int64") * max(len(ranks), 1) + rank_codes
+
+
+def _stable_order(group: np.ndarray) -> np.ndarray:
+    """Row order grouped by code, keeping file order inside each group (numpy radix-sorts small integers)."""
+    if len(group) and group.max() < np.iinfo(np.int16).max:
+        return np.argsort(group.astype(np.int16), kind="stable")
+    return np.argsort(group, kind="stable")
 
 
 # --- building a Run from readers' pieces ----------------------------------------------------------------------------
@@ -375,35 +422,73 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
 
 
 def _normalise_frame(frame: pd.DataFrame, source: int) -> pd.DataFrame:
-    names = frame["name"].astype(str)
-    mapping = {n: canonical_metric(n) for n in names.unique()}  # per unique name, not per row
-    metric = names.map({n: m for n, (m, _) in mapping.items()})
-    split = names.map({n: s for n, (_, s) in mapping.items()})
-    if "split" in frame:  # a reader that knows the split (e.g. canonical jsonl "split": "eval") wins
-        given = frame["split"].fillna(split).astype(str)
-        is_eval = given.eq("eval") & ~metric.str.startswith("eval_")
-        metric = metric.where(~is_eval, metric.map(lambda m: _EVAL_NAMES.get(m, "eval_" + m)))
-        split = given.where(~metric.str.startswith("eval_"), "eval")
+    # Millions of rows hold a few distinct (name, split) pairs: canonicalise each pair once, expand by codes.
+    name_codes, name_uniques = pd.factorize(frame["name"], use_na_sentinel=False)
+    names = [str(n) for n in name_uniques]
+    has_split = "split" in frame
+    if has_split:  # a reader that knows the split (e.g. canonical jsonl "split": "eval") wins
+        split_codes, split_uniques = pd.factorize(frame["split"], use_na_sentinel=True)  # -1: no split given
+        width = len(split_uniques) + 1
+        pair_codes, pairs = pd.factorize(name_codes.astype("int64") * width + (split_codes + 1))
+        given = [str(v) for v in split_uniques] + [None]  # given[-1] is None: the name decides
+        pairs = [(int(p) // width, int(p) % width - 1) for p in pairs]
+    else:
+        pair_codes, given = name_codes, [None]
+        pairs = [(i, -1) for i in range(len(names))]
+    metric_of, split_of, name_of = [], [], []
+    for name_index, split_index in pairs:
+        metric, split = canonical_metric(names[name_index])
+        if has_split:
+            split_given = given[split_index] if given[split_index] is not None else split
+            if split_given == "eval" and not metric.startswith("eval_"):
+                metric = _EVAL_NAMES.get(metric, "eval_" + metric)
+            split = "eval" if metric.startswith("eval_") else split_given
+        metric_of.append(metric)
+        split_of.append(split)
+        name_of.append(names[name_index])
     rank = frame["rank"].astype("int64") if "rank" in frame else 0
     return pd.DataFrame({
-        "step": frame["step"].astype("int64").to_numpy(), "metric": metric.to_numpy(),
-        "value": frame["value"].astype("float64").to_numpy(), "split": split.to_numpy(),
+        "step": frame["step"].astype("int64").to_numpy(), "metric": _strings(metric_of, pair_codes),
+        "value": frame["value"].astype("float64").to_numpy(), "split": _strings(split_of, pair_codes),
         "rank": rank if np.isscalar(rank) else rank.to_numpy(), "source": source,
-        "line": frame["line"].astype("int64").to_numpy(), "name": names.to_numpy(), "segment": 0,
+        "line": frame["line"].astype("int64").to_numpy(), "name": _strings(name_of, pair_codes), "segment": 0,
     })
+
+
+_STRING_DTYPE = pd.Series(["x"]).dtype  # what pandas makes of a column of str: "str" on pandas 3, object before
+
+
+def _strings(values: list[str], codes: np.ndarray):
+    """The column values[codes], built in the dtype pandas would infer for it, without a Python object per row."""
+    if getattr(_STRING_DTYPE, "storage", None) == "pyarrow":
+        import pyarrow as pa
+
+        return pd.array(pa.array(values, type=pa.large_string()).take(pa.array(codes)), dtype=_STRING_DTYPE)
+    return np.array(values, dtype=object)[codes]
 
 
 def _segments(scalars: pd.DataFrame, sources: list[str]) -> tuple[pd.DataFrame, list[Event]]:
     """Number the segments of each series: a step lower than one already seen starts a new segment (a restart)."""
     if not len(scalars):
         return scalars, []
-    keys = [scalars["metric"], scalars["rank"]]
     # A restart is where a series' step drops below its previous point; the resumed segment then rises again
     # (comparing with the running maximum would count every resumed point below the old maximum as a restart).
-    prev_step = scalars.groupby(keys, sort=False)["step"].shift(1)
-    restarted = (scalars["step"] < prev_step).to_numpy()
-    segment = pd.Series(restarted.astype("int64")).groupby([k.to_numpy() for k in keys], sort=False).cumsum()
-    scalars = scalars.assign(segment=segment.to_numpy())
+    # Computed on integer group codes in group order, then put back in file order.
+    group = _group_codes(scalars["metric"], scalars["rank"], sort=False)
+    order = _stable_order(group)
+    group = group[order]
+    steps = scalars["step"].to_numpy()[order]
+    first_of_group = np.ones(len(order), dtype=bool)
+    first_of_group[1:] = group[1:] != group[:-1]
+    restarted_sorted = np.zeros(len(order), dtype=bool)
+    restarted_sorted[1:] = ~first_of_group[1:] & (steps[1:] < steps[:-1])
+    running = np.cumsum(restarted_sorted)
+    segment_sorted = running - running[first_of_group][np.cumsum(first_of_group) - 1]
+    restarted = np.empty(len(order), dtype=bool)
+    restarted[order] = restarted_sorted
+    segment = np.empty(len(order), dtype="int64")
+    segment[order] = segment_sorted
+    scalars = scalars.assign(segment=segment)
     events = []
     if restarted.any():
         hits = scalars[restarted]
