@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import io
+import functools
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,7 +160,7 @@ def parse_jsonl(path: Path, file: str) -> Parsed:
     if truncated is not None:
         notes.append(Note(file, "last line is cut short (the run was probably stopped mid-write); dropped",
                           line=truncated))
-    if not buf.strip():
+    if not buf or buf.isspace():
         return Parsed({}, np.zeros(0, dtype="int64"), notes + [Note(file, "no records in the file")])
     fast = _jsonl_with_arrow(buf)
     if fast is not None:
@@ -186,7 +187,7 @@ def _drop_truncated_last_line(buf: bytes) -> tuple[bytes, int | None]:
 def _swap_tokens(buf: bytes) -> tuple[bytes, dict[float, int]]:
     """Swap bare NaN/Infinity values for sentinel numbers; returns how many of each sentinel were written."""
     written: dict[float, int] = {}
-    if b"NaN" not in buf and b"Infinity" not in buf:
+    if _arrow_reads_nonfinite_tokens() or (b"NaN" not in buf and b"Infinity" not in buf):
         return buf, written
     for token in _TOKENS:
         sentinel = _SENTINELS[token]
@@ -196,6 +197,19 @@ def _swap_tokens(buf: bytes) -> tuple[bytes, dict[float, int]]:
                 buf = buf.replace(sep + token, sep + repr(sentinel).encode())
                 written[sentinel] = written.get(sentinel, 0) + found
     return buf, written
+
+
+@functools.lru_cache(maxsize=None)
+def _arrow_reads_nonfinite_tokens() -> bool:
+    """pyarrow >= 2x reads bare NaN/Infinity itself (older versions refuse them): then no swap is needed."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    try:
+        row = pj.read_json(pa.BufferReader(b'{"a": NaN, "b": Infinity, "c": -Infinity}\n')).to_pylist()[0]
+    except (pa.ArrowException, ValueError):
+        return False
+    return math.isnan(row["a"]) and row["b"] == math.inf and row["c"] == -math.inf
 
 
 def _sentinels_match(columns: dict[str, Column], written: dict[float, int]) -> bool:
@@ -502,17 +516,19 @@ def tidy(parsed: Parsed, file: str, rank: int | None = None) -> Table:
     names = _names(pieces_name)
     frame = {"step": steps[idx], "name": names, "value": value, "line": parsed.lines[idx]}
     if split is not None:
-        frame["split"] = split[idx]
+        frame["split"] = pd.Categorical.from_codes(split[idx], categories=SPLITS)
     if ranks is not None:
         frame["rank"] = ranks if np.isscalar(ranks) else ranks[idx]
     return Table(pd.DataFrame(frame, copy=False), notes)
 
 
-def _names(pieces: list[tuple[Any, int]]) -> np.ndarray:
+def _names(pieces: list[tuple[Any, int]]) -> pd.Categorical:
+    """The name column as a categorical: a few distinct names over millions of rows cost one string each."""
     if all(isinstance(name, str) for name, _ in pieces):
-        words = np.array([name for name, _ in pieces], dtype=object)
-        return np.repeat(words, [n for _, n in pieces])
-    return np.concatenate([np.full(n, name, dtype=object) if isinstance(name, str) else name for name, n in pieces])
+        codes = np.repeat(np.arange(len(pieces), dtype=np.int32), [n for _, n in pieces])
+        return pd.Categorical.from_codes(codes, categories=[name for name, _ in pieces])
+    return pd.Categorical(np.concatenate([np.full(n, name, dtype=object) if isinstance(name, str) else name
+                                          for name, n in pieces]))
 
 
 def _restore_nonfinite(values: np.ndarray) -> np.ndarray:
@@ -540,15 +556,16 @@ def _steps(col: Column, name: str, file: str, notes: list[Note], n_rows: int) ->
     return out, has
 
 
+SPLITS = ("train", "eval")
+
+
 def _split_column(columns: dict[str, Column], lower: dict[str, str]) -> np.ndarray | None:
+    """Codes into SPLITS per row (-1: no split given, the metric's name decides)."""
     if "split" not in lower or columns[lower["split"]].is_numeric:
         return None
-    col = columns[lower["split"]]
-    words = pd.unique(col.values)
-    mapping = {w: _split_word(w) for w in words}
-    codes, uniques = pd.factorize(col.values, use_na_sentinel=True)
-    table = np.array([mapping[u] for u in uniques] + [None], dtype=object)
-    return table[codes]  # -1 (missing) picks the trailing None
+    codes, uniques = pd.factorize(columns[lower["split"]].values, use_na_sentinel=True)
+    table = np.array([SPLITS.index(w) if (w := _split_word(u)) else -1 for u in uniques] + [-1], dtype=np.int8)
+    return table[codes]  # -1 (missing) picks the trailing -1
 
 
 def _split_word(word: Any) -> str | None:

@@ -1,5 +1,6 @@
 """Property tests: the structured readers (table, reference run dir, HF Trainer, Lightning, configs) raise nothing
-but InputError on any bytes, and on near-valid files cut or corrupted at any point."""
+but InputError on any bytes, and on near-valid files cut or corrupted at any point; the vectorised Run building
+agrees with the plain pandas formulation it replaced."""
 
 from __future__ import annotations
 
@@ -9,12 +10,13 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pandas as pd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analyzer.errors import InputError
 from analyzer.ingest import canonical, configs, hf_trainer, lightning, read_run, tabular
-from analyzer.run import build_run
+from analyzer.run import Ingested, build_run
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -150,3 +152,39 @@ def test_jsonl_values_survive_exactly(points):
     assert len(got) == len(points)
     for (s, v), (gs, gv) in zip(points, got):
         assert s == gs and (gv == v or (math.isnan(v) and math.isnan(gv)))
+
+
+# --- the vectorised Run building gives what the plain pandas formulation gives ----------------------------------------
+
+def reference_latest(scalars):
+    ordered = scalars.sort_values(["metric", "rank", "step"], kind="stable")
+    return ordered[~ordered.duplicated(["metric", "rank", "step"], keep="last")]
+
+
+def reference_segments(scalars):
+    keys = [scalars["metric"], scalars["rank"]]
+    prev = scalars.groupby(keys, sort=False)["step"].shift(1)
+    restarted = (scalars["step"] < prev).to_numpy()
+    return pd.Series(restarted.astype("int64")).groupby([k.to_numpy() for k in keys], sort=False).cumsum().tolist()
+
+
+@SETTINGS
+@given(st.lists(st.tuples(st.sampled_from(["loss", "lr", "eval/loss", "b", "a_step"]), st.integers(0, 2),
+                          st.integers(0, 12), st.floats(allow_nan=True)), min_size=1, max_size=60),
+       st.booleans())
+def test_build_run_matches_the_plain_pandas_formulation(rows, with_split):
+    names, ranks, steps, values = zip(*rows)
+    frame = pd.DataFrame({"step": steps, "name": list(names), "value": values, "rank": ranks,
+                          "line": range(1, len(rows) + 1)})
+    if with_split:
+        frame["split"] = [("eval" if s % 3 == 0 else None if s % 3 == 1 else "train") for s in steps]
+    piece = Ingested("t")
+    piece.add_frame("m.jsonl", frame)
+    run = build_run(Path("/x"), [piece])
+    assert run.scalars["segment"].tolist() == reference_segments(run.scalars)
+    assert run._latest().equals(reference_latest(run.scalars))
+    for metric in set(run.scalars["metric"]):
+        rows_of = run.scalars[run.scalars["metric"] == metric]
+        assert run.has(metric) and run.series(metric).index.is_monotonic_increasing
+        assert len(run.series(metric)) == rows_of[rows_of["rank"] == rows_of["rank"].min()]["step"].nunique()
+    assert run.metrics == tuple(sorted(set(run.scalars["metric"])))

@@ -1,0 +1,132 @@
+"""Benchmark: `diagnose --json` on a 1M-step metrics.jsonl, as a whole process, against a bare pyarrow read.
+
+Run: python tests/perf/bench_jsonl.py [--steps 1000000] [--repeat 3] [--keep DIR]
+
+It writes a reference-trainer run dir (config.json, run.json and a ~90 MB metrics.jsonl: step, split, loss, lr,
+grad_norm, with bare NaN tokens from a diverged stretch and an eval line every 1000 steps) in a temporary folder, then
+times, each as its own process, median of --repeat runs:
+  (a) python -c "import pyarrow.json; pyarrow.json.read_json(PATH)"   (on a copy without NaN tokens if pyarrow
+      refuses them: a bare read cannot parse the file the run wrote)
+  (b) python -m analyzer diagnose --json RUN_DIR                     (read, build the Run, all detectors, JSON out)
+and prints both, their peak RSS and the ratio b/a. The goal is b <= a.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+EVAL_EVERY = 1000
+NAN_FROM, NAN_TO = 600_000, 600_050  # a short diverged stretch: bare NaN tokens, as Python's json writes them
+
+
+def write_run(folder: Path, steps: int) -> Path:
+    """A run dir in the reference trainer's format, generated column-wise (seconds, not minutes)."""
+    rng = np.random.default_rng(0)
+    step = np.arange(steps)
+    loss = 2.0 + 8.0 * np.exp(-step / (steps / 10)) + 0.05 * rng.standard_normal(steps)
+    lr = 3e-4 * np.minimum(1.0, (step + 1) / 2000)
+    grad = np.abs(0.8 + 0.2 * rng.standard_normal(steps))
+    loss_text = np.char.mod("%.6f", loss).astype(object)
+    grad_text = np.char.mod("%.6f", grad).astype(object)
+    diverged = slice(NAN_FROM, min(NAN_TO, steps))
+    loss_text[diverged] = "NaN"
+    grad_text[diverged] = "Infinity"
+    lr_text = np.char.mod("%.6g", lr).astype(object)
+    lines = ('{"step": ' + step.astype(str).astype(object) + ', "split": "train", "loss": ' + loss_text
+             + ', "lr": ' + lr_text + ', "grad_norm": ' + grad_text + "}\n")
+    evals = step[EVAL_EVERY - 1::EVAL_EVERY]
+    eval_lines = ('{"step": ' + evals.astype(str).astype(object) + ', "split": "eval", "loss": '
+                  + np.char.mod("%.5f", loss[evals] + 0.1).astype(object) + "}\n")
+    lines[evals] = lines[evals] + eval_lines
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "metrics.jsonl", "w") as fh:
+        fh.write("".join(lines.tolist()))
+    (folder / "config.json").write_text(json.dumps({"lr": 3e-4, "batch_size": 16, "max_steps": steps,
+                                                    "warmup_steps": 2000, "seed": 1337}))
+    (folder / "run.json").write_text(json.dumps({"status": "diverged", "seed": 1337}))
+    return folder
+
+
+def run_process(cmd: list[str], cwd: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS in MB, exit code) of one child process."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if proc.returncode not in (0, 1):  # 1: findings at or above --fail-on, a normal outcome
+        raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{err[-2000:]}")
+    return wall, usage.ru_maxrss / 1024, proc.returncode
+
+
+def timed(cmd: list[str], repeat: int, cwd: Path) -> tuple[float, float]:
+    runs = [run_process(cmd, cwd) for _ in range(repeat)]
+    return statistics.median(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def bare_read_command(metrics: Path, folder: Path) -> tuple[list[str], str]:
+    code = "import sys, pyarrow.json; pyarrow.json.read_json(sys.argv[1])"
+    probe = subprocess.run([sys.executable, "-c", code, str(metrics)], capture_output=True, text=True)
+    if probe.returncode == 0:
+        return [sys.executable, "-c", code, str(metrics)], "the same file"
+    clean = folder.parent / "metrics_without_nan_tokens.jsonl"
+    data = metrics.read_bytes().replace(b"-Infinity", b"-1e308").replace(b"Infinity", b"1e308").replace(
+        b"NaN", b"0.0")
+    clean.write_bytes(data)
+    reason = probe.stderr.strip().splitlines()[-1] if probe.stderr.strip() else "refused"
+    return [sys.executable, "-c", code, str(clean)], f"a copy without NaN tokens (pyarrow refuses them: {reason})"
+
+
+def diagnose_command(folder: Path) -> tuple[list[str], str]:
+    cli = [sys.executable, "-m", "analyzer", "diagnose", "--json", str(folder)]
+    probe = subprocess.run([sys.executable, "-m", "analyzer", "diagnose", "--help"], cwd=ROOT, capture_output=True)
+    if probe.returncode == 0:
+        return cli, "python -m analyzer diagnose --json RUN_DIR"
+    code = ("import sys; from analyzer.ingest import read_run; from analyzer.diagnose import diagnose_run; "
+            "diagnose_run(read_run(sys.argv[1]))")
+    return [sys.executable, "-c", code, str(folder)], "read_run + diagnose_run (the CLI is not available)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="write the run dir here and keep it")
+    args = parser.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="postmortem-bench-"))
+    folder = write_run((args.keep or tmp / "run"), args.steps)
+    metrics = folder / "metrics.jsonl"
+    size = metrics.stat().st_size / 1e6
+    try:
+        bare, bare_input = bare_read_command(metrics, tmp / "run")
+        full, full_label = diagnose_command(folder)
+        run_process(full, ROOT)  # warm the page cache and .pyc files for both
+        bare_s, bare_mb = timed(bare, args.repeat, ROOT)
+        full_s, full_mb = timed(full, args.repeat, ROOT)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"metrics.jsonl: {args.steps:,} steps, {size:.1f} MB; median of {args.repeat} runs, {os.cpu_count()} CPUs")
+    print(f"(a) bare pyarrow.json.read_json on {bare_input}")
+    print(f"    {bare_s:.2f} s, peak RSS {bare_mb:.0f} MB")
+    print(f"(b) {full_label}")
+    print(f"    {full_s:.2f} s, peak RSS {full_mb:.0f} MB")
+    verdict = "ok" if full_s <= bare_s else "SLOWER than the goal (b <= a)"
+    print(f"ratio b/a = {full_s / bare_s:.2f}  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
