@@ -1,17 +1,1100 @@
-"""PLACEHOLDER: the textlog reader is being written; it claims nothing yet."""
+"""Plain-text training logs: nanoGPT, Megatron-LM/DeepSpeed, fairseq, HF stdout and free-form `key: value` lines.
+
+How a file is read, fast and without a Python loop per line:
+- the bytes become an Arrow array of physical lines (zero-copy) and each line a *skeleton*: the line with its digits
+  removed (numpy). Log lines repeat a few shapes, so a million lines have a handful of skeletons;
+- one line of each skeleton is parsed in Python into a *plan* (which number of the line is the step, which is which
+  metric, is it a warning/overflow event). The numbers of every line of that shape are then pulled out at once with
+  one RE2 regex built from the line's template (pyarrow `extract_regex`), and cast to float64 in C++;
+- a line that does not fit its group's template (rare) is parsed on its own with the same Python parser.
+
+Only lines that say what they are produce points: a step anchor at the start of the line (`iter 100:`, `step 10 |`,
+` iteration 31219/ 115311 |`, `Epoch 3 Step 120:`, `step=10,`), or a well-known shape (`[Eval] ...`, Megatron's
+`validation loss at iteration N | ...`, fairseq's JSON log lines, build-nanogpt's `0 train 10.955`). Prose numbers are
+never read; in markdown (and any file with ``` fences) only lines inside code blocks are read.
+
+Steps of lines that carry none of their own (events, `[Eval] loss: ...`, build-nanogpt's `validation loss: ...`) come
+from the nearest step line *after* them: trainers print a step's summary line once the step is done, so what is
+printed while step N runs (an fp16 overflow, a NaN clamp, the eval at the top of step N) precedes step N's line. The
+reference trainer, Megatron, DeepSpeed, fairseq and build-nanogpt all behave so. A line after the last step line takes
+that last step. The exception is a bare `Loss: X` line (DeepSpeed's examples), a summary printed after the step line.
+"""
 
 from __future__ import annotations
 
+import codecs
+import math
+import mmap
+import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any, Iterable
 
-from analyzer.run import Ingested
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-FORMAT = "textlog"
+from analyzer.errors import InputError
+from analyzer.run import Event, Ingested, Note
+
+FORMAT = "text"
+
+TEXT_SUFFIXES = frozenset({"", ".log", ".txt", ".out", ".err", ".md", ".markdown", ".stdout", ".stderr"})
+MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
+SNIFF_BYTES = 256 * 1024  # a log shows a recognised line within this much (DeepSpeed's config dump is ~20 KB)
+BINARY_PROBE_BYTES = 4096  # a NUL byte here means a binary file, not a log
+CHUNK_BYTES = 32 * 1024 * 1024  # lines are scanned in blocks of about this size, to bound memory
+MAX_LINE_CHARS = 64 * 1024  # longer lines are not log records (a dumped tensor, a minified blob): skipped, counted
+MAX_WRAP_LINES = 4  # a Megatron line wrapped by a terminal spans at most this many more physical lines
+MAX_WARNING_EVENTS = 1000  # per file: a warning repeated every step says no more after the first thousand
+EVENT_TEXT_CHARS = 500  # an event keeps this much of its line
+SMALL_GROUP = 4  # groups of this many lines or fewer are parsed line by line (cheaper than an Arrow call)
+DEDUPE_RTOL = 1e-6  # the same (metric, step) in two files with values this close is one point, not a restart
+LATIN1_MAX_BAD_CHARS = 100_000  # beyond this many invalid UTF-8 sequences a file is garbage, decoded with U+FFFD
+PLAN_CACHE_SIZE = 50_000
+
+SLOT = "\x01"  # stands for one number in a line's template
+NUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # ASCII digits only, as numpy sees them
+_NUM = re.compile(NUM)
+
+# Renames of normalised keys (lower case, runs of spaces/dashes as "_"), for names that canonical_metric would not
+# map or would map wrongly. Megatron keys are compared without any whitespace, so a line wrapped mid-word still maps.
+KEY_RENAMES = {
+    "elapsed_time_per_iteration_(ms)": "step_time_ms", "elapsed_time_per_iteration_(s)": "step_time_s",
+    "samples_per_second": "samples_per_s", "samples_per_sec": "samples_per_s", "currsamplespersec": "samples_per_s",
+    "runningavgsamplespersec": "samples_per_s_running_avg",
+    "number_of_skipped_iterations": "skipped_iterations", "number_of_nan_iterations": "nan_iterations",
+    "params_norm": "param_norm", "tflops": "tflops", "tflops_per_gpu": "tflops",
+    "consumed_samples": "consumed_samples", "consumed_tokens": "consumed_tokens",
+    "global_batch_size": "global_batch_size", "num_zeros": "num_zeros",
+}
+MEGATRON_RENAMES = {"lmloss": "loss"}  # Megatron's `lm loss` is the training loss (keys compared without spaces)
+MEGATRON_VALID_RENAMES = {"lmlossvalue": "loss", "lmlossppl": "ppl"}
+# fairseq logs words (= target tokens) and updates per second; its loss is in base 2 (recorded as hparam loss_base).
+FAIRSEQ_RENAMES = {"wps": "tokens_per_s", "ups": "steps_per_s", "valid_wps": "eval_tokens_per_s"}
+FAIRSEQ_IGNORED = {"update", "wall", "train_wall", "gb_free", "num_updates", "valid_num_updates", "valid_wall"}
+HF_IGNORED = {"step", "global_step", "total_flos", "current_flos"}
+DICT_STEP_KEYS = ("num_updates", "valid_num_updates", "global_step", "step", "iteration", "iter")
+STEP_TIME_BASES = {"step_time", "dt", "time", "iter_time", "time_per_step", "batch_time", "time_per_iteration"}
+UNIT_SUFFIXES = {"ms": "_ms", "s": "_s", "gb": "_gb", "mb": "_mb", "%": ""}
+_SQUARED = re.compile(r"\s*(?:\u00ac\u2264|\u00c2\u00b2|\u00e2\u00b2|\u00b2)")  # ² and its mojibake
+
+# --- line shapes, written over templates (numbers replaced by SLOT) -------------------------------------------------
+
+# What may stand before a step anchor: whitespace and markdown quote marks, [bracketed] tags (not [Eval]),
+# timestamps, log levels, `module:function:line`, `file.py:line`, `rank N`, ANSI colours, DeepSpeed's
+# `epoch=0/micro_step=10/`. Possessive, so a line that is not a log record fails fast.
+_PREFIX_PARTS = (
+    r"(?:[ \t>#*+|:\-\ufeff]"
+    r"|\[(?!(?i:eval|evaluation|val|valid|validation{tags})\])[^\]\n]{{0,100}}\]:?"
+    r"|\x1b\[[\x01;]*m"
+    r"|\x01(?:[-/.:,T ]?\x01)*Z?"
+    r"|(?:INFO|DEBUG|WARNING|WARN|ERROR|CRITICAL|NOTICE|TRACE)\b(?::[\w.<>]+)*:?"
+    r"|[\w.<>]+:[\w.<>]+:\x01"
+    r"|[\w.]+\.py:\x01"
+    r"|(?i:rank)\s*\x01:?"
+    r"|(?:epoch|micro_step)=\x01/"
+    r")*+"
+)
+_PREFIX = _PREFIX_PARTS.format(tags="")
+_PREFIX_UNTAGGED = _PREFIX_PARTS.format(tags="|warn|warning|error|fatal|critical")  # stops at [Warning] / [Error]
+_ANCHOR = re.compile(
+    _PREFIX
+    + r"(?:(?i:epoch)\s*[:=]?\s*(?P<epoch>\x01)(?:\s*/\s*\x01)?\s*[,|:]?\s*)?"
+    r"(?P<kw>(?i:global[_ ]step|iteration|iter|step))(?:\s*[:=#]\s*|\s+)(?P<step>\x01)"
+    r"(?:\s*/\s*(?P<total>\x01))?"
+    r"(?P<rest>(?:[\s:|,;)\]].*)?)\Z", re.S)
+_EVAL = re.compile(
+    _PREFIX
+    + r"(?P<tag>\[(?i:eval|evaluation|validation|valid|val)\]:?|(?i:eval|evaluation|validation)\b:?)\s*"
+    r"(?:(?i:step|iter|iteration)\s*[:=#]?\s*(?P<step>\x01)\s*[:|,]?)?(?P<rest>.*)\Z", re.S)
+_MEGATRON_VALID = re.compile(
+    _PREFIX + r"(?i:valid(?:ation)?) loss at (?:iteration\s*(?P<step>\x01)|the end of training[^|]*?)\s*\|(?P<rest>.*)\Z",
+    re.S)
+_LOGTXT = re.compile(r"(?P<step>\x01) (?P<kind>train|val|hella) (?P<value>\x01)\s*\Z")  # build-nanogpt's log.txt
+_FAIRSEQ = re.compile(r".*?\|\s*(?P<tag>train_inner|valid|train)\s*\|\s*\{(?P<rest>.*)\}\s*\Z", re.S)
+_DICT = re.compile(_PREFIX + r"\{(?P<rest>.*)\}\s*\Z", re.S)  # HF Trainer prints its log dicts to stdout
+_BARE_LOSS = re.compile(_PREFIX + r"(?P<key>(?i:loss|train loss|training loss|train_loss))\s*[:=]\s*(?P<value>\x01)\s*\Z")
+_HELLASWAG = re.compile(_PREFIX + r"(?i:hellaswag accuracy):?\s*\x01\s*/\s*\x01\s*=\s*(?P<value>\x01)\s*\Z")
+_FIELD_SPANS = re.compile(r"[^|,;]+")
+_FIELD = re.compile(
+    r"\s*[\"']?(?P<key>[^\W\d][^:=\"'\x01\n]*?)[\"']?\s*(?:[:=]\s*|\s+)[\"']?\[?"
+    r"(?:(?P<slot>\x01)|(?P<const>[-+]?(?i:nan|inf(?:inity)?)))"
+    r"\]?[\"']?(?P<unit>ms|s|%|GB|MB)?\s*", re.S)
+
+_OVERFLOW = re.compile(r"(?i)\boverflow\b.*\b(?:skip\w*|scale|ignor\w*|reduc\w*)|\bskip\w*\b.*\boverflow"
+                       r"|\bgrad(?:ient)? overflow\b")
+_NAN_CLAMP = re.compile(r"(?i)(?:non-?finite|\bnan\b|\binf\b).*\b(?:clamp\w*|replac\w*|zero\w*)\b"
+                        r"|\bclamp\w*\b.*(?:non-?finite|\bnan\b|\binf\b)")
+# A value reported non-finite: "non-finite loss", "loss is nan", "loss: nan", "NaN detected", "found inf".
+_NAN = re.compile(
+    r"(?i)\b(?:non-?finite|nan|inf)\s+(?:\w*loss\w*|grad\w*|gradients?|values?|weights?)\b"
+    r"|\b(?:\w*loss\w*|grad\w*|gradients?|values?)\s*(?:is|was|=|:|became|becomes|contains)?\s*(?:a\s+)?"
+    r"\(?(?:non-?finite|nan|inf)\b"
+    r"|\b(?:nan|inf|non-?finite)\b[^.;]{0,40}\b(?:detected|found|encountered|produced|occurred)\b"
+    r"|\b(?:detected|found|encountered|produced|got)\s+(?:a\s+)?(?:non-?finite|nan|inf)\b")
+_ERROR = re.compile(r"Traceback \(most recent call last\)|^\s*(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception)(?::|\s*\Z)"
+                    rf"|^{_PREFIX_UNTAGGED}\[(?i:error|fatal)\]"
+                    r"|[\[|]\s*(?:ERROR|FATAL|CRITICAL)\s*[\]|]|\b(?:ERROR|FATAL|CRITICAL)\s*:"
+                    r"|(?i:out of memory)|OutOfMemory|\boom-kill|^\s*Killed\s*\Z")
+_OOM = re.compile(r"(?i)out of memory|OutOfMemory|\boom\b|oom-kill|cannot allocate memory")
+_WARNING = re.compile(rf"^{_PREFIX_UNTAGGED}\[(?i:warn(?:ing)?)\]"
+                      r"|[\[|]\s*WARN(?:ING)?\s*[\]|]|\bWARN(?:ING)?\s*:|\b[A-Z]\w*Warning\s*:|^\s*(?i:warning)\s*:")
+_TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+
+# Event data, read from the line's own text.
+_SCALE_FROM_TO = (
+    re.compile(rf"(?i)attempted loss scale:?\s*(?P<from>{NUM}),?\s*reducing to\s*(?P<to>{NUM})"),
+    re.compile(rf"(?i)loss scale:?\s*(?P<from>{NUM})\s*(?:->|→|=>|to)\s*(?P<to>{NUM})"),
+    re.compile(rf"(?i)(?:setting|reducing|reduce|set|lowering)\s+(?:the\s+)?loss\s+scale\s*(?:to)?:?\s*(?P<to>{NUM})"),
+)
+_OVERFLOW_STEP = re.compile(r"(?i)overflow on iteration\s*(?P<step>\d+)")
+_CLAMP_METRIC = re.compile(r"(?P<metric>\w+) produced non-finite|non-?finite (?:value )?(?:in|for) (?P<metric2>\w+)")
+_NAN_VALUE = re.compile(r"(?i)\((?P<value>[-+]?(?:nan|inf))\)")
+_NAN_METRIC = re.compile(r"(?i)\b(?P<metric>\w*loss\w*|grad\w*)\b")
+_CAP = re.compile(rf"(?i)capped at\s*(?P<cap>{NUM})")
+_CAPPED_LOSS = re.compile(rf"(?i)\bloss\s+(?P<loss>{NUM})\s+too high")
+
+
+# --- plans --------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Field:
+    """One number of a line shape that becomes a point."""
+
+    slot: int  # which number of the line
+    name: str
+    transform: str = ""  # "" | "per_ms" | "per_s": steps_per_s derived from a step time
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What one line shape means: where its step is, which number is which metric, which event it is."""
+
+    family: str = ""  # "", "anchor", "megatron", "megatron_wrapped", "eval", "fairseq", "dict", "logtxt", ...
+    step_slot: int | None = None
+    context: str = "next"  # where a line without its own step takes one: "next" or "prev" step line
+    fields: tuple[_Field, ...] = ()
+    constants: tuple[tuple[str, float], ...] = ()  # a literal nan/inf value: the same for every line of the shape
+    event: str | None = None
+    nan_slot: int | None = None  # Megatron `number of nan iterations`
+    skipped_slot: int | None = None  # Megatron `number of skipped iterations`
+    has_loss: bool = True  # Megatron: the line printed its lm loss (a NaN loss is left out of the line)
+    dict_without_step: bool = False  # an HF Trainer log dict: metrics but no step
+    ends_with_number: bool = False  # the last number runs to the end of the line (cut in an unterminated line)
+    n_slots: int = 0
+
+    @property
+    def points(self) -> bool:
+        return bool(self.fields or self.constants)
+
+    @property
+    def anchor(self) -> bool:
+        return self.step_slot is not None
+
+    @property
+    def useful(self) -> bool:
+        return self.points or self.anchor or self.event is not None or self.dict_without_step \
+            or self.family == "megatron_wrapped"
+
+    @property
+    def slots(self) -> tuple[int, ...]:
+        needed = {f.slot for f in self.fields}
+        needed.update(s for s in (self.step_slot, self.nan_slot, self.skipped_slot) if s is not None)
+        return tuple(sorted(needed))
+
+
+_NOTHING = _Plan()
+_PLANS: dict[str, _Plan] = {}
+
+
+def _template(text: str) -> tuple[str, list[str]]:
+    """A line's template (each number replaced by SLOT) and its numbers, in order."""
+    return _NUM.sub(SLOT, text), _NUM.findall(text)
+
+
+def plan_of(template: str) -> _Plan:
+    """The plan for a template, cached: log files repeat a few shapes, and so do files of one framework."""
+    plan = _PLANS.get(template)
+    if plan is None:
+        if len(_PLANS) >= PLAN_CACHE_SIZE:
+            _PLANS.clear()
+        plan = _PLANS[template] = _make_plan(template)
+    return plan
+
+
+def _make_plan(template: str) -> _Plan:
+    body = template.rstrip("\r\n")
+    plan = _points_plan(body) or _NOTHING
+    if plan.family == "megatron" and not body.rstrip().endswith("|"):
+        plan = replace(plan, family="megatron_wrapped")  # cut by the terminal: parsed after joining its lines
+    if not plan.points and plan.family != "megatron_wrapped":
+        plan = replace(plan, event=_event_kind(body))
+    return replace(plan, n_slots=body.count(SLOT), ends_with_number=bool(re.search(r"\x01(?:ms|s|%|GB|MB)?\Z", body)))
+
+
+def _points_plan(body: str) -> _Plan | None:
+    for shape in (_megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan, _anchor_plan,
+                  _bare_loss_plan, _hellaswag_plan):
+        plan = shape(body)
+        if plan is not None:
+            return plan
+    return None
+
+
+def _slot_index(body: str, position: int) -> int:
+    return body.count(SLOT, 0, position)
+
+
+def _fields(body: str, start: int, end: int, family: str) -> tuple[list[_Field], list[tuple[str, float]], dict]:
+    """Parse `key: value` fields between start and end: (fields, constants, {normalised key: slot})."""
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    keys: dict[str, int | None] = {}
+    for span in _FIELD_SPANS.finditer(body, start, end):
+        lead = len(span.group()) - len(span.group().lstrip(" \t:"))  # `Step 0:   KD Raw: ...`
+        m = _FIELD.fullmatch(body, span.start() + lead, span.end())
+        if m is None:
+            continue
+        key, unit = m.group("key"), (m.group("unit") or "").lower()
+        name = _metric_name(key, unit, family)
+        compact = re.sub(r"\s+", "", key.lower())
+        if m.group("slot") is not None:
+            slot = _slot_index(body, m.start("slot"))
+            keys[compact] = slot
+            if name is not None:
+                fields.append(_Field(slot, name))
+        else:
+            keys[compact] = None
+            if name is not None:
+                constants.append((name, float(m.group("const"))))
+    names = {f.name for f in fields} | {n for n, _ in constants}
+    if "steps_per_s" not in names:  # Megatron, nanoGPT and build-nanogpt log time per step: speed is its inverse
+        for f in list(fields):
+            base, _, unit = f.name.rpartition("_")
+            if base in STEP_TIME_BASES and unit in ("ms", "s"):
+                fields.append(_Field(f.slot, "steps_per_s", "per_ms" if unit == "ms" else "per_s"))
+                break
+    return fields, constants, keys
+
+
+def _metric_name(key: str, unit: str, family: str) -> str | None:
+    """A logged key as a metric name that canonical_metric understands; None for keys that are not metrics."""
+    raw = _SQUARED.sub("_squared", key.strip().strip("\"'"))
+    normal = re.sub(r"[\s\-]+", "_", raw.strip().lower()).strip("_")
+    compact = re.sub(r"[\s_]+", "", raw.lower())
+    if family == "megatron" and compact in MEGATRON_RENAMES:
+        return MEGATRON_RENAMES[compact]
+    if family == "megatron_valid":
+        base = MEGATRON_VALID_RENAMES.get(compact, re.sub(r"_value\Z", "", normal))
+        return "eval_" + base
+    if family == "fairseq":
+        if normal in FAIRSEQ_IGNORED:
+            return None
+        normal = FAIRSEQ_RENAMES.get(normal, normal)
+    if family == "dict" and normal in HF_IGNORED:
+        return None
+    renamed = KEY_RENAMES.get(normal) or KEY_RENAMES.get(compact)
+    if renamed is None and family == "megatron":
+        renamed = next((v for k, v in KEY_RENAMES.items() if k.replace("_", "") == compact), None)
+    name = renamed or normal
+    suffix = UNIT_SUFFIXES.get(unit, "")
+    if suffix and not name.endswith(suffix):
+        name += suffix
+    if family == "eval" and not name.startswith(("eval_", "val_", "valid_", "validation_")):
+        name = "eval_" + name
+    return name
+
+
+def _anchor_plan(body: str) -> _Plan | None:
+    m = _ANCHOR.match(body)
+    if m is None:
+        return None
+    megatron = m.group("kw").lower() == "iteration" and m.group("total") is not None
+    family = "megatron" if megatron else "anchor"
+    fields, constants, keys = _fields(body, m.start("rest"), m.end("rest"), family)
+    if m.group("epoch") is not None and not any(f.name == "epoch" for f in fields):
+        fields.insert(0, _Field(_slot_index(body, m.start("epoch")), "epoch"))
+    plan = _Plan(family=family, step_slot=_slot_index(body, m.start("step")), fields=tuple(fields),
+                 constants=tuple(constants))
+    if megatron:
+        plan = replace(plan, nan_slot=keys.get("numberofnaniterations"),
+                       skipped_slot=keys.get("numberofskippediterations"), has_loss="lmloss" in keys)
+    return plan
+
+
+def _eval_plan(body: str) -> _Plan | None:
+    m = _EVAL.match(body)
+    if m is None:
+        return None
+    fields, constants, _ = _fields(body, m.start("rest"), m.end("rest"), "eval")
+    if not fields and not constants:
+        return None
+    step = m.group("step")
+    return _Plan(family="eval", step_slot=None if step is None else _slot_index(body, m.start("step")),
+                 fields=tuple(fields), constants=tuple(constants))
+
+
+def _megatron_valid_plan(body: str) -> _Plan | None:
+    m = _MEGATRON_VALID.match(body)
+    if m is None:
+        return None
+    fields, constants, _ = _fields(body, m.start("rest"), m.end("rest"), "megatron_valid")
+    step = None if m.group("step") is None else _slot_index(body, m.start("step"))
+    return _Plan(family="megatron_valid", step_slot=step, context="prev" if step is None else "next",
+                 fields=tuple(fields), constants=tuple(constants))
+
+
+def _logtxt_plan(body: str) -> _Plan | None:
+    m = _LOGTXT.fullmatch(body)
+    if m is None:
+        return None
+    name = {"train": "loss", "val": "eval_loss", "hella": "eval_hellaswag_acc"}[m.group("kind")]
+    return _Plan(family="logtxt", step_slot=0, fields=(_Field(1, name),))
+
+
+def _dict_fields(body: str, start: int, end: int, family: str) -> _Plan:
+    fields, constants, keys = _fields(body, start, end, family)
+    step_slot = next((keys[k] for k in DICT_STEP_KEYS if keys.get(k) is not None), None)
+    fields = [f for f in fields if f.slot != step_slot]
+    if step_slot is None:
+        lossy = any(f.name in ("loss", "eval_loss", "train_loss") for f in fields)
+        return _Plan(family=family, dict_without_step=lossy)
+    return _Plan(family=family, step_slot=step_slot, fields=tuple(fields), constants=tuple(constants))
+
+
+def _fairseq_plan(body: str) -> _Plan | None:
+    m = _FAIRSEQ.match(body)
+    if m is None:
+        return None
+    if m.group("tag") == "train":  # the epoch summary: averages over the epoch, not values at its last update
+        return _Plan(family="fairseq")
+    return _dict_fields(body, m.start("rest"), m.end("rest"), "fairseq")
+
+
+def _dict_plan(body: str) -> _Plan | None:
+    m = _DICT.match(body)
+    if m is None:
+        return None
+    plan = _dict_fields(body, m.start("rest"), m.end("rest"), "dict")
+    return plan if plan.anchor or plan.dict_without_step else None
+
+
+def _bare_loss_plan(body: str) -> _Plan | None:
+    m = _BARE_LOSS.match(body)
+    if m is None:
+        return None
+    return _Plan(family="bare", context="prev", fields=(_Field(_slot_index(body, m.start("value")), "loss"),))
+
+
+def _hellaswag_plan(body: str) -> _Plan | None:
+    m = _HELLASWAG.match(body)
+    if m is None:
+        return None
+    return _Plan(family="hellaswag", fields=(_Field(_slot_index(body, m.start("value")), "eval_hellaswag_acc"),))
+
+
+def _event_kind(body: str) -> str | None:
+    """The most specific event a line reports, or None."""
+    if _OVERFLOW.search(body):
+        return "overflow"
+    if _NAN_CLAMP.search(body):
+        return "nan_clamp"
+    if _NAN.search(body):
+        return "nan"
+    if _ERROR.search(body):
+        return "error"
+    if _WARNING.search(body):
+        return "warning"
+    return None
+
+
+def _event_data(kind: str, text: str) -> tuple[dict[str, Any], int | None]:
+    """Numbers an event line states (loss scales, the metric clamped, a cap), and a step it names itself."""
+    data: dict[str, Any] = {}
+    own_step = None
+    if kind == "overflow":
+        for pattern in _SCALE_FROM_TO:
+            m = pattern.search(text)
+            if m:
+                if "from" in pattern.groupindex:
+                    data["scale_from"] = float(m.group("from"))
+                data["scale_to"] = float(m.group("to"))
+                break
+        m = _OVERFLOW_STEP.search(text)
+        if m:
+            own_step = int(m.group("step"))
+    elif kind in ("nan_clamp", "nan"):
+        m = _CLAMP_METRIC.search(text) or _NAN_METRIC.search(text)
+        if m:
+            data["metric"] = next(g for g in m.groups() if g)
+        m = _NAN_VALUE.search(text)
+        if m:
+            data["value"] = m.group("value").lower()
+    elif kind == "warning":
+        m = _CAP.search(text)
+        if m:
+            data["cap"] = float(m.group("cap"))
+        m = _CAPPED_LOSS.search(text)
+        if m:
+            data["loss"] = float(m.group("loss"))
+    elif kind == "error" and _OOM.search(text):
+        data["oom"] = True
+    return data, own_step
+
+
+# --- sniffing -----------------------------------------------------------------------------------------------------
+
+_SNIFF_HINT = re.compile(r"(?i)step|iter|loss|overflow|eval|valid|non-?finite|traceback|\{['\"]|\btrain\b|hella")
 
 
 def sniff(path: Path) -> bool:
+    """A text file (by name and content) with at least one recognised log line near its start."""
+    if path.suffix.lower() not in TEXT_SUFFIXES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(SNIFF_BYTES)
+    except OSError:
+        return False
+    if not head or b"\x00" in head[:BINARY_PROBE_BYTES]:
+        return False
+    text = head.decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    if len(head) == SNIFF_BYTES and len(lines) > 1:
+        lines.pop()  # cut by the probe
+    if path.suffix.lower() in MARKDOWN_SUFFIXES or sum(_is_fence(line) for line in lines) >= 2:
+        lines = _code_lines(lines)
+    for line in lines:
+        if len(line) > MAX_LINE_CHARS or not _SNIFF_HINT.search(line):
+            continue
+        plan = plan_of(_template(line)[0])
+        if plan.points or plan.anchor and plan.family != "anchor" or plan.dict_without_step \
+                or plan.event in ("overflow", "nan_clamp", "nan") or _TRACEBACK.search(line):
+            return True
     return False
 
 
+def _is_fence(line: str) -> bool:
+    stripped = line.lstrip(" ")
+    return len(line) - len(stripped) <= 3 and stripped.startswith(("```", "~~~"))
+
+
+def _code_lines(lines: list[str]) -> list[str]:
+    inside, kept = False, []
+    for line in lines:
+        if _is_fence(line):
+            inside = not inside
+        elif inside:
+            kept.append(line)
+    return kept
+
+
+# --- reading --------------------------------------------------------------------------------------------------------
+
 def read(paths: list[Path], root: Path) -> Ingested:
-    return Ingested(FORMAT)
+    """Read every claimed text file; points another file of the run already holds are not repeated."""
+    out = Ingested(FORMAT)
+    seen: list[pd.DataFrame] = []
+    for path in paths:
+        rel = _relative(path, root)
+        result = read_file(path, rel, events_only=_metrics_elsewhere(path))
+        out.events.extend(result.events)
+        out.notes.extend(result.notes)
+        out.hparams.extend(result.hparams)
+        frame = result.frame
+        if frame is not None and len(frame):
+            frame = _drop_repeats(frame, seen, rel, out.notes)
+            seen.append(frame)
+            out.add_frame(rel, frame)
+    return out
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _metrics_elsewhere(path: Path) -> bool:
+    """The reference trainer's train.log: its metrics.jsonl holds every point, so the log adds only its events."""
+    folder = path.parent
+    return path.name == "train.log" and (folder / "run.json").is_file() and (folder / "metrics.jsonl").is_file()
+
+
+def _drop_repeats(frame: pd.DataFrame, seen: list[pd.DataFrame], rel: str, notes: list[Note]) -> pd.DataFrame:
+    """Drop points an earlier file gave (build-nanogpt's log.txt and its stdout log both hold the losses)."""
+    if not seen:
+        return frame
+    earlier = pd.concat([f[["name", "step", "value"]].astype({"name": str}) for f in seen], ignore_index=True)
+    earlier = earlier.drop_duplicates(["name", "step"], keep="last").rename(columns={"value": "earlier"})
+    merged = frame[["name", "step", "value"]].astype({"name": str}).merge(earlier, on=["name", "step"], how="left")
+    a, b = merged["value"].to_numpy(), merged["earlier"].to_numpy()
+    same = np.isclose(a, b, rtol=DEDUPE_RTOL, atol=0.0) | (np.isnan(a) & np.isnan(b) & merged["earlier"].notna())
+    if same.any():
+        notes.append(Note(rel, "points also logged by an earlier file of the run were read once", count=int(same.sum())))
+        frame = frame[~same].reset_index(drop=True)
+    return frame
+
+
+@dataclass
+class FileResult:
+    """What one text file gave: a frame in Ingested's shape (or None), events, notes and hparams."""
+
+    frame: pd.DataFrame | None
+    events: list[Event]
+    notes: list[Note]
+    hparams: list[tuple[str, Any, str, str]] = field(default_factory=list)
+
+
+def read_file(path: Path, rel: str | None = None, events_only: bool = False) -> FileResult:
+    """Read one text log. Raises InputError only when the file cannot be read at all."""
+    rel = rel or path.name
+    try:
+        raw = _load(path)
+    except OSError as exc:
+        raise InputError(f"cannot read the log: {exc.strerror or exc}", path=path) from exc
+    if not len(raw):
+        return FileResult(None, [], [Note(rel, "empty file")])
+    return _Scanner(raw, rel, markdown=path.suffix.lower() in MARKDOWN_SUFFIXES, events_only=events_only).run()
+
+
+def read_text(text: str | bytes, rel: str = "train.log", markdown: bool = False) -> FileResult:
+    """Read log text held in memory (tests, and logs embedded in other files)."""
+    raw = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+    if not raw:
+        return FileResult(None, [], [Note(rel, "empty file")])
+    return _Scanner(raw, rel, markdown=markdown).run()
+
+
+def _load(path: Path):
+    with open(path, "rb") as f:
+        size = f.seek(0, 2)
+        if size == 0:
+            return b""
+        if size < CHUNK_BYTES:
+            f.seek(0)
+            return f.read()
+        # large logs are mapped, not copied: Arrow and numpy read the pages in place
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _latin1_fallback(error: UnicodeDecodeError) -> tuple[str, int]:
+    return error.object[error.start:error.end].decode("latin-1"), error.end
+
+
+codecs.register_error("postmortem-latin1", _latin1_fallback)
+
+
+class _Scanner:
+    """Reads one file's bytes into points, anchors (lines that state their step) and events."""
+
+    def __init__(self, raw, rel: str, markdown: bool = False, events_only: bool = False):
+        self.rel, self.events_only, self.notes = rel, events_only, []
+        self.buf = self._utf8(raw)
+        self.starts = _line_starts(self.buf)
+        self.n_lines = len(self.starts) - 1
+        self.terminated = self.buf[len(self.buf) - 1:len(self.buf)] == b"\n"
+        self.skip = np.zeros(self.n_lines, dtype=bool)  # lines not to read: prose, garbage, continuations
+        self._mark_scope(markdown)
+        # collected
+        self.p_line: list[np.ndarray] = []
+        self.p_step: list[np.ndarray] = []  # -1: take the step from the context
+        self.p_ctx: list[np.ndarray] = []  # 0 own, 1 next step line, 2 previous step line
+        self.p_name: list[np.ndarray] = []
+        self.p_value: list[np.ndarray] = []
+        self.names: dict[str, int] = {}
+        self.a_line: list[np.ndarray] = []
+        self.a_step: list[np.ndarray] = []
+        self.raw_events: list[tuple[int, int | None, str, str, dict]] = []  # line, own step, kind, text, data
+        self.warnings = 0
+        self.garbage = 0
+        self.garbage_first = 0
+        self.dicts_without_step = 0
+        self.fairseq = False
+        self.truncated_drop = False
+
+    # -- bytes and lines --
+    def _utf8(self, raw):
+        if _valid_utf8(raw):
+            return raw
+        data = bytes(raw)
+        replaced = data.decode("utf-8", errors="replace")
+        if replaced.count("\ufffd") > LATIN1_MAX_BAD_CHARS:
+            self.notes.append(Note(self.rel, "mostly not text: undecodable bytes replaced"))
+            return replaced.encode("utf-8")
+        self.notes.append(Note(self.rel, "not valid UTF-8: undecodable bytes read as Latin-1"))
+        return data.decode("utf-8", errors="postmortem-latin1").encode("utf-8")
+
+    def _mark_scope(self, markdown: bool) -> None:
+        lengths = np.diff(self.starts)
+        overlong = lengths > MAX_LINE_CHARS
+        if overlong.any():
+            self.notes.append(Note(self.rel, f"lines longer than {MAX_LINE_CHARS} characters skipped",
+                                   line=int(np.flatnonzero(overlong)[0]) + 1, count=int(overlong.sum())))
+        self.skip |= overlong
+        head = bytes(self.buf[:SNIFF_BYTES]).decode("utf-8", errors="replace").split("\n")
+        if markdown or sum(_is_fence(line) for line in head) >= 2:
+            fences = self._fence_lines()
+            inside = np.zeros(self.n_lines + 1, dtype=np.int64)
+            np.add.at(inside, fences, 1)
+            in_code = (np.cumsum(inside)[:-1] % 2 == 1)
+            in_code[fences] = False
+            self.skip |= ~in_code
+
+    def _fence_lines(self) -> np.ndarray:
+        buf = bytes(self.buf)
+        positions = []
+        for token in (b"```", b"~~~"):
+            at = buf.find(token)
+            while at != -1:
+                positions.append(at)
+                at = buf.find(token, at + 3)
+        if not positions:
+            return np.empty(0, dtype=np.int64)
+        pos = np.asarray(positions, dtype=np.int64)
+        line = np.searchsorted(self.starts, pos, side="right") - 1
+        at_start = (pos - self.starts[line]) <= 3
+        lines = np.unique(line[at_start])
+        return np.array([i for i in lines if _is_fence(self._text(i))], dtype=np.int64)
+
+    def _text(self, line: int) -> str:
+        return bytes(self.buf[self.starts[line]:self.starts[line + 1]]).decode("utf-8", errors="replace")
+
+    # -- the scan --
+    def run(self) -> FileResult:
+        last = self.n_lines - 1
+        for lo, hi in _chunks(self.starts, CHUNK_BYTES):
+            self._scan_chunk(lo, hi)
+        if self.garbage:
+            self.notes.append(Note(self.rel, "lines with binary or control bytes skipped", line=self.garbage_first + 1,
+                                   count=self.garbage))
+        if not self.terminated and not self.skip[last]:
+            self._parse_rows([last], truncated=True)
+        return self._finish()
+
+    def _scan_chunk(self, lo: int, hi: int) -> None:
+        if not self.terminated and hi == self.n_lines:
+            hi -= 1  # the unterminated last line is parsed on its own (its last number may be cut)
+        if hi <= lo:
+            return
+        b0, b1 = int(self.starts[lo]), int(self.starts[hi])
+        view = memoryview(self.buf)[b0:b1]
+        chunk = _Chunk(view, self.starts[lo:hi + 1] - b0)
+        garbage = chunk.garbage_lines()
+        if garbage.size:
+            if not self.garbage:
+                self.garbage_first = int(garbage[0]) + lo
+            self.garbage += int(garbage.size)
+            self.skip[garbage + lo] = True
+        rows = np.flatnonzero(~self.skip[lo:hi])
+        if not rows.size:
+            return
+        codes = chunk.skeleton_codes(rows)
+        order = np.argsort(codes, kind="stable")
+        bounds = np.flatnonzero(np.diff(codes[order])) + 1
+        groups = []
+        for members in np.split(order, bounds):
+            text = chunk.text(int(rows[members[0]]))
+            plan = plan_of(_template(text)[0])
+            if plan.useful:
+                groups.append((plan, text, rows[members]))
+        # wrapped Megatron lines first: their continuation lines must not be read as lines of their own
+        for plan, text, member_rows in groups:
+            if plan.family == "megatron_wrapped":
+                self._join_wrapped(member_rows + lo)
+        for plan, text, member_rows in groups:
+            if plan.family == "megatron_wrapped":
+                continue
+            member_rows = member_rows[~self.skip[member_rows + lo]]
+            if not member_rows.size:
+                continue
+            if len(member_rows) <= SMALL_GROUP or not plan.slots:
+                self._parse_rows(member_rows + lo, chunk=chunk, lo=lo)
+            else:
+                self._extract_group(plan, text, chunk, member_rows, lo)
+
+    def _extract_group(self, plan: _Plan, text: str, chunk: "_Chunk", rows: np.ndarray, lo: int) -> None:
+        """The numbers of every line of one shape at once, located from the digits' positions (numpy)."""
+        values, ok = chunk.numbers(text, plan.slots, rows)
+        if not ok.all():
+            self._parse_rows(rows[~ok] + lo, chunk=chunk, lo=lo)
+            rows = rows[ok]
+        if rows.size:
+            self._apply(plan, rows + lo, values, chunk=chunk, lo=lo)
+
+    def _parse_rows(self, line_indices: Iterable[int], chunk: "_Chunk | None" = None, lo: int = 0,
+                    truncated: bool = False) -> None:
+        """The slow path: each line parsed on its own (small groups, misfits, the last line of a cut file)."""
+        for line in line_indices:
+            line = int(line)
+            text = chunk.text(line - lo) if chunk is not None else self._text(line)
+            template, numbers = _template(text)
+            plan = plan_of(template)
+            if plan.family == "megatron_wrapped":
+                self._join_wrapped(np.array([line]))
+                continue
+            if not plan.useful:
+                continue
+            values = {s: np.array([float(numbers[s])]) for s in plan.slots}
+            if truncated and plan.ends_with_number and plan.n_slots:
+                plan = self._without_last_number(plan)
+            self._apply(plan, np.array([line]), values, texts=[text])
+
+    def _without_last_number(self, plan: _Plan) -> _Plan:
+        last = plan.n_slots - 1
+        if plan.step_slot == last or any(f.slot == last for f in plan.fields):
+            self.truncated_drop = True
+        if plan.step_slot == last:
+            return _NOTHING
+        return replace(plan, fields=tuple(f for f in plan.fields if f.slot != last))
+
+    def _join_wrapped(self, first_lines: np.ndarray) -> None:
+        """A Megatron iteration line wrapped over several physical lines: join them and read it as one."""
+        for first in first_lines:
+            first = int(first)
+            if self.skip[first]:
+                continue
+            text = self._text(first).rstrip("\r\n")
+            used = []
+            nxt = first + 1
+            while len(used) < MAX_WRAP_LINES and nxt < self.n_lines and not text.rstrip().endswith("|"):
+                more = self._text(nxt).rstrip("\r\n")
+                if not more.strip() or _is_fence(more) or re.search(r"iteration\s+\d+\s*/", more):
+                    break
+                text += more  # joined without a space: a wrap may cut a word or a number in two
+                used.append(nxt)
+                nxt += 1
+            self.skip[used] = True
+            template, numbers = _template(text)
+            complete = text.rstrip().endswith("|")
+            plan = plan_of(template if complete else template + "|")  # a cut tail without a value is no field
+            if plan.family != "megatron":
+                continue
+            if not complete and plan_of(template).ends_with_number:
+                plan = self._without_last_number(replace(plan, n_slots=len(numbers)))
+            if plan.slots and max(plan.slots) < len(numbers):
+                values = {s: np.array([float(numbers[s])]) for s in plan.slots}
+                self._apply(plan, np.array([first]), values, texts=[text])
+
+    # -- turning parsed numbers into points, anchors, events --
+    def _apply(self, plan: _Plan, line_idx: np.ndarray, values: dict[int, np.ndarray], chunk: "_Chunk | None" = None,
+               lo: int = 0, texts: list[str] | None = None) -> None:
+        n = len(line_idx)
+        if plan.anchor:
+            raw_step = values[plan.step_slot]
+            good = np.isfinite(raw_step) & (raw_step >= 0) & (raw_step == np.floor(raw_step)) & (raw_step < 2**53)
+            if not good.all():
+                line_idx = line_idx[good]
+                values = {k: v[good] for k, v in values.items()}
+                texts = [t for t, g in zip(texts, good) if g] if texts is not None else None
+                n = len(line_idx)
+                if not n:
+                    return
+                raw_step = values[plan.step_slot]
+            steps = raw_step.astype(np.int64)
+            ctx = 0
+            if plan.points:  # a step line that logs nothing (`Step 2: Create Text` in generated samples) sets no context
+                self.a_line.append(line_idx)
+                self.a_step.append(steps)
+        else:
+            steps = np.full(n, -1, dtype=np.int64)
+            ctx = 2 if plan.context == "prev" else 1
+        if plan.family == "fairseq":
+            self.fairseq = True
+        if plan.dict_without_step:
+            self.dicts_without_step += n
+        if not self.events_only:
+            for f in plan.fields:
+                v = values[f.slot]
+                if f.transform:
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        v = np.where(v > 0, (1000.0 if f.transform == "per_ms" else 1.0) / v, np.nan)
+                self._add_points(line_idx, steps, ctx, f.name, v)
+            for name, constant in plan.constants:
+                self._add_points(line_idx, steps, ctx, name, np.full(n, constant))
+        if plan.family == "megatron":
+            self._megatron_events(plan, line_idx, steps, values, chunk, lo, texts)
+        if plan.event is not None:
+            if texts is None:
+                texts = [chunk.text(int(i) - lo) for i in line_idx]
+            for line, step, text in zip(line_idx.tolist(), steps.tolist(), texts):
+                self._add_event(plan.event, line, step if ctx == 0 else None, text)
+
+    def _add_points(self, line_idx, steps, ctx, name, values) -> None:
+        code = self.names.setdefault(name, len(self.names))
+        self.p_line.append(line_idx)
+        self.p_step.append(steps)
+        self.p_ctx.append(np.full(len(line_idx), ctx, dtype=np.int8))
+        self.p_name.append(np.full(len(line_idx), code, dtype=np.int32))
+        self.p_value.append(np.asarray(values, dtype=np.float64))
+
+    def _megatron_events(self, plan, line_idx, steps, values, chunk, lo, texts) -> None:
+        """Megatron counts skipped and NaN iterations per logging interval; a NaN loss is left out of its line."""
+        for slot, kind in ((plan.skipped_slot, "skipped_step"), (plan.nan_slot, "nan")):
+            if slot is None:
+                continue
+            hits = np.flatnonzero(values[slot] > 0)
+            for i in hits.tolist():
+                text = texts[i] if texts is not None else chunk.text(int(line_idx[i]) - lo)
+                data = {"count": int(values[slot][i])}
+                if kind == "nan":
+                    data["metric"] = "loss"
+                self._add_event(kind, int(line_idx[i]), int(steps[i]), text, data)
+            if kind == "nan" and hits.size and not plan.has_loss and not self.events_only:
+                # no `lm loss` on a line that counts NaN iterations: the loss was NaN. Recording it as a NaN point
+                # is the faithful reading (the NaN is the evidence), not a made-up number.
+                self._add_points(line_idx[hits], steps[hits], 0, "loss", np.full(hits.size, np.nan))
+
+    def _add_event(self, kind: str, line: int, step: int | None, text: str, data: dict | None = None) -> None:
+        if kind == "warning":
+            self.warnings += 1
+            if self.warnings > MAX_WARNING_EVENTS:
+                return
+        text = text.strip()
+        parsed, own_step = _event_data(kind, text)
+        if data:
+            parsed.update(data)
+        if own_step is not None:
+            step = own_step
+        if len(text) > EVENT_TEXT_CHARS:
+            text = text[:EVENT_TEXT_CHARS] + "..."
+        self.raw_events.append((line, step, kind, text, parsed))
+
+    # -- steps from context, the frame, the events --
+    def _finish(self) -> FileResult:
+        a_line, a_step = _concat(self.a_line, np.int64), _concat(self.a_step, np.int64)
+        order = np.argsort(a_line, kind="stable")
+        a_line, a_step = a_line[order], a_step[order]
+
+        events = self._events(a_line, a_step)
+        notes = list(self.notes)
+        frame = None
+        if self.p_line:
+            line, step, ctx, name, value = (_take_all(parts) for parts in (
+                self.p_line, self.p_step, self.p_ctx, self.p_name, self.p_value))
+            needs = ctx > 0
+            if needs.any():
+                step[needs] = _context_steps(line[needs], ctx[needs], a_line, a_step)
+                missing = step < 0
+                if missing.any():
+                    notes.append(Note(self.rel, "values on lines with no step line before or after them not read",
+                                      line=int(line[missing][0]) + 1, count=int(missing.sum())))
+                    keep = ~missing
+                    line, step, name, value = line[keep], step[keep], name[keep], value[keep]
+            del ctx
+            if len(line) > 1 and (np.diff(line) < 0).any():  # groups were read shape by shape: back to file order
+                order = np.argsort(line, kind="stable")
+                line, step, name, value = line[order], step[order], name[order], value[order]
+                del order
+            names = pd.Categorical.from_codes(name, categories=list(self.names))
+            del name
+            line += 1
+            frame = pd.DataFrame({"step": step, "name": names, "value": value, "line": line}, copy=False)
+        if self.truncated_drop:
+            notes.append(Note(self.rel, "the last line has no line end (cut mid-write?); its last number not read",
+                              line=self.n_lines))
+        if self.warnings > MAX_WARNING_EVENTS:
+            notes.append(Note(self.rel, f"warning lines beyond the first {MAX_WARNING_EVENTS} not kept as events",
+                              count=self.warnings - MAX_WARNING_EVENTS))
+        if self.dicts_without_step:
+            notes.append(Note(self.rel, "metric dicts without a step not read (HF Trainer prints its log dicts "
+                                        "without one; trainer_state.json holds them)", count=self.dicts_without_step))
+        hparams = [("loss_base", 2, self.rel, "fairseq logs its loss in base 2 (ppl = 2**loss)")] if self.fairseq else []
+        return FileResult(frame, events, notes, hparams)
+
+    def _events(self, a_line: np.ndarray, a_step: np.ndarray) -> list[Event]:
+        if not self.raw_events:
+            return []
+        raw = sorted(self.raw_events, key=lambda e: e[0])
+        lines = np.array([e[0] for e in raw], dtype=np.int64)
+        ctx_steps = _context_steps(lines, np.ones(len(raw), dtype=np.int8), a_line, a_step)
+        scale_line, scale_value = self._loss_scale_points()
+        events, overflow_points = [], []
+        last_scale: tuple[int, float] | None = None  # (line, scale) of the previous overflow event
+        for (line, own, kind, text, data), ctx_step in zip(raw, ctx_steps.tolist()):
+            step = own if own is not None else (ctx_step if ctx_step >= 0 else None)
+            if kind == "overflow" and "scale_to" in data:
+                if "scale_from" not in data:  # fairseq and apex name only the new scale: the old one is the last seen
+                    known = [last_scale] if last_scale is not None else []
+                    at = int(np.searchsorted(scale_line, line)) - 1
+                    if at >= 0:
+                        known.append((int(scale_line[at]), float(scale_value[at])))
+                    if known:
+                        data["scale_from"] = max(known)[1]
+                last_scale = (line, data["scale_to"])
+                if step is not None:
+                    overflow_points.append((line, step, data["scale_to"]))
+            events.append(Event(kind, step, text, self.rel, line + 1, data))
+        if overflow_points and not self.events_only:
+            self._add_points(np.array([p[0] for p in overflow_points], dtype=np.int64),
+                             np.array([p[1] for p in overflow_points], dtype=np.int64), 0, "loss_scale",
+                             np.array([p[2] for p in overflow_points], dtype=np.float64))
+        return events
+
+    def _loss_scale_points(self) -> tuple[np.ndarray, np.ndarray]:
+        code = self.names.get("loss_scale")
+        pieces = [k for k, names in enumerate(self.p_name) if code is not None and len(names) and names[0] == code]
+        if not pieces:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        line = np.concatenate([self.p_line[k] for k in pieces])
+        value = np.concatenate([self.p_value[k] for k in pieces])
+        order = np.argsort(line, kind="stable")
+        return line[order], value[order]
+
+
+# --- vectorised helpers -----------------------------------------------------------------------------------------------
+
+_OTHER, _DIGIT, _CONTROL = 0, 1, 2
+_BYTE_CLASS = np.zeros(256, dtype=np.uint8)
+_BYTE_CLASS[np.frombuffer(b"0123456789", dtype=np.uint8)] = _DIGIT
+_BYTE_CLASS[[b for b in range(32) if b not in b"\t\n\r\x0c\x1b"] + [127]] = _CONTROL  # NUL, BEL, ...: not text
+_DIGITS = re.compile(r"[0-9]+")
+
+
+def _valid_utf8(raw) -> bool:
+    array = pa.LargeStringArray.from_buffers(1, pa.py_buffer(np.array([0, len(raw)], dtype=np.int64)),
+                                            pa.py_buffer(raw))
+    try:
+        array.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
+
+
+def _line_starts(buf) -> np.ndarray:
+    """Byte offset of each line's start, plus the end of the buffer: n_lines + 1 entries."""
+    size = len(buf)
+    parts = [np.zeros(1, dtype=np.int64)]
+    for lo in range(0, size, CHUNK_BYTES):
+        arr = np.frombuffer(buf, dtype=np.uint8, count=min(CHUNK_BYTES, size - lo), offset=lo)
+        parts.append(np.flatnonzero(arr == 10).astype(np.int64) + lo + 1)
+    starts = np.concatenate(parts)
+    if starts[-1] != size:
+        starts = np.append(starts, size)
+    return starts
+
+
+def _chunks(starts: np.ndarray, size: int) -> Iterable[tuple[int, int]]:
+    """Line ranges of about `size` bytes each."""
+    n = len(starts) - 1
+    lo = 0
+    while lo < n:
+        hi = int(np.searchsorted(starts, starts[lo] + size, side="right")) - 1
+        hi = min(max(hi, lo + 1), n)
+        yield lo, hi
+        lo = hi
+
+
+class _Chunk:
+    """A block of whole lines: where the digits are, each line's skeleton, and numbers pulled out by position."""
+
+    def __init__(self, view: memoryview, offsets: np.ndarray):
+        self.view, self.offsets = view, offsets  # offsets: each line's first byte, plus the block's end
+        self.n = len(offsets) - 1
+        self.arr = np.frombuffer(view, dtype=np.uint8)
+        self.digit = (self.arr - np.uint8(48)) < np.uint8(10)
+        edges = np.flatnonzero(np.diff(self.digit.view(np.int8), prepend=np.int8(0), append=np.int8(0)))
+        self.run_start, self.run_end = edges[0::2], edges[1::2]  # digit runs: maximal runs of ASCII digits
+        self.first_run = np.searchsorted(self.run_start, offsets)  # runs of line i: first_run[i]:first_run[i+1]
+        self.runs_per_line = np.diff(self.first_run)
+        self.digits_before = np.concatenate(([0], np.cumsum(self.run_end - self.run_start)))
+
+    def text(self, row: int) -> str:
+        return bytes(self.view[self.offsets[row]:self.offsets[row + 1]]).decode("utf-8", errors="replace")
+
+    def garbage_lines(self) -> np.ndarray:
+        low = np.flatnonzero(self.arr < 32)  # mostly line ends and tabs: few
+        bad = low[_BYTE_CLASS[self.arr[low]] == _CONTROL]
+        if not bad.size:
+            return bad
+        return np.unique(np.searchsorted(self.offsets, bad, side="right") - 1)
+
+    def skeleton_codes(self, rows: np.ndarray) -> np.ndarray:
+        """One code per row: rows whose text without digits is the same share it."""
+        kept = self.arr[~self.digit]
+        skel_offsets = self.offsets - self.digits_before[self.first_run]
+        skeletons = pa.LargeStringArray.from_buffers(self.n, pa.py_buffer(skel_offsets), pa.py_buffer(kept))
+        if len(rows) < self.n:
+            skeletons = skeletons.take(pa.array(rows))
+        encoded = pc.dictionary_encode(skeletons)
+        return encoded.indices.to_numpy(zero_copy_only=False)
+
+    def numbers(self, text: str, slots: tuple[int, ...], rows: np.ndarray) -> tuple[dict[int, np.ndarray], np.ndarray]:
+        """The numbers at `slots` of every row shaped like `text`, and which rows have that shape exactly."""
+        runs = [(m.start(), m.end()) for m in _DIGITS.finditer(text)]
+        tokens = [(m.start(), m.end()) for m in _NUM.finditer(text)]
+        gaps, seen = [], 0
+        for start, end in runs:
+            gaps.append(start - seen)
+            seen += end - start
+        # each wanted number: its first and last digit run, and the sign/point bytes around them
+        where = {}
+        for slot in slots:
+            start, end = tokens[slot]
+            inside = [k for k, (a, b) in enumerate(runs) if a >= start and b <= end]
+            where[slot] = (inside[0], inside[-1], runs[inside[0]][0] - start, end - runs[inside[-1]][1])
+        # A row has this shape if it has as many digit runs and the runs of the wanted numbers sit at the same gaps
+        # (non-digit bytes before them): gaps rise strictly, so equal gaps mean the same place in the same skeleton.
+        ok = self.runs_per_line[rows] == len(runs)
+        used = np.array(sorted({k for first, last, _, _ in where.values() for k in range(first, last + 1)}))
+        if ok.any() and used.size:
+            fit = rows[ok]
+            at = self.first_run[fit][:, None] + used
+            row_gap = (self.run_start[at] - self.offsets[fit][:, None]) - (
+                self.digits_before[at] - self.digits_before[self.first_run[fit]][:, None])
+            same = (row_gap == np.asarray(gaps)[used]).all(axis=1)
+            ok[np.flatnonzero(ok)[~same]] = False
+        base = self.first_run[rows[ok]]
+        values = {}
+        for slot, (first, last, lead, trail) in where.items():
+            values[slot] = self._floats(self.run_start[base + first] - lead, self.run_end[base + last] + trail)
+        return values, ok
+
+    def _floats(self, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+        """Cast byte spans of the block (ascending, not overlapping) to float64 in one Arrow call."""
+        if not len(starts):
+            return np.empty(0)
+        bounds = np.empty(2 * len(starts), dtype=np.int64)
+        bounds[0::2], bounds[1::2] = starts, ends
+        spans = pa.LargeStringArray.from_buffers(len(bounds) - 1, pa.py_buffer(bounds), pa.py_buffer(self.view))
+        tokens = spans.take(pa.array(np.arange(0, len(bounds) - 1, 2)))
+        try:
+            return pc.cast(tokens, pa.float64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:  # a span that is no number after all: that row alone becomes NaN
+            return np.array([_float_or_nan(t) for t in tokens.to_pylist()])
+
+
+def _float_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def _context_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_step: np.ndarray) -> np.ndarray:
+    """Steps of lines that state none: the next step line's (ctx 1) or the previous one's (ctx 2); -1 if none."""
+    out = np.full(len(lines), -1, dtype=np.int64)
+    if not len(a_line):
+        return out
+    at = np.searchsorted(a_line, lines, side="right")
+    has_next = at < len(a_line)
+    has_prev = at > 0
+    nxt = np.where(has_next, a_step[np.minimum(at, len(a_line) - 1)], -1)
+    prev = np.where(has_prev, a_step[np.maximum(at - 1, 0)], -1)
+    out = np.where(ctx == 1, np.where(has_next, nxt, prev), prev)
+    return out.astype(np.int64)
+
+
+def _take_all(parts: list[np.ndarray]) -> np.ndarray:
+    """Concatenate and empty the list, so its pieces are freed as the whole is built."""
+    whole = np.concatenate(parts)
+    parts.clear()
+    return whole
+
+
+def _concat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype, copy=False) if parts else np.empty(0, dtype=dtype)
+
