@@ -28,6 +28,7 @@ NOT_METRICS = {"rank", "split", "timestamp", "_timestamp", "_runtime", "time_sta
                "wallclock", "date", "datetime", "created_at", "local_rank", "global_rank", "process_index"}
 EVAL_SPLITS = {"eval", "evaluation", "val", "valid", "validation", "dev", "test"}
 TRAIN_SPLITS = {"train", "training"}
+MAX_STEP = 2.0 ** 53  # beyond this a float step is no longer an exact integer
 SNIFF_BYTES = 16384  # sniff looks at no more than this
 _RANK_IN_NAME = re.compile(r"(?:^|[._-])rank[._-]?(\d+)(?:[._-]|$)", re.IGNORECASE)
 
@@ -544,6 +545,11 @@ def _steps(col: Column, name: str, file: str, notes: list[Note], n_rows: int) ->
     if col.values.dtype.kind == "f":
         values = _restore_nonfinite(values)
     has = np.isfinite(values) if col.valid is None else (col.valid & np.isfinite(values))
+    huge = has & (np.abs(values) >= MAX_STEP)
+    if huge.any():
+        notes.append(Note(file, f"{int(huge.sum())} {name} value(s) too large to be a step ignored",
+                          count=int(huge.sum())))
+        has &= ~huge
     fractional = has & (values != np.floor(values))
     if fractional.any():
         if name.lower() == "epoch":  # fractional epochs as the only clock: the row order is the finer step

@@ -272,3 +272,11 @@ def test_a_logged_value_equal_to_a_sentinel_is_not_mistaken_for_nan(tmp_path):
     path = write(tmp_path, "m.jsonl", f'{{"step": 1, "loss": {odd!r}}}\n{{"step": 2, "loss": NaN}}\n')
     loss = series(table(path).frame, "loss")
     assert loss[1] == odd and math.isnan(loss[2])
+
+
+def test_steps_beyond_integer_range_are_ignored_with_a_note(tmp_path):
+    path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 3.0}\n{"step": 1e300, "loss": 2.0}\n'
+                                      '{"step": 99999999999999999999999, "loss": 1.0}\n')
+    result = table(path)
+    assert series(result.frame, "loss") == {1: 3.0}
+    assert any("too large" in n.message and n.count == 2 for n in result.notes)
