@@ -191,6 +191,8 @@ def _overflows(run) -> list[Overflow]:
                                     float(values[i + 1]), Evidence(where[0], where[1]) if where else None, "scale"))
             if out:
                 return out
+    if stats.precision_is_fp16(run) is False:
+        return []  # a bf16/fp32 run skips steps for NaN gradients, not for overflow: nonfinite-onset's business
     for metric in run.metrics:
         if SKIPPED_COUNTER.search(metric):
             counter = stats.finite(run.series(metric))

@@ -5,7 +5,8 @@ What it detects:
     a loss that turns into an exact 0.0 while the gradient norm is NaN/Inf (Hugging Face Trainer's
     `logging_nan_inf_filter`) or right after a normal level, a non-finite value clamped to zero (a `nan_clamp` line
     such as "lm_loss produced non-finite value (nan); clamping to zero"), Megatron iterations whose loss is missing
-    while the nan-iteration counter rises, steps skipped because of a non-finite loss or gradient, a mixed-precision
+    while the nan-iteration counter rises, steps skipped because of a non-finite loss or gradient (skip messages, or
+    a skipped-iteration counter that rises in a run known not to use fp16 loss scaling), a mixed-precision
     loss scale driven below 1, and checkpoints whose statistics hold non-finite values.
 Why it matters:
     One NaN poisons every weight it touches; after it, the run learns nothing, and a clamp or filter that hides it
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analyzer.detectors import remedies, stats
+from analyzer.detectors.loss_scale_collapse import SKIPPED_COUNTER
 from analyzer.detectors.base import Detector, evidence_at
 from analyzer.findings import Confidence, Evidence, Severity
 
@@ -200,10 +202,13 @@ def _event_signals(run) -> list[Signal]:
 
 
 def _counter_signals(run) -> list[Signal]:
-    """A nan-iteration counter (Megatron's `number of nan iterations`) that rises."""
+    """A nan-iteration counter (Megatron's `number of nan iterations`) that rises; outside fp16, a skipped-iteration
+    counter too (Megatron skips an iteration whose gradients hold NaN/Inf; in fp16 those are overflows, which
+    loss-scale-collapse judges)."""
+    not_fp16 = stats.precision_is_fp16(run) is False
     out = []
     for metric in run.metrics:
-        if not NAN_COUNTER.search(metric):
+        if not (NAN_COUNTER.search(metric) or (not_fp16 and SKIPPED_COUNTER.search(metric))):
             continue
         series = stats.finite(run.series(metric))
         values = series.to_numpy()

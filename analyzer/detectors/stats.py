@@ -508,7 +508,13 @@ def grad_norm(run: Run) -> GradNorm | None:
 
 def uses_fp16(run: Run) -> bool:
     """True when the run trains in float16 with loss scaling: said by the precision hparam (not bf16), an `fp16`
-    flag, a logged loss scale, or overflow messages."""
+    flag, overflow messages, or a logged loss scale that is not constantly 1."""
+    return precision_is_fp16(run) is True
+
+
+def precision_is_fp16(run: Run) -> bool | None:
+    """True (fp16 with loss scaling), False (known not to be: bf16/fp32 precision, or a loss scale printed as a
+    constant 1, as Megatron does in bf16), or None when the run does not say."""
     precision = run.hparam("precision")
     if isinstance(precision, (str, int, float)) and not isinstance(precision, bool):
         text = str(precision).lower()
@@ -516,9 +522,17 @@ def uses_fp16(run: Run) -> bool:
             return False
         if text in FP16_PRECISIONS or "fp16" in text or "float16" in text:
             return True
+        if text in ("fp32", "32", "float32", "32-true", "tf32", "64", "fp64"):
+            return False
     if run.hparam("fp16") is True:
         return True
-    return run.has("loss_scale") or bool(run.events_of("overflow"))
+    if run.events_of("overflow"):
+        return True
+    if run.has("loss_scale"):  # Megatron prints `loss scale: 1.0` in bf16 runs too: a constant 1 is no scaling
+        scale = finite(run.series("loss_scale"))
+        if len(scale):
+            return not bool((scale == 1.0).all())
+    return None
 
 
 IMPLIED_MAX_CLASSES = 10  # ln k for k <= 10 are far enough apart (>= 0.1) to tell which one a loss sits on

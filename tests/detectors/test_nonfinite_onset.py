@@ -140,3 +140,19 @@ def test_hf_fixture_with_nan(tmp_path):
     assert f.severity is Severity.CRITICAL
     assert f.first_step == 35  # grad_norm NaN at the step-35 log, loss filtered to 0.0 from step 40
     assert f.metrics["restart_checkpoint"] == "checkpoint-20"
+
+
+def test_skipped_counter_outside_fp16_means_nonfinite_gradients():
+    """Megatron in bf16 (loss scale printed as a constant 1.0) skips iterations whose gradients hold NaN/Inf."""
+    steps = np.arange(0, 100, 10)
+    run = make_run({"loss": (steps, np.full(10, 2.5)), "loss_scale": (steps, np.ones(10)),
+                    "number_of_skipped_iterations": (steps, [0, 0, 0, 1, 1, 1, 2, 2, 2, 2])})
+    [f] = run_check(run)
+    assert f.first_step == 30
+
+
+def test_skipped_counter_in_fp16_is_left_to_loss_scale_collapse():
+    steps = np.arange(0, 100, 10)
+    run = make_run({"loss": (steps, np.full(10, 2.5)), "loss_scale": (steps, [8, 8, 8, 4, 4, 4, 2, 2, 2, 2]),
+                    "number_of_skipped_iterations": (steps, [0, 0, 0, 1, 1, 1, 2, 2, 2, 2])})
+    assert run_check(run) == []
