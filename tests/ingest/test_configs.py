@@ -79,7 +79,8 @@ def test_nested_yaml_and_deepspeed_config(tmp_path):
 
 
 def test_wandb_style_values_are_unwrapped_and_label_maps_skipped(tmp_path):
-    path = write(tmp_path, "config.yaml", "lr:\n  desc: null\n  value: 0.001\n_wandb:\n  value:\n    cli_version: 0.16\n"
+    path = write(tmp_path, "config.yaml", "lr:\n  desc: null\n  value: 0.001\n"
+                                          "_wandb:\n  value:\n    cli_version: 0.16\n"
                                           "id2label:\n  0: cat\n  1: dog\n")
     run = read(tmp_path, path)
     assert run.hparam("lr") == 0.001 and "0" not in run.hparams

@@ -43,7 +43,7 @@ def needs(path: Path) -> Path:
     return path
 
 
-# --- real framework output ---------------------------------------------------------------------------------------------
+# --- real framework output -------------------------------------------------------------------------------------------
 
 def test_generic_csv_every_point_with_its_line():
     frame = table(needs(GENERIC_CSV)).frame
