@@ -142,7 +142,9 @@ def coverage_blind_spots(run: Run) -> list[BlindSpot]:
 def _median_gap(steps) -> float:
     import numpy as np
 
-    gaps = np.diff(np.unique(steps))
+    ordered = np.sort(np.asarray(steps))
+    # np.unique goes through a hash table on numpy >= 2.3: ~1 s for a million steps, where sorting takes 15 ms
+    gaps = np.diff(ordered[np.r_[True, ordered[1:] != ordered[:-1]]]) if len(ordered) else ordered
     return float(np.median(gaps)) if len(gaps) else 0.0
 
 
