@@ -13,14 +13,16 @@ Why it matters:
 How it decides:
     The log of the loss is summarised at several scales: medians of bins of 1, 2, 4, 8, ... points (at least
     `min_swings` + 1 bins). At each scale the successive changes d of the bin medians are detrended by their
-    rolling median; their typical size is the rolling median of |d - trend|, and the fraction of successive
+    rolling mean (the net change per bin over the window, which telescopes to a difference of two medians); their
+    typical size is the rolling median of |d - trend|, and the fraction of successive
     changes that reverse sign is counted over the same rolling window of `min_swings` + 2 changes. A stretch
     oscillates when the size is at least `min_swing`, the trend per bin is under half of it, the sign reverses
     in at least `min_sign_changes` of the changes, and (for bins of 2+ points) the size is at least `noise_units`
     times the standard error of a bin median computed from the scatter inside the bins, so that plain noise of
     a small batch is never called an oscillation. Point-level swings (bins of 1) are judged only on short logs
     (at most `short_log` points, like seed 002's 7 points), where no noise estimate is possible; on long logs the
-    noise is measured. The longest oscillating stretch over all scales is reported. Single spikes do not count:
+    noise is measured. A swing must also exceed five rounding steps of the logged values. The longest oscillating
+    stretch over all scales is reported. Single spikes do not count:
     medians ignore them.
 What it recommends:
     Halve the lr (current from the hparams), the usual cure for overshooting updates; when the report links the
@@ -54,6 +56,7 @@ SHORT_LOG = 16
 MIN_POINTS = 6
 MEDIAN_SE = 1.2533  # standard error of a median = 1.2533 x sigma / sqrt(n)
 LR_FACTOR = 0.5
+QUANTA = 5  # a swing must exceed this many rounding steps of the logged values
 
 
 def find_oscillation(loss: pd.Series, params) -> dict | None:
@@ -65,6 +68,7 @@ def find_oscillation(loss: pd.Series, params) -> dict | None:
     steps = loss.index.to_numpy()
     n = len(x)
     window = params["min_swings"] + 2
+    quantum = stats.quantum(loss)
     best = None
     size = 1
     while n // size >= params["min_swings"] + 1:
@@ -84,16 +88,22 @@ def find_oscillation(loss: pd.Series, params) -> dict | None:
         d = pd.Series(np.diff(medians))
         reverses = pd.Series(np.r_[np.nan, (np.sign(d.to_numpy()[1:]) * np.sign(d.to_numpy()[:-1]) < 0)
                                    .astype(float)])
+        # the trend is the net change per bin over the window: a mean of successive changes telescopes to
+        # (last median - first median) / window, so it is robust, and unlike a median of the changes it is not
+        # pulled to the common small step of an asymmetric up-down pattern
         if size == 1:  # a short log: judged as a whole, a rolling window would be most of it anyway
-            trend = pd.Series(np.full(len(d), d.median()))
+            trend = pd.Series(np.full(len(d), d.mean()))
             swing = pd.Series(np.full(len(d), (d - trend).abs().median()))
             reverse_frac = pd.Series(np.full(len(d), reverses.mean()))
         else:
             win = min(window, len(d))
-            trend = d.rolling(win, center=True, min_periods=max(2, win // 2)).median()
+            trend = d.rolling(win, center=True, min_periods=max(2, win // 2)).mean()
             swing = (d - trend).abs().rolling(win, center=True, min_periods=max(2, win // 2)).median()
             reverse_frac = reverses.rolling(win, center=True, min_periods=1).mean()
         threshold = math.log1p(params["min_swing"])
+        # a swing of a few rounding steps (a loss printed as 0.0001 / 0.0002) is the logger's rounding
+        level = float(np.exp(np.median(medians)))
+        threshold = max(threshold, math.log1p(QUANTA * quantum / level) if level > 0 else 0.0)
         ok = ((swing >= threshold) & (trend.abs() < 0.5 * swing)
               & (reverse_frac >= params["min_sign_changes"]) & (swing >= params["noise_units"] * se)).to_numpy()
         big = ((d - trend).abs() >= threshold).to_numpy()

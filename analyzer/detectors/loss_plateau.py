@@ -26,7 +26,8 @@ How it decides:
     or ln(vocab_size) from the hparams (base 2 for fairseq-style logs), or is implied when a loss sits within
     0.2% of ln(k) for k <= 10. Severity: critical at chance level (within `chance_tolerance`) when the run ends
     on it; warning when the run ends still on the plateau, or for a plateau at chance that the loss left later;
-    info when the loss improved again later.
+    info when the loss improved again later, or when the log is so noisy that the allowance exceeds twice
+    `min_improvement` (slow progress could hide under the noise).
 What it recommends:
     Nothing by itself: the plateau is a symptom. Its cause, with numeric fixes, comes from lr-too-low,
     lr-too-high, small-effective-batch, init-variance or initial-loss-mismatch, which the report links to it.
@@ -63,6 +64,7 @@ MIN_POINTS = 12
 MIN_EVAL_POINTS = 5
 MAX_BINS = 200
 TRAIN_BIN = 5  # training-loss points per bin at least: one noisy point must not start or end a stretch  # bins of the judged stretch: keeps the all-pairs search at 200 x 200
+COARSE = 2.0  # a noise allowance over 2x min_improvement could hide real slow progress: info at most
 MAX_THRESHOLD = 0.15  # bins noisier than this cannot tell a plateau from slow progress
 BIN_SE_UNITS = 3.0  # a bin median must fall 3 standard errors before noise alone could end a stretch
 MEDIAN_SE = 1.2533  # standard error of a median = 1.2533 x sigma / sqrt(n) for normal noise
@@ -210,12 +212,15 @@ def _finding(run, metric, series, p: Plateau, chance, sched, params):
         lr_text = (f" while the lr stayed at {p.lr_low:.0%}-{p.lr_high:.0%} of its peak "
                    f"{stats.fmt_num(sched.peak_lr)}")
         metrics.update(lr_fraction_min=p.lr_low, lr_fraction_max=p.lr_high, peak_lr=sched.peak_lr)
+    coarse = p.threshold > COARSE * params["min_improvement"]  # the log's noise hides slow progress
     if at_chance and p.ongoing:
         severity = Severity.CRITICAL
-    elif at_chance or p.ongoing:
+    elif at_chance or (p.ongoing and not coarse):
         severity = Severity.WARNING
     else:
         severity = Severity.INFO
+    if coarse:
+        metrics["noise_limited"] = True
     ending = "and the run ends on it" if p.ongoing else "before improving again"
     message = (f"{metric} stopped improving: it stayed near {stats.fmt_num(p.level, 4)} (no drop of more than "
                f"{p.threshold:.1%}) from step {p.first_step} to {p.last_step} "

@@ -13,10 +13,11 @@ Why it matters:
     around it (PaLM skipped ~200-500 batches), lower the lr, or clip gradients harder.
 How it decides:
     On the log of the loss (a +50% rise means the same at loss 2 and loss 20), each point is compared with the
-    median of the `window_steps` steps BEFORE it (converted to logged points, between `min_window` and
-    `max_window`), so a spike never raises its own baseline. Noise is the robust std of successive differences
-    of the log-loss over the same window (never below `noise_floor`, nor, on logs of 20+ points, below half the
-    whole run's noise). Each segment between restarts gets its own baseline (a resumed job's loss is not judged
+    level BEFORE it (so a spike never raises its own baseline): the median of the last 5 points (a longer median
+    would lag a falling loss; 5 points ignore up to two odd ones). Noise is the robust std of successive differences
+    of the log-loss over twice the `window_steps` steps before it (converted to logged points, between
+    `min_window` and `max_window`, doubled; never below `noise_floor`, nor, on logs of 20+ points, below 70% of
+    the whole run's noise). Each segment between restarts gets its own baseline (a resumed job's loss is not judged
     against the steps of the process before it). A rise of a few rounding steps of the logged values (a loss
     printed as 0.0001 / 0.0002) is never a spike. A
     point is a spike when it is at least `z` noise units AND `min_rise` (relative) above that level, and the
@@ -71,9 +72,12 @@ PERSIST_POINTS = 3  # a spike that ends the log after 1-2 points may just be whe
 GRAD_FACTOR = 5.0  # grad-norm spikes are large: x5 the median is well outside ordinary grad-norm noise
 MAX_FINDINGS = 5
 MIN_POINTS = 10
+LEVEL_POINTS = 5  # the immediate pre-spike level: a median of 5 points ignores up to two odd ones
 SUDDEN_FRACTION = 0.5  # the point before a spike was less than this fraction of the way up: the rise is sudden
 RECOVER_NOISE_UNITS = 2.0
 GLOBAL_NOISE_POINTS = 20
+GLOBAL_NOISE_SHARE = 0.7  # a local noise estimate below 70% of the run's is more likely sampling luck than calm
+NOISE_WINDOW_FACTOR = 2
 QUANTA = 5  # a spike rises more than this many rounding steps of the logged values
 GRAD_P99_MIN_POINTS = 10  # fewest pre-spike grad-norm points for a percentile to mean anything
 LR_FACTOR_LARGE = 0.5  # halve the lr after a persistent or large spike (seed 003, OPT-175B practice)
@@ -106,13 +110,17 @@ def find_spikes(loss: pd.Series, params) -> list[Spike]:
     x = logs.to_numpy()
     n = len(x)
     window = stats.points_for_steps(loss, params["window_steps"], params["min_window"], params["max_window"])
-    base = stats.trailing_baseline(logs, window, min_periods=min(params["min_window"], window))
-    level = base.level.to_numpy()
+    # the noise needs more points than a level: a median of 50 |differences| still errs by ~20%
+    base = stats.trailing_baseline(logs, NOISE_WINDOW_FACTOR * window,
+                                   min_periods=min(params["min_window"], window))
+    # the level right before a point: a short trailing median, so a falling curve does not leave it behind
+    # (a 50-point median lags a decreasing loss and hides part of the rise); the noise uses the long window
+    level = stats.trailing_baseline(logs, LEVEL_POINTS, min(params["min_window"], LEVEL_POINTS)).level.to_numpy()
     # the whole series' noise guards a quiet local window on a long log; on a short one the spike itself
     # would dominate it
     global_noise = stats.noise_std(x) if n >= GLOBAL_NOISE_POINTS else 0.0
     noise = np.fmax(np.nan_to_num(base.noise.to_numpy(), nan=0.0),
-                    max(params["noise_floor"], 0.5 * global_noise))
+                    max(params["noise_floor"], GLOBAL_NOISE_SHARE * global_noise))
     excess = x - level
     rise = math.log1p(params["min_rise"])
     raised = np.nan_to_num(excess, nan=-np.inf) >= np.fmax(params["z"] * noise, rise)

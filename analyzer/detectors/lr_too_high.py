@@ -12,7 +12,8 @@ How it decides:
     On the steps after warmup (lr at least `min_lr_fraction` of its peak), any of these symptoms:
     - at chance: the median cross-entropy loss there, and over its last fifth, is above chance level or less
       than `chance_margin` (relative) below it (chance from vocab_size / num_classes);
-    - rising: the loss level after warmup is more than `rise` (relative) above the first losses;
+    - rising: the loss level over the first fifth of those steps is more than `rise` (relative) above the first
+      losses;
     - oscillating from the start: loss-oscillation's test finds swings that begin in the first 20% of steps.
     The rising and oscillating symptoms need the log to start at the run's start (first point by step 50 or
     two logging intervals). Then the update size decides: with `update_ratio` logged, its median must be at least `active_ratio`
@@ -90,7 +91,8 @@ def check(run, params):
                                 f"{level / chance.value:.0%} of chance level {chance.describe()}")
                 ev_metric = ce_metric
     head = float(np.median(loss.head(HEAD_POINTS).to_numpy()))
-    after = float(np.median(judged.to_numpy()))
+    # the level just after warmup: a rise much later (a spike, a divergence) is not "from the start"
+    after = float(np.median(judged.head(max(HEAD_POINTS, len(judged) // 5)).to_numpy()))
     metrics.update(first_losses=head, level_after_warmup=after)
     # "from the start" needs the start: an excerpt that begins mid-run (a chronicle) cannot show it
     start_visible = steps[0] <= max(START_STEPS, 2 * stats.log_interval(loss))

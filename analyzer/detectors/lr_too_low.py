@@ -13,8 +13,8 @@ How it decides:
     (TheDeepChecker's healthy band is 1e-4..1e-1 in log10 terms; practitioners aim near 1e-3):
     - below `tiny_ratio` (1e-4) and the loss is not falling fast (less than `fast_progress` relative drop over
       the later half of those steps): warning, high confidence;
-    - below `low_ratio` (1e-3) and the loss sits on a plateau to the end of the run (loss-plateau's test):
-      warning, medium confidence.
+    - below `low_ratio` (1e-3) and the loss sits on a plateau to the end of the run (loss-plateau's test) without
+      rising (a loss that went up is not short of lr): warning, medium confidence.
     Without update_ratio, a plateau to the end of the run whose loss is smooth (point-to-point noise under
     `smooth_noise`, i.e. steps are small rather than noisy) at a peak lr below `typical_lr` gives an info
     finding, low confidence: a loss can also stall for reasons the lr does not cure.
@@ -99,13 +99,13 @@ def check(run, params):
                f"each step moves the weights by a {stats.fmt_num(ratio)} fraction")
         severity, confidence = Severity.WARNING, Confidence.HIGH
         basis = f"update ratio {stats.fmt_num(ratio)} -> ~{stats.fmt_num(TARGET_RATIO)}"
-    elif ratio is not None and ratio < params["low_ratio"] and stalled:
+    elif ratio is not None and ratio < params["low_ratio"] and stalled and drop > -params["fast_progress"] / 5:
         factor = float(np.clip(TARGET_RATIO / ratio, *PLATEAU_FACTOR))
         why = (f"the loss has stalled near {stats.fmt_num(plateau.level)} since step {plateau.first_step} while "
                f"the median update ratio is only {stats.fmt_num(ratio)}")
         severity, confidence = Severity.WARNING, Confidence.MEDIUM
         basis = f"update ratio {stats.fmt_num(ratio)} towards ~{stats.fmt_num(TARGET_RATIO)}"
-    elif ratio is None and stalled and lr_known_low(run, sched, params) and \
+    elif ratio is None and stalled and drop > -params["fast_progress"] / 5 and lr_known_low(run, sched, params) and \
             stats.noise_std(stats.log_values(judged).to_numpy()) < params["smooth_noise"]:
         factor = DEFAULT_FACTOR
         why = (f"the loss has stalled near {stats.fmt_num(plateau.level)} since step {plateau.first_step} with "

@@ -51,7 +51,7 @@ def healthy(seed: int = 0, steps: int = 3000, noise: float = 0.03, warmup: int =
     speed = 1.0 * np.exp(rng.normal(0.0, 0.03, steps))
     slow = rng.choice(steps, size=max(1, steps // 200), replace=False)
     speed[slow] *= 0.2  # eval / checkpoint stalls
-    update = lr_series / 0.02 * np.exp(rng.normal(0.0, 0.1, steps)) * 0.05
+    update = lr_series / 0.02 * np.exp(rng.normal(0.0, 0.1, steps)) * 0.15  # ~2e-3 at lr 3e-4: healthy
     hp = {"learning_rate": lr, "max_steps": steps, "lr_scheduler_type": schedule, "warmup_steps": warmup,
           "batch_size": 32, "gradient_accumulation_steps": 8, "block_size": 512, "vocab_size": 22026,
           "max_grad_norm": 1.0}

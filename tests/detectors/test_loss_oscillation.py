@@ -20,7 +20,7 @@ def check(run, **over):
 def test_fires_on_seed002_lines():
     [f] = check(make_run({"loss": SEED002}, hparams={"learning_rate": 5e-5}))
     assert f.severity is Severity.WARNING and (f.first_step, f.last_step) == (0, 600)
-    assert f.metrics["swing"] == pytest.approx(0.18, abs=0.03)
+    assert f.metrics["swing"] == pytest.approx(0.24, abs=0.02)  # median |change| 0.213 in log units
     assert f.metrics["low"] == pytest.approx(19.97) and f.metrics["high"] == pytest.approx(28.34)
     [rec] = f.recommendations
     assert (rec.hparam, rec.current, rec.suggested) == ("lr", 5e-5, 2.5e-5)
