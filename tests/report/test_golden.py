@@ -71,6 +71,8 @@ def check(case: str, name: str, text: str, update: bool) -> None:
 
 def report_of(case: str):
     run, diagnosis = load(case)
+    if diagnosis.errors:  # a crashed detector is a bug to fix, never an expected output to record
+        pytest.fail(f"{case}: detectors crashed: " + "; ".join(f"{e.name}: {e.error}" for e in diagnosis.errors))
     return build_report(diagnosis, run, version=VERSION, draw=False)
 
 
