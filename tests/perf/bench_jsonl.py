@@ -8,7 +8,8 @@ times, each as its own process, median of --repeat runs:
   (a) python -c "import pyarrow.json; pyarrow.json.read_json(PATH)"   (on a copy without NaN tokens if pyarrow
       refuses them: a bare read cannot parse the file the run wrote)
   (b) python -m analyzer diagnose --json RUN_DIR                     (read, build the Run, all detectors, JSON out)
-and prints both, their peak RSS and the ratio b/a. The goal is b <= a.
+and prints both, their peak RSS, the ratio b/a (the goal is b <= a), and where (b)'s time goes (imports, read_run,
+detectors, JSON), measured in one more process.
 """
 
 from __future__ import annotations
@@ -100,6 +101,32 @@ def diagnose_command(folder: Path) -> tuple[list[str], str]:
     return [sys.executable, "-c", code, str(folder)], "read_run + diagnose_run (the CLI is not available)"
 
 
+PHASES = """
+import sys, time
+t0 = time.perf_counter()
+from analyzer import __version__
+from analyzer.diagnose import diagnose_run
+from analyzer.findings import to_json
+from analyzer.ingest import read_run
+t1 = time.perf_counter()
+run = read_run(sys.argv[1])
+run.series("loss")  # the per-metric index every detector uses
+t2 = time.perf_counter()
+diagnosis = diagnose_run(run)
+t3 = time.perf_counter()
+to_json(diagnosis, __version__)
+t4 = time.perf_counter()
+print(f"imports {t1 - t0:.2f} s, read_run {t2 - t1:.2f} s, detectors and chain {t3 - t2:.2f} s, JSON {t4 - t3:.2f} s")
+"""
+
+
+def breakdown(folder: Path) -> str:
+    """Where (b)'s time goes, phase by phase, in one more process."""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", PHASES, str(folder)], cwd=ROOT, capture_output=True,
+                         text=True)
+    return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1_000_000)
@@ -117,13 +144,14 @@ def main() -> None:
         run_process(full, ROOT)  # warm the page cache and .pyc files for both
         bare_s, bare_mb = timed(bare, args.repeat, ROOT)
         full_s, full_mb = timed(full, args.repeat, ROOT)
+        phases = breakdown(folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"metrics.jsonl: {args.steps:,} steps, {size:.1f} MB; median of {args.repeat} runs, {os.cpu_count()} CPUs")
     print(f"(a) bare pyarrow.json.read_json on {bare_input}")
     print(f"    {bare_s:.2f} s, peak RSS {bare_mb:.0f} MB")
     print(f"(b) {full_label}")
-    print(f"    {full_s:.2f} s, peak RSS {full_mb:.0f} MB")
+    print(f"    {full_s:.2f} s, peak RSS {full_mb:.0f} MB  ({phases})")
     verdict = "ok" if full_s <= bare_s else "SLOWER than the goal (b <= a)"
     print(f"ratio b/a = {full_s / bare_s:.2f}  {verdict}")
 
