@@ -1,23 +1,26 @@
 """Plain-text training logs: nanoGPT, Megatron-LM/DeepSpeed, fairseq, HF stdout and free-form `key: value` lines.
 
 How a file is read, fast and without a Python loop per line:
-- the bytes become an Arrow array of physical lines (zero-copy) and each line a *skeleton*: the line with its digits
-  removed (numpy). Log lines repeat a few shapes, so a million lines have a handful of skeletons;
-- one line of each skeleton is parsed in Python into a *plan* (which number of the line is the step, which is which
-  metric, is it a warning/overflow event). The numbers of every line of that shape are then pulled out at once with
-  one RE2 regex built from the line's template (pyarrow `extract_regex`), and cast to float64 in C++;
-- a line that does not fit its group's template (rare) is parsed on its own with the same Python parser.
+- the bytes become an Arrow array of physical lines (zero-copy) and each line a *skeleton*: the line without its
+  digits (numpy). Log lines repeat a few shapes, so a million lines have a handful of skeletons;
+- one line of each skeleton is parsed in Python into a *plan*: which number of the line is the step, which is which
+  metric, whether it is a warning/overflow event. The numbers of every line of that shape are then located at once
+  from the positions of their digit runs (numpy) and cast to float64 in one Arrow call;
+- a line that does not fit its group exactly (rare) is parsed on its own by the same Python parser, and so are
+  groups of a few lines. A property test checks that both paths read the same.
 
 Only lines that say what they are produce points: a step anchor at the start of the line (`iter 100:`, `step 10 |`,
-` iteration 31219/ 115311 |`, `Epoch 3 Step 120:`, `step=10,`), or a well-known shape (`[Eval] ...`, Megatron's
-`validation loss at iteration N | ...`, fairseq's JSON log lines, build-nanogpt's `0 train 10.955`). Prose numbers are
-never read; in markdown (and any file with ``` fences) only lines inside code blocks are read.
+` iteration 31219/ 115311 |`, `Epoch 3 Step 120:`, `step=10,`) followed by `key: value` fields, or a well-known shape
+(`[Eval] ...`, Megatron's `validation loss at iteration N | ...`, fairseq's JSON log lines, build-nanogpt's
+`0 train 10.955`). Prose numbers are never read; in markdown (and any file with ``` fences) only code blocks are.
 
-Steps of lines that carry none of their own (events, `[Eval] loss: ...`, build-nanogpt's `validation loss: ...`) come
-from the nearest step line *after* them: trainers print a step's summary line once the step is done, so what is
-printed while step N runs (an fp16 overflow, a NaN clamp, the eval at the top of step N) precedes step N's line. The
-reference trainer, Megatron, DeepSpeed, fairseq and build-nanogpt all behave so. A line after the last step line takes
-that last step. The exception is a bare `Loss: X` line (DeepSpeed's examples), a summary printed after the step line.
+Lines that carry no step of their own (events, `[Eval] loss: ...`, build-nanogpt's `validation loss: ...`) take the
+step of the nearest step line *after* them: trainers print a step's summary line once the step is done, so what is
+printed while step N runs (an fp16 overflow, a NaN clamp, the eval at the top of step N) comes before step N's line.
+The reference trainer, Megatron, DeepSpeed, fairseq and build-nanogpt all behave so (checked on their logs). A line
+after the last step line takes that last step. The exception is a bare `Loss: X` line (DeepSpeed's examples), a
+summary printed after its step line. Only step lines that log a value count: `Step 2: Create Text` in a generated
+sample does not.
 """
 
 from __future__ import annotations
@@ -45,7 +48,8 @@ MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 SNIFF_BYTES = 256 * 1024  # a log shows a recognised line within this much (DeepSpeed's config dump is ~20 KB)
 BINARY_PROBE_BYTES = 4096  # a NUL byte here means a binary file, not a log
 CHUNK_BYTES = 32 * 1024 * 1024  # lines are scanned in blocks of about this size, to bound memory
-MAX_LINE_CHARS = 64 * 1024  # longer lines are not log records (a dumped tensor, a minified blob): skipped, counted
+MAX_LINE_CHARS = 1024 * 1024  # longer lines are no log records (a dumped tensor, a blob): skipped, counted
+# (a progress bar redrawn with `\r` between two log lines makes one physical line of many KB: that is still read)
 MAX_WRAP_LINES = 4  # a Megatron line wrapped by a terminal spans at most this many more physical lines
 MAX_WARNING_EVENTS = 1000  # per file: a warning repeated every step says no more after the first thousand
 EVENT_TEXT_CHARS = 500  # an event keeps this much of its line
@@ -110,12 +114,13 @@ _EVAL = re.compile(
     + r"(?P<tag>\[(?i:eval|evaluation|validation|valid|val)\]:?|(?i:eval|evaluation|validation)\b:?)\s*"
     r"(?:(?i:step|iter|iteration)\s*[:=#]?\s*(?P<step>\x01)\s*[:|,]?)?(?P<rest>.*)\Z", re.S)
 _MEGATRON_VALID = re.compile(
-    _PREFIX + r"(?i:valid(?:ation)?) loss at (?:iteration\s*(?P<step>\x01)|the end of training[^|]*?)\s*\|(?P<rest>.*)\Z",
-    re.S)
+    _PREFIX + r"(?i:valid(?:ation)?) loss at (?:iteration\s*(?P<step>\x01)|the end of training[^|]*?)\s*\|"
+    r"(?P<rest>.*)\Z", re.S)
 _LOGTXT = re.compile(r"(?P<step>\x01) (?P<kind>train|val|hella) (?P<value>\x01)\s*\Z")  # build-nanogpt's log.txt
 _FAIRSEQ = re.compile(r".*?\|\s*(?P<tag>train_inner|valid|train)\s*\|\s*\{(?P<rest>.*)\}\s*\Z", re.S)
 _DICT = re.compile(_PREFIX + r"\{(?P<rest>.*)\}\s*\Z", re.S)  # HF Trainer prints its log dicts to stdout
-_BARE_LOSS = re.compile(_PREFIX + r"(?P<key>(?i:loss|train loss|training loss|train_loss))\s*[:=]\s*(?P<value>\x01)\s*\Z")
+_BARE_LOSS = re.compile(
+    _PREFIX + r"(?P<key>(?i:loss|train loss|training loss|train_loss))\s*[:=]\s*(?P<value>\x01)\s*\Z")
 _HELLASWAG = re.compile(_PREFIX + r"(?i:hellaswag accuracy):?\s*\x01\s*/\s*\x01\s*=\s*(?P<value>\x01)\s*\Z")
 _FIELD_SPANS = re.compile(r"[^|,;]+")
 _FIELD = re.compile(
@@ -142,6 +147,12 @@ _OOM = re.compile(r"(?i)out of memory|OutOfMemory|\boom\b|oom-kill|cannot alloca
 _WARNING = re.compile(rf"^{_PREFIX_UNTAGGED}\[(?i:warn(?:ing)?)\]"
                       r"|[\[|]\s*WARN(?:ING)?\s*[\]|]|\bWARN(?:ING)?\s*:|\b[A-Z]\w*Warning\s*:|^\s*(?i:warning)\s*:")
 _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
+# every event above needs one of these words (lower case)
+_EVENT_WORDS = re.compile("overflow|nan|inf|finite|clamp|error|exception|traceback|warn|killed|memory|fatal|critical"
+                          "|oom")
+# every line shape that gives points needs one of these (lower case)
+_POINT_WORDS = re.compile(r"step|iter|eval|val|train|hella|loss|\{")
+_ENDS_WITH_NUMBER = re.compile(r"\x01(?:ms|s|%|GB|MB)?\Z")
 
 # Event data, read from the line's own text.
 _SCALE_FROM_TO = (
@@ -226,15 +237,39 @@ def plan_of(template: str) -> _Plan:
 
 def _make_plan(template: str) -> _Plan:
     body = template.rstrip("\r\n")
-    plan = _points_plan(body) or _NOTHING
-    if plan.family == "megatron" and not body.rstrip().endswith("|"):
+    if "\r" in body:  # a progress bar redrawn with carriage returns: the line's text is what was written last
+        head, _, body = body.rpartition("\r")
+        return _shifted(_make_plan(body), head.count(SLOT))
+    plan = _points_plan(body)
+    if plan is not None and plan.family == "megatron" and not body.rstrip().endswith("|"):
         plan = replace(plan, family="megatron_wrapped")  # cut by the terminal: parsed after joining its lines
-    if not plan.points and plan.family != "megatron_wrapped":
-        plan = replace(plan, event=_event_kind(body))
-    return replace(plan, n_slots=body.count(SLOT), ends_with_number=bool(re.search(r"\x01(?:ms|s|%|GB|MB)?\Z", body)))
+    if plan is None or not plan.points and plan.family != "megatron_wrapped":
+        event = _event_kind(body)
+        if plan is None:
+            if event is None:
+                return _NOTHING
+            plan = _Plan(event=event)
+        elif event is not None:
+            plan = replace(plan, event=event)
+    return replace(plan, n_slots=body.count(SLOT), ends_with_number=bool(_ENDS_WITH_NUMBER.search(body)))
+
+
+def _shifted(plan: _Plan, offset: int) -> _Plan:
+    """A plan for the end of a line, made to count the numbers before that end too."""
+    if not plan.useful:
+        return plan
+
+    def move(slot: int | None) -> int | None:
+        return None if slot is None else slot + offset
+
+    return replace(plan, step_slot=move(plan.step_slot), nan_slot=move(plan.nan_slot),
+                   skipped_slot=move(plan.skipped_slot), n_slots=plan.n_slots + offset,
+                   fields=tuple(replace(f, slot=f.slot + offset) for f in plan.fields))
 
 
 def _points_plan(body: str) -> _Plan | None:
+    if not _POINT_WORDS.search(body.lower()):
+        return None
     for shape in (_megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan, _anchor_plan,
                   _bare_loss_plan, _hellaswag_plan):
         plan = shape(body)
@@ -397,6 +432,8 @@ def _hellaswag_plan(body: str) -> _Plan | None:
 
 def _event_kind(body: str) -> str | None:
     """The most specific event a line reports, or None."""
+    if not _EVENT_WORDS.search(body.lower()):  # most lines: no further regex needed
+        return None
     if _OVERFLOW.search(body):
         return "overflow"
     if _NAN_CLAMP.search(body):
@@ -446,9 +483,6 @@ def _event_data(kind: str, text: str) -> tuple[dict[str, Any], int | None]:
 
 # --- sniffing -----------------------------------------------------------------------------------------------------
 
-_SNIFF_HINT = re.compile(r"(?i)step|iter|loss|overflow|eval|valid|non-?finite|traceback|\{['\"]|\btrain\b|hella")
-
-
 def sniff(path: Path) -> bool:
     """A text file (by name and content) with at least one recognised log line near its start."""
     if path.suffix.lower() not in TEXT_SUFFIXES:
@@ -467,11 +501,13 @@ def sniff(path: Path) -> bool:
     if path.suffix.lower() in MARKDOWN_SUFFIXES or sum(_is_fence(line) for line in lines) >= 2:
         lines = _code_lines(lines)
     for line in lines:
-        if len(line) > MAX_LINE_CHARS or not _SNIFF_HINT.search(line):
+        low = line.lower()
+        if len(line) > MAX_LINE_CHARS or not (_POINT_WORDS.search(low) or _EVENT_WORDS.search(low)):
             continue
-        plan = plan_of(_template(line)[0])
-        if plan.points or plan.anchor and plan.family != "anchor" or plan.dict_without_step \
-                or plan.event in ("overflow", "nan_clamp", "nan") or _TRACEBACK.search(line):
+        plan = plan_of(_NUM.sub(SLOT, line))
+        # warnings and errors alone do not make a file a training log (a README says "Error" too)
+        if plan.points or plan.dict_without_step or plan.event in ("overflow", "nan_clamp", "nan") \
+                or _TRACEBACK.search(line):
             return True
     return False
 
@@ -530,11 +566,14 @@ def _drop_repeats(frame: pd.DataFrame, seen: list[pd.DataFrame], rel: str, notes
         return frame
     earlier = pd.concat([f[["name", "step", "value"]].astype({"name": str}) for f in seen], ignore_index=True)
     earlier = earlier.drop_duplicates(["name", "step"], keep="last").rename(columns={"value": "earlier"})
-    merged = frame[["name", "step", "value"]].astype({"name": str}).merge(earlier, on=["name", "step"], how="left")
+    merged = frame[["name", "step", "value"]].astype({"name": str}).merge(earlier, on=["name", "step"], how="left",
+                                                                          indicator=True)
     a, b = merged["value"].to_numpy(), merged["earlier"].to_numpy()
-    same = np.isclose(a, b, rtol=DEDUPE_RTOL, atol=0.0) | (np.isnan(a) & np.isnan(b) & merged["earlier"].notna())
+    same = (merged["_merge"] == "both").to_numpy() & (np.isclose(a, b, rtol=DEDUPE_RTOL, atol=0.0)
+                                                      | (np.isnan(a) & np.isnan(b)))
     if same.any():
-        notes.append(Note(rel, "points also logged by an earlier file of the run were read once", count=int(same.sum())))
+        notes.append(Note(rel, "points also logged by an earlier file of the run were read once",
+                          count=int(same.sum())))
         frame = frame[~same].reset_index(drop=True)
     return frame
 
@@ -696,9 +735,10 @@ class _Scanner:
         order = np.argsort(codes, kind="stable")
         bounds = np.flatnonzero(np.diff(codes[order])) + 1
         groups = []
-        for members in np.split(order, bounds):
+        for a, b in zip([0, *bounds.tolist()], [*bounds.tolist(), len(order)]):
+            members = order[a:b]
             text = chunk.text(int(rows[members[0]]))
-            plan = plan_of(_template(text)[0])
+            plan = plan_of(_NUM.sub(SLOT, text))
             if plan.useful:
                 groups.append((plan, text, rows[members]))
         # wrapped Megatron lines first: their continuation lines must not be read as lines of their own
@@ -796,7 +836,7 @@ class _Scanner:
                 raw_step = values[plan.step_slot]
             steps = raw_step.astype(np.int64)
             ctx = 0
-            if plan.points:  # a step line that logs nothing (`Step 2: Create Text` in generated samples) sets no context
+            if plan.points:  # a step line logging nothing (`Step 2: Create Text` in a text sample) sets no context
                 self.a_line.append(line_idx)
                 self.a_step.append(steps)
         else:
@@ -853,7 +893,7 @@ class _Scanner:
             self.warnings += 1
             if self.warnings > MAX_WARNING_EVENTS:
                 return
-        text = text.strip()
+        text = text.rstrip("\r\n").rpartition("\r")[2].strip()  # a progress bar's earlier drawings are not the event
         parsed, own_step = _event_data(kind, text)
         if data:
             parsed.update(data)
@@ -902,7 +942,8 @@ class _Scanner:
         if self.dicts_without_step:
             notes.append(Note(self.rel, "metric dicts without a step not read (HF Trainer prints its log dicts "
                                         "without one; trainer_state.json holds them)", count=self.dicts_without_step))
-        hparams = [("loss_base", 2, self.rel, "fairseq logs its loss in base 2 (ppl = 2**loss)")] if self.fairseq else []
+        hparams = [("loss_base", 2, self.rel, "fairseq logs its loss in base 2 (ppl = 2**loss)")] if self.fairseq \
+            else []
         return FileResult(frame, events, notes, hparams)
 
     def _events(self, a_line: np.ndarray, a_step: np.ndarray) -> list[Event]:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from analyzer.errors import InputError
 from analyzer.ingest import textlog
 from analyzer.run import build_run
-from tests.conftest import FIXTURES, REAL_RUNS, SAMPLE_RUNS, SEEDS
+from tests.conftest import FIXTURES, SAMPLE_RUNS, SEEDS
 
 TEXT = FIXTURES / "text"
 
@@ -139,7 +139,7 @@ def test_bloom13b_tracebacks_are_error_events(real_runs):
     assert any(e.text.startswith("Traceback") for e in errors)
 
 
-# --- real logs: fairseq, DeepSpeed, build-nanogpt, OPT ----------------------------------------------------------------------
+# --- real logs: fairseq, DeepSpeed, build-nanogpt, OPT ----------------------------------------------------------------
 
 def test_fairseq_two_runs_loss_and_gnorm(real_runs):
     result = real(real_runs, "fairseq_fsdp_overflow", "README.md")
@@ -244,7 +244,7 @@ def test_opt175b_prose_gives_nothing(real_runs):
         assert result.frame is None and not result.events
 
 
-# --- seed 002 ------------------------------------------------------------------------------------------------------------
+# --- seed 002 ---------------------------------------------------------------------------------------------------------
 
 def test_seed002_write_up_log_lines():
     if not SEEDS.is_dir():
@@ -291,7 +291,7 @@ def test_squared_temperature_in_latin1_bytes():
     assert any("Latin-1" in n.message for n in result.notes)
 
 
-# --- the reference trainer's train.log ------------------------------------------------------------------------------------
+# --- the reference trainer's train.log --------------------------------------------------------------------------------
 
 TRAINER_LOG = """\
 scenario kd: kd model, 42,880 parameters, vocab 256 (ln V = 5.5452)
@@ -395,7 +395,8 @@ def test_megatron_wrapped_fixture():
 def test_overflow_variants(line, scale_from, scale_to):
     result = text(f"step 4 | loss 2.0\n{line}\nstep 5 | loss 2.1\n")
     (overflow,) = events(result, "overflow")
-    assert overflow.step == 5 and overflow.data.get("scale_from") == scale_from and overflow.data["scale_to"] == scale_to
+    assert overflow.step == 5
+    assert overflow.data.get("scale_from") == scale_from and overflow.data["scale_to"] == scale_to
     assert points(result, "loss_scale") == {5: scale_to}
 
 
@@ -435,6 +436,13 @@ def test_a_misfit_line_in_a_repeated_shape_is_read_on_its_own():
     assert loss[3] == 1.35 and loss[10] == 12.5 and loss[11] == 0.125 and len(loss) == 12
 
 
+def test_progress_bar_redrawn_before_a_log_line():
+    bar = "".join(f"\r{i:3d}%|{'#' * (i // 10):10s}| {i}/100 [00:0{i % 10}<00:10, 5.{i}it/s]" for i in range(100))
+    result = text(f"step 1 | loss 3.0\n{bar}\rstep 2 | loss 2.5\n{bar}\r[Warning] slow data loader\nstep 3 | loss 2\n")
+    assert points(result, "loss") == {1: 3.0, 2: 2.5, 3: 2.0}
+    assert [(e.step, e.text) for e in result.events] == [(3, "[Warning] slow data loader")]
+
+
 def test_chunked_read_equals_whole_read(monkeypatch):
     body = "".join(f"step {i} | loss {5 - i / 1000:.4f} | lr 1e-4\n" for i in range(3000))
     body += open(TEXT / "megatron_wrapped.log").read() + "[fp16] overflow: skipping step, loss scale 8 -> 4\n"
@@ -464,6 +472,15 @@ def test_garbage_and_binary_lines_are_counted():
     assert points(result, "loss") == {1: 3.0, 2: 2.0}
     (garbage,) = [n for n in result.notes if "binary" in n.message]
     assert garbage.count == 2 and garbage.line == 2
+
+
+def test_a_point_two_files_log_is_read_once(tmp_path):
+    for name in ("a.log", "b.log"):
+        (tmp_path / name).write_text("step 1 | loss nan | lr 0.5\nstep 2 | loss 2.0\n")
+    (tmp_path / "c.log").write_text("step 1 | loss 9.0\n")  # a different value at the same step: a restart
+    piece = textlog.read([tmp_path / n for n in ("a.log", "b.log", "c.log")], tmp_path)
+    assert [(file, len(frame)) for file, frame in piece.frames] == [("a.log", 3), ("c.log", 1)]
+    assert build_run(tmp_path, [piece]).events_of("restart")
 
 
 def test_empty_file(tmp_path):
@@ -507,7 +524,7 @@ def test_arbitrary_mixes_of_log_shapes_never_raise(body):
     assert all(e.line >= 1 for e in result.events)
 
 
-# --- sniffing -----------------------------------------------------------------------------------------------------------
+# --- sniffing ---------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, body, expected", [
     ("train.log", "step 1 | loss 2.0\n", True),
@@ -547,10 +564,12 @@ def _piece(result):
 
 
 REPEATED_SHAPES = st.sampled_from([
-    "step {i} | loss {v} | lr 1e-4", "iter {i}: loss {v}, time {v}ms, mfu {v}%", "Step {i}: KD Raw: {v}, Temperature²: 9.0",
+    "step {i} | loss {v} | lr 1e-4", "iter {i}: loss {v}, time {v}ms, mfu {v}%",
+    "Step {i}: KD Raw: {v}, Temperature²: 9.0",
     " iteration {i}/ 100 | lm loss: {v} | loss scale: 4.0 | number of nan iterations: 0 |", "{i} train {v}",
     "[Eval] loss: {v}, ppl: {v}", "validation loss: {v}", "[fp16] overflow: skipping step, loss scale {v} -> {v}",
-    "[Warning] lm_loss produced non-finite value (nan); clamping to zero.", "x{v}y {i}", "step {i} | loss {v}-{v}"])
+    "[Warning] lm_loss produced non-finite value (nan); clamping to zero.", "x{v}y {i}", "step {i} | loss {v}-{v}",
+    "\r {v}%|##| {i}/100 [00:01<00:02, {v}it/s]\rstep {i} | loss {v}"])
 NUMBERS = st.sampled_from(["1", "2.5", "-0.5", "1e-4", "3.", ".25", "12E+3", "007", "nan", "1.2.3", "4-5"])
 
 
