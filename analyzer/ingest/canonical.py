@@ -42,7 +42,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
         if path.name == CONFIG:
             config = _json_object(path, file, out)
             if config is not None:
-                out.add_hparams(configs.flatten(config), file)
+                out.add_hparams(configs.bounded(config), file)
         elif path.name == PROVENANCE:
             provenance = _json_object(path, file, out)
             # run.json is provenance (status, command, versions): only the seed is a hyperparameter;

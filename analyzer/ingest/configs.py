@@ -17,6 +17,7 @@ MAX_NAMED_BYTES = 1024 * 1024  # a config named as one is at most this big; larg
 MAX_UNNAMED_BYTES = 16 * 1024  # an unnamed JSON/YAML is parsed in sniff only when this small
 MAX_HPARAMS = 2000  # flattened keys kept per file: a config, not a dataset
 MAX_DEPTH = 12
+MAX_NODES = 20 * MAX_HPARAMS  # keys visited per file, leaves or not: nested aliases of empty mappings end too
 MIN_KNOWN_KEYS = 2  # an unnamed file must hold this many known hyperparameters (lr, batch_size, ...)
 
 # File stems that hold training hyperparameters.
@@ -78,7 +79,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
         if not isinstance(value, Mapping):
             out.notes.append(Note(file, "not a mapping of settings; not read"))
             continue
-        out.add_hparams(flatten(value), file)
+        out.add_hparams(bounded(value), file)
     return out
 
 
@@ -156,30 +157,46 @@ def _tolerant_loader():
 
 
 def flatten(value: Mapping, limit: int = MAX_HPARAMS) -> dict[str, Any]:
-    """A nested config as {"a.b.c": leaf}, bounded in depth and size (YAML aliases can nest without end).
-
-    W&B's `{key: {desc: ..., value: v}}` entries are unwrapped; numbers that YAML 1.1 left as text (`1e-4`)
-    become numbers.
-    """
+    """A nested config as {"a.b.c": leaf} (see `bounded`), for counting the settings a file holds."""
     out: dict[str, Any] = {}
 
-    def walk(node: Mapping, prefix: str, depth: int) -> None:
+    def walk(node: Mapping, prefix: str) -> None:
         for key, item in node.items():
-            if len(out) >= limit:
-                return
-            name = f"{prefix}{key}"
+            if isinstance(item, Mapping):
+                walk(item, f"{prefix}{key}.")
+            else:
+                out[f"{prefix}{key}"] = item
+
+    walk(bounded(value, limit), "")
+    return out
+
+
+def bounded(value: Mapping, limit: int = MAX_HPARAMS) -> dict[str, Any]:
+    """A copy of a nested config cut to MAX_DEPTH levels and `limit` leaves (YAML aliases can nest without end),
+    ready for `Ingested.add_hparams`. W&B's `{key: {desc: ..., value: v}}` entries are unwrapped, label maps
+    dropped, and numbers that YAML 1.1 left as text (`1e-4`) become numbers."""
+    leaves = nodes = 0
+
+    def walk(node: Mapping, depth: int) -> dict[str, Any]:
+        nonlocal leaves, nodes
+        out: dict[str, Any] = {}
+        for key, item in node.items():
+            nodes += 1
+            if leaves >= limit or nodes >= MAX_NODES:
+                break
             if str(key) in SKIPPED_KEYS:
                 continue
             if isinstance(item, Mapping) and "value" in item and set(item) <= {"value", "desc"}:
                 item = item["value"]
             if isinstance(item, Mapping):
                 if depth < MAX_DEPTH:
-                    walk(item, f"{name}.", depth + 1)
+                    out[str(key)] = walk(item, depth + 1)
             else:
-                out[name] = _number_text(item)
+                out[str(key)] = _number_text(item)
+                leaves += 1
+        return out
 
-    walk(value, "", 0)
-    return out
+    return walk(value, 0)
 
 
 def _number_text(value: Any) -> Any:

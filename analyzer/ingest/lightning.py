@@ -92,4 +92,4 @@ def _read_hparams(path: Path, file: str, out: Ingested) -> None:
         if value not in ("", [], {}):
             out.notes.append(Note(file, "not a mapping of hyperparameters; not read"))
         return
-    out.add_hparams(configs.flatten(value), file)
+    out.add_hparams(configs.bounded(value), file)

@@ -116,3 +116,12 @@ def test_deeply_nested_json_does_not_crash(tmp_path):
     path = write(tmp_path, "config.json", "[" * 100000 + "]" * 100000)
     piece = configs.read([path], tmp_path)
     assert not piece.hparams and piece.notes
+
+
+def test_yaml_alias_bomb_of_mappings_without_leaves_is_bounded(tmp_path):
+    bomb = "a: &a {}\n" + "".join(f"{c}: &{c} {{{', '.join(f'k{i}: *{p}' for i in range(9))}}}\n"
+                                  for p, c in zip("abcdefghijk", "bcdefghijkl"))
+    path = write(tmp_path, "config.yaml", bomb)
+    start = time.perf_counter()
+    configs.read([path], tmp_path)
+    assert time.perf_counter() - start < 2
