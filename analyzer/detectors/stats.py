@@ -361,11 +361,11 @@ class EffectiveBatch:
 
 def effective_batch(run: Run) -> EffectiveBatch | None:
     """batch_size x grad_accum x world_size (or global_batch_size when that is all the run says); None if unknown."""
-    batch = _as_int(run.hparam("batch_size"))
-    accum = _as_int(run.hparam("grad_accum")) or 1
-    world = _as_int(run.hparam("world_size")) or 1
-    block = _as_int(run.hparam("block_size"))
-    global_batch = _as_int(run.hparam("global_batch_size"))
+    batch = _positive_int(run.hparam("batch_size"))
+    accum = _positive_int(run.hparam("grad_accum")) or 1
+    world = _positive_int(run.hparam("world_size")) or 1
+    block = _positive_int(run.hparam("block_size"))
+    global_batch = _positive_int(run.hparam("global_batch_size"))
     if batch:
         sequences = batch * accum * world
         source = "batch_size x grad_accum x world_size"
@@ -375,8 +375,8 @@ def effective_batch(run: Run) -> EffectiveBatch | None:
         return None
     return EffectiveBatch(sequences=sequences, batch_size=batch, grad_accum=accum, world_size=world,
                           tokens=sequences * block if block else None, source=source,
-                          grad_accum_known=bool(batch is None or _as_int(run.hparam("grad_accum"))),
-                          world_size_known=bool(batch is None or _as_int(run.hparam("world_size"))))
+                          grad_accum_known=bool(batch is None or _positive_int(run.hparam("grad_accum"))),
+                          world_size_known=bool(batch is None or _positive_int(run.hparam("world_size"))))
 
 
 # --- run facts -------------------------------------------------------------------------------------------------------
@@ -424,6 +424,12 @@ def _as_float(value: Any) -> float | None:
 def _as_int(value: Any) -> int | None:
     out = _as_float(value)
     return int(out) if out is not None and out == int(out) else None
+
+
+def _positive_int(value: Any) -> int | None:
+    """A count (batch size, accumulation steps, ...): a positive integer, else None (0, negative, not a number)."""
+    out = _as_int(value)
+    return out if out is not None and out > 0 else None
 
 
 def fmt_num(value: float | None, digits: int = 3) -> str:
