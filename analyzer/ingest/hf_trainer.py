@@ -291,18 +291,20 @@ def _blind_spots(states: list[_State], out: Ingested) -> None:
 
 
 def _training_args(states: list[_State], root: Path, out: Ingested) -> None:
-    """training_args.bin is a pickle: never loaded. Say what that hides, and how to give us the arguments."""
+    """The training arguments are not in trainer_state.json, and training_args.bin is a pickle (never loaded):
+    say what that hides, and how to give us the arguments."""
     folders = sorted({st.path.parent for st in states} | ({root} if root.is_dir() else set()), key=str)
-    pickles = [f / TRAINING_ARGS_PICKLE for f in folders if (f / TRAINING_ARGS_PICKLE).is_file()]
-    if not pickles:
-        return
     if any((f / name).is_file() for f in folders for name in JSON_ARGS):
-        return  # the same arguments as JSON are read by the config reader
-    out.blind_spots.append(BlindSpot(
-        "Training arguments (learning rate schedule, gradient accumulation, clipping, world size) were not read: "
-        "training_args.bin is a pickle and is never loaded. Save them as JSON beside the run, e.g. "
-        "`open('training_args.json', 'w').write(trainer.args.to_json_string())`",
-        affects=HPARAM_AFFECTED_BY_ARGS))
+        return  # the arguments as JSON are read by the config reader
+    how = ("Save them as JSON beside the run, e.g. "
+           "`open('training_args.json', 'w').write(trainer.args.to_json_string())`")
+    if any((f / TRAINING_ARGS_PICKLE).is_file() for f in folders):
+        message = ("Training arguments (gradient accumulation, clipping, world size, schedule) were not read: "
+                   f"training_args.bin is a pickle and is never loaded. {how}")
+    else:
+        message = ("trainer_state.json holds the per-device batch size only: gradient accumulation, clipping and "
+                   f"world size were not saved with this run. {how}")
+    out.blind_spots.append(BlindSpot(message, affects=HPARAM_AFFECTED_BY_ARGS))
 
 
 def _relative(path: Path, root: Path) -> str:

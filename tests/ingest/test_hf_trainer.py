@@ -212,3 +212,9 @@ def test_training_args_pickle_is_never_loaded(tmp_path):
     (tmp_path / "training_args.json").write_text('{"learning_rate": 0.1}')  # the JSON form is read instead
     again = hf_trainer.read([tmp_path / "trainer_state.json"], tmp_path)
     assert not any("training_args.bin" in b.message for b in again.blind_spots)
+
+
+def test_real_state_without_arguments_says_the_effective_batch_is_unknown(real_runs):
+    run = read_dir(real_runs / "hf_grpo_zero_loss_by_design")
+    (spot,) = [b for b in run.blind_spots if "per-device batch size only" in b.message]
+    assert "small-effective-batch" in spot.affects and run.hparam("batch_size") == 16
