@@ -206,7 +206,10 @@ def _write(run, diagnosis, target: Path, formats: list[str], fail_on: str) -> No
     from analyzer.report import github_summary, terminal_summary, write_reports
 
     click.echo(run_overview(run))
-    click.echo(terminal_summary(diagnosis, color=_color()))
+    import shutil
+
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 120  # CI logs are wide
+    click.echo(terminal_summary(diagnosis, color=_color(), width=max(60, width)))
     written = write_reports(run, diagnosis, target, formats, fail_on)
     if written:
         click.echo(f"reports: {', '.join(str(p) for p in written)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 
 from analyzer.findings import Diagnosis
 from analyzer.report.model import fix_line, recommendations, verdict
@@ -42,10 +43,14 @@ def summary(diagnosis: Diagnosis, color: bool, width: int = 100) -> str:
         message_w = max(MIN_MESSAGE, width - (1 + sev_w + 2 + name_w + 2 + steps_w + 2))
         header = f" {'SEVERITY':<{sev_w}}  {'FINDING':<{name_w}}  {'STEPS':<{steps_w}}  MESSAGE"
         lines.append(paint("dim", header))
+        indent = " " * (width - message_w)
         for severity, name, steps, message, is_root in rows:
             mark = ROOT_MARK if is_root else " "
+            # The message is what the user came for: wrap it under its column rather than cut it.
+            first, *rest = textwrap.wrap(message, message_w) or [""]
             lines.append(f"{mark}{paint(severity, f'{severity:<{sev_w}}')}  {clip(name, name_w):<{name_w}}  "
-                         f"{clip(steps, steps_w):<{steps_w}}  {clip(message, message_w)}")
+                         f"{clip(steps, steps_w):<{steps_w}}  {first}")
+            lines.extend(indent + more for more in rest)
         if roots:
             lines.append(paint("dim", f"{ROOT_MARK} root cause"))
     worst = diagnosis.worst()
