@@ -50,6 +50,8 @@ CAUSES: tuple[tuple[str, str], ...] = (
     ("loss-spike", "loss-plateau"),
     ("loss-spike", "throughput-drop"),
     ("loss-divergence", "nonfinite-onset"),
+    ("loss-spike", "loss-divergence"),  # a spike that does not come back is where a divergence starts
+    ("distill-temperature-blowup", "loss-plateau"),  # the T^2-inflated KD term drowns the LM loss, which stalls
 )
 
 # Findings that describe a setting of the run hold from its first step, whatever step they cite.
