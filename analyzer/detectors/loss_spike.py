@@ -187,7 +187,7 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
     else:
         severity = Severity.WARNING
         last_step = int(steps[sp.end])
-        recovery = f"and came back near its level after {last_step - onset} steps"
+        recovery = f"and was back near its level at step {last_step}, {last_step - onset} steps later"
         metrics.update(recovered=True, recovery_steps=last_step - onset)
 
     grad_text, grad_peak_step = "", None

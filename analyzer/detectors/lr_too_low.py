@@ -20,7 +20,7 @@ How it decides:
     finding, low confidence: a loss can also stall for reasons the lr does not cure.
 What it recommends:
     Raise the peak `lr` by a factor from the data: towards an update ratio of 1e-3 (1e-3 / ratio, between x2 and
-    x10 for tiny ratios, x2 to x4 on a plateau), else x2 (a loss that falls linearly with small steps falls
+    x10), else x2 (a loss that falls linearly with small steps falls
     about twice as fast at twice the lr). With a long warmup (over `long_warmup` of the steps), `warmup_ratio`
     0.06 so the peak lr is reached sooner (seed 001: 0.1 -> 0.06).
 Parameters:
@@ -57,7 +57,7 @@ LONG_WARMUP = 0.08
 SHORT_WARMUP = 0.06  # the warmup_ratio seed 001 moved to, common for BERT-style pretraining (RoBERTa: 6%)
 MIN_POINTS = 10
 TINY_FACTOR = (2.0, 10.0)
-PLATEAU_FACTOR = (2.0, 4.0)
+PLATEAU_FACTOR = (2.0, 10.0)
 DEFAULT_FACTOR = 2.0
 
 
