@@ -274,52 +274,56 @@ class Run:
     # -- metrics --
     @property
     def metrics(self) -> tuple[str, ...]:
-        return tuple(sorted(self._metric_slices()))
+        return tuple(sorted(self._latest_index()[1]))
 
     def has(self, metric: str) -> bool:
-        return metric in self._metric_slices()
+        return metric in self._latest_index()[1]
 
     def series(self, metric: str, rank: int | None = None) -> pd.Series:
         """Values of one metric indexed by step, sorted; where a restart repeats steps, the newest segment wins."""
-        rows = self._latest_of(metric)
+        rows = self._latest_rows(metric)
+        ranks = self._column("rank")[rows]
         if rank is None and len(rows):
-            rank = int(rows["rank"].min())
-        rows = rows[rows["rank"] == rank]
-        return pd.Series(rows["value"].to_numpy(), index=pd.Index(rows["step"].to_numpy(), name="step"), name=metric)
+            rank = int(ranks.min())
+        rows = rows[ranks == rank]
+        return pd.Series(self._column("value")[rows], index=pd.Index(self._column("step")[rows], name="step"),
+                         name=metric)
 
     def point(self, metric: str, step: int) -> tuple[str, int] | None:
         """(file, line) of the point that `series(metric)` holds at `step`, for evidence."""
-        rows = self._latest_of(metric)
-        hit = rows[rows["step"] == step]
+        rows = self._latest_rows(metric)
+        hit = rows[self._column("step")[rows] == step]
         if not len(hit):
             return None
-        row = hit.iloc[-1]
-        return self.sources[int(row["source"])], int(row["line"])
+        row = hit[-1]
+        return self.sources[int(self._column("source")[row])], int(self._column("line")[row])
 
     def _latest(self) -> pd.DataFrame:
+        """latest_points(scalars), built on demand: lookups go through `_latest_index` without copying rows."""
         cached = self.__dict__.get("_latest_cache")
         if cached is None:
-            cached = latest_points(self.scalars)
+            cached = self.scalars.iloc[self._latest_index()[0]]
             object.__setattr__(self, "_latest_cache", cached)
         return cached
 
-    def _metric_slices(self) -> dict[str, slice]:
-        """Where each metric's rows lie in `_latest()`, which is sorted by metric: one scan, not one per lookup."""
-        cached = self.__dict__.get("_slices_cache")
+    def _latest_index(self) -> tuple[np.ndarray, dict[str, slice]]:
+        """(positions of latest_points' rows in `scalars`, where each metric's rows lie among them): one pass."""
+        cached = self.__dict__.get("_index_cache")
         if cached is None:
-            latest = self._latest()
-            codes, names = pd.factorize(latest["metric"])  # already grouped: codes rise in runs
-            bounds = np.flatnonzero(np.diff(codes)) + 1 if len(codes) else np.zeros(0, dtype="int64")
-            starts = np.concatenate(([0], bounds)).astype("int64") if len(codes) else bounds
-            ends = np.append(starts[1:], len(codes)).astype("int64")
-            cached = {str(names[codes[a]]): slice(int(a), int(b)) for a, b in zip(starts, ends)}
-            object.__setattr__(self, "_slices_cache", cached)
+            cached = latest_index(self.scalars)
+            object.__setattr__(self, "_index_cache", cached)
         return cached
 
-    def _latest_of(self, metric: str) -> pd.DataFrame:
-        where = self._metric_slices().get(metric)
-        latest = self._latest()
-        return latest.iloc[where] if where is not None else latest.iloc[0:0]
+    def _latest_rows(self, metric: str) -> np.ndarray:
+        positions, slices = self._latest_index()
+        where = slices.get(metric)
+        return positions[where] if where is not None else positions[:0]
+
+    def _column(self, name: str) -> np.ndarray:
+        cache = self.__dict__.setdefault("_column_cache", {})
+        if name not in cache:
+            cache[name] = self.scalars[name].to_numpy()
+        return cache[name]
 
     @property
     def first_step(self) -> int | None:
@@ -339,14 +343,21 @@ class Run:
 
 
 def latest_points(scalars: pd.DataFrame) -> pd.DataFrame:
-    """One row per (metric, split, rank, step): the last one written, so a resumed segment replaces the old one.
+    """One row per (metric, split, rank, step): the last one written, so a resumed segment replaces the old one."""
+    return scalars.iloc[latest_index(scalars)[0]]
 
-    Sorted by metric, rank, step (stable). Done on integer codes, group by group, because a series is nearly
-    always in step order already: no string comparisons and no full sort over millions of rows.
+
+def latest_index(scalars: pd.DataFrame) -> tuple[np.ndarray, dict[str, slice]]:
+    """Positions of latest_points' rows, sorted by metric, rank, step (stable), and each metric's slice of them.
+
+    Done on integer codes, group by group, because a series is nearly always in step order already: no string
+    comparisons and no full sort over millions of rows.
     """
     if not len(scalars):
-        return scalars
-    group = _group_codes(scalars["metric"], scalars["rank"], sort=True)
+        return np.zeros(0, dtype="int64"), {}
+    metric_codes, metric_names = pd.factorize(scalars["metric"], sort=True)
+    rank_codes, ranks = pd.factorize(scalars["rank"], sort=True)
+    group = metric_codes.astype("int64") * max(len(ranks), 1) + rank_codes
     order = _stable_order(group)
     steps = scalars["step"].to_numpy()
     g, s = group[order], steps[order]
@@ -358,7 +369,12 @@ def latest_points(scalars: pd.DataFrame) -> pd.DataFrame:
         g, s = group[order], steps[order]
     last_of_step = np.ones(len(order), dtype=bool)
     last_of_step[:-1] = (g[1:] != g[:-1]) | (s[1:] != s[:-1])
-    return scalars.iloc[order[last_of_step]]
+    positions = order[last_of_step]
+    metric_of = metric_codes[positions]
+    starts = np.flatnonzero(np.r_[True, metric_of[1:] != metric_of[:-1]])
+    ends = np.r_[starts[1:], len(positions)]
+    slices = {str(metric_names[metric_of[a]]): slice(int(a), int(b)) for a, b in zip(starts, ends)}
+    return positions, slices
 
 
 def _group_codes(metric: pd.Series, rank: pd.Series, sort: bool) -> np.ndarray:
@@ -488,7 +504,7 @@ def _segments(scalars: pd.DataFrame, sources: list[str]) -> tuple[pd.DataFrame, 
     restarted[order] = restarted_sorted
     segment = np.empty(len(order), dtype="int64")
     segment[order] = segment_sorted
-    scalars = scalars.assign(segment=segment)
+    scalars["segment"] = segment  # scalars is build_run's own fresh frame: no need to copy it
     events = []
     if restarted.any():
         hits = scalars[restarted]
