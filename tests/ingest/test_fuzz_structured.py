@@ -183,8 +183,15 @@ def test_build_run_matches_the_plain_pandas_formulation(rows, with_split):
     run = build_run(Path("/x"), [piece])
     assert run.scalars["segment"].tolist() == reference_segments(run.scalars)
     assert run._latest().equals(reference_latest(run.scalars))
+    latest = reference_latest(run.scalars)
     for metric in set(run.scalars["metric"]):
-        rows_of = run.scalars[run.scalars["metric"] == metric]
-        assert run.has(metric) and run.series(metric).index.is_monotonic_increasing
-        assert len(run.series(metric)) == rows_of[rows_of["rank"] == rows_of["rank"].min()]["step"].nunique()
+        rows = latest[latest["metric"] == metric]
+        rows = rows[rows["rank"] == rows["rank"].min()]
+        expected = pd.Series(rows["value"].to_numpy(), index=pd.Index(rows["step"].to_numpy(), name="step"),
+                             name=metric)
+        assert run.has(metric) and run.series(metric).equals(expected)
+        for step in rows["step"].tolist()[:3]:
+            hit = latest[(latest["metric"] == metric) & (latest["step"] == step)].iloc[-1]
+            assert run.point(metric, step) == (run.sources[int(hit["source"])], int(hit["line"]))
+    assert not run.has("no such metric") and run.point("no such metric", 0) is None
     assert run.metrics == tuple(sorted(set(run.scalars["metric"])))
