@@ -47,6 +47,7 @@ class TrainConfig:
     # data
     branching: int = 4  # successors per token in the Markov chain: the language's difficulty
     dirichlet_alpha: float = 0.5  # concentration of each token's successor probabilities
+    language_factors: int = 0  # >1: a factorized code, vocab_size = base^K, each digit its own Markov chain
     fault_steps: tuple[int, ...] = ()  # [start, end): steps whose batches carry corrupted sequences
     fault_sequences: int = 0  # corrupted (uniform random) sequences in each faulty step's data; 0 = all
     # optimizer and schedule
@@ -77,6 +78,7 @@ class TrainConfig:
     log_interval: int = 1  # log train metrics every N steps
     eval_interval: int = 50  # evaluate every N steps (and at the last step)
     eval_iters: int = 4  # batches per evaluation
+    eval_batch_size: int = 0  # sequences per evaluation batch; 0 = batch_size (set it to compare batch sizes)
     checkpoint_interval: int = 0  # save a checkpoint every N steps; 0 = only at the end
 
     @property

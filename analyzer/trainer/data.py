@@ -13,11 +13,16 @@ EVAL_STREAM = 1_000_003  # offsets the eval batches' seeds far away from any tra
 class MarkovLanguage:
     """Each token has `branching` successors with Dirichlet probabilities: the best causal LM loss is the entropy rate."""
 
-    def __init__(self, vocab_size: int, branching: int, dirichlet_alpha: float, seed: int):
-        rng = np.random.default_rng([seed, 0])
+    def __init__(self, vocab_size: int, branching: int, dirichlet_alpha: float, seed: int, stream: int = 0,
+                 uniform: bool = False):
+        rng = np.random.default_rng([seed, stream])
         self.vocab_size = vocab_size
-        self.successors = rng.integers(0, vocab_size, size=(vocab_size, branching))
-        self.probs = rng.dirichlet(np.full(branching, dirichlet_alpha), size=vocab_size)
+        if uniform:  # P = sum_j w_j * permutation_j: doubly stochastic, so every token is equally frequent
+            self.successors = np.stack([rng.permutation(vocab_size) for _ in range(branching)], axis=1)
+            self.probs = np.tile(rng.dirichlet(np.full(branching, dirichlet_alpha)), (vocab_size, 1))
+        else:
+            self.successors = rng.integers(0, vocab_size, size=(vocab_size, branching))
+            self.probs = rng.dirichlet(np.full(branching, dirichlet_alpha), size=vocab_size)
         self.cumulative = np.cumsum(self.probs, axis=1)
         self.cumulative[:, -1] = 1.0  # guards the sampler against cumsum's rounding
         self.stationary = self._stationary()
@@ -53,6 +58,42 @@ class MarkovLanguage:
             j = (u[:, None] > self.cumulative[x[:, t - 1]]).sum(axis=1)
             x[:, t] = self.successors[x[:, t - 1], j]
         return x
+
+
+class FactorizedLanguage:
+    """A factorized code (as video tokenizers emit): token = sum_i d_i * base^i, each digit its own Markov chain.
+
+    A model whose embedding and tied head are sums over the same digits (seed 004's) can learn it; a plain Markov
+    chain over a large vocabulary has no structure in digit space, so such a model stays near ln V whatever it does.
+    Each digit chain is doubly stochastic, so all V tokens are equally frequent: the best loss without context is
+    exactly ln V, and any loss below ln V means the model uses the context (the seed's "loss stays at ln V").
+    """
+
+    def __init__(self, vocab_size: int, factors: int, branching: int, dirichlet_alpha: float, seed: int):
+        self.base = round(vocab_size ** (1.0 / factors))
+        if self.base**factors != vocab_size:
+            raise ValueError(f"vocab_size {vocab_size} is not a {factors}-th power (language_factors={factors})")
+        self.vocab_size = vocab_size
+        self.digits = [MarkovLanguage(self.base, branching, dirichlet_alpha, seed, stream=i + 1, uniform=True)
+                       for i in range(factors)]
+
+    def entropy_rate(self) -> float:
+        return sum(d.entropy_rate() for d in self.digits)
+
+    def transition_matrix(self) -> np.ndarray:
+        p = np.ones((1, 1))
+        for d in reversed(self.digits):  # the most significant digit is the last: kron puts it first
+            p = np.kron(p, d.transition_matrix())
+        return p
+
+    def sample(self, rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
+        return sum(d.sample(rng, batch, length) * self.base**i for i, d in enumerate(self.digits))
+
+
+def make_language(vocab_size: int, factors: int, branching: int, dirichlet_alpha: float, seed: int):
+    if factors > 1:
+        return FactorizedLanguage(vocab_size, factors, branching, dirichlet_alpha, seed)
+    return MarkovLanguage(vocab_size, branching, dirichlet_alpha, seed)
 
 
 def batch_rng(seed: int, rank: int, step: int, micro: int) -> np.random.Generator:

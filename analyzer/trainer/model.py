@@ -26,22 +26,37 @@ class Linear(nn.Linear):
 
 
 class FactorizedEmbedding(nn.Module):
-    """The sum of K small tables indexed by the K base-b digits of a token id (seed 004's video-token embedding)."""
+    """The sum of K small tables indexed by the K base-b digits of a token id (seed 004's video-token embedding).
 
-    def __init__(self, vocab_size: int, k: int, n_embd: int):
+    Ids past the vocabulary (the MLM's [MASK]) have their own vector, as in 1X's genie, so the digits of the real
+    tokens line up with those of a factorized language.
+    """
+
+    def __init__(self, vocab_size: int, k: int, n_embd: int, n_special: int = 0):
         super().__init__()
         self.base = math.ceil(vocab_size ** (1.0 / k) - 1e-9)
         self.tables = nn.ModuleList(nn.Embedding(self.base, n_embd) for _ in range(k))
+        self.special = nn.Embedding(n_special, n_embd) if n_special else None
         self.register_buffer("powers", self.base ** torch.arange(k), persistent=False)
         self.vocab_size = vocab_size
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        digits = (idx.unsqueeze(-1) // self.powers) % self.base
-        return sum(table(digits[..., i]) for i, table in enumerate(self.tables))
+        digits = (idx.clamp_max(self.vocab_size - 1).unsqueeze(-1) // self.powers) % self.base
+        emb = sum(table(digits[..., i]) for i, table in enumerate(self.tables))
+        if self.special is None:
+            return emb
+        extra = idx >= self.vocab_size
+        special = self.special((idx - self.vocab_size).clamp_min(0))
+        return torch.where(extra.unsqueeze(-1), special, emb)
 
-    def full_weight(self) -> torch.Tensor:
-        """The V x n_embd matrix the sum represents, for an output head tied to it."""
-        return self.forward(torch.arange(self.vocab_size, device=self.powers.device))
+    def tied_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """x @ W.T for W the V x n_embd matrix the sum represents, built as an outer sum of the per-table scores
+        x @ table_i.T over the digits (the same logits, without a V x n_embd matrix and its backward per forward)."""
+        scores = [x @ table.weight.t() for table in self.tables]
+        logits = scores[-1]  # the most significant digit first, so the flattened index is the token id
+        for digit_scores in reversed(scores[:-1]):
+            logits = (logits.unsqueeze(-1) + digit_scores.unsqueeze(-2)).flatten(-2)
+        return logits[..., : self.vocab_size]
 
 
 class Block(nn.Module):
@@ -74,7 +89,8 @@ class Transformer(nn.Module):
         causal = cfg.model in ("gpt", "kd")
         n_inputs = cfg.vocab_size + (0 if causal else 1)  # the MLM's extra id is [MASK]
         if cfg.n_factorized_embeddings > 1:
-            self.tok_emb = FactorizedEmbedding(n_inputs, cfg.n_factorized_embeddings, cfg.n_embd)
+            self.tok_emb = FactorizedEmbedding(cfg.vocab_size, cfg.n_factorized_embeddings, cfg.n_embd,
+                                               n_special=n_inputs - cfg.vocab_size)
         else:
             self.tok_emb = nn.Embedding(n_inputs, cfg.n_embd)
         self.pos_emb = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -106,8 +122,11 @@ class Transformer(nn.Module):
         x = self.ln_f(x)
         if self.head is not None:
             return self.head(x)
-        emb = self.tok_emb.full_weight() if isinstance(self.tok_emb, FactorizedEmbedding) else self.tok_emb.weight
-        return fp16_round(x @ emb[: self.cfg.vocab_size].t(), self.cfg.precision == "fp16")
+        if isinstance(self.tok_emb, FactorizedEmbedding):
+            logits = self.tok_emb.tied_logits(x)
+        else:
+            logits = x @ self.tok_emb.weight[: self.cfg.vocab_size].t()
+        return fp16_round(logits, self.cfg.precision == "fp16")
 
 
 class BigramTeacher(nn.Module):

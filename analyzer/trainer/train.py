@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from analyzer.trainer.config import TrainConfig, config_to_dict
-from analyzer.trainer.data import EVAL_STREAM, MarkovLanguage, batch_rng, corrupt, mlm_inputs
+from analyzer.trainer.data import EVAL_STREAM, batch_rng, corrupt, make_language, mlm_inputs
 from analyzer.trainer.model import BigramTeacher, Transformer
 
 WRITER = "postmortem reference trainer"  # run.json's "writer": how reproduce-run knows a run dir is ours
@@ -246,7 +246,7 @@ def _loop(cfg: TrainConfig, out_dir: Path, rank: int, stop_step: int | None, wri
         (out_dir / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
     log, event = writer.log, writer.event
 
-    lang = MarkovLanguage(cfg.vocab_size, cfg.branching, cfg.dirichlet_alpha, cfg.data_seed)
+    lang = make_language(cfg.vocab_size, cfg.language_factors, cfg.branching, cfg.dirichlet_alpha, cfg.data_seed)
     model = Transformer(cfg)
     teacher = None
     if cfg.model == "kd":
@@ -277,7 +277,9 @@ def _loop(cfg: TrainConfig, out_dir: Path, rank: int, stop_step: int | None, wri
         f"(ln V = {math.log(cfg.vocab_size):.4f})")
     if cfg.comment:
         log(f"note: {cfg.comment}")
-    log(f"language: Markov chain, {cfg.branching} successors per token, entropy rate "
+    kind = (f"{cfg.language_factors} independent Markov chains over base-{lang.base} digits"
+            if cfg.language_factors > 1 else "Markov chain")
+    log(f"language: {kind}, {cfg.branching} successors per {'digit' if cfg.language_factors > 1 else 'token'}, entropy rate "
         f"{lang.entropy_rate():.4f} nats/token (the best causal LM loss)")
     log(f"batch {cfg.batch_size} x accum {cfg.grad_accum} x world {cfg.world_size} = effective "
         f"{cfg.effective_batch} sequences of {cfg.block_size} tokens; {cfg.optimizer} lr {cfg.lr:g} "
@@ -289,7 +291,7 @@ def _loop(cfg: TrainConfig, out_dir: Path, rank: int, stop_step: int | None, wri
         with torch.no_grad(), autocast():
             for i in range(cfg.eval_iters):
                 rng = batch_rng(cfg.seed, EVAL_STREAM, i, 0)
-                x = lang.sample(rng, cfg.batch_size, length)
+                x = lang.sample(rng, cfg.eval_batch_size or cfg.batch_size, length)
                 out = compute_loss(cfg, model, teacher, x, rng, temperature, lambda _line: None)
                 losses.append(out["loss"].item())
         model.train()
