@@ -413,7 +413,10 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
             if file not in sources:
                 sources.append(file)
             frames.append(_normalise_frame(frame, sources.index(file)))
-    scalars = pd.concat(frames, ignore_index=True) if frames else empty_scalars()
+    if len(frames) == 1:  # the usual single log: its frame is already ours, with a fresh 0..n-1 index
+        scalars = frames[0]
+    else:
+        scalars = pd.concat(frames, ignore_index=True) if frames else empty_scalars()
     scalars, restarts = _segments(scalars, sources)
 
     hparams: dict[str, HParam] = {}
