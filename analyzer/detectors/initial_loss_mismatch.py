@@ -1,30 +1,30 @@
 """Initial loss mismatch: the first losses are far from chance level, ln(vocab_size) or ln(num_classes).
 
 What it detects:
-    A freshly initialised classifier or language model predicts close to the uniform distribution, so its first
-    loss is close to ln(number of classes): ln(65536) = 11.1 for seed 004's vocabulary. This detector compares
-    the first logged losses with that value. Far ABOVE it: the initial logits are too large (an init std too
-    big for the width, summed embeddings that add their variances, an unscaled output layer). Far BELOW it at
-    the very start of a from-scratch run: the model sees the answer (labels leak into the inputs) or the loss is
-    not the cross-entropy it claims to be.
+    A freshly initialised classifier or language model predicts close to the uniform distribution, so its first loss
+    is close to ln(number of classes): ln(65536) = 11.1 for seed 004's vocabulary. This detector compares the first
+    logged losses with that value. Far ABOVE it: the initial logits are too large (an init std too big for the
+    width, summed embeddings that add their variances, an unscaled output layer). Far BELOW it at the very start of
+    a from-scratch run: the model sees the answer (labels leak into the inputs) or the loss is not the cross-entropy
+    it claims to be.
 Why it matters:
-    An initial loss above chance means the network starts confidently wrong: the first hundreds of steps are
-    spent shrinking logits instead of learning, gradients are large and training often stalls or spikes. An
-    initial loss below chance before any training is a bug that makes every later number meaningless.
+    An initial loss above chance means the network starts confidently wrong: the first hundreds of steps are spent
+    shrinking logits instead of learning, gradients are large and training often stalls or spikes. An initial loss
+    below chance before any training is a bug that makes every later number meaningless.
 How it decides:
-    Chance level is ln(num_classes) or ln(vocab_size) from the hparams (base 2 where the log reports base-2
-    loss); without them the detector is skipped. The initial loss is the median of the logged points in the
-    first `initial_steps` steps (at most 5 points); if the log's first point comes later than that, the start is
-    not visible and the detector is skipped. Above: initial loss more than `above` (relative) over chance; the
-    excess also gives the implied standard deviation of the initial logits, s = sqrt(2 x excess) (for Gaussian
-    logits the expected cross-entropy is about ln V + s^2 / 2). Below: more than `below` under chance, judged
-    only when the run is known to train from scratch (the reference trainer, or an `init_std` with no
-    pretrained model path in the config), because a fine-tuned model rightly starts below chance.
+    Chance level is ln(num_classes) or ln(vocab_size) from the hparams (base 2 where the log reports base-2 loss);
+    without them the detector is skipped. The initial loss is the median of the logged points in the first
+    `initial_steps` steps (at most 5 points); if the log's first point comes later than that, the start is not
+    visible and the detector is skipped. Above: initial loss more than `above` (relative) over chance; the excess
+    also gives the implied standard deviation of the initial logits, s = sqrt(2 x excess) (for Gaussian logits the
+    expected cross-entropy is about ln V + s^2 / 2). Below: more than `below` under chance, judged only when the run
+    is known to train from scratch (the reference trainer, or an `init_std` with no pretrained model path in the
+    config), because a fine-tuned model rightly starts below chance.
 What it recommends:
-    Above: scale `init_std` down so the implied logit std falls to about 0.5 (factor 0.5 / s, never more than
-    x0.7), and, where the model sums K factorized embeddings without scaling, `scale_factorized_init` = true
-    (std / sqrt(K), seed 004); the init-variance detector checks the weights themselves. Below: no setting can
-    fix it; the message says to check labels and loss.
+    Above: scale `init_std` down so the implied logit std falls to about 0.5 (factor 0.5 / s, never more than x0.7),
+    and, where the model sums K factorized embeddings without scaling, `scale_factorized_init` = true (std /
+    sqrt(K), seed 004); the init-variance detector checks the weights themselves. Below: no setting can fix it; the
+    message says to check labels and loss.
 Parameters:
     above (default 0.1): relative excess over chance that counts as far above (0.1 = +10%).
     below (default 0.25): relative shortfall under chance that counts as far below (0.25 = -25%).

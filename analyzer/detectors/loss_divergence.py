@@ -1,13 +1,13 @@
 """Loss divergence: a sustained rise of the training loss far above the lowest level it had reached.
 
 What it detects:
-    The training loss climbs well above the lowest level it had reached and stays there for a long stretch
-    (or until the log ends), whether the climb was gradual or began with a jump. It is judged on a running
-    median, so single spikes that come back are not a divergence (that is loss-spike's job).
+    The training loss climbs well above the lowest level it had reached and stays there for a long stretch (or until
+    the log ends), whether the climb was gradual or began with a jump. It is judged on a running median, so single
+    spikes that come back are not a divergence (that is loss-spike's job).
 Why it matters:
-    A loss that ends far above its own minimum means the weights got worse: training is undoing itself (lr too
-    high for the current curvature, an instability after a spike, fp16 overflow, corrupted data or state).
-    Every step after the onset is wasted and the last checkpoints are worse than earlier ones.
+    A loss that ends far above its own minimum means the weights got worse: training is undoing itself (lr too high
+    for the current curvature, an instability after a spike, fp16 overflow, corrupted data or state). Every step
+    after the onset is wasted and the last checkpoints are worse than earlier ones.
 How it decides:
     The log-loss is smoothed by a centred running median over `window_steps` steps (converted to logged points,
     between `min_window` and `max_window`). A point is raised when its smoothed level is more than `min_rise`
@@ -17,9 +17,8 @@ How it decides:
     from. Severity: critical when the log ends still raised (the run ended diverged), warning when the loss came
     back down later. A rise during the first `min_points` points (before any minimum exists) is not judged.
 What it recommends:
-    Restart from the last checkpoint before the onset (named when one exists), with the peak lr lowered by
-    x0.5 (the usual step after a divergence, e.g. OPT-175B's restarts) and gradient clipping at 1.0 when none is
-    set.
+    Restart from the last checkpoint before the onset (named when one exists), with the peak lr lowered by x0.5 (the
+    usual step after a divergence, e.g. OPT-175B's restarts) and gradient clipping at 1.0 when none is set.
 Parameters:
     window_steps (default 500): steps of the running median that smooths the loss.
     min_window (default 5): fewest points in the running median.

@@ -1,29 +1,27 @@
 """Loss oscillation: the training loss swings up and down by large relative amounts instead of trending.
 
 What it detects:
-    A stretch of at least `min_swings` successive changes of the training loss that alternate in direction
-    (at least `min_sign_changes` of successive changes reverse) with a typical size of at least `min_swing`
-    (relative), larger than the trend over the same stretch and, where the log is dense enough to tell, far
-    larger than the point-to-point noise. Seed 002: 28.19, 22.34, 27.64, 27.60, 22.31, 19.97, 28.34 every 100
-    steps.
+    A stretch of at least `min_swings` successive changes of the training loss that alternate in direction (at least
+    `min_sign_changes` of successive changes reverse) with a typical size of at least `min_swing` (relative), larger
+    than the trend over the same stretch and, where the log is dense enough to tell, far larger than the
+    point-to-point noise. Seed 002: 28.19, 22.34, 27.64, 27.60, 22.31, 19.97, 28.34 every 100 steps.
 Why it matters:
     A loss that goes back and forth is not converging: updates overshoot (lr too high for the curvature or the
     batch, a loss term inflated by a factor such as T^2 in distillation), or two objectives fight. Steps spent
     oscillating are lost, and an oscillation is often the prelude to a NaN.
 How it decides:
     The log of the loss is summarised at several scales: medians of bins of 1, 2, 4, 8, ... points (at least
-    `min_swings` + 1 bins). At each scale the successive changes d of the bin medians are detrended by their
-    rolling mean (the net change per bin over the window, which telescopes to a difference of two medians); their
-    typical size is the rolling median of |d - trend|, and the fraction of successive
-    changes that reverse sign is counted over the same rolling window of `min_swings` + 2 changes. A stretch
-    oscillates when the size is at least `min_swing`, the trend per bin is under half of it, the sign reverses
-    in at least `min_sign_changes` of the changes, and (for bins of 2+ points) the size is at least `noise_units`
-    times the standard error of a bin median computed from the scatter inside the bins, so that plain noise of
-    a small batch is never called an oscillation. Point-level swings (bins of 1) are judged only on short logs
-    (at most `short_log` points, like seed 002's 7 points), where no noise estimate is possible; on long logs the
-    noise is measured. A swing must also exceed five rounding steps of the logged values. The longest oscillating
-    stretch over all scales is reported. Single spikes do not count:
-    medians ignore them.
+    `min_swings` + 1 bins). At each scale the successive changes d of the bin medians are detrended by their rolling
+    mean (the net change per bin over the window, which telescopes to a difference of two medians); their typical
+    size is the rolling median of |d - trend|, and the fraction of successive changes that reverse sign is counted
+    over the same rolling window of `min_swings` + 2 changes. A stretch oscillates when the size is at least
+    `min_swing`, the trend per bin is under half of it, the sign reverses in at least `min_sign_changes` of the
+    changes, and (for bins of 2+ points) the size is at least `noise_units` times the standard error of a bin median
+    computed from the scatter inside the bins, so that plain noise of a small batch is never called an oscillation.
+    Point-level swings (bins of 1) are judged only on short logs (at most `short_log` points, like seed 002's 7
+    points), where no noise estimate is possible; on long logs the noise is measured. A swing must also exceed five
+    rounding steps of the logged values. The longest oscillating stretch over all scales is reported. Single spikes
+    do not count: medians ignore them.
 What it recommends:
     Halve the lr (current from the hparams), the usual cure for overshooting updates; when the report links the
     oscillation to a cause (a distillation temperature, a too-small batch, lr-too-high), that cause's fix comes

@@ -2,37 +2,35 @@
 
 What it detects:
     A long stretch of training (at least `min_fraction` of the logged steps) over which the training loss (or,
-    separately, the eval loss) never improves by more than `min_improvement` below where the stretch began,
-    while the learning rate is past its warmup and still at least `min_lr_fraction` of its peak. A plateau AT
-    chance level (ln of the number of classes or of the vocabulary: the loss of a uniform guess) means the model
-    learns nothing at all.
+    separately, the eval loss) never improves by more than `min_improvement` below where the stretch began, while
+    the learning rate is past its warmup and still at least `min_lr_fraction` of its peak. A plateau AT chance level
+    (ln of the number of classes or of the vocabulary: the loss of a uniform guess) means the model learns nothing
+    at all.
 Why it matters:
-    Steps on a plateau are compute spent for nothing. A plateau early and high usually means the optimizer
-    cannot make progress (lr too low for the batch, bad initialization, a learning-rate/batch mismatch); a
-    plateau at chance level means the model predicts the uniform distribution: labels, loss wiring or a collapse
-    of the network, not slow learning. Slow progress at the end of a decay, or during warmup, is normal and is
-    not flagged.
+    Steps on a plateau are compute spent for nothing. A plateau early and high usually means the optimizer cannot
+    make progress (lr too low for the batch, bad initialization, a learning-rate/batch mismatch); a plateau at
+    chance level means the model predicts the uniform distribution: labels, loss wiring or a collapse of the
+    network, not slow learning. Slow progress at the end of a decay, or during warmup, is normal and is not flagged.
 How it decides:
-    The log of the loss over the eligible steps (after warmup; lr at least `min_lr_fraction` of its peak, from
-    the logged lr or from the hparams' schedule) is summarised by medians of up to 200 equal bins, which removes
-    point noise. For every bin, the stretch it starts runs until the first later bin that lies more than the
-    threshold below it; the threshold is `min_improvement` (relative), raised to 3 standard errors of a bin
-    median on noisy logs so that noise never ends a stretch by itself (the noise comes from second differences,
-    which a steady trend does not inflate; a series so noisy that the threshold would exceed 15% gets no
-    verdict). Training-loss bins hold at least 5 points. The longest stretch is a plateau when it
-    covers `min_fraction` of the logged steps and at least `min_points` logged points (`min_eval_points` for
-    eval loss), its last quarter is not lower than its first quarter by the threshold (with the smaller noise
-    allowance of quarter medians), and it does not rise more than `max_rise` (that is a divergence). Chance level is ln(num_classes)
-    or ln(vocab_size) from the hparams (base 2 for fairseq-style logs), or is implied when a loss sits within
-    0.2% of ln(k) for k <= 10. Severity: critical at chance level (within `chance_tolerance`) when the run ends
-    on it; warning when the run ends still on the plateau, or for a plateau at chance that the loss left later;
+    The log of the loss over the eligible steps (after warmup; lr at least `min_lr_fraction` of its peak, from the
+    logged lr or from the hparams' schedule) is summarised by medians of up to 200 equal bins (training-loss bins
+    hold at least 5 points), which removes point noise. For every bin, the stretch it starts runs until the first
+    later bin that lies more than the threshold below it. The threshold is `min_improvement` (relative), raised to 3
+    standard errors of a bin median on noisy logs so that noise never ends a stretch by itself; the noise comes from
+    second differences, which a steady trend does not inflate, and a series so noisy that the threshold would exceed
+    15% gets no verdict. The longest stretch is a plateau when it covers `min_fraction` of the logged steps and at
+    least `min_points` logged points (`min_eval_points` for eval loss), its last quarter is not lower than its first
+    quarter by the threshold (with the smaller noise allowance of quarter medians), and it does not rise more than
+    `max_rise` (that is a divergence). Chance level is ln(num_classes) or ln(vocab_size) from the hparams (base 2
+    for fairseq-style logs), or is implied when a loss sits within 0.2% of ln(k) for k <= 10; a distillation run's
+    total loss is not compared with it. Severity: critical at chance level (within `chance_tolerance`) when the run
+    ends on it; warning when the run ends still on the plateau, or for a plateau at chance that the loss left later;
     info when the loss improved again later, or when the log is so noisy that the allowance exceeds twice
     `min_improvement` (slow progress could hide under the noise).
 What it recommends:
-    Nothing by itself: the plateau is a symptom. Its cause, with numeric fixes, comes from lr-too-low,
-    lr-too-high, small-effective-batch, init-variance or initial-loss-mismatch, which the report links to it.
-    At chance level the message says so, since the fix is in the data, labels or loss rather than in the
-    schedule.
+    Nothing by itself: the plateau is a symptom. Its cause, with numeric fixes, comes from lr-too-low, lr-too-high,
+    small-effective-batch, init-variance or initial-loss-mismatch, which the report links to it. At chance level the
+    message says so, since the fix is in the data, labels or loss rather than in the schedule.
 Parameters:
     min_fraction (default 0.25): shortest plateau, as a fraction of the logged steps of that series.
     min_improvement (default 0.02): largest relative improvement (2%) that still counts as "not improving".
@@ -62,8 +60,8 @@ MAX_RISE = 0.1
 CHANCE_TOLERANCE = 0.01  # 1%: a 4-way classifier at 1.40 vs ln 4 = 1.386; an LM that learned unigrams is further
 MIN_POINTS = 12
 MIN_EVAL_POINTS = 5
-MAX_BINS = 200
-TRAIN_BIN = 5  # training-loss points per bin at least: one noisy point must not start or end a stretch  # bins of the judged stretch: keeps the all-pairs search at 200 x 200
+MAX_BINS = 200  # bins of the judged stretch: keeps the all-pairs search at 200 x 200
+TRAIN_BIN = 5  # training-loss points per bin at least: one noisy point must not start or end a stretch
 COARSE = 2.0  # a noise allowance over 2x min_improvement could hide real slow progress: info at most
 MAX_THRESHOLD = 0.15  # bins noisier than this cannot tell a plateau from slow progress
 BIN_SE_UNITS = 3.0  # a bin median must fall 3 standard errors before noise alone could end a stretch

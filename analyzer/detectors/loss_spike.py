@@ -1,46 +1,44 @@
 """Loss spike: a sudden, large, short rise of the training loss far above its recent robust level.
 
 What it detects:
-    A training loss point that jumps far above the local level of the loss within a few logged points: far in
-    units of the loss's own point-to-point noise AND by a large relative amount. Each spike is followed until the
-    loss returns near its pre-spike level (recovered, with the number of steps it took) or the log ends first
+    A training loss point that jumps far above the local level of the loss within a few logged points: far in units
+    of the loss's own point-to-point noise AND by a large relative amount. Each spike is followed until the loss
+    returns near its pre-spike level (recovered, with the number of steps it took) or the log ends first
     (persistent). A gradient-norm spike at or just before the loss spike is reported with it when grad_norm is
     logged.
 Why it matters:
     A spike throws away progress (the steps after it re-learn what was lost), often marks a bad batch or an
-    optimizer instability (Adam's second-moment estimate lags a sudden gradient), and a spike that does not
-    recover turns into a divergence. Large runs restart from a checkpoint before the spike and skip the batches
-    around it (PaLM skipped ~200-500 batches), lower the lr, or clip gradients harder.
+    optimizer instability (Adam's second-moment estimate lags a sudden gradient), and a spike that does not recover
+    turns into a divergence. Large runs restart from a checkpoint before the spike and skip the batches around it
+    (PaLM skipped ~200-500 batches), lower the lr, or clip gradients harder.
 How it decides:
-    On the log of the loss (a +50% rise means the same at loss 2 and loss 20), each point is compared with the
-    level BEFORE it (so a spike never raises its own baseline): the median of the last 5 points (a longer median
-    would lag a falling loss; 5 points ignore up to two odd ones). Noise is the robust std of successive differences
-    of the log-loss over twice the `window_steps` steps before it (converted to logged points, between
-    `min_window` and `max_window`, doubled; never below `noise_floor`, nor, on logs of 20+ points, below 70% of
-    the whole run's noise). Each segment between restarts gets its own baseline (a resumed job's loss is not judged
-    against the steps of the process before it). A rise of a few rounding steps of the logged values (a loss
-    printed as 0.0001 / 0.0002) is never a spike. A
-    point is a spike when it is at least `z` noise units AND `min_rise` (relative) above that level, and the
-    rise is sudden: the point before it was less than half as far above the level. This is stricter than
-    Lightning Fabric's SpikeDetection (2x a running mean) or llm-foundry's KillLossSpike (2x the mean of 100
-    steps) on noisy runs and more sensitive on smooth ones; Megatron's ">10x the max so far" misses all but
-    catastrophic spikes. The spike has recovered at the first later point within max(2 noise units,
-    `min_rise`/2) of the pre-spike level; if the log ends first, it is persistent (critical once it has lasted
-    `persist_points` points, since a loss that does not come back is a divergence, not a blip). A
-    window-averaged log (HF Trainer averages the loss over the logging window) still shows a large spike as
-    one raised point; the message says the true per-step peak was higher. Losses that can be <= 0 (RL objectives)
-    are skipped.
+    On the log of the loss (a +50% rise means the same at loss 2 and loss 20), each point is compared with the level
+    BEFORE it, so a spike never raises its own baseline: the median of the 5 points before it (a longer median would
+    lag a falling loss; 5 points ignore up to two odd ones). Noise is the robust std of successive differences of
+    the log-loss over the 2 x `window_steps` steps before it (converted to logged points: twice a count between
+    `min_window` and `max_window`), never below `noise_floor` nor, on logs of 20+ points, below 70% of the whole
+    run's noise. A point is a spike when it is at least `z` noise units AND `min_rise` (relative) above that level,
+    more than a few rounding steps of the logged values above it (a loss printed as 0.0001 / 0.0002 is not spiking),
+    and the rise is sudden: the point before it was less than half as far up. Each segment between restarts is
+    judged on its own (a resumed job is not compared with the process before it). This is stricter than Lightning
+    Fabric's SpikeDetection (2x a running mean) or llm-foundry's KillLossSpike (2x the mean of 100 steps) on noisy
+    runs and more sensitive on smooth ones; Megatron's "10x the max so far" misses all but catastrophic spikes. The
+    spike has recovered at the first later point within max(2 noise units, `min_rise`/2) of the pre-spike level; if
+    the log ends first it is persistent (critical once it has lasted `persist_points` points: a loss that does not
+    come back is a divergence, not a blip). A window-averaged log (HF Trainer averages the loss over the logging
+    window) still shows a large spike as one raised point; the message says the per-step peak was higher. Losses
+    that can be <= 0 (RL objectives) are skipped.
 What it recommends:
-    Restart from the last checkpoint saved before the spike (named when one exists) and skip the batches around
-    it; clip gradients near the pre-spike 99th percentile of the gradient norm (`max_grad_norm`, from the logged
-    grad_norm, when that is below the current clip or no clip is set; 1.0 by common practice when too few grad
-    norms are logged and no clipping is set; nothing when the current clip is unknown and the p99 is over 10);
-    and lower the lr (x0.5 for a
-    persistent spike or a rise of 1.5x or more, else x0.7), as seed 003 (2e-5 -> 1e-5) and OPT-175B did.
+    Restart from the last checkpoint saved before the spike (named when one exists) and skip the batches around it;
+    clip gradients near the pre-spike 99th percentile of the gradient norm (`max_grad_norm`, from the logged
+    grad_norm, when that is below the current clip or no clip is set; 1.0 by common practice when too few grad norms
+    are logged and no clipping is set; nothing when the current clip is unknown and the p99 is over 10); and lower
+    the peak `lr` (x0.5 for a persistent spike or a rise of 1.5x or more, else x0.7), as seed 003 (2e-5 -> 1e-5) and
+    OPT-175B did.
 Parameters:
-    window_steps (default 500): steps of history that form the local level, converted to logged points.
-    min_window (default 3): fewest points in the baseline window (sparse logs); no point is judged before it.
-    max_window (default 50): most points in the baseline window (dense logs).
+    window_steps (default 500): steps of history (doubled) for the noise estimate, converted to logged points.
+    min_window (default 3): fewest points before a point is judged, and the smallest noise window (sparse logs).
+    max_window (default 50): the largest noise window, in logged points before doubling (dense logs).
     z (default 6.0): how many noise units above the local level a spike must reach.
     min_rise (default 0.3): how far above the local level a spike must reach, relative (0.3 = +30%).
     noise_floor (default 0.01): smallest noise assumed, in log-loss units (1%), for very smooth or rounded logs.

@@ -1,29 +1,29 @@
 """Learning rate too high: updates are large, yet the loss does not go below chance, rises or swings from the start.
 
 What it detects:
-    A run whose steps are big enough to learn but whose loss does not: it stays at or above chance level
-    (ln of the vocabulary or class count), climbs above where it started after warmup, or oscillates from the
-    first steps, while the weights move by a large fraction per step. Seed 004: lr 1e-4 with micro-batch 1, loss
-    not decreasing from ln(65536) = 11.1; the fix halved the lr.
+    A run whose steps are big enough to learn but whose loss does not: it stays at or above chance level (ln of the
+    vocabulary or class count), climbs above where it started after warmup, or oscillates from the first steps,
+    while the weights move by a large fraction per step. Seed 004: lr 1e-4 with micro-batch 1, loss not decreasing
+    from ln(65536) = 11.1; the fix halved the lr.
 Why it matters:
-    Too large a step overshoots the valley the loss should descend into: the model bounces between bad
-    solutions, never leaves the uniform prediction, or diverges later. More steps do not help; a smaller lr does.
+    Too large a step overshoots the valley the loss should descend into: the model bounces between bad solutions,
+    never leaves the uniform prediction, or diverges later. More steps do not help; a smaller lr does.
 How it decides:
     On the steps after warmup (lr at least `min_lr_fraction` of its peak), any of these symptoms:
-    - at chance: the median cross-entropy loss there, and over its last fifth, is above chance level or less
-      than `chance_margin` (relative) below it (chance from vocab_size / num_classes);
+    - at chance: the median cross-entropy loss there, and over its last fifth, is above chance level or less than
+      `chance_margin` (relative) below it (chance from vocab_size / num_classes);
     - rising: the loss level over the first fifth of those steps is more than `rise` (relative) above the first
       losses;
     - oscillating from the start: loss-oscillation's test finds swings that begin in the first 20% of steps.
-    The rising and oscillating symptoms need the log to start at the run's start (first point by step 50 or
-    two logging intervals). Then the update size decides: with `update_ratio` logged, its median must be at least `active_ratio`
-    (1e-3, the size at which healthy runs learn: the steps are not too small, so the lack of progress is not
-    lr-too-low's) and above `huge_ratio` (1e-2) the confidence is high; without update_ratio, the at-chance and
-    rising symptoms alone give a warning at medium confidence. A run with a tiny update ratio is never flagged
-    here (lr-too-low covers it).
+    The rising and oscillating symptoms need the log to start at the run's start (first point by step 50 or two
+    logging intervals). Then the update size decides: with `update_ratio` logged, its median must be at least
+    `active_ratio` (1e-3, the size at which healthy runs learn: the steps are not too small, so the lack of
+    progress is not lr-too-low's), and above `huge_ratio` (1e-2) the confidence is high; without update_ratio,
+    the at-chance and rising symptoms alone give a warning at medium confidence. A run with a tiny update ratio is
+    never flagged here (lr-too-low covers it).
 What it recommends:
-    Lower the peak `lr` by a factor from the data: towards an update ratio of 1e-3 (1e-3 / ratio, between x0.1
-    and x0.5), else x0.5 (seed 004: 1e-4 -> 5e-5).
+    Lower the peak `lr` by a factor from the data: towards an update ratio of 1e-3 (1e-3 / ratio, between x0.1 and
+    x0.5), else x0.5 (seed 004: 1e-4 -> 5e-5).
 Parameters:
     chance_margin (default 0.02): a median loss above chance, or less than this fraction below it, is "at chance".
     rise (default 0.1): relative rise of the post-warmup level over the first losses that counts as rising.

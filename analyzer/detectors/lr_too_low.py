@@ -2,8 +2,8 @@
 
 What it detects:
     Training whose updates are tiny relative to the weights and whose loss is stalled or crawling at the peak
-    learning rate: seed 001 (BERT-style MLM, lr 1e-4, 8.44e-5 after warmup: 3.75 -> 3.60 over 1500+ steps) and
-    seed 000's over-conservative lr 1e-5.
+    learning rate: seed 001 (BERT-style MLM, lr 1e-4, 8.44e-5 after warmup: 3.75 -> 3.60 over 1500+ steps) and seed
+    000's over-conservative lr 1e-5.
 Why it matters:
     Too small an lr wastes the whole budget: the run ends far from where the same compute could take it, and the
     flat loss is easily mistaken for a data or model limit. It is the cheapest problem to fix.
@@ -11,18 +11,18 @@ How it decides:
     Looks only at steps after warmup where the lr is at least `min_lr_fraction` of its peak. With `update_ratio`
     logged (|weight update| / |weights| per step), its median there is compared with the healthy ~1e-3
     (TheDeepChecker's healthy band is 1e-4..1e-1 in log10 terms; practitioners aim near 1e-3):
-    - below `tiny_ratio` (1e-4) and the loss is not falling fast (less than `fast_progress` relative drop over
-      the later half of those steps): warning, high confidence;
+    - below `tiny_ratio` (1e-4) and the loss is not falling fast (less than `fast_progress` relative drop over the
+      later half of those steps): warning, high confidence;
     - below `low_ratio` (1e-3) and the loss sits on a plateau to the end of the run (loss-plateau's test) without
       rising (a loss that went up is not short of lr): warning, medium confidence.
     Without update_ratio, a plateau to the end of the run whose loss is smooth (point-to-point noise under
-    `smooth_noise`, i.e. steps are small rather than noisy) at a peak lr below `typical_lr` gives an info
-    finding, low confidence: a loss can also stall for reasons the lr does not cure.
+    `smooth_noise`, i.e. steps are small rather than noisy) at a peak lr below `typical_lr` gives an info finding,
+    low confidence: a loss can also stall for reasons the lr does not cure.
 What it recommends:
     Raise the peak `lr` by a factor from the data: towards an update ratio of 1e-3 (1e-3 / ratio, between x2 and
-    x10), else x2 (a loss that falls linearly with small steps falls
-    about twice as fast at twice the lr). With a long warmup (over `long_warmup` of the steps), `warmup_ratio`
-    0.06 so the peak lr is reached sooner (seed 001: 0.1 -> 0.06).
+    x10), else x2 (a loss that falls linearly with small steps falls about twice as fast at twice the lr). With a
+    long warmup (over `long_warmup` of the steps), `warmup_ratio` 0.06 so the peak lr is reached sooner (seed 001:
+    0.1 -> 0.06).
 Parameters:
     tiny_ratio (default 0.0001): update ratio below which steps are too small whatever the loss does.
     low_ratio (default 0.001): update ratio below which a plateau is blamed on the lr.
@@ -36,8 +36,6 @@ Parameters:
 """
 
 from __future__ import annotations
-
-import math
 
 import numpy as np
 
@@ -180,7 +178,7 @@ DETECTOR = Detector(
     summary="the lr is too small to make progress: tiny updates and a stalled or crawling loss",
     doc=__doc__,
     params={"tiny_ratio": TINY_RATIO, "low_ratio": LOW_RATIO, "fast_progress": FAST_PROGRESS,
-            "smooth_noise": SMOOTH_NOISE, "min_lr_fraction": MIN_LR_FRACTION, "typical_lr": TYPICAL_LR, "long_warmup": LONG_WARMUP,
-            "min_points": MIN_POINTS},
+            "smooth_noise": SMOOTH_NOISE, "min_lr_fraction": MIN_LR_FRACTION, "typical_lr": TYPICAL_LR,
+            "long_warmup": LONG_WARMUP, "min_points": MIN_POINTS},
     check=check, requires=("loss", "lm_loss"),
 )

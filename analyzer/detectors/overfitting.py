@@ -5,21 +5,20 @@ What it detects:
     staying above for the remaining evaluations, while the training loss over the same steps fell. Example:
     hf_whisper_overfit, eval_loss 0.3210 -> 0.4200 while the train loss goes to 0.0002.
 Why it matters:
-    The model memorises the training set: the weights after the eval minimum generalise worse (at least in loss),
-    so the steps after it are wasted and the last checkpoint is not the best one. It is the classic signal for
-    early stopping or more regularisation. It is kept apart from loss-divergence, where the training loss itself
-    rises.
+    The model memorises the training set: the weights after the eval minimum generalise worse (at least in loss), so
+    the steps after it are wasted and the last checkpoint is not the best one. It is the classic signal for early
+    stopping or more regularisation. It is kept apart from loss-divergence, where the training loss itself rises.
 How it decides:
     Needs at least `min_evals` finite eval_loss points. The eval minimum must be followed by at least two
-    evaluations, the last `min_tail` of which are all more than `min_rise` above the minimum (so one bad eval is
-    not enough), and the median training loss over the last evaluation interval must be below the median
-    training loss around the eval minimum (train still improving). Severity: warning; info when another eval
-    metric (accuracy, WER, F1, BLEU, ...) kept improving after the eval-loss minimum, since then the rise is the
-    loss's over-confidence rather than worse predictions.
+    evaluations, the last `min_tail` of which are all more than `min_rise` above the minimum (so one bad eval is not
+    enough), and the median training loss over the last evaluation interval must be below the median training loss
+    around the eval minimum (train still improving). Severity: warning; info when another eval metric (accuracy,
+    WER, F1, BLEU, ...) kept improving after the eval-loss minimum, since then the rise is the loss's
+    over-confidence rather than worse predictions.
 What it recommends:
-    Stop training at the eval minimum: `max_steps` set to the step of the minimum (and select or restart from
-    the checkpoint nearest to it, named when one exists), and raise `weight_decay` x10 (0.01 when unset or 0)
-    if training should continue longer.
+    Stop training at the eval minimum: `max_steps` set to the step of the minimum (and select or restart from the
+    checkpoint nearest to it, named when one exists), and raise `weight_decay` x10 (0.01 when unset or 0) if
+    training should continue longer.
 Parameters:
     min_rise (default 0.1): how far above its minimum the eval loss must end (0.1 = +10%).
     min_evals (default 4): fewest eval-loss points.
@@ -28,7 +27,6 @@ Parameters:
 
 from __future__ import annotations
 
-import math
 import re
 
 import numpy as np

@@ -1,27 +1,27 @@
 """Small effective batch: batch_size x grad_accum x world_size too small for stable gradients.
 
 What it detects:
-    An optimizer step that averages the gradient over few sequences (or tokens, when block_size is known):
-    seed 001 (24 x 3 = 72 sequences), seed 003 (batch 8 of 256 tokens), seed 004 (micro-batch 1 x accum 16),
-    seed 000 (micro-batch 4 x accum 24). It also measures how noisy the loss actually is from step to step.
+    An optimizer step that averages the gradient over few sequences (or tokens, when block_size is known): seed 001
+    (24 x 3 = 72 sequences), seed 003 (batch 8 of 256 tokens), seed 004 (micro-batch 1 x accum 16), seed 000
+    (micro-batch 4 x accum 24). It also measures how noisy the loss actually is from step to step.
 Why it matters:
     Gradient noise shrinks with the square root of the batch: a small batch gives noisy steps, which limits the
     usable lr, slows convergence and makes spikes more likely. A micro-batch of 1-4 with heavy accumulation also
     wastes the accelerator (many small kernels) for the same effective batch.
 How it decides:
-    The effective batch comes from the hparams: batch_size x grad_accum x world_size (or global_batch_size).
-    It is small when it has fewer than `min_tokens` tokens (block_size known) or, without block_size, fewer than
+    The effective batch comes from the hparams: batch_size x grad_accum x world_size (or global_batch_size). It is
+    small when it has fewer than `min_tokens` tokens (block_size known) or, without block_size, fewer than
     `min_sequences` sequences. The loss noise is the robust std of successive log-loss differences (a relative
-    per-point noise); on a window-averaged log (HF Trainer) it is scaled up by sqrt(logging interval) to a
-    per-step noise. Severity: info for a small batch; warning when the measured per-step noise is at least
-    `noisy` (relative) and the run records grad_accum (otherwise the true batch may be larger). A micro-batch at most `tiny_micro_batch` with grad_accum of 4 or more gives an info
-    finding even when the effective batch is large enough.
+    per-point noise); on a window-averaged log (HF Trainer) it is scaled up by sqrt(logging interval) to a per-step
+    noise. Severity: info for a small batch; warning when the measured per-step noise is at least `noisy` (relative)
+    and the run records grad_accum (otherwise the true batch may be larger). A micro-batch at most
+    `tiny_micro_batch` with grad_accum of 4 or more gives an info finding even when the effective batch is large
+    enough.
 What it recommends:
-    A larger effective batch, by a factor from the measured noise ((noise / `target_noise`)^2, since noise falls
-    as 1/sqrt(batch)), else x4 (seeds 001 and 003: x3.6 and x4), rounded to a power of two: `batch_size` raised
-    to the next power of two (x4 for micro-batches under 16, up to 32) and `grad_accum` making up the rest.
-    When only the micro-batch is small, the same effective batch with fewer, larger micro-batches (seed 004:
-    1 x 16 -> 4 x 4).
+    A larger effective batch, by a factor from the measured noise ((noise / `target_noise`)^2, since noise falls as
+    1/sqrt(batch)), else x4 (seeds 001 and 003: x3.6 and x4), rounded to a power of two: `batch_size` raised to the
+    next power of two (x4 for micro-batches under 16, up to 32) and `grad_accum` making up the rest. When only the
+    micro-batch is small, the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4).
 Parameters:
     min_tokens (default 65536): fewest tokens per optimizer step that count as a stable batch.
     min_sequences (default 64): fewest sequences per step when block_size is unknown.
@@ -79,11 +79,9 @@ def check(run, params):
             basis = "x4, as seeds 001 (72 -> 256) and 003 (8 -> 32) did"
         factor = float(np.clip(factor, 2, MAX_FACTOR))
         target = 2 ** round(math.log2(batch.sequences * factor))
-        size = f"{batch.tokens} tokens" if batch.tokens else f"{batch.sequences} sequences"
         limit = (f"{params['min_tokens']} tokens" if batch.tokens else f"{params['min_sequences']} sequences")
         message = (f"the effective batch is {batch.describe()} per optimizer step, under {limit}"
                    + (f"; the loss moves {noise:.1%} from point to point" if noise is not None else "") + ".")
-        del size
     else:
         factor, target = 1.0, batch.sequences
         basis = "the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4)"

@@ -2,28 +2,27 @@
 
 What it detects:
     A lasting fall of the training speed to a lower level: seed 003's 1.0 -> 0.6 steps/s after the loss spike
-    (memory thrashing), BLOOM-176B's 149 -> 141-142 TFLOPs. Single slow steps (an evaluation, a checkpoint save,
-    a garbage-collection pause) are not a drop.
+    (memory thrashing), BLOOM-176B's 149 -> 141-142 TFLOPs. Single slow steps (an evaluation, a checkpoint save, a
+    garbage-collection pause) are not a drop.
 Why it matters:
     A slower run costs more for the same result, and a sudden lasting slowdown has a cause worth finding: memory
-    pressure or swapping, a debugging switch left on (autograd anomaly detection), a throttled or failing
-    device, a data loader that fell behind, a slower node joining the job.
+    pressure or swapping, a debugging switch left on (autograd anomaly detection), a throttled or failing device, a
+    data loader that fell behind, a slower node joining the job.
 How it decides:
-    Uses the first of TFLOPs (or MFU), tokens_per_s, samples_per_s, steps_per_s logged for training (work per
-    second first: steps/s also falls when the batch grows, e.g. Megatron's batch-size ramp-up; steps/s is
-    multiplied by a logged global_batch_size that changes); failing those, a time per iteration (elapsed ms per
-    iteration, step time, dt), inverted to a rate. The strongest
-    level shift is found by comparing, at every point, the median of the `window` points before it with the
-    median of the `window` points from it on (medians ignore single slow steps); `window` is a sixth of the
-    points, between `min_window` and `max_window`. The shift is a drop when the new level is at least `min_drop`
-    (relative) below the old one and at least `noise_units` times the speed's own relative point-to-point noise
-    below it, and the speed then stays low: the median of everything after the shift is still below the
-    midpoint of the two levels and the last `window` points are too. The series is cut at restarts (a resumed
-    job may run on other hardware), and each piece is judged alone. Severity: warning for a drop of `big_drop`
-    or more; info below that (BLOOM's -5% TFLOPs).
+    Uses the first of TFLOPs (or MFU), tokens_per_s, samples_per_s, steps_per_s logged for training (work per second
+    first: steps/s also falls when the batch grows, e.g. Megatron's batch-size ramp-up; steps/s is multiplied by a
+    logged global_batch_size that changes); failing those, a time per iteration (elapsed ms per iteration, step
+    time, dt), inverted to a rate. The strongest level shift is found by comparing, at every point, the median of
+    the `window` points before it with the median of the `window` points from it on (medians ignore single slow
+    steps); `window` is a sixth of the points, between `min_window` and `max_window`. The shift is a drop when the
+    new level is at least `min_drop` (relative) below the old one and at least `noise_units` times the speed's own
+    relative point-to-point noise below it, and the speed then stays low: the median of everything after the shift
+    is still below the midpoint of the two levels and the last `window` points are too. The series is cut at
+    restarts (a resumed job may run on other hardware), and each piece is judged alone. Severity: warning for a drop
+    of `big_drop` or more; info below that (BLOOM's -5% TFLOPs).
 What it recommends:
-    Nothing numeric: the fix depends on the cause. The message names what else happened at that step (a loss
-    spike, a warning line in the log), with the log lines as evidence; the report links a loss spike to it.
+    Nothing numeric: the fix depends on the cause. The message names what else happened at that step (a loss spike,
+    a warning line in the log), with the log lines as evidence; the report links a loss spike to it.
 Parameters:
     min_drop (default 0.04): smallest relative fall of the speed level that counts (4%).
     big_drop (default 0.2): relative fall from which the drop is a warning.
@@ -88,12 +87,10 @@ def check(run, params):
             best = found_drop
     if best is None:
         return []
-    shift, drop, noise, window = best
+    shift, drop, noise, _ = best
     severity = Severity.WARNING if drop >= params["big_drop"] else Severity.INFO
-    shown = "1 / " + metric if inverted else metric
     before, after = (1 / shift.before, 1 / shift.after) if inverted else (shift.before, shift.after)
     interval = stats.log_interval(speed)
-    del window
     near = [e for e in run.events if e.step is not None
             and shift.step - EVENT_NEAR * interval <= e.step <= shift.step + interval]
     context = ""
@@ -102,11 +99,12 @@ def check(run, params):
         context = f"; the loss jumped at step {spike} just before"
     if near:
         context += f"; the log says at step {near[0].step}: {near[0].text[:120]}"
-    message = (f"training speed ({metric}) fell {drop:.0%} at step {shift.step}, from {stats.fmt_num(before)} to "
-               f"{stats.fmt_num(after)}, and stayed low to the end of the log{context}.")
+    change = (f"{metric} rose from {stats.fmt_num(before)} to {stats.fmt_num(after)}" if inverted else
+              f"{metric} fell from {stats.fmt_num(before)} to {stats.fmt_num(after)}")
+    message = (f"training speed fell {drop:.0%} at step {shift.step} ({change}) and stayed low to the end of the "
+               f"log{context}.")
     metrics = {"metric": metric, "before": before, "after": after, "drop": drop, "noise": float(np.expm1(noise)),
                "shift_step": shift.step}
-    del shown
     steps = speed.index.to_numpy()
     steps = steps[steps >= shift.step]
     ev_steps = [shift.step, int(steps[-1])]

@@ -118,12 +118,10 @@ def with_oscillation(curve: Curve, at: int, amplitude: float = 0.25, period: int
     loss = curve.loss.copy()
     n = len(loss)
     level = np.median(loss[max(at - 20, 0): at + 1])
-    t = np.arange(n - at, dtype=float)
     phase = np.cumsum(rng.uniform(0.5, 1.5, n - at)) * 2 * math.pi / period
     wave = np.sign(np.sin(phase)) * amplitude * rng.uniform(0.6, 1.0, n - at)
     noise = curve.loss[at:] / _smooth(curve.loss)[at:]
     loss[at:] = level * (1.0 + wave) * noise
-    del t
     return Curve(loss, curve.lr, curve.grad_norm, curve.steps_per_s, curve.update_ratio, curve.hparams)
 
 
