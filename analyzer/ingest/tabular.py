@@ -32,8 +32,9 @@ MAX_STEP = 2.0 ** 53  # beyond this a float step is no longer an exact integer
 SNIFF_BYTES = 16384  # sniff looks at no more than this
 _RANK_IN_NAME = re.compile(r"(?:^|[._-])rank[._-]?(\d+)(?:[._-]|$)", re.IGNORECASE)
 
-# pyarrow refuses JSON's non-standard NaN/Infinity tokens, so they are swapped for numbers no run logs and swapped
-# back after parsing. Python's json writes these tokens for float nan/inf: they are the evidence of a diverged run.
+# Python's json writes bare NaN/Infinity tokens for float nan/inf: they are the evidence of a diverged run. Recent
+# pyarrow reads them; older versions refuse them, so there they are swapped for numbers no run logs and swapped back
+# after parsing (and a file where that is ambiguous takes the exact, slow path).
 NAN_SENTINEL = -1.2345678909876543e308
 POS_INF_SENTINEL = 1.3579246801357924e308
 NEG_INF_SENTINEL = -1.3579246801357924e308
@@ -202,7 +203,7 @@ def _swap_tokens(buf: bytes) -> tuple[bytes, dict[float, int]]:
 
 @functools.lru_cache(maxsize=None)
 def _arrow_reads_nonfinite_tokens() -> bool:
-    """pyarrow >= 2x reads bare NaN/Infinity itself (older versions refuse them): then no swap is needed."""
+    """Whether this pyarrow reads bare NaN/Infinity itself (older versions refuse them): then no swap is needed."""
     import pyarrow as pa
     import pyarrow.json as pj
 

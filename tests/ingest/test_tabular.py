@@ -17,6 +17,14 @@ GENERIC_JSONL = FRAMEWORKS / "generic_jsonl" / "metrics.jsonl"
 TRUNCATED_JSONL = FRAMEWORKS / "generic_jsonl" / "metrics_truncated.jsonl"
 
 
+@pytest.fixture(params=["arrow reads tokens", "tokens swapped"])
+def token_path(request, monkeypatch):
+    """Run a test both with a pyarrow that reads NaN/Infinity and with one that refuses them (the swap path)."""
+    if request.param == "tokens swapped":
+        monkeypatch.setattr(tabular, "_arrow_reads_nonfinite_tokens", lambda: False)
+    return request.param
+
+
 def write(tmp_path: Path, name: str, data: str | bytes) -> Path:
     path = tmp_path / name
     path.write_bytes(data.encode() if isinstance(data, str) else data)
@@ -74,7 +82,7 @@ def test_truncated_jsonl_drops_the_cut_line_with_a_note():
 
 # --- JSON lines ----------------------------------------------------------------------------------------------------
 
-def test_nonfinite_tokens_become_nonfinite_values(tmp_path):
+def test_nonfinite_tokens_become_nonfinite_values(tmp_path, token_path):
     path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": NaN, "gn": Infinity}\n'
                                       '{"step":2,"loss":-Infinity,"gn":1.5}\n'
                                       '{"step": 3, "loss": 2.0, "gn": NaN}\n')
@@ -84,14 +92,14 @@ def test_nonfinite_tokens_become_nonfinite_values(tmp_path):
     assert gn[1] == math.inf and gn[2] == 1.5 and math.isnan(gn[3])
 
 
-def test_absent_key_is_no_point_but_nan_is_one(tmp_path):
+def test_absent_key_is_no_point_but_nan_is_one(tmp_path, token_path):
     path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 1.0}\n{"step": 2, "eval_loss": NaN}\n')
     frame = table(path).frame
     assert series(frame, "loss") == {1: 1.0}
     assert list(series(frame, "eval_loss")) == [2]
 
 
-def test_nan_in_a_list_takes_the_tolerant_path(tmp_path):
+def test_nan_in_a_list_takes_the_tolerant_path(tmp_path, token_path):
     path = write(tmp_path, "m.jsonl", '{"step": 1, "loss": 3.0, "hist": [NaN, 1]}\n{"step": 2, "loss": NaN}\n')
     loss = series(table(path).frame, "loss")
     assert loss[1] == 3.0 and math.isnan(loss[2])
@@ -122,7 +130,7 @@ def test_records_without_a_step_are_ignored_with_a_note(tmp_path):
     assert any("without a step" in n.message and n.line == 2 for n in result.notes)
 
 
-def test_split_field_makes_eval_metrics(tmp_path):
+def test_split_field_makes_eval_metrics(tmp_path, token_path):
     path = write(tmp_path, "metrics.jsonl", '{"step": 10, "split": "train", "loss": 3.0}\n'
                                             '{"step": 10, "split": "eval", "loss": 3.4, "ppl": 30.0}\n')
     run = run_of(path)
@@ -183,7 +191,7 @@ def test_empty_and_blank_files_give_no_frame(tmp_path):
         assert result.frame is None and result.notes
 
 
-def test_long_format_jsonl(tmp_path):
+def test_long_format_jsonl(tmp_path, token_path):
     path = write(tmp_path, "m.jsonl", '{"step": 1, "tag": "train/loss", "value": 3.0}\n'
                                       '{"step": 1, "tag": "val/loss", "value": NaN}\n')
     run = run_of(path)
@@ -267,11 +275,12 @@ def test_read_collects_every_file(tmp_path):
     assert isinstance(piece, Ingested) and [f for f, _ in piece.frames] == ["a.jsonl", "b.csv"]
 
 
-def test_a_logged_value_equal_to_a_sentinel_is_not_mistaken_for_nan(tmp_path):
+def test_a_logged_value_equal_to_a_sentinel_is_not_mistaken_for_nan(tmp_path, token_path):
     odd = tabular.POS_INF_SENTINEL
-    path = write(tmp_path, "m.jsonl", f'{{"step": 1, "loss": {odd!r}}}\n{{"step": 2, "loss": NaN}}\n')
+    path = write(tmp_path, "m.jsonl", f'{{"step": 1, "loss": {odd!r}}}\n{{"step": 2, "loss": NaN}}\n'
+                                      '{"step": 3, "note": "x: NaN", "loss": 1.0}\n')
     loss = series(table(path).frame, "loss")
-    assert loss[1] == odd and math.isnan(loss[2])
+    assert loss[1] == odd and math.isnan(loss[2]) and loss[3] == 1.0
 
 
 def test_steps_beyond_integer_range_are_ignored_with_a_note(tmp_path):
