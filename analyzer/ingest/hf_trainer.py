@@ -57,7 +57,9 @@ def read(paths: list[Path], root: Path) -> Ingested:
         raise broken[0]
     for exc in broken:  # a corrupt copy in one checkpoint folder does not hide the others
         out.notes.append(Note(exc.path or "", f"{exc.message}; this copy was skipped", line=exc.line))
-    states.sort(key=lambda s: (s.global_step, not s.in_checkpoint, s.checkpoint, s.file))
+    # oldest first: by step reached, then by history length (the final state adds its summary), then a top-level
+    # file after a checkpoint copy
+    states.sort(key=lambda s: (s.global_step, _history_length(s.state), not s.in_checkpoint, s.checkpoint, s.file))
 
     lineages: list[list[str]] = []
     for st in states:
@@ -102,6 +104,11 @@ def _load(path: Path, file: str) -> _State:
         global_step = max((s for s in steps if _is_int(s)), default=0)
     return _State(path, file, text, state, int(global_step), folder is not None,
                   int(folder.group(1)) if folder else -1)
+
+
+def _history_length(state: dict) -> int:
+    entries = state.get("log_history")
+    return len(entries) if isinstance(entries, list) else 0
 
 
 def _entry_key(entry: Any) -> str:

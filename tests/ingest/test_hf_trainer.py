@@ -218,3 +218,15 @@ def test_real_state_without_arguments_says_the_effective_batch_is_unknown(real_r
     run = read_dir(real_runs / "hf_grpo_zero_loss_by_design")
     (spot,) = [b for b in run.blind_spots if "per-device batch size only" in b.message]
     assert "small-effective-batch" in spot.affects and run.hparam("batch_size") == 16
+
+
+def test_whisper_style_last_checkpoint_copy_and_final_state(real_runs, tmp_path):
+    # the repository's `last-checkpoint/` holds the step-5000 state without the final summary entry
+    final = json.loads((real_runs / "hf_whisper_overfit" / "trainer_state.json").read_text())
+    copy = dict(final, log_history=final["log_history"][:-1])
+    (tmp_path / "last-checkpoint").mkdir()
+    (tmp_path / "last-checkpoint" / "trainer_state.json").write_text(json.dumps(copy, indent=2))
+    (tmp_path / "trainer_state.json").write_text(json.dumps(final, indent=2))
+    run = read_dir(tmp_path)
+    assert len(run.series("loss")) == 200 and not run.events_of("restart")
+    assert run.hparam("train_loss") == 0.01890342615880072 and run.hparams["train_loss"].file == "trainer_state.json"
