@@ -108,9 +108,10 @@ SAMPLE_LABELS: dict[str, Label] = {
     "gpt2-spike-plateau": label({"loss-spike": 150, "throughput-drop": 150}, {"grad-explosion", "loss-plateau"}),
     # the fix dilutes the same corrupted data: loss 1.36 -> 2.78 at step 150 is still a (smaller) real spike
     "gpt2-spike-plateau-fixed": label({}, {"loss-spike", "grad-explosion"}),
-    # seed 004: first loss 10.86 vs ln V 9.01, factorized embeddings without scaled init, lr too high for batch 1
-    "factorized-embedding-stall": label({"initial-loss-mismatch": 0, "init-variance": None},
-                                        {"loss-plateau", "lr-too-high", "grad-vanishing", "grad-explosion"}),
+    # seed 004: first loss 10.90 vs ln V 8.987 (unscaled summed factorized tables); then a stall ~0.8 nats under
+    # ln V caused by the lr (the README: lr 4e-3 learns, 8e-3 stalls)
+    "factorized-embedding-stall": label({"initial-loss-mismatch": 0, "init-variance": None, "loss-plateau": None},
+                                        {"lr-too-high", "grad-vanishing", "grad-explosion"}),
     "factorized-embedding-stall-fixed": label(),
 }
 
@@ -245,11 +246,18 @@ def score(name, diagnosis, lab: Label, tallies):
             tallies[det].alarms.append(f"{name}: {alarms[0].severity.value} {alarms[0].message[:140]}")
 
 
+# The sample runs' steps_per_s / tokens_per_s are wall-clock on whatever machine generated them (often busy):
+# a slowdown there is real in the data but says nothing about the scenario, except where the scenario makes one.
+WALL_CLOCK = frozenset({"throughput-drop"})
+
+
 def labelled_dirs():
     for base, labels, group in ((SAMPLE_RUNS, SAMPLE_LABELS, "sample"), (FIXTURES, FIXTURE_LABELS, "fixture"),
                                 (REAL_RUNS, REAL_LABELS, "real")):
         for case, lab in labels.items():
             path = base / case
+            if group == "sample":
+                lab = Label(lab.expected, lab.allowed | WALL_CLOCK)
             if path.is_dir():
                 yield f"{group}/{case}", path, lab
 
