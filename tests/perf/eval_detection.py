@@ -268,7 +268,8 @@ def main(argv=None):
     parser.add_argument("--no-synthetic", action="store_true", help="only the sample, fixture and real runs")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    tallies: dict[str, Tally] = defaultdict(Tally)
+    recorded: dict[str, Tally] = defaultdict(Tally)  # sample runs, fixtures and real logs
+    generated: dict[str, Tally] = defaultdict(Tally)  # synthetic variations
     counts = defaultdict(int)
     unreadable = []
     for name, path, lab in labelled_dirs():
@@ -277,27 +278,40 @@ def main(argv=None):
         except InputError as exc:
             unreadable.append(f"{name}: {exc}")
             continue
-        score(name, diagnose_run(run), lab, tallies)
+        score(name, diagnose_run(run), lab, recorded)
         counts[name.split("/")[0]] += 1
     if not args.no_synthetic:
         for name, run, lab in synthetic_cases():
-            score(f"synthetic/{name}", diagnose_run(run), lab, tallies)
+            score(f"synthetic/{name}", diagnose_run(run), lab, generated)
             counts["synthetic"] += 1
     elapsed = time.perf_counter() - start
 
     print(f"runs: {dict(counts)}; {elapsed:.0f} s")
-    print(f"{'detector':28s} {'expected':>8s} {'TP':>4s} {'FN':>4s} {'FP':>4s} {'precision':>9s} {'recall':>7s} "
-          f"{'onset err median/max (steps)':>30s}")
-    for det in sorted({d.name for d in DETECTORS.values()} | set(tallies)):
-        t = tallies.get(det, Tally())
-        precision = t.tp / (t.tp + t.fp) if t.tp + t.fp else float("nan")
-        recall = t.tp / t.expected if t.expected else float("nan")
-        onset = (f"{np.median(t.errors):.0f} / {max(t.errors):.0f}" if t.errors else "-")
-        print(f"{det:28s} {t.expected:8d} {t.tp:4d} {t.fn:4d} {t.fp:4d} {_pct(precision):>9s} {_pct(recall):>7s} "
-              f"{onset:>30s}")
+    combined = defaultdict(Tally)
+    for source in (recorded, generated):
+        for det, t in source.items():
+            c = combined[det]
+            c.tp, c.fn, c.fp, c.expected = c.tp + t.tp, c.fn + t.fn, c.fp + t.fp, c.expected + t.expected
+            c.errors += t.errors
+            c.misses += t.misses
+            c.alarms += t.alarms
+    tables = [("recorded runs (sample runs, framework fixtures, real logs)", recorded)]
+    if not args.no_synthetic:
+        tables.append(("all runs (recorded + synthetic variations)", combined))
+    for title, tallies in tables:
+        print(f"\n{title}")
+        print(f"{'detector':28s} {'expected':>8s} {'TP':>4s} {'FN':>4s} {'FP':>4s} {'precision':>9s} {'recall':>7s} "
+              f"{'onset err median/max (steps)':>30s}")
+        for det in sorted({d.name for d in DETECTORS.values()} | set(tallies)):
+            t = tallies.get(det, Tally())
+            precision = t.tp / (t.tp + t.fp) if t.tp + t.fp else float("nan")
+            recall = t.tp / t.expected if t.expected else float("nan")
+            onset = (f"{np.median(t.errors):.0f} / {max(t.errors):.0f}" if t.errors else "-")
+            print(f"{det:28s} {t.expected:8d} {t.tp:4d} {t.fn:4d} {t.fp:4d} {_pct(precision):>9s} {_pct(recall):>7s} "
+                  f"{onset:>30s}")
     if args.verbose:
-        for det in sorted(tallies):
-            t = tallies[det]
+        for det in sorted(combined):
+            t = combined[det]
             for miss in t.misses:
                 print(f"MISS  {det}: {miss}")
             for alarm in t.alarms:
