@@ -119,8 +119,8 @@ _MEGATRON_VALID = re.compile(
 _LOGTXT = re.compile(r"(?P<step>\x01) (?P<kind>train|val|hella) (?P<value>\x01)\s*\Z")  # build-nanogpt's log.txt
 _FAIRSEQ = re.compile(r".*?\|\s*(?P<tag>train_inner|valid|train)\s*\|\s*\{(?P<rest>.*)\}\s*\Z", re.S)
 _DICT = re.compile(_PREFIX + r"\{(?P<rest>.*)\}\s*\Z", re.S)  # HF Trainer prints its log dicts to stdout
-_BARE_LOSS = re.compile(
-    _PREFIX + r"(?P<key>(?i:loss|train loss|training loss|train_loss))\s*[:=]\s*(?P<value>\x01)\s*\Z")
+# `[Rank 0] Loss: 10.8719` (DeepSpeed's examples). Not `train_loss = 3.53`: HF's end-of-training average.
+_BARE_LOSS = re.compile(_PREFIX + r"(?P<key>(?i:loss))\s*[:=]\s*(?P<value>\x01)\s*\Z")
 _HELLASWAG = re.compile(_PREFIX + r"(?i:hellaswag accuracy):?\s*\x01\s*/\s*\x01\s*=\s*(?P<value>\x01)\s*\Z")
 _FIELD_SPANS = re.compile(r"[^|,;]+")
 _FIELD = re.compile(

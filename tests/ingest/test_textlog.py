@@ -443,14 +443,15 @@ def test_progress_bar_redrawn_before_a_log_line():
     assert [(e.step, e.text) for e in result.events] == [(3, "[Warning] slow data loader")]
 
 
-def test_chunked_read_equals_whole_read(monkeypatch):
+def test_chunked_read_equals_whole_read(monkeypatch, tmp_path):
     body = "".join(f"step {i} | loss {5 - i / 1000:.4f} | lr 1e-4\n" for i in range(3000))
     body += open(TEXT / "megatron_wrapped.log").read() + "[fp16] overflow: skipping step, loss scale 8 -> 4\n"
     whole = text(body)
     monkeypatch.setattr(textlog, "CHUNK_BYTES", 4096)
-    chunked = text(body)
-    assert whole.frame.astype({"name": str}).equals(chunked.frame.astype({"name": str}))
-    assert whole.events == chunked.events
+    (tmp_path / "train.log").write_text(body)
+    for chunked in (text(body), textlog.read_file(tmp_path / "train.log")):  # the file is memory-mapped
+        assert whole.frame.astype({"name": str}).equals(chunked.frame.astype({"name": str}))
+        assert whole.events == chunked.events
 
 
 # --- bad input --------------------------------------------------------------------------------------------------------
@@ -587,3 +588,9 @@ def test_fast_path_equals_line_by_line(monkeypatch, rows):
     else:
         assert fast.frame.astype({"name": str}).equals(slow.frame.astype({"name": str}))
     assert fast.events == slow.events
+
+
+def test_hf_end_of_training_summary_is_no_step_value():
+    result = text("step 100 | loss 2.0\n***** train metrics *****\n  epoch                    =      1.875\n"
+                  "  train_loss               =     3.5303\n")
+    assert points(result, "loss") == {100: 2.0} and set(result.frame["name"]) == {"loss"}
