@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -90,7 +91,8 @@ def reproduce_run(run_dir: Path, out_dir: Path | None, max_steps: int | None, np
     if max_steps is not None and max_steps < 1:
         raise InputError(f"--max-steps must be at least 1, got {max_steps}")
     nproc = nproc or config.world_size
-    out_dir = Path(out_dir) if out_dir else Path("postmortem") / "reproduce" / run_dir.name
+    out_dir = Path(out_dir) if out_dir else Path("postmortem") / "reproduce" / (
+        run_dir.name + ("-fixed" if apply_fixes else ""))
     if out_dir.resolve() == run_dir.resolve():
         raise InputError("--out must differ from the run dir being reproduced", path=out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / "run.json").exists():
@@ -112,19 +114,84 @@ def reproduce_run(run_dir: Path, out_dir: Path | None, max_steps: int | None, np
     return 1
 
 
-def summarize(run_dir: Path, stop: int | None) -> dict[str, float]:
-    """Key numbers of a run for the before/after table."""
+def train_events(run_dir: Path, stop: int | None) -> tuple[list[dict], list[dict]]:
     events = load_metrics(run_dir / "metrics.jsonl", stop)
-    train = [e for e in events if e.get("split") == "train"]
+    return [e for e in events if e.get("split") == "train"], [e for e in events if "eval_loss" in e]
+
+
+def _finite(values: Iterable[Any]) -> list[float]:
+    return [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _kd_ratio(train: list[dict]) -> float:
+    return _median([e["kd_loss"] / e["kd_raw"] for e in train
+                    if e.get("kd_raw") and math.isfinite(e["kd_raw"]) and math.isfinite(e.get("kd_loss", math.nan))])
+
+
+def _second_half_drop(train: list[dict]) -> float:
+    """Mean loss of the third quarter minus that of the last quarter: how much the run still learns late on."""
+    losses = _finite(e.get("loss") for e in train)
+    quarter = len(losses) // 4
+    if quarter == 0:
+        return math.nan
+    return statistics.fmean(losses[2 * quarter:3 * quarter]) - statistics.fmean(losses[-quarter:])
+
+
+# the number each finding is about, for the before/after table: label, function of (train events, config)
+FINDING_METRICS: dict[str, tuple[str, Callable[[list[dict], TrainConfig], float]]] = {
+    "distill-temperature-blowup": ("kd_loss / kd_raw", lambda t, c: _kd_ratio(t)),
+    "mlm-label-ratio": ("mask_ratio (median)", lambda t, c: _median(_finite(e.get("mask_ratio") for e in t))),
+    "initial-loss-mismatch": ("first loss", lambda t, c: next(iter(_finite(e.get("loss") for e in t)), math.nan)),
+    "init-variance": ("first loss", lambda t, c: next(iter(_finite(e.get("loss") for e in t)), math.nan)),
+    "lr-too-low": ("loss drop, last half", lambda t, c: _second_half_drop(t)),
+    "lr-too-high": ("loss drop, last half", lambda t, c: _second_half_drop(t)),
+    "loss-plateau": ("loss drop, last half", lambda t, c: _second_half_drop(t)),
+    "loss-spike": ("max loss", lambda t, c: max(_finite(e.get("loss") for e in t), default=math.nan)),
+    "loss-scale-collapse": ("min loss_scale", lambda t, c: min(_finite(e.get("loss_scale") for e in t),
+                                                             default=math.nan)),
+    "throughput-drop": ("tokens_per_s (median)", lambda t, c: _median(_finite(e.get("tokens_per_s") for e in t))),
+    "small-effective-batch": ("effective batch", lambda t, c: float(c.effective_batch)),
+    "nonfinite-onset": ("first non-finite step", lambda t, c: next(
+        (float(e["step"]) for e in t if any(isinstance(v, float) and not math.isfinite(v) for v in e.values())
+         or e.get("lm_loss") == 0.0), math.nan)),
+}
+
+
+def summarize(run_dir: Path, stop: int | None, config: TrainConfig, about: Iterable[str] = ()) -> dict[str, float]:
+    """Key numbers of a run for the before/after table, then the numbers the fixed findings were about."""
+    train, evals = train_events(run_dir, stop)
     losses = [e["loss"] for e in train if "loss" in e]
-    finite = [v for v in losses if math.isfinite(v)]
-    norms = [e["grad_norm"] for e in train if "grad_norm" in e and math.isfinite(e["grad_norm"])]
-    evals = [e["eval_loss"] for e in events if "eval_loss" in e]
+    finite = _finite(losses)
     log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
-    return {"final loss": finite[-1] if finite else math.nan, "min loss": min(finite, default=math.nan),
-            "final eval loss": evals[-1] if evals else math.nan, "max grad norm": max(norms, default=math.nan),
-            "NaN/Inf losses": float(len(losses) - len(finite) + log.count("non-finite value")),
-            "fp16 overflows": float(log.count("[fp16] overflow"))}
+    if stop is not None:  # count log lines of the compared steps only: cut the log at the first line of step `stop`
+        cut = log.find(f"\nstep {stop} |")
+        log = log if cut < 0 else log[:cut]
+    out = {"final loss": finite[-1] if finite else math.nan, "min loss": min(finite, default=math.nan),
+           "final eval loss": evals[-1]["eval_loss"] if evals else math.nan,
+           "max grad norm": max(_finite(e.get("grad_norm") for e in train), default=math.nan),
+           "NaN/Inf (logged or clamped)": float(len(losses) - len(finite) + log.count("non-finite value")),
+           "fp16 overflows": float(log.count("[fp16] overflow"))}
+    lm = _finite(e.get("lm_loss") for e in train if e.get("lm_loss") != 0.0)  # 0.0 exactly: a clamped NaN
+    if lm:  # distillation: the total loss carries T^2 * KL at the run's own temperature, the LM loss does not
+        out["final lm_loss (unclamped)"] = lm[-1]
+    for name in about:
+        if name in FINDING_METRICS:
+            label, compute = FINDING_METRICS[name]
+            out.setdefault(label, compute(train, config))
+    return out
+
+
+def chosen_fixes(diagnosis: Any) -> tuple[list[Any], list[Any]]:
+    """The findings whose recommendations we apply and those recommendations: the root causes' where they make any,
+    else the most severe finding's that does (findings come ordered root causes first, then by severity)."""
+    with_recs = [f for f in diagnosis.findings if f.recommendations]
+    roots = [f for f in with_recs if f.name in set(diagnosis.root_causes)]
+    findings = roots or with_recs[:1]
+    return findings, [r for f in findings for r in f.recommendations]
 
 
 def _apply_fixes(run_dir: Path, config: TrainConfig, out_dir: Path, max_steps: int | None, nproc: int,
@@ -132,22 +199,39 @@ def _apply_fixes(run_dir: Path, config: TrainConfig, out_dir: Path, max_steps: i
     from analyzer.diagnose import diagnose_path
     from analyzer.trainer.train import train
 
-    recommendations = [r for f in diagnose_path(run_dir).findings for r in f.recommendations]
-    fixes = fixes_to_overrides(recommendations, config)
-    skipped = sorted({r.hparam for r in recommendations} - set(fixes) - {k for k, v in HPARAM_ALIASES.items()
-                                                                          if v in fixes})
+    findings, recommendations = chosen_fixes(diagnose_path(run_dir))
+    if not recommendations:
+        echo("no finding recommends a hyperparameter change; nothing to re-run")
+        return 0
+    fixes: dict[str, Any] = {}
+    for rec in recommendations:  # the first recommendation for a field wins: root causes and severity first
+        for name, value in fixes_to_overrides([rec], config).items():
+            fixes.setdefault(name, value)
+    echo(f"fixing {', '.join(f'{f.name} ({f.code})' for f in findings)}")
+    for rec in recommendations:
+        if not fixes_to_overrides([rec], config):
+            echo(f"skipped: {rec.hparam} -> {rec.suggested!r} is not a setting of the reference trainer")
     if not fixes:
         echo("no recommendation maps onto a trainer hyperparameter; nothing to re-run")
         return 0
     for name, value in fixes.items():
         echo(f"fix: {name} {getattr(config, name)!r} -> {value!r}")
-    for name in skipped:
-        echo(f"skipped: {name} is not a trainer hyperparameter")
     fixed = with_overrides(config, fixes)
-    train(fixed, out_dir, nproc=nproc, stop_step=max_steps, quiet=True, command=f"reproduce-run --apply-fixes {run_dir}")
     stop = min(max_steps, config.max_steps) if max_steps else None
-    before, after = summarize(run_dir, stop), summarize(out_dir, stop)
-    echo(f"{'metric':<18} {'before':>12} {'after':>12}")
-    for key in before:
-        echo(f"{key:<18} {before[key]:>12.4g} {after[key]:>12.4g}")
+    echo(f"training the fixed config into {out_dir}" + (f" (first {stop} steps)" if stop else ""))
+    train(fixed, out_dir, nproc=nproc, stop_step=max_steps, quiet=True,
+          command=f"reproduce-run --apply-fixes {run_dir}")
+    about = [f.name for f in findings]
+    before, after = summarize(run_dir, stop, config, about), summarize(out_dir, stop, fixed, about)
+    for line in before_after_table(before, after):
+        echo(line)
+    if "temperature" in fixes and "final lm_loss (unclamped)" in before:
+        echo("note: loss and eval loss include T^2 * KL at each run's own temperature; lm_loss compares across them")
     return 0
+
+
+def before_after_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
+    width = max(len(k) for k in before)
+    lines = [f"{'':<{width}}  {'before':>12}  {'after':>12}"]
+    lines += [f"{key:<{width}}  {before[key]:>12.5g}  {after.get(key, math.nan):>12.5g}" for key in before]
+    return lines

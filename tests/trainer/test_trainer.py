@@ -7,12 +7,16 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from analyzer.errors import InputError
 from analyzer.trainer import TrainConfig, load_scenario, train
 from analyzer.trainer.config import ConfigError, config_from_dict, with_overrides
+from analyzer.findings import Recommendation
+from analyzer.trainer.data import FactorizedLanguage
+from analyzer.trainer.model import FactorizedEmbedding
 from analyzer.trainer.reproduce import fixes_to_overrides, reproduce_run
 from analyzer.trainer.train import NAN_WARNING, lm_loss
 
@@ -51,10 +55,32 @@ def test_factorized_embeddings_and_bf16_train(tmp_path):
     assert all(math.isfinite(e.get("loss", 0.0)) for e in metrics(tmp_path))
 
 
-def test_same_config_and_seed_give_identical_metrics(tmp_path):
-    cfg = TrainConfig(model="kd", precision="fp16", grad_accum=2, **TINY)
+@pytest.mark.parametrize("extra", [dict(model="kd", precision="fp16", grad_accum=2),
+                                   dict(model="mlm", n_factorized_embeddings=3, tie_embeddings=True,
+                                        language_factors=3, eval_batch_size=8)])
+def test_same_config_and_seed_give_identical_metrics(tmp_path, extra):
+    cfg = TrainConfig(**{**TINY, **extra})
     a, b = train(cfg, tmp_path / "a", quiet=True), train(cfg, tmp_path / "b", quiet=True)
     assert strip_timing(metrics(a)) == strip_timing(metrics(b))
+
+
+def test_factorized_language_has_uniform_tokens_and_digit_chains():
+    lang = FactorizedLanguage(vocab_size=64, factors=3, branching=2, dirichlet_alpha=0.5, seed=1)
+    x = lang.sample(np.random.default_rng(0), 400, 40)
+    assert lang.base == 4 and x.min() >= 0 and x.max() < 64
+    transition = lang.transition_matrix()
+    assert np.allclose(transition.sum(axis=1), 1.0) and np.allclose(transition.sum(axis=0), 1.0)  # uniform tokens
+    assert (transition[x[:, :-1], x[:, 1:]] > 0).all()  # every sampled step is a transition of the product chain
+    with pytest.raises(ValueError, match="not a 3-th power"):
+        FactorizedLanguage(vocab_size=60, factors=3, branching=2, dirichlet_alpha=0.5, seed=1)
+
+
+def test_factorized_tied_logits_equal_the_summed_matrix():
+    emb = FactorizedEmbedding(vocab_size=100, k=3, n_embd=8, n_special=1)  # base 5: 125 digit codes, 100 used
+    x = torch.randn(2, 3, 8)
+    assert torch.allclose(emb.tied_logits(x), x @ emb(torch.arange(100)).t(), atol=1e-5)
+    mask = torch.tensor([[100]])  # the [MASK] id has its own vector, not a digit sum
+    assert torch.equal(emb(mask)[0, 0], emb.special.weight[0])
 
 
 def test_checkpoint_loads_with_weights_only(tmp_path):
@@ -149,3 +175,52 @@ def test_every_scenario_loads():
                  "factorized-embedding-stall"):
         assert load_scenario(name).scenario == name
         assert load_scenario(name + "-fixed").scenario == name + "-fixed"
+
+
+KD_RUN = SAMPLE_RUNS / "kd-temperature-blowup"
+
+
+def test_apply_fixes_on_kd_temperature_blowup_removes_the_nan_clamp(tmp_path):
+    """End to end: the detectors' root-cause fix (temperature 3.0 -> 2.0) re-run over the steps where the NaN was."""
+    lines: list[str] = []
+    assert reproduce_run(KD_RUN, tmp_path / "fixed", 230, None, {}, True, lines.append) == 0
+    assert "fix: temperature 3.0 -> 2.0" in lines
+    assert json.loads((tmp_path / "fixed" / "config.json").read_text())["temperature"] == 2.0
+    assert "non-finite value" not in (tmp_path / "fixed" / "train.log").read_text()
+    nan_row = next(line for line in lines if line.startswith("NaN/Inf")).split()
+    assert float(nan_row[-2]) > 0 and float(nan_row[-1]) == 0  # before: clamped NaNs; after: none
+    assert any(line.startswith("kd_loss / kd_raw") for line in lines)
+
+
+def fake_diagnosis(*findings, roots=()):
+    return SimpleNamespace(findings=findings, root_causes=roots)
+
+
+def fake_finding(name, *recs):
+    return SimpleNamespace(name=name, code=name[:4].upper(), recommendations=tuple(Recommendation(*r, "") for r in recs))
+
+
+def test_apply_fixes_takes_root_causes_first_and_skips_foreign_settings(tmp_path, monkeypatch):
+    train(TrainConfig(model="mlm", label_all_tokens=True, lr=1e-4, **TINY), tmp_path / "orig", quiet=True)
+    diagnosis = fake_diagnosis(
+        fake_finding("mlm-label-ratio", ("label_all_tokens", True, False), ("gpu_count", 1, 4)),
+        fake_finding("lr-too-low", ("learning_rate", 1e-4, 1e-3)),
+        fake_finding("grad-explosion", ("lr", 1e-4, 5e-5), ("max_grad_norm", 1.0, 0.5)),
+        roots=("mlm-label-ratio", "lr-too-low"))
+    monkeypatch.setattr("analyzer.diagnose.diagnose_path", lambda path: diagnosis)
+    lines: list[str] = []
+    assert reproduce_run(tmp_path / "orig", tmp_path / "fixed", None, None, {}, True, lines.append) == 0
+    fixed = json.loads((tmp_path / "fixed" / "config.json").read_text())
+    assert fixed["label_all_tokens"] is False and fixed["lr"] == 1e-3 and fixed["max_grad_norm"] == 1.0
+    assert "skipped: gpu_count -> 4 is not a setting of the reference trainer" in lines
+    mask_row = next(line for line in lines if line.startswith("mask_ratio")).split()
+    assert float(mask_row[-2]) == 1.0 and float(mask_row[-1]) < 0.5
+
+
+def test_apply_fixes_without_recommendations_trains_nothing(tmp_path, monkeypatch):
+    train(TrainConfig(**TINY), tmp_path / "orig", quiet=True)
+    monkeypatch.setattr("analyzer.diagnose.diagnose_path", lambda path: fake_diagnosis(fake_finding("loss-plateau")))
+    lines: list[str] = []
+    assert reproduce_run(tmp_path / "orig", tmp_path / "fixed", None, None, {}, True, lines.append) == 0
+    assert lines == ["no finding recommends a hyperparameter change; nothing to re-run"]
+    assert not (tmp_path / "fixed").exists()
