@@ -147,13 +147,21 @@ def _parse_string(text: str, kind: type) -> Any:
     return text
 
 
+def validate(config: TrainConfig) -> TrainConfig:
+    """Checks that span several fields."""
+    k = config.language_factors
+    if k > 1 and round(config.vocab_size ** (1.0 / k)) ** k != config.vocab_size:
+        raise ConfigError(f"vocab_size {config.vocab_size} is not a power of {k} (language_factors={k})")
+    return config
+
+
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build a TrainConfig from a dict; keys starting with "_" are comments, any other unknown key is an error."""
-    return TrainConfig(**{k: coerce(k, v) for k, v in values.items() if not k.startswith("_")})
+    return validate(TrainConfig(**{k: coerce(k, v) for k, v in values.items() if not k.startswith("_")}))
 
 
 def with_overrides(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    return dataclasses.replace(config, **{k: coerce(k, v) for k, v in overrides.items()})
+    return validate(dataclasses.replace(config, **{k: coerce(k, v) for k, v in overrides.items()}))
 
 
 def parse_set_args(items: list[str]) -> dict[str, str]:

@@ -72,7 +72,7 @@ class FactorizedLanguage:
     def __init__(self, vocab_size: int, factors: int, branching: int, dirichlet_alpha: float, seed: int):
         self.base = round(vocab_size ** (1.0 / factors))
         if self.base**factors != vocab_size:
-            raise ValueError(f"vocab_size {vocab_size} is not a {factors}-th power (language_factors={factors})")
+            raise ValueError(f"vocab_size {vocab_size} is not a power of {factors} (language_factors={factors})")
         self.vocab_size = vocab_size
         self.digits = [MarkovLanguage(self.base, branching, dirichlet_alpha, seed, stream=i + 1, uniform=True)
                        for i in range(factors)]

@@ -38,6 +38,8 @@ def test_unknown_config_key_is_an_error():
     with pytest.raises(ConfigError, match="bad value"):
         with_overrides(TrainConfig(), {"batch_size": "four"})
     assert with_overrides(TrainConfig(), {"lr": "2e-4", "label_all_tokens": "true"}).lr == 2e-4
+    with pytest.raises(ConfigError, match="vocab_size 1000 is not a power of 2"):
+        with_overrides(TrainConfig(), {"language_factors": 2, "vocab_size": 1000})
 
 
 @pytest.mark.parametrize("model", ["gpt", "mlm", "kd"])
@@ -71,7 +73,7 @@ def test_factorized_language_has_uniform_tokens_and_digit_chains():
     transition = lang.transition_matrix()
     assert np.allclose(transition.sum(axis=1), 1.0) and np.allclose(transition.sum(axis=0), 1.0)  # uniform tokens
     assert (transition[x[:, :-1], x[:, 1:]] > 0).all()  # every sampled step is a transition of the product chain
-    with pytest.raises(ValueError, match="not a 3-th power"):
+    with pytest.raises(ValueError, match="not a power of 3"):
         FactorizedLanguage(vocab_size=60, factors=3, branching=2, dirichlet_alpha=0.5, seed=1)
 
 
