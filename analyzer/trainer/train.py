@@ -277,9 +277,9 @@ def _loop(cfg: TrainConfig, out_dir: Path, rank: int, stop_step: int | None, wri
         f"(ln V = {math.log(cfg.vocab_size):.4f})")
     if cfg.comment:
         log(f"note: {cfg.comment}")
-    kind = (f"{cfg.language_factors} independent Markov chains over base-{lang.base} digits"
-            if cfg.language_factors > 1 else "Markov chain")
-    log(f"language: {kind}, {cfg.branching} successors per {'digit' if cfg.language_factors > 1 else 'token'}, entropy rate "
+    kind = (f"{cfg.language_factors} independent Markov chains over base-{lang.base} digits, {cfg.branching} "
+            f"successors per digit" if cfg.language_factors > 1 else f"Markov chain, {cfg.branching} successors per token")
+    log(f"language: {kind}, entropy rate "
         f"{lang.entropy_rate():.4f} nats/token (the best causal LM loss)")
     log(f"batch {cfg.batch_size} x accum {cfg.grad_accum} x world {cfg.world_size} = effective "
         f"{cfg.effective_batch} sequences of {cfg.block_size} tokens; {cfg.optimizer} lr {cfg.lr:g} "

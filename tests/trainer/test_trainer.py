@@ -199,7 +199,8 @@ def fake_diagnosis(*findings, roots=()):
 
 
 def fake_finding(name, *recs):
-    return SimpleNamespace(name=name, code=name[:4].upper(), recommendations=tuple(Recommendation(*r, "") for r in recs))
+    recommendations = tuple(Recommendation(*rec, rationale="") for rec in recs)
+    return SimpleNamespace(name=name, code=name[:4].upper(), recommendations=recommendations)
 
 
 def test_apply_fixes_takes_root_causes_first_and_skips_foreign_settings(tmp_path, monkeypatch):
