@@ -288,10 +288,14 @@ def _total(run) -> pd.Series | None:
 def _grid_temperature(raw: float, budget: float, below: float, max_t_squared: float) -> float:
     """The largest temperature on the grid, below `below` and at least 1, whose T^2 is within `max_t_squared` and
     whose T^2 x raw fits the budget."""
-    t = math.floor((below - 1e-9) / GRID) * GRID
-    while t > MIN_TEMPERATURE and (t * t * raw > budget or t * t > max_t_squared):
-        t -= GRID
-    return max(round(t, 2), MIN_TEMPERATURE)
+    limit = min(below - 1e-9, math.sqrt(max_t_squared), math.sqrt(budget / raw) if raw > 0 else math.inf)
+    if not math.isfinite(limit) or limit <= MIN_TEMPERATURE:
+        return MIN_TEMPERATURE
+    return max(_floor_grid(limit), MIN_TEMPERATURE)
+
+
+def _floor_grid(value: float) -> float:
+    return round(math.floor(value / GRID + 1e-9) * GRID, 2)
 
 
 def _t(value: float) -> str:

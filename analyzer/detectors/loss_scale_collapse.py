@@ -49,6 +49,7 @@ MIN_HALVINGS = 3  # the scale fell 8x in one episode: gradients grew by about th
 LOSS_JUMP = 1.2  # a 20% rise of the loss is far beyond step-to-step noise of a large run
 MAX_SKIP_SHARE = 0.05  # healthy scalers overflow about once per growth window (~0.05% of steps)
 LOOKBACK = 20  # points before an episode whose median is the loss level it is compared with
+MAX_COUNTER_RISE = 10**6  # a skipped counter that jumps by more is not counting steps
 SKIPPED_COUNTER = re.compile(r"(^|_)skipped($|_)|skipped_iter|skipped_steps|num_skipped", re.I)
 MIN_SCALE_TEXT = re.compile(r"minimum loss scale", re.I)
 
@@ -86,14 +87,15 @@ def check(run, params):
     episodes = _episodes(rest, params["episode_gap"])
 
     span = max(1, (run.last_step or 0) - (calib[-1].step if calib else first_step))
-    skip_share = len(rest) / span
+    skipped_after = _count(rest)
+    skip_share = skipped_after / span
     collapses = []
     for ep in episodes:
         halvings = sum(o.halvings for o in ep)
         jump = stats.rise_during(loss_series, ep[0].step, ep[-1].step, LOOKBACK).ratio
         if halvings >= params["min_halvings"] or (halvings >= 2 and jump >= params["loss_jump"]):
             collapses.append((ep, halvings, jump))
-    frequent = (skip_share > params["max_skip_share"] and len(rest) >= params["min_halvings"]
+    frequent = (skip_share > params["max_skip_share"] and skipped_after >= params["min_halvings"]
                 and span >= params["calibration_steps"])
     floor = min((o.scale_to for o in overflows if o.scale_to is not None), default=None)
     min_scale_error = [e for e in run.events_of("error", "warning") if MIN_SCALE_TEXT.search(e.text or "")]
@@ -107,26 +109,31 @@ def check(run, params):
     if collapses:
         ep, halvings, jump = max(collapses, key=lambda c: (c[1] + (2 if c[2] >= params["loss_jump"] else 0),
                                                            -c[0][0].step))
-    else:
-        ep, halvings = rest, sum(o.halvings for o in rest)
-        jump = stats.rise_during(loss_series, rest[0].step, rest[-1].step, LOOKBACK).ratio if rest else 1.0
+    else:  # frequent or fatal: every overflow after calibration (all of them when the floor came early)
+        ep = rest or overflows
+        halvings = sum(o.halvings for o in ep)
+        dated_ep = [o for o in ep if o.step is not None]
+        jump = (stats.rise_during(loss_series, dated_ep[0].step, dated_ep[-1].step, LOOKBACK).ratio
+                if dated_ep else 1.0)
     start, end = ep[0].step, ep[-1].step
-    high = _first_known([o.scale_from for o in ep]) or _scale_at(run, start)
+    high = _first_known([o.scale_from for o in ep]) or (_scale_at(run, start) if start is not None else None)
     low = _last_known([o.scale_to for o in ep])
-    fall = f"from {_scale(high)} to {_scale(low)}" if high and low else f"by a factor {2 ** halvings:g}"
+    fall = (f"from {_scale(high)} to {_scale(low)}" if high and low
+            else f"by a factor 2^{halvings}")
     counted = {"line": f"{len(ep)} overflow lines, each a skipped step",
                "scale": f"{halvings} halvings of the logged loss scale",
-               "counter": f"{len(ep)} steps counted as skipped"}[ep[0].source]
-    when = f"at step {start}" if start == end else f"over steps {start}-{end}"
+               "counter": f"{halvings} steps counted as skipped"}[ep[0].source]
+    when = ("at an unknown step" if start is None else f"at step {start}" if start == end
+            else f"over steps {start}-{end}")
     message = (f"The fp16 loss scale fell {fall} {when} ({counted}"
                + ("; after the start-up calibration" if calib else "") + ")")
-    rise = stats.rise_during(loss_series, start, end, LOOKBACK)
+    rise = stats.rise_during(loss_series, start, end, LOOKBACK) if start is not None else stats.Rise(1.0, None, None)
     if jump >= params["loss_jump"]:
         message += f", while the {loss[0]} rose {jump:.2f}x (from ~{stats.fmt_num(rise.level)})"
     if len(collapses) > 1:
         message += f"; {len(collapses)} such episodes in all"
     if frequent:
-        message += f"; {len(rest)} overflows on {skip_share:.1%} of the steps after calibration"
+        message += f"; {skipped_after} overflows on {skip_share:.1%} of the steps after calibration"
     if fatal:
         message += "; the scale reached its floor, so gradients overflow fp16 even unscaled"
     message += "."
@@ -134,8 +141,8 @@ def check(run, params):
     grad = stats.grad_norm(run)
     healthy = None
     if grad is not None and not grad.unmeasured:
-        healthy = grad.values[grad.values.index < start]
-    why = f"the fp16 loss scale collapsed at step {start}"
+        healthy = grad.values[grad.values.index < start] if start is not None else grad.values
+    why = f"the fp16 loss scale collapsed {when}"
     recs = [remedies.bf16(run, why), remedies.clip(run, healthy, why)]
     if jump >= params["loss_jump"]:
         recs.append(remedies.lower_lr(run, f"{why} and the loss rose {jump:.2f}x"))
@@ -147,9 +154,9 @@ def check(run, params):
         else Confidence.MEDIUM
     return [DETECTOR.finding(
         message, start, end, severity=severity, confidence=confidence,
-        metrics={"overflows": len(ep), "halvings": halvings, "scale_from": high, "scale_to": low,
-                 "loss_jump": round(jump, 3), "episodes": len(collapses), "calibration_overflows": len(calib),
-                 "overflows_after_calibration": len(rest), "skip_share": round(skip_share, 4),
+        metrics={"overflows": _count(ep), "halvings": halvings, "scale_from": high, "scale_to": low,
+                 "loss_jump": round(jump, 3), "episodes": len(collapses), "calibration_overflows": _count(calib),
+                 "overflows_after_calibration": skipped_after, "skip_share": round(skip_share, 4),
                  "lowest_scale": floor},
         recommendations=remedies.unique(recs), evidence=evidence[:5])]
 
@@ -159,10 +166,10 @@ def _calibration(run, calib: list[Overflow]):
     low = _last_known([o.scale_to for o in calib])
     fall = f" (scale {_scale(high)} -> {_scale(low)})" if high and low else ""
     return DETECTOR.finding(
-        f"{len(calib)} fp16 overflow(s) in steps {calib[0].step}-{calib[-1].step} are the loss scaler's start-up "
+        f"{_count(calib)} fp16 overflow(s) in steps {calib[0].step}-{calib[-1].step} are the loss scaler's start-up "
         f"calibration{fall}; the scale then held: normal.",
         calib[0].step, calib[-1].step, severity=Severity.INFO, confidence=Confidence.HIGH,
-        metrics={"calibration_overflows": len(calib), "scale_from": high, "scale_to": low},
+        metrics={"calibration_overflows": _count(calib), "scale_from": high, "scale_to": low},
         evidence=[o.evidence for o in calib if o.evidence is not None][:2])
 
 
@@ -201,8 +208,9 @@ def _overflows(run) -> list[Overflow]:
             for i in np.flatnonzero(rises > 0):
                 step = int(counter.index[i])
                 where = run.point(metric, step)
-                out.extend(Overflow(step, 1, None, None, Evidence(where[0], where[1]) if where else None, "counter")
-                           for _ in range(int(rises[i])))
+                skipped = int(min(rises[i], MAX_COUNTER_RISE))  # a counter can be garbage: never trust its size
+                out.append(Overflow(step, skipped, None, None, Evidence(where[0], where[1]) if where else None,
+                                    "counter"))
             if out:
                 return out
     return []
@@ -224,6 +232,11 @@ def _first_growth(run) -> int | None:
             return step
         previous = _number(e.data.get("scale_to"))
     return None
+
+
+def _count(overflows: list[Overflow]) -> int:
+    """Skipped steps: one per overflow line or scale drop, a counter's rise for a counter."""
+    return sum(o.halvings if o.source == "counter" else 1 for o in overflows)
 
 
 def _scale_at(run, step) -> float | None:
