@@ -55,8 +55,6 @@ def test_every_expected_file_has_a_case():
 # Controls that are not yet quiet, and why; each is an open issue for the owner named (xfail, not strict, so a fix
 # shows up as XPASS and the entry can go).
 LOUD_CONTROLS = {
-    "factorized-embedding-stall-fixed": "the control itself stays near ln V for 100 steps (sample README's caveat): "
-                                        "loss-plateau / lr-too-high fire; trainer scenario or loss detectors",
     "gpt2-spike-plateau-fixed": "the control keeps the corrupted batch (loss 1.36 -> 2.78 at step 150): loss-spike "
                                 "fires; trainer scenario or loss-spike thresholds",
 }
