@@ -99,20 +99,20 @@ def diagnose_command(run_dirs, out, formats, as_json, fail_on, select, ignore, s
     parse_overrides(options["overrides"])
 
     runs = _expand(run_dirs, recursive)
+    results = _diagnose_all(runs, options, jobs)
+    diagnoses = [diagnosis for _, diagnosis in results]
     if as_json:
-        _print_json(runs, options)
-        return
-    diagnoses = _diagnose_all(runs, options, jobs)
-    several = len(runs) > 1 or recursive
-    entries = []
-    for run_dir, (run, diagnosis) in zip(runs, diagnoses):
-        target = _out_dir(run_dir, out, several)
-        _write(run, diagnosis, target, chosen, fail_on)
-        entries.append((run_dir.name, diagnosis, target))
-    if several and out is not None:
-        _write_index(entries, out)
-    level = None if fail_on == "never" else fail_on
-    failing = [d for _, d, _ in entries if level and _fails(d, level)]
+        _print_json(diagnoses)
+    else:
+        several = len(runs) > 1 or recursive
+        entries = []
+        for run_dir, (run, diagnosis) in zip(runs, results):
+            target = _out_dir(run_dir, out, several)
+            _write(run, diagnosis, target, chosen, fail_on)
+            entries.append((run_dir.name, diagnosis, target))
+        if several and out is not None:
+            _write_index(entries, out)
+    failing = fail_on != "never" and any(_fails(d, fail_on) for d in diagnoses)
     sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
 
 
@@ -163,22 +163,24 @@ def _diagnose_one(run_dir: Path, options: dict):
 def _diagnose_all(runs: list[Path], options: dict, jobs: int):
     if jobs <= 1 or len(runs) <= 1:
         return [_diagnose_one(r, options) for r in runs]
+    import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
+    # spawn, not fork: forking a process that holds pyarrow/torch thread pools can deadlock the child.
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(_diagnose_one, runs, [options] * len(runs)))
 
 
-def _print_json(runs: list[Path], options: dict) -> None:
-    from analyzer.diagnose import diagnose_path
+def _print_json(diagnoses: list) -> None:
+    """One findings.json document, or a JSON list of them when several runs were diagnosed."""
     from analyzer.findings import to_dict, to_json
 
-    if len(runs) == 1:
-        click.echo(to_json(diagnose_path(runs[0], **options), __version__), nl=False)
+    if len(diagnoses) == 1:
+        click.echo(to_json(diagnoses[0], __version__), nl=False)
         return
     import json
 
-    docs = [to_dict(diagnose_path(r, **options), __version__) for r in runs]
+    docs = [to_dict(d, __version__) for d in diagnoses]
     click.echo(json.dumps(docs, indent=2, ensure_ascii=False, allow_nan=False))
 
 
@@ -187,9 +189,13 @@ def _out_dir(run_dir: Path, out: Path | None, several: bool) -> Path:
     if out is not None:
         return out / name if several else out
     home = run_dir if run_dir.is_dir() else run_dir.parent
-    if os.access(home, os.W_OK):
+    if _writable(home):
         return home / "postmortem"
     return Path.cwd() / "postmortem" / name
+
+
+def _writable(folder: Path) -> bool:
+    return os.access(folder, os.W_OK)
 
 
 def _fails(diagnosis, level: str) -> bool:
@@ -264,8 +270,8 @@ def _short(value, limit: int = 40) -> str:
 
 @click.command(name="reproduce-run", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="New run dir (default: RUN_DIR-repro or -fixed beside "
-              "RUN_DIR, or under ./postmortem/ when that is read-only).")
+@click.option("--out", type=click.Path(path_type=Path), help="New run dir (default: ./postmortem/reproduce/NAME, "
+              "or NAME-fixed with --apply-fixes; never inside RUN_DIR).")
 @click.option("--apply-fixes", is_flag=True, help="Diagnose RUN_DIR, apply its recommendations, compare before/after.")
 @click.option("--max-steps", type=click.IntRange(1), help="Stop after this many steps.")
 @click.option("--nproc", type=click.IntRange(1, 16), help="Processes (torch.distributed, gloo).")

@@ -1,0 +1,118 @@
+"""`diagnose` end to end on shipped sample runs: outputs, exit codes, CI integration, nothing in RUN_DIR touched."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from analyzer import cli
+from analyzer.cli import diagnose_command
+from tests.conftest import SAMPLE_RUNS
+
+BROKEN = SAMPLE_RUNS / "kd-temperature-blowup"
+HEALTHY = SAMPLE_RUNS / "kd-temperature-blowup-fixed"
+
+
+def _snapshot(root):
+    return {p.relative_to(root): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_reports_written_to_out_and_run_dir_untouched(runner, tmp_path):
+    before = _snapshot(BROKEN)
+    result = runner.invoke(diagnose_command, [str(BROKEN), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 1, result.output  # critical findings, --fail-on critical by default
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.is_file()) == [
+        "findings.json", "report.html", "report.md"]
+    assert _snapshot(BROKEN) == before
+    assert "verdict:" in result.output
+
+
+def test_default_out_is_run_dir_postmortem(runner, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(HEALTHY, run)
+    result = runner.invoke(diagnose_command, [str(run), "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert (run / "postmortem" / "findings.json").is_file()
+
+
+def test_read_only_run_dir_reports_under_cwd(runner, tmp_path, monkeypatch):
+    # Root ignores permission bits, so a read-only dir is simulated where the CLI asks.
+    monkeypatch.setattr(cli, "_writable", lambda folder: False)
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(diagnose_command, [str(HEALTHY), "--format", "md"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "postmortem" / HEALTHY.name / "report.md").is_file()
+
+
+@pytest.mark.parametrize("fail_on, healthy_code, broken_code", [
+    ("critical", 0, 1), ("never", 0, 0), ("info", 1, 1),
+])
+def test_fail_on_exit_codes(runner, tmp_path, fail_on, healthy_code, broken_code):
+    for run, code in ((HEALTHY, healthy_code), (BROKEN, broken_code)):
+        result = runner.invoke(diagnose_command, [str(run), "--json", "--fail-on", fail_on])
+        doc = json.loads(result.output)
+        if fail_on == "info" and run is HEALTHY and not doc["findings"]:
+            code = 0
+        assert result.exit_code == code, (run.name, fail_on, result.output[-500:])
+
+
+def test_json_is_byte_identical_between_runs(runner):
+    first = runner.invoke(diagnose_command, [str(BROKEN), "--json"]).output
+    second = runner.invoke(diagnose_command, [str(BROKEN), "--json"]).output
+    assert first == second
+    assert json.loads(first)["root_causes"]
+
+
+def test_github_step_summary_is_appended(runner, tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    runner.invoke(diagnose_command, [str(BROKEN), "--out", str(tmp_path / "r"), "--format", "md"])
+    text = summary.read_text()
+    assert text.startswith("earlier step\n") and "distill-temperature-blowup" in text
+
+
+def test_junit_has_a_failure_per_finding_at_or_above_fail_on(runner, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    runner.invoke(diagnose_command, [str(BROKEN), "--out", str(tmp_path), "--format", "junit"])
+    tree = ET.parse(tmp_path / "junit.xml")
+    failures = tree.findall(".//testcase/failure")
+    doc = json.loads(runner.invoke(diagnose_command, [str(BROKEN), "--json"]).output)
+    critical = [f for f in doc["findings"] if f["severity"] == "critical"]
+    assert len(failures) == len(critical) > 0
+
+
+def test_recursive_sweep_writes_one_folder_per_run_and_an_index(runner, tmp_path):
+    sweep = tmp_path / "sweep"
+    for run in (BROKEN, HEALTHY):
+        shutil.copytree(run, sweep / run.name)
+    out = tmp_path / "out"
+    result = runner.invoke(diagnose_command, [str(sweep), "--recursive", "--jobs", "2", "--out", str(out),
+                                              "--format", "md,json"])
+    assert result.exit_code == 1, result.output
+    assert (out / BROKEN.name / "findings.json").is_file() and (out / HEALTHY.name / "report.md").is_file()
+    index = (out / "index.md").read_text()
+    assert BROKEN.name in index and HEALTHY.name in index
+    assert not (sweep / BROKEN.name / "postmortem").exists()
+
+
+def test_several_run_dirs_get_one_sub_folder_each(runner, tmp_path):
+    result = runner.invoke(diagnose_command, [str(BROKEN), str(HEALTHY), "--out", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 1
+    assert {p.name for p in tmp_path.iterdir() if p.is_dir()} >= {BROKEN.name, HEALTHY.name}
+
+
+def test_select_and_set_are_applied(runner):
+    doc = json.loads(runner.invoke(diagnose_command, [str(BROKEN), "--json", "--select", "D001"]).output)
+    assert {f["name"] for f in doc["findings"]} <= {"distill-temperature-blowup"}
+    assert not doc["skipped"] or all(s["name"] == "distill-temperature-blowup" for s in doc["skipped"])
