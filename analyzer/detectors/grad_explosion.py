@@ -80,20 +80,13 @@ def check(run, params):
 
 
 def _excursions(run, g, params):
-    x = np.log(g)
-    # Short excerpts (a chronicle quoting 20 lines) still need a baseline: a quarter of the points, at least 3.
-    min_periods = int(np.clip(len(g) // 4, 3, MIN_PERIODS))
-    base = stats.trailing_baseline(x, params["window"], min_periods).level
-    excess = (x - base).to_numpy()
-    excess0 = np.nan_to_num(excess, nan=0.0)
-    high = excess0 >= np.log(params["factor"])
+    found = stats.excursions(g, params["window"], params["factor"], MIN_PERIODS)
+    excess, high = found.excess, found.high.copy()
     sched = stats.schedule(run)
-    if sched.warmup_end is not None:  # gradients grow while the lr warms up (LoRA's zero-init B, say): not news
-        high &= g.index.to_numpy() >= sched.warmup_end
-    # Hysteresis: an excursion is the stretch above half the factor around points above the factor, so one event
-    # whose norm wobbles around the threshold is not cut into pieces.
-    low = excess0 >= np.log(params["factor"] / 2)
-    runs = [(a, b) for a, b in stats.runs_of_true(low) if high[a:b].any()]
+    warm = g.index.to_numpy() < sched.warmup_end if sched.warmup_end is not None else np.zeros(len(g), dtype=bool)
+    # gradients grow while the lr warms up (LoRA's zero-init B, say): not news
+    runs = [(a, b) for a, b in found.runs if (high[a:b] & ~warm[a:b]).any()]
+    high &= ~warm
     if not runs:
         return None
     loss = stats.train_loss(run)
@@ -118,8 +111,8 @@ def _excursions(run, g, params):
     healthy_mask = np.ones(len(g), dtype=bool)
     for e in episodes:
         healthy_mask[e["start"]:e["end"]] = False
-    healthy = g[healthy_mask]
-    baseline = float(np.median(healthy.to_numpy())) if len(healthy) else float(np.median(g.to_numpy()))
+    baseline = float(np.median(g[healthy_mask].to_numpy())) if healthy_mask.any() else float(np.median(g))
+    healthy = stats.healthy_grad_norms(run)
 
     if not harmful:
         worst = max(episodes, key=lambda e: e["ratio"])

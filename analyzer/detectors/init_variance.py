@@ -108,7 +108,7 @@ def _from_checkpoint(run, ckpt, group, init_std, scaled, params):
         metrics={"tables": k, "table_std": table_std, "summed_std": math.sqrt(summed_var),
                  "intended_std": intended, "variance_ratio": round(ratio, 3), "checkpoint": ckpt.path,
                  "checkpoint_step": ckpt.step, **_loss_metrics(run)},
-        recommendations=[_recommend(run, k, intended, scaled, table_std)],
+        recommendations=[_recommend(run, k, intended, scaled, math.sqrt(summed_var / k))],
         evidence=(evidence + _config_evidence(run))[:5])
 
 

@@ -138,10 +138,7 @@ def check(run, params):
         message += "; the scale reached its floor, so gradients overflow fp16 even unscaled"
     message += "."
 
-    grad = stats.grad_norm(run)
-    healthy = None
-    if grad is not None and not grad.unmeasured:
-        healthy = grad.values[grad.values.index < start] if start is not None else grad.values
+    healthy = stats.healthy_grad_norms(run)
     why = f"the fp16 loss scale collapsed {when}"
     recs = [remedies.bf16(run, why), remedies.clip(run, healthy, why)]
     if jump >= params["loss_jump"]:

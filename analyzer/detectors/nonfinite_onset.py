@@ -104,7 +104,7 @@ def check(run, params):
     message = "".join(parts) + "."
 
     last = max((s.step for s in dated), default=onset)
-    healthy_grad = _grad_before(run, onset)
+    healthy_grad = stats.healthy_grad_norms(run)
     why = f"the run went non-finite at step {onset}"
     recs = remedies.unique([
         remedies.bf16(run, why),
@@ -270,14 +270,6 @@ def _loss_stays_finite(run) -> bool:
     metric, _ = found
     values = run.series(metric).to_numpy(dtype="float64")
     return bool(np.isfinite(values).all() and (values != 0.0).any())
-
-
-def _grad_before(run, onset):
-    grad = stats.grad_norm(run)
-    if grad is None or grad.unmeasured:
-        return None
-    values = grad.values
-    return values[values.index < onset] if onset is not None else values
 
 
 def _number(value):

@@ -638,3 +638,60 @@ def segment_series(run: Run, metric: str) -> list[pd.Series]:
         out.append(finite(pd.Series(part["value"].to_numpy(), index=pd.Index(part["step"].to_numpy(), name="step"),
                                     name=metric)))
     return [s for s in out if len(s)]
+
+
+GRAD_WINDOW = 50  # trailing points of a gradient-norm baseline (grad-explosion's default window)
+GRAD_FACTOR = 10.0  # an order of magnitude above that baseline is an excursion (grad-explosion's default factor)
+GRAD_MIN_PERIODS = 10
+
+
+@dataclass(frozen=True)
+class Excursions:
+    """Where a positive series (a gradient norm) runs far above its trailing median: `excess` is the log-ratio to
+    that median (0 where there is no baseline yet), `high` the points at least `factor` above it, `low` those at
+    least half of that, and `runs` the [start, end) stretches of `low` points that contain a `high` one."""
+
+    excess: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    runs: list[tuple[int, int]]
+
+
+def excursions(series: pd.Series, window: int = GRAD_WINDOW, factor: float = GRAD_FACTOR,
+               min_periods: int = GRAD_MIN_PERIODS) -> Excursions:
+    """Excursions of a positive series above its trailing robust level, with hysteresis (a stretch above half the
+    factor around points above the factor), so one event that wobbles around the threshold is one excursion. Short
+    series (a chronicle quoting 20 lines) get a baseline from a quarter of their points, at least 3."""
+    x = np.log(series.astype("float64"))
+    periods = int(np.clip(len(series) // 4, 3, min_periods))
+    base = trailing_baseline(x, window, periods).level
+    excess = np.nan_to_num((x - base).to_numpy(), nan=0.0)
+    high = excess >= np.log(factor)
+    low = excess >= np.log(factor / 2)
+    runs = [(a, b) for a, b in runs_of_true(low) if high[a:b].any()]
+    return Excursions(excess=excess, high=high, low=low, runs=runs)
+
+
+def healthy_grad_norms(run: Run) -> pd.Series | None:
+    """The gradient norms of the run's healthy stretch: finite and non-zero, before the first non-finite loss or
+    gradient norm, outside excursions. The reference for a clip threshold (its p99), the same for every detector."""
+    grad = grad_norm(run)
+    if grad is None or grad.unmeasured or not len(grad.values):
+        return None
+    values = grad.values
+    first_bad = None
+    for metric in ("grad_norm",) + TRAIN_LOSS_METRICS:
+        if run.has(metric):
+            series = run.series(metric)
+            bad = series.index[~np.isfinite(series.to_numpy(dtype="float64"))]
+            if len(bad):
+                first_bad = int(bad.min()) if first_bad is None else min(first_bad, int(bad.min()))
+    if first_bad is not None:
+        values = values[values.index < first_bad]
+    if not len(values):
+        return None
+    found = excursions(values)
+    keep = np.ones(len(values), dtype=bool)
+    for start, end in found.runs:
+        keep[start:end] = False
+    return values[keep]

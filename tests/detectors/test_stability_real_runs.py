@@ -124,6 +124,6 @@ def test_mlm_sample_runs():
 
 def test_factorized_embedding_sample_runs():
     [f] = check("C002", read(SAMPLE_RUNS / "factorized-embedding-stall"))
-    assert f.severity is Severity.WARNING and f.metrics["variance_ratio"] == pytest.approx(3.0, rel=0.1)
+    assert f.severity is Severity.WARNING and 2.5 < f.metrics["variance_ratio"] < 4.0  # 3 tables, after training
     assert f.recommendations[0].hparam == "scale_factorized_init" and f.recommendations[0].suggested is True
     assert check("C002", read(SAMPLE_RUNS / "factorized-embedding-stall-fixed")) == []
