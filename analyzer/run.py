@@ -33,7 +33,7 @@ METRIC_ALIASES: Mapping[str, str] = {
     "grad_norm": "grad_norm", "gradient_norm": "grad_norm", "gnorm": "grad_norm", "grad_norm_before_clip": "grad_norm",
     "total_norm": "grad_norm", "norm": "grad_norm",
     "kd_loss": "kd_loss", "distill_loss": "kd_loss", "distillation_loss": "kd_loss",
-    "kd_raw": "kd_raw", "kd_raw_loss": "kd_raw", "raw_kd": "kd_raw", "kl": "kd_raw", "kl_div": "kd_raw",
+    "kd_raw": "kd_raw", "kd_raw_loss": "kd_raw", "raw_kd": "kd_raw",  # not "kl": TRL/GRPO log a KL to the reference model under it
     "temperature": "temperature", "temp": "temperature", "kd_temperature": "temperature",
     "lm_loss": "lm_loss", "ce_loss": "lm_loss", "mlm_loss": "lm_loss",
     "ppl": "ppl", "perplexity": "ppl",
@@ -96,7 +96,7 @@ HPARAM_ALIASES: Mapping[str, str] = {
     "lr_scheduler_type": "lr_schedule", "lr_schedule": "lr_schedule", "lr_scheduler": "lr_schedule",
     "lr_decay_style": "lr_schedule",
     "block_size": "block_size", "max_seq_length": "block_size", "seq_len": "block_size", "seq_length": "block_size",
-    "max_length": "block_size", "context_length": "block_size", "n_ctx": "block_size", "n_positions": "block_size",
+    "max_length": "block_size", "max_seq_len": "block_size", "context_length": "block_size", "n_ctx": "block_size", "n_positions": "block_size",
     "layer_norm_eps": "layer_norm_eps", "layer_norm_epsilon": "layer_norm_eps", "ln_eps": "layer_norm_eps",
     "vocab_size": "vocab_size", "n_vocab": "vocab_size", "padded_vocab_size": "vocab_size",
     "max_steps": "max_steps", "train_iters": "max_steps", "total_steps": "max_steps", "max_iters": "max_steps",

@@ -94,3 +94,11 @@ def test_json_prints_schema_document(runner, tmp_path):
     assert doc["schema"] == "postmortem.findings/1"
     assert doc["run"]["last_step"] == 49
     assert list(tmp_path.iterdir()) == [tmp_path / "metrics.csv"]  # --json writes nothing
+
+
+def test_hydra_config_is_read(runner, tmp_path):
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_text("optimizer:\n  lr: 0.0003\ntrainer:\n  max_steps: 1000\n")
+    (tmp_path / "metrics.csv").write_text("step,loss\n0,3.0\n1,2.9\n")
+    doc = json.loads(runner.invoke(diagnose_command, ["--json", str(tmp_path)]).output)
+    assert doc["run"]["hparams"]["lr"] == 0.0003 and doc["run"]["hparams"]["max_steps"] == 1000

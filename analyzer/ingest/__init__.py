@@ -24,6 +24,7 @@ READERS = (canonical, hf_trainer, lightning, mlflow, wandb, tensorboard, tabular
 
 OUTPUT_DIR = "postmortem"  # diagnose's own default output folder inside a run dir: never read as input
 _SKIP_DIRS = {OUTPUT_DIR, "__pycache__", "node_modules", ".git", ".hg", ".svn", ".ipynb_checkpoints"}
+_HIDDEN_READ = {".hydra"}  # Hydra keeps the run's resolved config there
 
 Progress = Callable[[int, int], None]
 
@@ -34,7 +35,8 @@ def walk(root: Path) -> list[Path]:
         return [root]
     found = []
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS and not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames
+                             if d not in _SKIP_DIRS and (not d.startswith(".") or d in _HIDDEN_READ))
         for name in sorted(filenames):
             path = Path(dirpath) / name
             if path.is_file() and not name.startswith("."):
