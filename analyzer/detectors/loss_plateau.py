@@ -25,15 +25,16 @@ How it decides:
     for fairseq-style logs), or is implied when a loss sits within 0.2% of ln(k) for k <= 10; a distillation run's
     total loss is not compared with it. Severity: critical at chance level (within `chance_tolerance`) when the run
     ends on it; warning when the run ends still on the plateau, or for a plateau at chance that the loss left later;
-    info when the loss improved again later, or when the log is so noisy that the allowance exceeds twice
-    `min_improvement` (slow progress could hide under the noise).
+    info when the loss improved again later, when the plateau is shorter than `min_steps`, or when the log is so
+    noisy that the allowance exceeds twice `min_improvement` (slow progress could hide under the noise).
 What it recommends:
     Nothing by itself: the plateau is a symptom. Its cause, with numeric fixes, comes from lr-too-low, lr-too-high,
     small-effective-batch, init-variance or initial-loss-mismatch, which the report links to it. At chance level the
     message says so, since the fix is in the data, labels or loss rather than in the schedule.
 Parameters:
     min_fraction (default 0.25): shortest plateau, as a fraction of the logged steps of that series.
-    min_improvement (default 0.02): largest relative improvement (2%) that still counts as "not improving".
+    min_improvement (default 0.03): largest relative improvement (3%) that still counts as "not improving".
+    min_steps (default 100): a plateau shorter than this many steps is reported as info only.
     min_lr_fraction (default 0.3): steps where the lr is below this fraction of its peak are not judged.
     max_rise (default 0.1): a stretch whose level rises more than this (relative) is left to loss-divergence.
     chance_tolerance (default 0.01): a plateau within this relative distance of chance level is "at chance".
@@ -54,7 +55,8 @@ from analyzer.detectors.base import Detector, evidence_at
 from analyzer.findings import Confidence, Severity, Skipped
 
 MIN_FRACTION = 0.25  # a quarter of the run: shorter flat stretches happen between phases of healthy training
-MIN_IMPROVEMENT = 0.02  # 2%: seed 001 (3.75 -> 3.60, -4% over 1500+ steps) holds still for 1000+ steps at this scale
+MIN_IMPROVEMENT = 0.03  # 3%: seed 001 calls 3.75 -> 3.60 (-4%) over 1500+ steps a plateau; healthy runs beat 3%
+MIN_STEPS = 100  # a flat stretch of a few dozen steps is early training, not a plateau worth a warning
 MIN_LR_FRACTION = 0.3  # below ~30% of peak lr a cosine/linear decay is winding down and slow progress is normal
 MAX_RISE = 0.1
 CHANCE_TOLERANCE = 0.01  # 1%: a 4-way classifier at 1.40 vs ln 4 = 1.386; an LM that learned unigrams is further
@@ -152,6 +154,12 @@ def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: i
                    lr_low=lr_low, lr_high=lr_high)
 
 
+def is_stall(p: Plateau | None, params) -> bool:
+    """A plateau the run ends on, long enough and measured finely enough to be a warning (see Severity above)."""
+    return (p is not None and p.ongoing and p.last_step - p.first_step >= params["min_steps"]
+            and p.threshold <= COARSE * params["min_improvement"])
+
+
 def chance_for(run, levels: list[float]) -> stats.ChanceLevel | None:
     """The run's chance level: from hparams, else implied by any of the given loss levels."""
     chance = stats.chance_level(run)
@@ -211,7 +219,10 @@ def _finding(run, metric, series, p: Plateau, chance, sched, params):
                    f"{stats.fmt_num(sched.peak_lr)}")
         metrics.update(lr_fraction_min=p.lr_low, lr_fraction_max=p.lr_high, peak_lr=sched.peak_lr)
     coarse = p.threshold > COARSE * params["min_improvement"]  # the log's noise hides slow progress
-    if at_chance and p.ongoing:
+    short = p.last_step - p.first_step < params["min_steps"]
+    if short:
+        severity = Severity.INFO
+    elif at_chance and p.ongoing:
         severity = Severity.CRITICAL
     elif at_chance or (p.ongoing and not coarse):
         severity = Severity.WARNING
@@ -237,6 +248,7 @@ DETECTOR = Detector(
     doc=__doc__,
     params={"min_fraction": MIN_FRACTION, "min_improvement": MIN_IMPROVEMENT, "min_lr_fraction": MIN_LR_FRACTION,
             "max_rise": MAX_RISE, "chance_tolerance": CHANCE_TOLERANCE, "min_points": MIN_POINTS,
+            "min_steps": MIN_STEPS,
             "min_eval_points": MIN_EVAL_POINTS},
     check=check, requires=("loss", "lm_loss", "eval_loss"),
 )

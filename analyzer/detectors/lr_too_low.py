@@ -11,9 +11,10 @@ How it decides:
     Looks only at steps after warmup where the lr is at least `min_lr_fraction` of its peak. With `update_ratio`
     logged (|weight update| / |weights| per step), its median there is compared with the healthy ~1e-3
     (TheDeepChecker's healthy band is 1e-4..1e-1 in log10 terms; practitioners aim near 1e-3):
-    - below `tiny_ratio` (1e-4) and the loss is not falling fast (less than `fast_progress` relative drop over the
+    - below `tiny_ratio` (2e-4) and the loss is not falling fast (less than `fast_progress` relative drop over the
       later half of those steps): warning, high confidence;
-    - below `low_ratio` (1e-3) and the loss sits on a plateau to the end of the run (loss-plateau's test) without
+    - below `low_ratio` (3e-3, the low end of the 1e-3..1e-2 where healthy AdamW runs sit at their peak lr) and the
+      loss sits on a plateau to the end of the run (loss-plateau's test) without
       rising (a loss that went up is not short of lr): warning, medium confidence.
     Without update_ratio, a plateau to the end of the run whose loss is smooth (point-to-point noise under
     `smooth_noise`, i.e. steps are small rather than noisy) at a peak lr below `typical_lr` gives an info finding,
@@ -24,8 +25,8 @@ What it recommends:
     long warmup (over `long_warmup` of the steps), `warmup_ratio` 0.06 so the peak lr is reached sooner (seed 001:
     0.1 -> 0.06).
 Parameters:
-    tiny_ratio (default 0.0001): update ratio below which steps are too small whatever the loss does.
-    low_ratio (default 0.001): update ratio below which a plateau is blamed on the lr.
+    tiny_ratio (default 0.0002): update ratio below which steps are too small unless the loss still falls fast.
+    low_ratio (default 0.003): update ratio below which a plateau is blamed on too small a step.
     fast_progress (default 0.1): relative loss drop over the judged steps that counts as good progress.
     smooth_noise (default 0.01): point-to-point relative loss noise below which a plateau counts as smooth.
     min_lr_fraction (default 0.5): steps where the lr is below this fraction of its peak are not judged.
@@ -41,11 +42,11 @@ import numpy as np
 
 from analyzer.detectors import stats
 from analyzer.detectors.base import Detector, evidence_at
-from analyzer.detectors.loss_plateau import DETECTOR as PLATEAU, TRAIN_BIN, find_plateau
+from analyzer.detectors.loss_plateau import DETECTOR as PLATEAU, TRAIN_BIN, find_plateau, is_stall
 from analyzer.findings import Confidence, Recommendation, Severity, Skipped
 
-TINY_RATIO = 1e-4
-LOW_RATIO = 1e-3
+TINY_RATIO = 2e-4  # twice TheDeepChecker's 1e-4 floor; AdamW fine-tunes at lr 1e-5 on pretrained weights sit ~2.5e-4
+LOW_RATIO = 3e-3  # a stalled run whose steps are at the low end of healthy (1e-3..1e-2) gains from larger ones
 TARGET_RATIO = 1e-3
 FAST_PROGRESS = 0.1
 SMOOTH_NOISE = 0.01
@@ -72,7 +73,7 @@ def check(run, params):
         return Skipped(DETECTOR.name, f"only {len(judged)} loss points after warmup at >= "
                                       f"{params['min_lr_fraction']:.0%} of the peak lr; needs {params['min_points']}")
     plateau = find_plateau(loss, sched, PLATEAU.params, PLATEAU.params["min_points"], min_bin=TRAIN_BIN)
-    stalled = plateau is not None and plateau.ongoing
+    stalled = is_stall(plateau, PLATEAU.params)
     # progress over the later half of the judged steps: an early fast fall says nothing about the lr now
     late = judged.iloc[len(judged) // 2:]
     drop = 1.0 - float(np.median(late.tail(max(3, len(late) // 5)))) / float(
@@ -102,7 +103,11 @@ def check(run, params):
         why = (f"the loss has stalled near {stats.fmt_num(plateau.level)} since step {plateau.first_step} while "
                f"the median update ratio is only {stats.fmt_num(ratio)}")
         severity, confidence = Severity.WARNING, Confidence.MEDIUM
-        basis = f"update ratio {stats.fmt_num(ratio)} towards ~{stats.fmt_num(TARGET_RATIO)}"
+        if TARGET_RATIO / ratio >= PLATEAU_FACTOR[0]:
+            basis = f"update ratio {stats.fmt_num(ratio)} towards ~{stats.fmt_num(TARGET_RATIO)}"
+        else:
+            basis = (f"the update ratio {stats.fmt_num(ratio)} is at the low end of healthy (1e-3..1e-2) and the "
+                     "loss has stalled: x2 is the smallest step worth a re-run")
     elif ratio is None and stalled and drop > -params["fast_progress"] / 5 and lr_known_low(run, sched, params) and \
             stats.noise_std(stats.log_values(judged).to_numpy()) < params["smooth_noise"]:
         factor = DEFAULT_FACTOR

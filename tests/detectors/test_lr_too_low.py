@@ -42,12 +42,12 @@ def test_tiny_update_ratio_factor_from_data():
     [f] = check(stalled(2e-5, lr=1e-5))
     assert f.confidence is Confidence.HIGH
     assert {r.hparam: r.suggested for r in f.recommendations}["lr"] == pytest.approx(1e-4)  # x10 cap
-    [f] = check(stalled(2e-4, lr=1e-5), tiny_ratio=5e-4)
+    [f] = check(stalled(2e-4, lr=1e-5), tiny_ratio=5e-4, low_ratio=1e-4)
     assert {r.hparam: r.suggested for r in f.recommendations}["lr"] == pytest.approx(5e-5)
 
 
 def test_healthy_update_ratio_or_fast_progress_is_silent():
-    assert check(stalled(3e-3)) == []
+    assert check(stalled(6e-3)) == []
     for seed in range(3):
         run = synth.log(synth.healthy(seed, warmup=200), 10, metrics=("loss", "lr", "update_ratio"))
         assert check(run) == []
