@@ -51,6 +51,7 @@ IGNORED_METRICS = re.compile(r"runtime|_time$|^time|per_s(?:ec(?:ond)?)?$|^steps
 PERPLEXITY = re.compile(r"(?:^|_)ppl$|perplexity", re.I)
 LOSS_METRICS = ("loss", "lm_loss", "kd_loss", "kd_raw")  # losses that a filter or clamp can turn into 0.0
 NONFINITE_TEXT = re.compile(r"\bnan\b|\binf(inity)?\b|non-?finite", re.I)
+FILTER_TEXT = re.compile(r"\bnan\b|non-?finite|filter", re.I)  # a blind spot saying the logs hide NaN
 NAN_COUNTER = re.compile(r"nan_iter|nan_count|num_nan|nan_steps", re.I)
 
 
@@ -85,7 +86,7 @@ def check(run, params):
 
     good = stats.last_checkpoint_before(run, onset - 1) if onset is not None else None
     hidden = [s for s in signals if not s.direct]
-    filtered = [b for b in run.blind_spots if DETECTOR.name in b.affects]
+    filtered = [b for b in run.blind_spots if DETECTOR.name in b.affects and FILTER_TEXT.search(b.message)]
     previous = _previous_clean_point(run, first)
 
     parts = [f"First non-finite value at step {onset}: {first.what}" if onset is not None
