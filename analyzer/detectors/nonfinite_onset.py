@@ -13,8 +13,9 @@ Why it matters:
     only makes the run look alive. What matters is the step where it began: the restart must come from a
     checkpoint saved before it, with the change that removes its cause.
 How it decides:
-    Every signal above gives a step; the onset is the earliest. Throughput and timing metrics are ignored, and an
-    infinite perplexity is exp() of a large finite loss, not a NaN. A logged point is a window of steps when the
+    Every signal above gives a step; the onset is the earliest. Throughput and timing metrics are ignored, an
+    infinite perplexity is exp() of a large finite loss, not a NaN, and an auxiliary metric that is non-finite at
+    every point was never measured (a loss or gradient norm NaN from the first step is a broken run). A logged point is a window of steps when the
     log is sparse, so the message gives the last clean point before the onset. Non-finite gradient norms alone,
     in an fp16 run whose loss stays finite, are the loss scaler skipping overflowing steps as designed: reported as
     info (loss-scale-collapse judges them). When the logs filter NaN (a blind spot of the run), the message says the
@@ -49,7 +50,8 @@ ZERO_LOOKBACK = 5  # points before a 0.0 whose median must be a normal loss leve
 IGNORED_METRICS = re.compile(r"runtime|_time$|^time|per_s(?:ec(?:ond)?)?$|^steps_per|^tokens_per|^samples_per|flos|"
                              r"mem(?:ory)?|throughput|tflops|elapsed", re.I)
 PERPLEXITY = re.compile(r"(?:^|_)ppl$|perplexity", re.I)
-LOSS_METRICS = ("loss", "lm_loss", "kd_loss", "kd_raw")  # losses that a filter or clamp can turn into 0.0
+LOSS_METRICS = ("loss", "lm_loss", "kd_loss", "kd_raw")
+CORE_METRICS = frozenset(LOSS_METRICS + ("eval_loss", "grad_norm", "param_norm", "update_ratio", "lr", "loss_scale"))  # losses that a filter or clamp can turn into 0.0
 NONFINITE_TEXT = re.compile(r"\bnan\b|\binf(inity)?\b|non-?finite", re.I)
 FILTER_TEXT = re.compile(r"\bnan\b|non-?finite|filter", re.I)  # a blind spot saying the logs hide NaN
 NAN_COUNTER = re.compile(r"nan_iter|nan_count|num_nan|nan_steps", re.I)
@@ -142,8 +144,15 @@ def _metric_signals(run) -> list[Signal]:
     keep = ~metrics.str.contains(IGNORED_METRICS) & ~(metrics.str.contains(PERPLEXITY) &
                                                       (rows["value"].to_numpy() == np.inf))
     rows = rows[keep.to_numpy()]
+    # An auxiliary metric that is non-finite at every point was never measured (a logger's placeholder), unlike a
+    # loss or gradient norm that is NaN from the first step, which is a run broken from the start.
+    totals = scalars["metric"].value_counts()
+    bad_counts = rows["metric"].value_counts()
+    never = {m for m, c in bad_counts.items() if c == totals.get(m, 0) and m not in CORE_METRICS}
     out = []
     for metric, group in rows.groupby("metric", sort=True):
+        if metric in never:
+            continue
         row = group.sort_values(["step", "line"], kind="stable").iloc[0]
         value = "NaN" if np.isnan(row["value"]) else ("Inf" if row["value"] > 0 else "-Inf")
         out.append(Signal(int(row["step"]), f"{metric} is {value}", "grad" if metric == "grad_norm" else "metric",

@@ -156,3 +156,10 @@ def test_skipped_counter_in_fp16_is_left_to_loss_scale_collapse():
     run = make_run({"loss": (steps, np.full(10, 2.5)), "loss_scale": (steps, [8, 8, 8, 4, 4, 4, 2, 2, 2, 2]),
                     "number_of_skipped_iterations": (steps, [0, 0, 0, 1, 1, 1, 2, 2, 2, 2])})
     assert run_check(run) == []
+
+
+def test_auxiliary_metric_never_measured_is_not_a_nan():
+    run = make_run({"loss": np.linspace(3, 2, 20), "eval_accuracy": np.full(20, np.nan)})
+    assert run_check(run) == []
+    [f] = run_check(make_run({"loss": np.full(20, np.nan)}))
+    assert f.first_step == 0
