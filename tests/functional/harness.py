@@ -11,18 +11,20 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.conftest import REAL_RUNS, SAMPLE_RUNS
+from tests.conftest import FIXTURES, REAL_RUNS, SAMPLE_RUNS
 
 HERE = Path(__file__).resolve().parent
 EXPECTED = HERE / "expected"
-SEED_EXCERPTS = HERE  # seed_NNN/ folders beside this file: seed write-ups' log lines as a text log
+# Seed write-ups' log lines as text logs (the text reader's fixtures): seed002_excerpt.log quotes seed 002 byte for
+# byte; seed002_step436.log places its NaN-clamp warning where a training script prints it, before step 436's line.
+SEED_EXCERPTS = FIXTURES / "text"
 UPDATE_ENV = "POSTMORTEM_UPDATE_EXPECTED"
 HEADER = "# name severity first_step (root causes first); regenerate: python tests/functional/update.py\n"
 
 
 @dataclass(frozen=True)
 class Case:
-    id: str  # "sample_runs/kd-temperature-blowup", "real_runs/bloom13b_spike", "seeds/seed_002"
+    id: str  # "sample_runs/kd-temperature-blowup", "real_runs/bloom13b_spike", "seeds/seed002_excerpt"
     path: Path
     expected: Path
 
@@ -44,8 +46,8 @@ def real_cases() -> list[Case]:
 
 
 def seed_cases() -> list[Case]:
-    return [Case(f"seeds/{p.name}", p, EXPECTED / f"{p.name}.txt")
-            for p in sorted(SEED_EXCERPTS.glob("seed_*")) if p.is_dir()]
+    return [Case(f"seeds/{p.stem}", p, EXPECTED / "seeds" / f"{p.stem}.txt")
+            for p in sorted(SEED_EXCERPTS.glob("seed*.log"))]
 
 
 def all_cases() -> list[Case]:
