@@ -15,16 +15,17 @@ Why it matters:
 How it decides:
     Every signal above gives a step; the onset is the earliest. Throughput and timing metrics are ignored, an
     infinite perplexity is exp() of a large finite loss, not a NaN, and an auxiliary metric that is non-finite at
-    every point was never measured (a loss or gradient norm NaN from the first step is a broken run). A logged point is a window of steps when the
-    log is sparse, so the message gives the last clean point before the onset. Non-finite gradient norms alone,
-    in an fp16 run whose loss stays finite, are the loss scaler skipping overflowing steps as designed: reported as
-    info (loss-scale-collapse judges them). When the logs filter NaN (a blind spot of the run), the message says the
-    onset may be earlier. The last checkpoint saved before the onset with no non-finite value is the restart point.
+    every point was never measured (a loss or gradient norm NaN from the first step is a broken run). A logged
+    point is a window of steps when the log is sparse, so the message gives the last clean point before the onset.
+    Non-finite gradient norms alone, while the loss stays finite, in a run that uses fp16 or does not say, are the
+    loss scaler skipping overflowing steps as designed: info (loss-scale-collapse judges them). When the logs filter
+    NaN (a blind spot of the run), the message says the onset may be earlier. The last checkpoint saved before the
+    onset with no non-finite value is the restart point.
 What it recommends:
     Restart from the last clean checkpoint before the onset (named in the message), with: precision bf16 instead of
-    fp16 where the run used fp16; max_grad_norm near the p99 of the healthy gradient norms before the onset (1.0
-    when they are not logged) unless clipping is already that tight; the peak lr halved. Causes found by other
-    detectors (temperature, lr, batch) are linked by the chain and carry their own fixes.
+    fp16 where the run used fp16; max_grad_norm near the p99 of the healthy gradient norms (before the onset and
+    outside excursions; 1.0 when they are not logged) unless clipping is already that tight; the peak lr halved.
+    Causes found by other detectors (temperature, lr, batch) are linked by the chain and carry their own fixes.
 Parameters:
     zero_from (default 0.5): a loss that was at least this large on the points before and then reads exactly 0.0
         is taken as a hidden NaN.
@@ -77,7 +78,9 @@ def check(run, params):
     onset = first.step
 
     grad_only = all(s.kind == "grad" for s in signals)
-    if grad_only and stats.uses_fp16(run) and _loss_stays_finite(run):
+    # The loss scaler skips a step whose gradients overflowed and the run goes on: a NaN norm with a loss that stays
+    # finite is that, unless the run is known not to use fp16.
+    if grad_only and stats.precision_is_fp16(run) is not False and _loss_stays_finite(run):
         steps = sorted({s.step for s in signals if s.step is not None})
         return [DETECTOR.finding(
             f"The gradient norm is non-finite at {len(steps)} logged step(s) from step {onset} while the loss stays "

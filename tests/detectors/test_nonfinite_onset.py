@@ -163,3 +163,12 @@ def test_auxiliary_metric_never_measured_is_not_a_nan():
     assert run_check(run) == []
     [f] = run_check(make_run({"loss": np.full(20, np.nan)}))
     assert f.first_step == 0
+
+
+def test_grad_nan_with_healthy_loss_and_unknown_precision_is_info():
+    grad = np.full(100, 1.0)
+    grad[40] = np.nan
+    [f] = run_check(make_run({"loss": np.linspace(4, 3, 100), "grad_norm": grad}))
+    assert f.severity is Severity.INFO
+    [f] = run_check(make_run({"loss": np.linspace(4, 3, 100), "grad_norm": grad}, hparams={"precision": "bf16"}))
+    assert f.severity is Severity.CRITICAL
