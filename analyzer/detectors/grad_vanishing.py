@@ -94,7 +94,8 @@ def check(run, params):
         k = max(MIN_EDGE, int(m * params["edge_share"]))
         loss_early = float(np.median(values.iloc[:k].to_numpy()))
         loss_late = float(np.median(values.iloc[-k:].to_numpy()))
-        if abs(loss_late) < params["zero_loss"] or (loss_early > 0 and loss_late < params["converged_share"] * loss_early):
+        converged = loss_early > 0 and loss_late < params["converged_share"] * loss_early
+        if abs(loss_late) < params["zero_loss"] or converged:
             return []  # a converged (or ~0 by design) loss explains a small gradient
         loss_text = f" while the {loss[0]} is still {stats.fmt_num(loss_late)} (from {stats.fmt_num(loss_early)})"
         confidence = Confidence.HIGH

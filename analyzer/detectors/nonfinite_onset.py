@@ -51,8 +51,8 @@ ZERO_LOOKBACK = 5  # points before a 0.0 whose median must be a normal loss leve
 IGNORED_METRICS = re.compile(r"runtime|_time$|^time|per_s(?:ec(?:ond)?)?$|^steps_per|^tokens_per|^samples_per|flos|"
                              r"mem(?:ory)?|throughput|tflops|elapsed", re.I)
 PERPLEXITY = re.compile(r"(?:^|_)ppl$|perplexity", re.I)
-LOSS_METRICS = ("loss", "lm_loss", "kd_loss", "kd_raw")
-CORE_METRICS = frozenset(LOSS_METRICS + ("eval_loss", "grad_norm", "param_norm", "update_ratio", "lr", "loss_scale"))  # losses that a filter or clamp can turn into 0.0
+LOSS_METRICS = ("loss", "lm_loss", "kd_loss", "kd_raw")  # losses that a filter or clamp can turn into 0.0
+CORE_METRICS = frozenset(LOSS_METRICS + ("eval_loss", "grad_norm", "param_norm", "update_ratio", "lr", "loss_scale"))
 NONFINITE_TEXT = re.compile(r"\bnan\b|\binf(inity)?\b|non-?finite", re.I)
 FILTER_TEXT = re.compile(r"\bnan\b|non-?finite|filter", re.I)  # a blind spot saying the logs hide NaN
 NAN_COUNTER = re.compile(r"nan_iter|nan_count|num_nan|nan_steps", re.I)

@@ -14,10 +14,11 @@ How it decides:
     pairing that explains most points is the convention. Points that differ by more than tolerance (in log space)
     are misreports. A constant perplexity while exp(loss) is larger, or a value that is exp() of a round number,
     is a display cap; other disagreements count when they hold at min_share of the points (scattered ones are
-    rounding or per-batch averaging). fairseq logs base-2 losses with ppl = 2**loss: that is correct where the run's loss base is
-    2 (loss_base, set by the text reader); 2**loss with an unknown base is only noted. A misreport is a warning
-    when the logged number is off by `hidden_factor` or more somewhere (seed 002: exp(28.4) shown as exp(20), 4500x
-    too small), else info: a cap that hides a factor of 2 misleads nobody about the state of the run.
+    rounding or per-batch averaging). fairseq logs base-2 losses with ppl = 2**loss: that is correct where the
+    run's loss base is 2 (loss_base, set by the text reader); 2**loss with an unknown base is only noted. A
+    misreport is a warning when the logged number is off by `hidden_factor` or more somewhere (seed 002: exp(28.4)
+    shown as exp(20), 4500x too small), else info: a cap that hides a factor of 2 misleads nobody about the state
+    of the run.
 What it recommends:
     Reporting the true perplexity (given in the message): drop the display cap or print the loss alongside. There
     is no hyperparameter to change; the loss behind the number is what other findings act on.

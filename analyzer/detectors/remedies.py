@@ -1,4 +1,4 @@
-"""Recommendations shared by the numerical-stability detectors: bf16, gradient clipping and a smaller lr, with numbers."""
+"""Recommendations shared by the numerical-stability detectors: bf16, a clip threshold and a smaller lr, with numbers."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ def checkpoint(step, tensors):
     return Checkpoint(f"checkpoints/step_{step:06d}.pt", step, "torch", CheckpointStats(tensors=tuple(tensors)))
 
 
-TABLES = [t("tok_emb.tables.0.weight", 0.02), t("tok_emb.tables.1.weight", 0.0201), t("tok_emb.tables.2.weight", 0.0199)]
+TABLES = [t("tok_emb.tables.0.weight", 0.02), t("tok_emb.tables.1.weight", 0.0201),
+          t("tok_emb.tables.2.weight", 0.0199)]
 
 
 def test_three_unscaled_tables_at_step_0():

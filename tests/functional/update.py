@@ -27,7 +27,8 @@ def main(words: list[str]) -> int:
         if text != old:
             harness.write(case, text)
             changed += 1
-            print(f"{'updated' if old is not None else 'created'} {case.expected.relative_to(harness.HERE.parent.parent)}")
+            where = case.expected.relative_to(harness.HERE.parent.parent)
+            print(f"{'updated' if old is not None else 'created'} {where}")
     print(f"{changed} expected file(s) changed")
     return 0
 
