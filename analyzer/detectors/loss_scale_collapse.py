@@ -115,7 +115,8 @@ def check(run, params):
         dated_ep = [o for o in ep if o.step is not None]
         jump = (stats.rise_during(loss_series, dated_ep[0].step, dated_ep[-1].step, LOOKBACK).ratio
                 if dated_ep else 1.0)
-    start, end = ep[0].step, ep[-1].step
+    steps = [o.step for o in ep if o.step is not None]
+    start, end = (steps[0], steps[-1]) if steps else (None, None)
     high = _first_known([o.scale_from for o in ep]) or (_scale_at(run, start) if start is not None else None)
     low = _last_known([o.scale_to for o in ep])
     fall = (f"from {_scale(high)} to {_scale(low)}" if high and low
