@@ -25,7 +25,8 @@ What it recommends:
     a warning line in the log), with the log lines as evidence; the report links a loss spike to it.
 Parameters:
     min_drop (default 0.04): smallest relative fall of the speed level that counts (4%).
-    big_drop (default 0.2): relative fall from which the drop is a warning.
+    big_drop (default 0.3): relative fall from which the drop is a warning (wall-clock rates on a shared
+        machine swing by ~20% without anything being wrong).
     noise_units (default 4.0): the fall must exceed this many robust point-to-point noise units.
     min_window (default 3): fewest points on each side of the shift.
     max_window (default 50): most points on each side of the shift.
@@ -43,7 +44,7 @@ from analyzer.detectors.base import Detector, evidence_at
 from analyzer.findings import Confidence, Evidence, Severity, Skipped
 
 MIN_DROP = 0.04  # 4%: BLOOM-176B's 149 -> 141 TFLOPs on a metric that otherwise varies by 0.1%
-BIG_DROP = 0.2
+BIG_DROP = 0.3  # seed 003 lost 40%; wall-clock rates on a shared machine swing by ~20%
 NOISE_UNITS = 4.0
 MIN_WINDOW = 3
 MAX_WINDOW = 50

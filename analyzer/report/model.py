@@ -273,7 +273,7 @@ def verdict(diagnosis: Diagnosis) -> str:
             return f"Nothing to judge: no metrics were found in this run{caveat}."
         return f"No problem found in steps {span}{caveat}."
     if worst is Severity.INFO:
-        names = _and([f.name for f in findings])
+        names = _and(list(dict.fromkeys(f.name for f in findings)))
         return f"No warning or critical finding in steps {span}; worth knowing: {names}{caveat}."
     lead = "The run is broken" if worst is Severity.CRITICAL else "The run is degraded"
     by_name: dict[str, Finding] = {}
@@ -300,8 +300,18 @@ def fix_line(rows: Sequence[RecommendationRow]) -> str:
     return "; ".join(f"{r.hparam} {r.current} -> {r.suggested}" for r in rows)
 
 
+VERDICT_CLAUSE = 160  # characters of the root cause's message the verdict quotes; the finding holds the rest
+
+
 def _sentence_body(message: str) -> str:
+    """The lead clause of a finding's message: a verdict is one short sentence, the details come below it."""
     text = " ".join(message.split()).rstrip(".")
+    for sep in ("; ", ": "):
+        head = text.split(sep, 1)[0]
+        if len(head) >= 20:
+            text = head
+    if len(text) > VERDICT_CLAUSE:
+        text = text[: VERDICT_CLAUSE - 3].rsplit(" ", 1)[0] + "..."
     return text[:1].lower() + text[1:] if text[:2].isalpha() and not text[:2].isupper() else text
 
 
