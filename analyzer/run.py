@@ -280,7 +280,16 @@ class Run:
         return metric in self._latest_index()[1]
 
     def series(self, metric: str, rank: int | None = None) -> pd.Series:
-        """Values of one metric indexed by step, sorted; where a restart repeats steps, the newest segment wins."""
+        """Values of one metric indexed by step, sorted; where a restart repeats steps, the newest segment wins.
+
+        The same Series object for the same question, so what detectors derive from it can be kept with it
+        (analyzer.detectors.stats.cached); callers never modify it in place."""
+        cache = self.__dict__.setdefault("_series_cache", {})
+        if (metric, rank) not in cache:
+            cache[(metric, rank)] = self._series(metric, rank)
+        return cache[(metric, rank)]
+
+    def _series(self, metric: str, rank: int | None) -> pd.Series:
         rows = self._latest_rows(metric)
         ranks = self._column("rank")[rows]
         if rank is None and len(rows):

@@ -59,6 +59,11 @@ QUANTA = 5  # a swing must exceed this many rounding steps of the logged values
 
 def find_oscillation(loss: pd.Series, params) -> dict | None:
     """The longest oscillating stretch over all bin scales, or None (see the module docs)."""
+    found = stats.cached(loss, ("find_oscillation", stats.params_key(params)), lambda: _find_oscillation(loss, params))
+    return dict(found) if found is not None else None
+
+
+def _find_oscillation(loss: pd.Series, params) -> dict | None:
     logs = stats.log_values(loss)
     if logs is None:
         return None
@@ -74,37 +79,43 @@ def find_oscillation(loss: pd.Series, params) -> dict | None:
             size *= 2
             continue
         nb = n // size
-        idx = np.arange(nb * size) // size
-        frame = pd.Series(x[: nb * size]).groupby(idx)
-        medians = frame.median().to_numpy()
-        if size > 1:
-            scatter = np.abs(x[: nb * size] - medians[idx])
-            within = stats.MAD_TO_STD * float(np.median(scatter))
-            se = math.sqrt(2.0) * MEDIAN_SE * within / math.sqrt(size)  # of a difference of two bin medians
-        else:
-            se = 0.0
+        binned = x[: nb * size].reshape(nb, size)
+        medians = np.median(binned, axis=1)  # the same numbers as a group-by median of consecutive bins
         d = pd.Series(np.diff(medians))
-        reverses = pd.Series(np.r_[np.nan, (np.sign(d.to_numpy()[1:]) * np.sign(d.to_numpy()[:-1]) < 0)
-                                   .astype(float)])
         # the trend is the net change per bin over the window: a mean of successive changes telescopes to
         # (last median - first median) / window, so it is robust, and unlike a median of the changes it is not
         # pulled to the common small step of an asymmetric up-down pattern
         if size == 1:  # a short log: judged as a whole, a rolling window would be most of it anyway
             trend = pd.Series(np.full(len(d), d.mean()))
-            swing = pd.Series(np.full(len(d), (d - trend).abs().median()))
-            reverse_frac = pd.Series(np.full(len(d), reverses.mean()))
         else:
             win = min(window, len(d))
             trend = d.rolling(win, center=True, min_periods=max(2, win // 2)).mean()
-            swing = (d - trend).abs().rolling(win, center=True, min_periods=max(2, win // 2)).median()
-            reverse_frac = reverses.rolling(win, center=True, min_periods=1).mean()
         threshold = math.log1p(params["min_swing"])
         # a swing of a few rounding steps (a loss printed as 0.0001 / 0.0002) is the logger's rounding
         level = float(np.exp(np.median(medians)))
         threshold = max(threshold, math.log1p(QUANTA * quantum / level) if level > 0 else 0.0)
-        ok = ((swing >= threshold) & (trend.abs() < 0.5 * swing)
-              & (reverse_frac >= params["min_sign_changes"]) & (swing >= params["noise_units"] * se)).to_numpy()
         big = ((d - trend).abs() >= threshold).to_numpy()
+        # a stretch is kept only from its first to its last large change, and the typical change (a median over
+        # the window) reaches the threshold only where half the window's changes do: without either, no stretch
+        if not big.any() or (size > 1 and not _half_big_somewhere(big, win)):
+            size *= 2
+            continue
+        reverses = pd.Series(np.r_[np.nan, (np.sign(d.to_numpy()[1:]) * np.sign(d.to_numpy()[:-1]) < 0)
+                                   .astype(float)])
+        if size == 1:
+            swing = pd.Series(np.full(len(d), (d - trend).abs().median()))
+            reverse_frac = pd.Series(np.full(len(d), reverses.mean()))
+        else:
+            swing = (d - trend).abs().rolling(win, center=True, min_periods=max(2, win // 2)).median()
+            reverse_frac = reverses.rolling(win, center=True, min_periods=1).mean()
+        shape_ok = ((swing >= threshold) & (trend.abs() < 0.5 * swing)
+                    & (reverse_frac >= params["min_sign_changes"])).to_numpy()
+        se = 0.0
+        if size > 1 and shape_ok.any():  # the noise of bin medians, measured only where it can decide
+            scatter = np.abs(binned - medians[:, None]).ravel()
+            within = stats.MAD_TO_STD * float(np.median(scatter))
+            se = math.sqrt(2.0) * MEDIAN_SE * within / math.sqrt(size)  # of a difference of two bin medians
+        ok = shape_ok & (swing >= params["noise_units"] * se).to_numpy()
         for a, b in stats.runs_of_true(ok):
             # a centred window marks a few quiet changes at the edges: the stretch runs from its first to its
             # last large change
@@ -126,6 +137,16 @@ def find_oscillation(loss: pd.Series, params) -> dict | None:
                 best = cand
         size *= 2
     return best
+
+
+def _half_big_somewhere(big: np.ndarray, win: int) -> bool:
+    """Whether some centred window of `win` changes could hold half large ones (a median of |change| reaches the
+    threshold nowhere else): counted over the wider span of `win` changes on each side, which holds every such
+    window, so no stretch is missed."""
+    total = np.r_[0, np.cumsum(big, dtype=np.int64)]
+    j = np.arange(len(big))
+    counts = total[np.minimum(j + win + 1, len(big))] - total[np.maximum(j - win, 0)]
+    return bool((2 * counts >= max(2, win // 2)).any())
 
 
 def check(run, params):

@@ -89,6 +89,13 @@ class Plateau:
 def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: int,
                  min_bin: int = 1) -> Plateau | None:
     """The longest stretch of `series` that never improves by more than the threshold (see the module docs)."""
+    # kept with the series (lr-too-low asks the same question); the entry holds `sched`, so its id stays its own
+    key = ("find_plateau", id(sched), stats.params_key(params), min_points, min_bin)
+    return stats.cached(series, key, lambda: (sched, _find_plateau(series, sched, params, min_points, min_bin)))[1]
+
+
+def _find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: int,
+                  min_bin: int) -> Plateau | None:
     logs = stats.log_values(series)
     if logs is None or len(logs) < min_points:
         return None
@@ -105,14 +112,20 @@ def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: i
         return None
     nbins = max(1, min(MAX_BINS, len(x) // min_bin))
     bin_of = (np.arange(len(x)) * nbins) // len(x)
-    grouped = pd.Series(x).groupby(bin_of)
-    medians = grouped.median().to_numpy()
-    counts = grouped.size().to_numpy()
-    starts = pd.Series(st).groupby(bin_of).min().to_numpy()
-    ends = pd.Series(st).groupby(bin_of).max().to_numpy()
+    medians = pd.Series(x).groupby(bin_of).median().to_numpy()
+    # bins are consecutive runs of points: sizes from their first positions; in step order (always, for
+    # series from stats.finite) a bin's first and last steps are its smallest and largest
+    first_of_bin = np.flatnonzero(np.r_[True, bin_of[1:] != bin_of[:-1]])
+    counts = np.diff(np.r_[first_of_bin, len(x)])
+    if np.all(st[1:] >= st[:-1]):
+        starts, ends = st[first_of_bin], st[np.r_[first_of_bin[1:], len(x)] - 1]
+    else:
+        starts = pd.Series(st).groupby(bin_of).min().to_numpy()
+        ends = pd.Series(st).groupby(bin_of).max().to_numpy()
     per_bin = max(float(np.median(counts)), 1.0)
+    noise = stats.curvature_noise_std(x)
     threshold = max(math.log1p(params["min_improvement"]),
-                    BIN_SE_UNITS * MEDIAN_SE * stats.curvature_noise_std(x) / math.sqrt(per_bin))
+                    BIN_SE_UNITS * MEDIAN_SE * noise / math.sqrt(per_bin))
     if threshold > math.log1p(MAX_THRESHOLD):
         return None  # so noisy that only a huge improvement would show: no verdict either way
     below = medians[None, :] < medians[:, None] - threshold
@@ -136,7 +149,7 @@ def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: i
     inside = x[in_stretch]
     quarter = max(1, len(inside) // 4)
     # quarter medians hold many points: their own, smaller, noise allowance
-    quarter_se = math.sqrt(2.0) * MEDIAN_SE * stats.curvature_noise_std(x) / math.sqrt(quarter)
+    quarter_se = math.sqrt(2.0) * MEDIAN_SE * noise / math.sqrt(quarter)
     net_threshold = max(math.log1p(params["min_improvement"]), BIN_SE_UNITS * quarter_se)
     if np.median(inside[:quarter]) - np.median(inside[-quarter:]) >= min(threshold, net_threshold):
         return None  # the stretch as a whole still improved: a noisy start bin made it look flat

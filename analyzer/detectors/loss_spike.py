@@ -102,28 +102,38 @@ class Spike:
 
 def find_spikes(loss: pd.Series, params) -> list[Spike]:
     """Every sudden rise of a positive loss series, with its recovery (see the module docs)."""
+    return stats.cached(loss, ("find_spikes", stats.params_key(params)), lambda: _find_spikes(loss, params))
+
+
+def _find_spikes(loss: pd.Series, params) -> list[Spike]:
     logs = stats.log_values(loss)
     if logs is None or len(logs) < 3:
         return []
     x = logs.to_numpy()
     n = len(x)
     window = stats.points_for_steps(loss, params["window_steps"], params["min_window"], params["max_window"])
-    # the noise needs more points than a level: a median of 50 |differences| still errs by ~20%
-    base = stats.trailing_baseline(logs, NOISE_WINDOW_FACTOR * window,
-                                   min_periods=min(params["min_window"], window))
     # the level right before a point: a short trailing median, so a falling curve does not leave it behind
     # (a 50-point median lags a decreasing loss and hides part of the rise); the noise uses the long window
-    level = stats.trailing_baseline(logs, LEVEL_POINTS, min(params["min_window"], LEVEL_POINTS)).level.to_numpy()
+    level = stats.trailing_level(logs, LEVEL_POINTS, min(params["min_window"], LEVEL_POINTS)).to_numpy()
     # the whole series' noise guards a quiet local window on a long log; on a short one the spike itself
     # would dominate it
     global_noise = stats.noise_std(x) if n >= GLOBAL_NOISE_POINTS else 0.0
-    noise = np.fmax(np.nan_to_num(base.noise.to_numpy(), nan=0.0),
-                    max(params["noise_floor"], GLOBAL_NOISE_SHARE * global_noise))
-    excess = x - level
+    excess = np.nan_to_num(x - level, nan=-np.inf)
     rise = math.log1p(params["min_rise"])
-    raised = np.nan_to_num(excess, nan=-np.inf) >= np.fmax(params["z"] * noise, rise)
-    # a rise of a few rounding steps is the logger's rounding (a loss printed as 0.0001 / 0.0002), not a spike
-    raised &= loss.to_numpy() - np.exp(np.nan_to_num(level, nan=np.inf)) > QUANTA * stats.quantum(loss)
+    # a point is raised when it clears both max(z x noise, rise) and a few rounding steps of the logged values
+    # (a loss printed as 0.0001 / 0.0002 is not spiking); the threshold is never below `rise`, so the local noise
+    # is needed only where the excess reaches that
+    maybe = excess >= rise
+    maybe &= loss.to_numpy() - np.exp(np.nan_to_num(level, nan=np.inf)) > QUANTA * stats.quantum(loss)
+    candidates = np.flatnonzero(maybe)
+    # the noise needs more points than a level: a median of 50 |differences| still errs by ~20%
+    local = stats.trailing_noise_at(logs, candidates, NOISE_WINDOW_FACTOR * window,
+                                    min_periods=min(params["min_window"], window))
+    noise = np.full(n, np.nan)
+    noise[candidates] = np.fmax(np.nan_to_num(local, nan=0.0),
+                                max(params["noise_floor"], GLOBAL_NOISE_SHARE * global_noise))
+    raised = np.zeros(n, dtype=bool)
+    raised[candidates] = excess[candidates] >= np.fmax(params["z"] * noise[candidates], rise)
     spikes: list[Spike] = []
     candidates = np.flatnonzero(raised)
     while len(candidates):

@@ -9,8 +9,8 @@ signatures stay stable.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable, Hashable
 
 import numpy as np
 import pandas as pd
@@ -26,10 +26,47 @@ WINDOW_AVERAGED_FORMATS = ("hf-trainer",)
 TRAIN_LOSS_METRICS = ("loss", "lm_loss")  # in order of preference
 
 
+# --- shared work ----------------------------------------------------------------------------------------------------
+# Several detectors ask the same questions of the same series (the finite train loss, its log, its rolling level):
+# answers are kept on the object they were computed from (a Run or a Series, in its __dict__, as Run keeps its own
+# lookups), so they go when it goes and a million-point run computes each rolling median once. Runs and the series
+# detectors get are never modified in place, so a kept answer stays true.
+
+_CACHE = "_stats_cache"
+
+
+def cached(owner: Any, key: Hashable, compute: Callable[[], Any]) -> Any:
+    """compute() once per (owner, key); owner is a Run or a pandas object."""
+    store = owner.__dict__.get(_CACHE)
+    if store is None:
+        store = owner.__dict__[_CACHE] = {}  # Run is frozen: its __dict__ takes the cache as Run does its own
+    if key not in store:
+        store[key] = compute()
+    return store[key]
+
+
+def params_key(params) -> tuple:
+    """A hashable key for a detector's parameter mapping (numbers, strings, booleans)."""
+    return tuple(sorted(params.items()))
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """np.unique by sorting: numpy >= 2.3 hashes integers for np.unique, ~1 s per million where sorting takes
+    ~10 ms. Unlike np.unique, NaNs are not merged (every caller drops them)."""
+    ordered = np.sort(np.asarray(values))
+    if not len(ordered):
+        return ordered
+    return ordered[np.r_[True, ordered[1:] != ordered[:-1]]]
+
+
 # --- series basics ---------------------------------------------------------------------------------------------------
 
 def finite(series: pd.Series) -> pd.Series:
     """The finite points of a series, sorted by step, one per step (the last one wins)."""
+    return cached(series, "finite", lambda: _finite(series))
+
+
+def _finite(series: pd.Series) -> pd.Series:
     if not len(series):
         return series.astype("float64")
     values = pd.to_numeric(series, errors="coerce").astype("float64")
@@ -40,6 +77,10 @@ def finite(series: pd.Series) -> pd.Series:
 
 def train_loss(run: Run) -> tuple[str, pd.Series] | None:
     """(metric name, finite train loss series) of the run's main training loss, or None when none is logged."""
+    return cached(run, "train_loss", lambda: _train_loss(run))
+
+
+def _train_loss(run: Run) -> tuple[str, pd.Series] | None:
     for metric in TRAIN_LOSS_METRICS:
         if run.has(metric):
             series = finite(run.series(metric))
@@ -50,7 +91,11 @@ def train_loss(run: Run) -> tuple[str, pd.Series] | None:
 
 def log_interval(series: pd.Series) -> float:
     """The typical number of steps between two logged points (median positive gap); 1.0 when unknown."""
-    steps = np.unique(np.asarray(series.index, dtype="float64"))
+    return cached(series, "log_interval", lambda: _log_interval(series))
+
+
+def _log_interval(series: pd.Series) -> float:
+    steps = sorted_unique(np.asarray(series.index, dtype="float64"))
     gaps = np.diff(steps)
     gaps = gaps[gaps > 0]
     return float(np.median(gaps)) if len(gaps) else 1.0
@@ -64,6 +109,10 @@ def points_for_steps(series: pd.Series, steps: float, lo: int, hi: int) -> int:
 def log_values(series: pd.Series) -> pd.Series | None:
     """Natural log of a positive series (losses are compared on a log scale: a rise of +50% means the same at
     loss 2 and at loss 20); None when any value is <= 0, e.g. RL losses that sit at ~0 by design."""
+    return cached(series, "log_values", lambda: _log_values(series))
+
+
+def _log_values(series: pd.Series) -> pd.Series | None:
     values = series.to_numpy(dtype="float64")
     if not len(values) or np.any(values <= 0):
         return None
@@ -100,17 +149,94 @@ class Baseline:
 
 def trailing_baseline(x: pd.Series, window: int, min_periods: int) -> Baseline:
     """Rolling median and difference-noise over the `window` points before each point (NaN until `min_periods`)."""
+    return Baseline(level=trailing_level(x, window, min_periods), noise=trailing_noise(x, window, min_periods))
+
+
+def trailing_level(x: pd.Series, window: int, min_periods: int) -> pd.Series:
+    """`trailing_baseline(...).level` alone: the median of the `window` points before each point."""
     min_periods = max(1, min(min_periods, window))
-    level = x.rolling(window, min_periods=min_periods).median().shift(1)
-    absdiff = x.diff().abs()
-    # median |d| of differences of i.i.d. normal noise with std s is 0.6745 * s * sqrt(2)
-    noise = absdiff.rolling(window, min_periods=max(1, min_periods - 1)).median().shift(1) * DIFF_MAD_TO_STD
-    return Baseline(level=level, noise=noise)
+    return cached(x, ("trailing_level", window, min_periods), lambda: pd.Series(
+        _shift1(rolling_median_values(x.to_numpy(dtype="float64"), window, min_periods)), index=x.index,
+        name=x.name))
+
+
+def trailing_noise(x: pd.Series, window: int, min_periods: int) -> pd.Series:
+    """`trailing_baseline(...).noise` alone: the robust std of successive differences over the `window` points
+    before each point."""
+    min_periods = max(1, min(min_periods, window))
+
+    def compute() -> pd.Series:
+        absdiff = x.diff().abs()
+        # median |d| of differences of i.i.d. normal noise with std s is 0.6745 * s * sqrt(2)
+        medians = rolling_median_values(absdiff.to_numpy(dtype="float64"), window, max(1, min_periods - 1))
+        return pd.Series(_shift1(medians), index=x.index, name=x.name) * DIFF_MAD_TO_STD
+
+    return cached(x, ("trailing_noise", window, min_periods), compute)
+
+
+def trailing_noise_at(x: pd.Series, positions: np.ndarray, window: int, min_periods: int) -> np.ndarray:
+    """`trailing_noise(x, window, min_periods)` at the given positions only: the same numbers, without a rolling
+    median over the whole series when few points need one (a spike test needs the noise only where the loss rose)."""
+    positions = np.asarray(positions, dtype="int64")
+    min_periods = max(1, min(min_periods, window))
+    if len(positions) * window > len(x) * POINTWISE_MEDIAN_COST:
+        return trailing_noise(x, window, min_periods).to_numpy()[positions]
+    absdiff = np.abs(np.diff(x.to_numpy(dtype="float64")))
+    absdiff = np.r_[np.nan, absdiff]  # Series.diff(): NaN first
+    return window_medians(absdiff, positions, window, max(1, min_periods - 1)) * DIFF_MAD_TO_STD
 
 
 def rolling_median(x: pd.Series, window: int, center: bool = True) -> pd.Series:
     """Rolling median with shrinking windows at the ends (never NaN where x has values)."""
-    return x.rolling(window, min_periods=1, center=center).median()
+    return cached(x, ("rolling_median", window, center),
+                  lambda: x.rolling(window, min_periods=1, center=center).median())
+
+
+# Exact rolling medians without pandas' skiplist where that is faster: a window of a few points sorts as a block
+# (numpy) 2-3x faster than a skiplist; a median at a few positions is a sort of those windows only.
+SMALL_WINDOW = 8  # windows up to this many points are sorted as blocks
+POINTWISE_MEDIAN_COST = 4  # medians at k positions cost ~k x window; a full rolling median ~this x n
+_MEDIAN_CHUNK = 1 << 16  # rows of windows sorted at once: bounds the memory of a block sort
+
+
+def rolling_median_values(values: np.ndarray, window: int, min_periods: int) -> np.ndarray:
+    """`pd.Series(values).rolling(window, min_periods=min_periods).median().to_numpy()`, the same numbers: NaN
+    and +-inf are no values (pandas drops infinities from rolling windows), a window with fewer than min_periods
+    values is NaN, an even count gives the mean of the two middle values."""
+    values = np.asarray(values, dtype="float64")
+    if window > SMALL_WINDOW or len(values) < window:
+        return pd.Series(values).rolling(window, min_periods=min_periods).median().to_numpy()
+    return window_medians(values, np.arange(1, len(values) + 1), window, min_periods)
+
+
+def window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int) -> np.ndarray:
+    """For each end e, the median of the values among values[max(0, e - window):e], as pandas' rolling median
+    computes it (NaN/inf are no values; NaN with fewer than min_periods values)."""
+    values = np.asarray(values, dtype="float64")
+    values = np.where(np.isinf(values), np.nan, values)
+    ends = np.asarray(ends, dtype="int64")
+    padded = np.r_[np.full(window, np.nan), values]
+    out = np.empty(len(ends), dtype="float64")
+    offsets = np.arange(window)
+    for a in range(0, len(ends), _MEDIAN_CHUNK):
+        starts = ends[a:a + _MEDIAN_CHUNK]  # in `padded`, the window of end e starts at e (window NaNs in front)
+        block = np.sort(padded[starts[:, None] + offsets[None, :]], axis=1)  # NaN sort last
+        count = window - np.isnan(block).sum(axis=1)
+        rows = np.arange(len(starts))
+        low = block[rows, np.maximum(count - 1, 0) // 2]
+        high = block[rows, np.minimum(count // 2, window - 1)]
+        median = np.where(count % 2 == 1, high, (high + low) / 2)  # pandas: (s[mid] + s[mid - 1]) / 2
+        out[a:a + _MEDIAN_CHUNK] = np.where((count >= max(min_periods, 1)) & (count > 0), median, np.nan)
+    return out
+
+
+def _shift1(values: np.ndarray) -> np.ndarray:
+    """Series.shift(1) of a float array: NaN first."""
+    out = np.empty(len(values), dtype="float64")
+    if len(values):
+        out[0] = np.nan
+        out[1:] = values[:-1]
+    return out
 
 
 def forward_median(x: pd.Series, window: int) -> pd.Series:
@@ -189,7 +315,11 @@ def runs_of_true(mask: np.ndarray) -> list[tuple[int, int]]:
 def quantum(series: pd.Series) -> float:
     """The resolution of a logged series: the smallest gap between two distinct values (0.0001 for a loss that the
     logger rounded to 4 decimals). A change of one or two quanta is rounding, not a signal."""
-    values = np.unique(series.to_numpy(dtype="float64"))
+    return cached(series, "quantum", lambda: _quantum(series))
+
+
+def _quantum(series: pd.Series) -> float:
+    values = sorted_unique(series.to_numpy(dtype="float64"))
     values = values[np.isfinite(values)]
     gaps = np.diff(values)
     gaps = gaps[gaps > 0]
@@ -273,6 +403,10 @@ class Schedule:
 
 def schedule(run: Run) -> Schedule:
     """The run's lr schedule: logged lr if any (warmup end where it first reaches 95% of its max), else hparams."""
+    return cached(run, "schedule", lambda: _schedule(run))
+
+
+def _schedule(run: Run) -> Schedule:
     max_steps = _as_int(run.hparam("max_steps"))
     kind = run.hparam("lr_schedule")
     kind = str(kind) if kind is not None else None
@@ -497,6 +631,10 @@ def grad_norm(run: Run) -> GradNorm | None:
     """The run's gradient norm, or None when it logs none. `unmeasured` is set when the norm is exactly 0 at most
     points while the loss changes: the norm was printed with too few decimals (Megatron's `grad norm: 0.000`) or
     never computed, so it says nothing about the gradients."""
+    return cached(run, "grad_norm", lambda: _grad_norm(run))
+
+
+def _grad_norm(run: Run) -> GradNorm | None:
     if not run.has("grad_norm"):
         return None
     series = finite(run.series("grad_norm"))
@@ -621,7 +759,7 @@ def hidden_zeros(series: pd.Series, zero_from: float, lookback: int = 5) -> np.n
     logging_nan_inf_filter, seed 002's "clamping to zero"). A loss that sits at ~0 by design never qualifies."""
     values = series.to_numpy(dtype="float64")
     usable = np.isfinite(values) & (values != 0.0)
-    level = series.where(usable).rolling(lookback, min_periods=1).median().shift(1).to_numpy()
+    level = _shift1(rolling_median_values(np.where(usable, values, np.nan), lookback, 1))
     return np.flatnonzero((values == 0.0) & (level >= zero_from))
 
 
@@ -629,6 +767,9 @@ def segment_series(run: Run, metric: str) -> list[pd.Series]:
     """One finite series per segment of `metric` (a segment is what one process wrote between restarts), each
     sorted by step. Where a later segment rewrote steps, each segment still keeps its own points: a baseline
     must not mix a resumed job with the steps of the one before it."""
+    if not _has_restarts(run):  # one segment: its points are the series' own (steps never went back)
+        series = finite(run.series(metric))
+        return [series] if len(series) else []
     rows = run.scalars[run.scalars["metric"] == metric]
     if not len(rows):
         return []
@@ -638,6 +779,11 @@ def segment_series(run: Run, metric: str) -> list[pd.Series]:
         out.append(finite(pd.Series(part["value"].to_numpy(), index=pd.Index(part["step"].to_numpy(), name="step"),
                                     name=metric)))
     return [s for s in out if len(s)]
+
+
+def _has_restarts(run: Run) -> bool:
+    return cached(run, "has_restarts", lambda: bool(len(run.scalars)) and bool(
+        run.scalars["segment"].to_numpy().any()))
 
 
 GRAD_WINDOW = 50  # trailing points of a gradient-norm baseline (grad-explosion's default window)
@@ -651,10 +797,15 @@ class Excursions:
     that median (0 where there is no baseline yet), `high` the points at least `factor` above it, `low` those at
     least half of that, and `runs` the [start, end) stretches of `low` points that contain a `high` one."""
 
-    excess: np.ndarray
     high: np.ndarray
     low: np.ndarray
     runs: list[tuple[int, int]]
+    excess_of: Callable[[], np.ndarray] = field(repr=False, compare=False)
+
+    @property
+    def excess(self) -> np.ndarray:
+        """Computed on first use: high, low and runs need the trailing median only where a point could be high."""
+        return self.excess_of()
 
 
 def excursions(series: pd.Series, window: int = GRAD_WINDOW, factor: float = GRAD_FACTOR,
@@ -662,19 +813,54 @@ def excursions(series: pd.Series, window: int = GRAD_WINDOW, factor: float = GRA
     """Excursions of a positive series above its trailing robust level, with hysteresis (a stretch above half the
     factor around points above the factor), so one event that wobbles around the threshold is one excursion. Short
     series (a chronicle quoting 20 lines) get a baseline from a quarter of their points, at least 3."""
-    x = np.log(series.astype("float64"))
+    return cached(series, ("excursions", window, factor, min_periods),
+                  lambda: _excursions(series, window, factor, min_periods))
+
+
+def _excursions(series: pd.Series, window: int, factor: float, min_periods: int) -> Excursions:
     periods = int(np.clip(len(series) // 4, 3, min_periods))
-    base = trailing_baseline(x, window, periods).level
-    excess = np.nan_to_num((x - base).to_numpy(), nan=0.0)
-    high = excess >= np.log(factor)
-    low = excess >= np.log(factor / 2)
+    periods = max(1, min(periods, window))  # as trailing_baseline takes it
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.log(series.to_numpy(dtype="float64"))
+        high_at, low_at = np.log(factor), np.log(factor / 2)
+
+    def full_excess() -> np.ndarray:
+        def compute() -> np.ndarray:
+            level = _shift1(rolling_median_values(x, window, periods))
+            return np.nan_to_num(x - level, nan=0.0)
+
+        return cached(series, ("excess", window, periods), compute)
+
+    # A point is `low` only if it is low_at above the median of the points before it, so at least low_at above
+    # their minimum (a rolling minimum is cheap): the median is needed only there. Points without a baseline have
+    # excess 0, which is never low while low_at > 0.
+    candidates = None
+    if low_at > 0:
+        floor = _shift1(pd.Series(x).rolling(window, min_periods=periods).min().to_numpy())
+        with np.errstate(invalid="ignore"):
+            candidates = np.flatnonzero(x - floor >= low_at)
+        if len(candidates) * window > len(x) * POINTWISE_MEDIAN_COST:
+            candidates = None
+    if candidates is None:
+        excess = full_excess()
+        high, low = excess >= high_at, excess >= low_at
+    else:
+        excess_at = np.nan_to_num(x[candidates] - window_medians(x, candidates, window, periods), nan=0.0)
+        high = np.zeros(len(x), dtype=bool)
+        low = np.zeros(len(x), dtype=bool)
+        high[candidates] = excess_at >= high_at
+        low[candidates] = excess_at >= low_at
     runs = [(a, b) for a, b in runs_of_true(low) if high[a:b].any()]
-    return Excursions(excess=excess, high=high, low=low, runs=runs)
+    return Excursions(high=high, low=low, runs=runs, excess_of=full_excess)
 
 
 def healthy_grad_norms(run: Run) -> pd.Series | None:
     """The gradient norms of the run's healthy stretch: finite and non-zero, before the first non-finite loss or
     gradient norm, outside excursions. The reference for a clip threshold (its p99), the same for every detector."""
+    return cached(run, "healthy_grad_norms", lambda: _healthy_grad_norms(run))
+
+
+def _healthy_grad_norms(run: Run) -> pd.Series | None:
     grad = grad_norm(run)
     if grad is None or grad.unmeasured or not len(grad.values):
         return None

@@ -1,0 +1,89 @@
+"""The fast paths in detectors/stats.py give exactly the numbers of the plain pandas formulation they replace."""
+
+import numpy as np
+import pandas as pd
+from hypothesis import given, settings, strategies as st
+
+from analyzer.detectors import stats
+from tests.conftest import make_run
+
+VALUES = st.lists(st.one_of(st.floats(-5, 5), st.sampled_from([np.nan, np.inf, -np.inf, 1.0, 2.0])),
+                  min_size=0, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(VALUES, st.integers(1, 12), st.integers(1, 12))
+def test_rolling_median_values_equals_pandas(values, window, min_periods):
+    min_periods = min(min_periods, window)
+    x = np.array(values, dtype="float64")
+    expected = pd.Series(x).rolling(window, min_periods=min_periods).median().to_numpy()
+    np.testing.assert_array_equal(stats.rolling_median_values(x, window, min_periods), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(VALUES, st.integers(1, 30), st.integers(1, 30), st.data())
+def test_window_medians_equal_shifted_rolling_median(values, window, min_periods, data):
+    min_periods = min(min_periods, window)
+    x = np.array(values, dtype="float64")
+    positions = np.array(data.draw(st.lists(st.integers(0, max(len(x) - 1, 0)), max_size=10)) if len(x) else [],
+                         dtype="int64")
+    expected = pd.Series(x).rolling(window, min_periods=min_periods).median().shift(1).to_numpy()[positions]
+    np.testing.assert_array_equal(stats.window_medians(x, positions, window, min_periods), expected)
+
+
+def test_trailing_baseline_matches_plain_pandas():
+    rng = np.random.default_rng(3)
+    x = pd.Series(np.log(2 + rng.random(3000)), index=np.arange(3000) * 10)
+    for window, min_periods in ((5, 3), (7, 7), (100, 3), (50, 10)):
+        base = stats.trailing_baseline(x, window, min_periods)
+        mp = max(1, min(min_periods, window))
+        level = x.rolling(window, min_periods=mp).median().shift(1)
+        noise = x.diff().abs().rolling(window, min_periods=max(1, mp - 1)).median().shift(1) * stats.DIFF_MAD_TO_STD
+        pd.testing.assert_series_equal(base.level, level)
+        pd.testing.assert_series_equal(base.noise, noise)
+        where = np.array([0, 1, 2, 5, 99, 100, 101, 2999])
+        np.testing.assert_array_equal(stats.trailing_noise_at(x, where, window, min_periods), noise.to_numpy()[where])
+
+
+def _plain_excursions(series, window, factor, min_periods):
+    """The formulation before the candidate shortcut."""
+    x = np.log(series.astype("float64"))
+    periods = int(np.clip(len(series) // 4, 3, min_periods))
+    base = stats.trailing_baseline(x, window, periods).level
+    excess = np.nan_to_num((x - base).to_numpy(), nan=0.0)
+    high = excess >= np.log(factor)
+    low = excess >= np.log(factor / 2)
+    return excess, high, low, [(a, b) for a, b in stats.runs_of_true(low) if high[a:b].any()]
+
+
+def test_excursions_match_the_full_computation():
+    rng = np.random.default_rng(7)
+    for n, noise, factor in ((40, 0.2, 10.0), (5000, 0.2, 10.0), (5000, 1.5, 10.0), (3000, 0.3, 3.0),
+                             (3000, 0.3, 1.5)):
+        g = np.exp(rng.normal(0, noise, n))
+        g[n // 2: n // 2 + 5] *= 40  # an excursion
+        g[n // 3] *= 15  # a lone spike
+        series = pd.Series(g, index=np.arange(n))
+        for window in (5, 50):
+            found = stats.excursions(series, window, factor, 10)
+            excess, high, low, runs = _plain_excursions(series, window, factor, 10)
+            np.testing.assert_array_equal(found.high, high)
+            np.testing.assert_array_equal(found.low, low)
+            assert found.runs == runs
+            np.testing.assert_array_equal(found.excess, excess)
+
+
+def test_sorted_unique_equals_np_unique_on_finite_values():
+    values = np.array([3, 1, 2, 3, 1, 7], dtype="int64")
+    np.testing.assert_array_equal(stats.sorted_unique(values), np.unique(values))
+    assert len(stats.sorted_unique(np.array([]))) == 0
+
+
+def test_shared_answers_are_kept_per_run_and_per_series():
+    run = make_run({"loss": (np.arange(100), np.linspace(3, 2, 100))})
+    assert run.series("loss") is run.series("loss")
+    assert stats.train_loss(run) is stats.train_loss(run)
+    assert stats.schedule(run) is stats.schedule(run)
+    loss = stats.train_loss(run)[1]
+    assert stats.log_values(loss) is stats.log_values(loss)
+    assert stats.segment_series(run, "loss")[0] is loss  # no restart: the one segment is the series itself
