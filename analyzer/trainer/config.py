@@ -49,7 +49,8 @@ class TrainConfig:
     dirichlet_alpha: float = 0.5  # concentration of each token's successor probabilities
     language_factors: int = 0  # >1: a factorized code, vocab_size = base^K, each digit its own Markov chain
     fault_steps: tuple[int, ...] = ()  # [start, end): steps whose batches carry corrupted sequences
-    fault_sequences: int = 0  # corrupted (uniform random) sequences in each faulty step's data; 0 = all
+    fault_sequences: int = 0  # corrupted sequences per micro-batch of a faulty step, whatever its size; 0 = all
+    fault_kind: str = "uniform"  # corrupted sequences: "uniform" random tokens | "repeat" one token over and over
     # optimizer and schedule
     optimizer: str = "adamw"  # "adamw" | "sgd"
     lr: float = 1e-3  # peak learning rate
@@ -97,6 +98,7 @@ CHOICES = {
     "nan_policy": ("stop", "skip", "clamp"),
     "mlm_loss_reduction": ("mean", "fixed"),
     "lm_loss_softmax": ("stable", "naive"),
+    "fault_kind": ("uniform", "repeat"),
 }
 
 

@@ -329,7 +329,7 @@ def _loop(cfg: TrainConfig, out_dir: Path, rank: int, stop_step: int | None, wri
             rng = batch_rng(cfg.seed, rank, step, micro)
             x = lang.sample(rng, cfg.batch_size, length)
             if cfg.fault_steps and cfg.fault_steps[0] <= step < cfg.fault_steps[1]:
-                x = corrupt(x, rng, cfg.vocab_size, cfg.fault_sequences)
+                x = corrupt(x, rng, cfg.vocab_size, cfg.fault_sequences, cfg.fault_kind)
             sync = nullcontext() if not distributed or micro == cfg.grad_accum - 1 else train_model.no_sync()
             with sync:
                 with autocast():

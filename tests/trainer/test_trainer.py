@@ -15,7 +15,7 @@ from analyzer.errors import InputError
 from analyzer.trainer import TrainConfig, load_scenario, train
 from analyzer.trainer.config import ConfigError, config_from_dict, with_overrides
 from analyzer.findings import Recommendation
-from analyzer.trainer.data import FactorizedLanguage
+from analyzer.trainer.data import FactorizedLanguage, corrupt
 from analyzer.trainer.model import FactorizedEmbedding
 from analyzer.trainer.reproduce import fixes_to_overrides, reproduce_run
 from analyzer.trainer.train import NAN_WARNING, lm_loss
@@ -75,6 +75,14 @@ def test_factorized_language_has_uniform_tokens_and_digit_chains():
     assert (transition[x[:, :-1], x[:, 1:]] > 0).all()  # every sampled step is a transition of the product chain
     with pytest.raises(ValueError, match="not a power of 3"):
         FactorizedLanguage(vocab_size=60, factors=3, branching=2, dirichlet_alpha=0.5, seed=1)
+
+
+@pytest.mark.parametrize("batch", [8, 32])
+def test_fault_injector_corrupts_a_fixed_count_whatever_the_batch(batch):
+    x = np.zeros((batch, 16), dtype=np.int64)
+    bad = corrupt(x, np.random.default_rng(0), 64, 2, "repeat")
+    assert (bad[2:] == 0).all() and (bad[:2] == bad[:2, :1]).all()  # 2 rows, each one token repeated
+    assert bad[:2, 0].any() and not (x != 0).any()  # the rows changed; the input did not
 
 
 def test_factorized_tied_logits_equal_the_summed_matrix():
