@@ -55,8 +55,6 @@ def test_every_expected_file_has_a_case():
 # Controls that are not yet quiet, and why; each is an open issue for the owner named (xfail, not strict, so a fix
 # shows up as XPASS and the entry can go).
 LOUD_CONTROLS = {
-    "gpt2-spike-plateau-fixed": "the control keeps the corrupted batch (loss 1.36 -> 2.78 at step 150): loss-spike "
-                                "fires; trainer scenario or loss-spike thresholds",
 }
 CONTROLS = [pytest.param(c, id=c.id, marks=pytest.mark.xfail(reason=LOUD_CONTROLS[c.path.name], strict=False))
             if c.path.name in LOUD_CONTROLS else pytest.param(c, id=c.id) for c in CASES if c.is_control]
