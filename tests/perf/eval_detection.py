@@ -104,10 +104,10 @@ SAMPLE_LABELS: dict[str, Label] = {
                                    {"grad-explosion", "loss-oscillation", "loss-plateau", "loss-scale-collapse",
                                     "loss-spike"}),
     "kd-temperature-blowup-fixed": label(),
-    # seed 003: loss 1.15 -> 8.09 at step 150, steps/s 66 -> 41 after it
-    "gpt2-spike-plateau": label({"loss-spike": 150, "throughput-drop": 150}, {"grad-explosion", "loss-plateau"}),
-    # the fix dilutes the same corrupted data: loss 1.36 -> 2.78 at step 150 is still a (smaller) real spike
-    "gpt2-spike-plateau-fixed": label({}, {"loss-spike", "grad-explosion"}),
+    # seed 003: loss 1.15 -> 3.18 at steps 150-151 (2 corrupted documents in a batch of 8), steps/s 70 -> 43 after it
+    "gpt2-spike-plateau": label({"loss-spike": 150, "throughput-drop": 150, "grad-explosion": 150}, {"loss-plateau"}),
+    # the fix dilutes the same 2 corrupted documents in a batch of 32: a blip (1.28x), no spike
+    "gpt2-spike-plateau-fixed": label(),
     # seed 004: first loss 10.90 vs ln V 8.987 (unscaled summed factorized tables); then a stall ~0.8 nats under
     # ln V caused by the lr (the README: lr 4e-3 learns, 8e-3 stalls)
     "factorized-embedding-stall": label({"initial-loss-mismatch": 0, "init-variance": None, "loss-plateau": None},
