@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 
 from analyzer.detectors import stats
 from analyzer.detectors.base import Detector, evidence_at
@@ -56,6 +57,8 @@ def find_divergence(loss, params) -> dict | None:
     if logs is None or len(logs) < 2 * params["min_points"]:
         return None
     window = stats.points_for_steps(loss, params["window_steps"], params["min_window"], params["max_window"])
+    if not _could_rise(logs, window, math.log1p(params["min_rise"]), params["min_points"]):
+        return None
     smooth = stats.rolling_median(logs, window).to_numpy()
     steps = loss.index.to_numpy()
     best_before = np.minimum.accumulate(smooth)
@@ -82,6 +85,65 @@ def find_divergence(loss, params) -> dict | None:
         if best is None or (steps[b - 1] - steps[onset]) > (steps[best["end"] - 1] - steps[best["onset"]]):
             best = cand
     return best
+
+
+def _could_rise(logs, window: int, rise: float, skip: int) -> bool:
+    """Whether the running median could climb `rise` above its running minimum anywhere past the first `skip`
+    points, from cheap bounds on each window's median: the climb at a point is at most (an upper bound of its
+    median) minus (the lowest lower bound so far). On a log that never rises much this settles the question
+    without the running median of every point; otherwise the medians are computed."""
+    lower, upper = _median_bounds(logs.to_numpy(dtype="float64"), window)
+    return bool((upper[skip:] - np.minimum.accumulate(lower)[skip:] > rise).any())
+
+
+BOUND_GROUP = 5  # a window is cut into groups of 5 points, whose medians bound the window's median
+
+
+def _median_bounds(x: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper bounds of the centred rolling median (`stats.rolling_median`: pandas' centred window of
+    `window` points, shrinking at the ends).
+
+    A window of w points cut into G groups of 5 (plus r points left over) holds at most 2 points below the smallest
+    group median per group, plus the r others: when 2G + r <= (w - 1) // 2 the window's median is at least the
+    smallest group median, and likewise at most the largest. Group medians are rolling medians of 5 points (cheap);
+    the minimum over G groups spaced 5 apart takes log2(G) passes. Elsewhere (the shrunk windows at the ends, or
+    windows too short to cut) the window's minimum and maximum are the bounds."""
+    n = len(x)
+    left, right = window // 2, (window - 1) // 2  # pandas' centred window: [i - left, i + right]
+    groups = window // BOUND_GROUP
+    spare = window - groups * BOUND_GROUP
+    i = np.arange(n)
+    if groups and 2 * groups + spare <= (window - 1) // 2 and n >= window:
+        medians5 = stats.rolling_median_values(x, BOUND_GROUP, BOUND_GROUP)  # median of x[t - 4:t + 1] at t
+        first = np.arange(n - window + 1) + BOUND_GROUP - 1  # the first group's median, per full window
+        lower_full = _spaced_extreme(medians5, first, groups, np.minimum)
+        upper_full = _spaced_extreme(medians5, first, groups, np.maximum)
+    else:
+        roll = pd.Series(x).rolling(window, min_periods=1)  # trailing windows of the full length
+        lower_full = roll.min().to_numpy()[window - 1:] if n >= window else None
+        upper_full = roll.max().to_numpy()[window - 1:] if n >= window else None
+    # the shrunk windows at the ends: [0, i + right] (prefix extremes) or [i - left, n - 1] (suffix extremes)
+    stop = np.minimum(i + right, n - 1)
+    lower = np.minimum.accumulate(x)[stop]
+    upper = np.maximum.accumulate(x)[stop]
+    if n > left:
+        lower[left:] = np.minimum.accumulate(x[::-1])[::-1][:n - left]
+        upper[left:] = np.maximum.accumulate(x[::-1])[::-1][:n - left]
+        if n >= window:  # full windows: [left, n - 1 - right], starting at 0 .. n - window
+            lower[left:n - right] = lower_full
+            upper[left:n - right] = upper_full
+    return lower, upper
+
+
+def _spaced_extreme(values: np.ndarray, first: np.ndarray, count: int, pick) -> np.ndarray:
+    """pick (np.minimum / np.maximum) over values[first + 5k] for k < count, for each first position."""
+    spans = [values]  # spans[a][t] = pick over values[t + 5k], k < 2**a
+    while 2 ** len(spans) <= count:
+        previous, reach = spans[-1], BOUND_GROUP * 2 ** (len(spans) - 1)
+        spans.append(pick(previous[:len(previous) - reach], previous[reach:]))
+    top = spans[-1]
+    reach = BOUND_GROUP * (count - 2 ** (len(spans) - 1))  # two overlapping spans cover the count
+    return pick(top[first], top[first + reach])
 
 
 def check(run, params):

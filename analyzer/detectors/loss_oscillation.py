@@ -74,13 +74,24 @@ def _find_oscillation(loss: pd.Series, params) -> dict | None:
     quantum = stats.quantum(loss)
     best = None
     size = 1
+    rows = None  # the bins of the previous size, each sorted
     while n // size >= params["min_swings"] + 1:
         if size == 1 and n > params["short_log"]:
             size *= 2
             continue
         nb = n // size
-        binned = x[: nb * size].reshape(nb, size)
-        medians = np.median(binned, axis=1)  # the same numbers as a group-by median of consecutive bins
+        # each bin sorted: a bin of 2k points is two sorted bins of k, which a stable sort (timsort) merges in one
+        # pass, so every scale costs one pass over the points instead of a selection per bin
+        if rows is not None and 2 * rows.shape[1] == size:
+            rows = np.sort(rows[: 2 * nb].reshape(nb, size), axis=1, kind="stable")
+        elif size == 2:
+            first, second = x[0: 2 * nb: 2], x[1: 2 * nb: 2]
+            rows = np.column_stack((np.minimum(first, second), np.maximum(first, second)))
+        else:
+            rows = np.sort(x[: nb * size].reshape(nb, size), axis=1)
+        half = size // 2
+        # np.median's numbers: the middle value, or the mean of the two middle values
+        medians = rows[:, half] if size % 2 else (rows[:, half - 1] + rows[:, half]) / 2
         d = pd.Series(np.diff(medians))
         # the trend is the net change per bin over the window: a mean of successive changes telescopes to
         # (last median - first median) / window, so it is robust, and unlike a median of the changes it is not
@@ -112,7 +123,7 @@ def _find_oscillation(loss: pd.Series, params) -> dict | None:
                     & (reverse_frac >= params["min_sign_changes"])).to_numpy()
         se = 0.0
         if size > 1 and shape_ok.any():  # the noise of bin medians, measured only where it can decide
-            scatter = np.abs(binned - medians[:, None]).ravel()
+            scatter = np.abs(rows - medians[:, None]).ravel()  # the bins' points, in another order
             within = stats.MAD_TO_STD * float(np.median(scatter))
             se = math.sqrt(2.0) * MEDIAN_SE * within / math.sqrt(size)  # of a difference of two bin medians
         ok = shape_ok & (swing >= params["noise_units"] * se).to_numpy()

@@ -117,7 +117,7 @@ def _find_spikes(loss: pd.Series, params) -> list[Spike]:
     level = stats.trailing_level(logs, LEVEL_POINTS, min(params["min_window"], LEVEL_POINTS)).to_numpy()
     # the whole series' noise guards a quiet local window on a long log; on a short one the spike itself
     # would dominate it
-    global_noise = stats.noise_std(x) if n >= GLOBAL_NOISE_POINTS else 0.0
+    global_noise = stats.loss_noise_cv(loss) if n >= GLOBAL_NOISE_POINTS else 0.0  # noise_std of x
     excess = np.nan_to_num(x - level, nan=-np.inf)
     rise = math.log1p(params["min_rise"])
     # a point is raised when it clears both max(z x noise, rise) and a few rounding steps of the logged values

@@ -206,7 +206,26 @@ def rolling_median_values(values: np.ndarray, window: int, min_periods: int) -> 
     values = np.asarray(values, dtype="float64")
     if window > SMALL_WINDOW or len(values) < window:
         return pd.Series(values).rolling(window, min_periods=min_periods).median().to_numpy()
-    return window_medians(values, np.arange(1, len(values) + 1), window, min_periods)
+    if not np.isfinite(values).all():
+        return window_medians(values, np.arange(1, len(values) + 1), window, min_periods)
+    # every value counts: the first window - 1 points have short windows, the rest full ones, sorted column-wise
+    out = np.empty(len(values), dtype="float64")
+    out[:window - 1] = window_medians(values, np.arange(1, window), window, min_periods)
+    out[window - 1:] = _full_window_medians(values, window)
+    return out
+
+
+def _full_window_medians(values: np.ndarray, window: int) -> np.ndarray:
+    """Medians of values[t - window + 1:t + 1] for t >= window - 1 (finite values): the windows' columns sorted
+    by an odd-even transposition network of whole-array minimum/maximum, then the middle column(s)."""
+    count = len(values) - window + 1
+    columns = [values[k:k + count] for k in range(window)]
+    for round_ in range(window):
+        for k in range(round_ % 2, window - 1, 2):
+            low, high = np.minimum(columns[k], columns[k + 1]), np.maximum(columns[k], columns[k + 1])
+            columns[k], columns[k + 1] = low, high
+    half = window // 2
+    return columns[half] if window % 2 else (columns[half] + columns[half - 1]) / 2
 
 
 def window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int) -> np.ndarray:
@@ -329,6 +348,10 @@ def _quantum(series: pd.Series) -> float:
 def loss_noise_cv(series: pd.Series) -> float:
     """Robust coefficient of variation of the loss's step-to-step changes: the robust std of differences of the
     log-loss (so 0.05 means ~5% point-to-point noise). NaN when it cannot be computed."""
+    return cached(series, "loss_noise_cv", lambda: _loss_noise_cv(series))
+
+
+def _loss_noise_cv(series: pd.Series) -> float:
     logs = log_values(series)
     if logs is None or len(logs) < 4:
         return float("nan")

@@ -1,10 +1,11 @@
-"""The fast paths in detectors/stats.py give exactly the numbers of the plain pandas formulation they replace."""
+"""Fast paths (detectors/stats.py, loss-divergence, evidence lines) give exactly what the plain formulation gave."""
 
 import numpy as np
 import pandas as pd
 from hypothesis import given, settings, strategies as st
 
-from analyzer.detectors import stats
+from analyzer import diagnose
+from analyzer.detectors import loss_divergence, stats
 from tests.conftest import make_run
 
 VALUES = st.lists(st.one_of(st.floats(-5, 5), st.sampled_from([np.nan, np.inf, -np.inf, 1.0, 2.0])),
@@ -14,6 +15,16 @@ VALUES = st.lists(st.one_of(st.floats(-5, 5), st.sampled_from([np.nan, np.inf, -
 @settings(max_examples=200, deadline=None)
 @given(VALUES, st.integers(1, 12), st.integers(1, 12))
 def test_rolling_median_values_equals_pandas(values, window, min_periods):
+    min_periods = min(min_periods, window)
+    x = np.array(values, dtype="float64")
+    expected = pd.Series(x).rolling(window, min_periods=min_periods).median().to_numpy()
+    np.testing.assert_array_equal(stats.rolling_median_values(x, window, min_periods), expected)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 1.0, 2.0, -1.5, 3.25]) | st.floats(-5, 5), max_size=60), st.integers(1, 8),
+       st.integers(1, 8))
+def test_rolling_median_of_finite_values_equals_pandas(values, window, min_periods):
     min_periods = min(min_periods, window)
     x = np.array(values, dtype="float64")
     expected = pd.Series(x).rolling(window, min_periods=min_periods).median().to_numpy()
@@ -87,3 +98,40 @@ def test_shared_answers_are_kept_per_run_and_per_series():
     loss = stats.train_loss(run)[1]
     assert stats.log_values(loss) is stats.log_values(loss)
     assert stats.segment_series(run, "loss")[0] is loss  # no restart: the one segment is the series itself
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-3, 3), min_size=1, max_size=120), st.integers(1, 60))
+def test_divergence_bounds_hold_the_running_median(values, window):
+    x = np.array(values)
+    median = pd.Series(x).rolling(window, min_periods=1, center=True).median().to_numpy()
+    lower, upper = loss_divergence._median_bounds(x, window)
+    assert (lower <= median).all() and (median <= upper).all()
+
+
+def _plain_read_lines(path, lines):
+    out = {}
+    with open(path, "rb") as fh:
+        if b"\0" in fh.read(1024):
+            return out
+        fh.seek(0)
+        for number, raw in enumerate(fh, start=1):
+            if number in lines:
+                out[number] = raw.decode("utf-8", "replace").strip()[:diagnose.MAX_EVIDENCE_LINE]
+            if number >= max(lines):
+                break
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text("ab\n ", max_size=40), max_size=30), st.sets(st.integers(0, 40), min_size=1, max_size=6),
+       st.sampled_from([8, 64, 1 << 20]))
+def test_read_lines_finds_the_lines_a_line_by_line_read_finds(tmp_path_factory, parts, lines, block):
+    path = tmp_path_factory.mktemp("lines") / "log.txt"
+    path.write_bytes("\n".join(parts).encode())
+    saved = diagnose.EVIDENCE_BLOCK
+    try:
+        diagnose.EVIDENCE_BLOCK = block
+        assert diagnose._read_lines(path, set(lines)) == _plain_read_lines(path, set(lines))
+    finally:
+        diagnose.EVIDENCE_BLOCK = saved
