@@ -356,17 +356,19 @@ def latest_points(scalars: pd.DataFrame) -> pd.DataFrame:
     return scalars.iloc[latest_index(scalars)[0]]
 
 
-def latest_index(scalars: pd.DataFrame) -> tuple[np.ndarray, dict[str, slice]]:
+def latest_index(scalars: pd.DataFrame, codes: "GroupCodes | None" = None) -> tuple[np.ndarray, dict[str, slice]]:
     """Positions of latest_points' rows, sorted by metric, rank, step (stable), and each metric's slice of them.
 
     Done on integer codes, group by group, because a series is nearly always in step order already: no string
-    comparisons and no full sort over millions of rows.
+    comparisons and no full sort over millions of rows. `codes` are the rows' sorted metric and rank codes where
+    build_run already has them.
     """
     if not len(scalars):
         return np.zeros(0, dtype="int64"), {}
-    metric_codes, metric_names = pd.factorize(scalars["metric"], sort=True)
-    rank_codes, ranks = pd.factorize(scalars["rank"], sort=True)
-    group = metric_codes.astype("int64") * max(len(ranks), 1) + rank_codes
+    if codes is None:
+        codes = GroupCodes.of(scalars)
+    metric_codes, metric_names = codes.metric, codes.metric_names
+    group = codes.group()
     order = _stable_order(group)
     steps = scalars["step"].to_numpy()
     g, s = group[order], steps[order]
@@ -384,6 +386,26 @@ def latest_index(scalars: pd.DataFrame) -> tuple[np.ndarray, dict[str, slice]]:
     ends = np.r_[starts[1:], len(positions)]
     slices = {str(metric_names[metric_of[a]]): slice(int(a), int(b)) for a, b in zip(starts, ends)}
     return positions, slices
+
+
+@dataclass(frozen=True)
+class GroupCodes:
+    """Each row's metric and rank as integer codes in sorted order (what pd.factorize(sort=True) gives)."""
+
+    metric: np.ndarray
+    metric_names: list[str]
+    rank: np.ndarray
+    n_ranks: int
+
+    @classmethod
+    def of(cls, scalars: pd.DataFrame) -> "GroupCodes":
+        metric_codes, metric_names = pd.factorize(scalars["metric"], sort=True)
+        rank_codes, ranks = pd.factorize(scalars["rank"], sort=True)
+        return cls(metric_codes, [str(m) for m in metric_names], rank_codes, len(ranks))
+
+    def group(self) -> np.ndarray:
+        """One code per (metric, rank) pair, in metric then rank order."""
+        return self.metric.astype("int64") * max(self.n_ranks, 1) + self.rank
 
 
 def _group_codes(metric: pd.Series, rank: pd.Series, sort: bool) -> np.ndarray:
@@ -416,17 +438,20 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
     """Merge readers' pieces into one Run: canonical names, segments after restarts, restart events."""
     pieces = list(pieces)
     sources: list[str] = []
-    frames = []
+    frames, row_codes = [], []
     for piece in pieces:
         for file, frame in piece.frames:
             if file not in sources:
                 sources.append(file)
-            frames.append(_normalise_frame(frame, sources.index(file)))
+            normalised, metric_of, pair_codes = _normalise_frame(frame, sources.index(file))
+            frames.append(normalised)
+            row_codes.append((metric_of, pair_codes))
     if len(frames) == 1:  # the usual single log: its frame is already ours, with a fresh 0..n-1 index
         scalars = frames[0]
     else:
         scalars = pd.concat(frames, ignore_index=True) if frames else empty_scalars()
-    scalars, restarts = _segments(scalars, sources)
+    codes = _codes(frames, row_codes) if frames else None
+    scalars, restarts = _segments(scalars, sources, codes)
 
     hparams: dict[str, HParam] = {}
     for piece in pieces:  # later readers (more specific sources) override earlier ones
@@ -440,16 +465,35 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
     for spot in (b for p in pieces for b in p.blind_spots):
         if spot not in blind:
             blind.append(spot)
-    return Run(
+    run = Run(
         path=str(path), name=name or Path(path).resolve().name,
         formats=tuple(dict.fromkeys(p.format for p in pieces if p.frames or p.hparams or p.events or p.checkpoints)),
         sources=tuple(sources), scalars=scalars, hparams=dict(sorted(hparams.items())),
         checkpoints=tuple(checkpoints), events=tuple(events), blind_spots=tuple(blind),
         notes=tuple(n for p in pieces for n in p.notes), status=status,
     )
+    if codes is not None:  # the per-metric index, from the codes in hand rather than by factorising strings again
+        object.__setattr__(run, "_index_cache", latest_index(scalars, codes))
+    return run
 
 
-def _normalise_frame(frame: pd.DataFrame, source: int) -> pd.DataFrame:
+def _codes(frames: list[pd.DataFrame], row_codes: list[tuple[list[str], np.ndarray]]) -> GroupCodes:
+    """Sorted metric and rank codes of the concatenated frames, from each frame's few (name, split) pairs."""
+    metric_names = sorted({m for metric_of, _ in row_codes for m in metric_of})
+    position = {m: i for i, m in enumerate(metric_names)}
+    metric = np.concatenate([np.array([position[m] for m in metric_of], dtype=np.int64)[pair_codes]
+                             for metric_of, pair_codes in row_codes])
+    ranks = [f["rank"].to_numpy() for f in frames]
+    if all(len(r) and (r == r[0]).all() for r in ranks):  # one rank per frame, nearly always 0
+        present = sorted({int(r[0]) for r in ranks})
+        rank = np.concatenate([np.full(len(r), present.index(int(r[0])), dtype=np.int64) for r in ranks])
+        return GroupCodes(metric, metric_names, rank, len(present))
+    rank_codes, uniques = pd.factorize(np.concatenate(ranks), sort=True)
+    return GroupCodes(metric, metric_names, rank_codes, len(uniques))
+
+
+def _normalise_frame(frame: pd.DataFrame, source: int) -> tuple[pd.DataFrame, list[str], np.ndarray]:
+    """(the frame in SCALAR_COLUMNS, the metric of each (name, split) pair, each row's pair code)."""
     # Millions of rows hold a few distinct (name, split) pairs: canonicalise each pair once, expand by codes.
     name_codes, name_uniques = pd.factorize(frame["name"], use_na_sentinel=False)
     names = [str(n) for n in name_uniques]
@@ -457,7 +501,7 @@ def _normalise_frame(frame: pd.DataFrame, source: int) -> pd.DataFrame:
     if has_split:  # a reader that knows the split (e.g. canonical jsonl "split": "eval") wins
         split_codes, split_uniques = pd.factorize(frame["split"], use_na_sentinel=True)  # -1: no split given
         width = len(split_uniques) + 1
-        pair_codes, pairs = pd.factorize(name_codes.astype("int64") * width + (split_codes + 1))
+        pair_codes, pairs = _small_factorize(name_codes.astype("int64") * width + (split_codes + 1))
         given = [str(v) for v in split_uniques] + [None]  # given[-1] is None: the name decides
         pairs = [(int(p) // width, int(p) % width - 1) for p in pairs]
     else:
@@ -480,7 +524,20 @@ def _normalise_frame(frame: pd.DataFrame, source: int) -> pd.DataFrame:
         "value": frame["value"].astype("float64").to_numpy(), "split": _strings(split_of, pair_codes),
         "rank": rank if np.isscalar(rank) else rank.to_numpy(), "source": source,
         "line": frame["line"].astype("int64").to_numpy(), "name": _strings(name_of, pair_codes), "segment": 0,
-    })
+    }), metric_of, np.asarray(pair_codes)
+
+
+def _small_factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Codes and uniques of non-negative integers of a small range (pair codes) through a lookup table instead of
+    pd.factorize's hash table over millions of rows. Uniques come sorted; the codes only group rows."""
+    if not len(values) or values.min() < 0 or values.max() > 4 * len(values) + 1024:
+        return pd.factorize(values)
+    seen = np.zeros(int(values.max()) + 1, dtype=bool)
+    seen[values] = True
+    uniques = np.flatnonzero(seen)
+    lookup = np.empty(len(seen), dtype=np.int64)
+    lookup[uniques] = np.arange(len(uniques))
+    return lookup[values], uniques
 
 
 _STRING_DTYPE = pd.Series(["x"]).dtype  # what pandas makes of a column of str: "str" on pandas 3, object before
@@ -495,14 +552,16 @@ def _strings(values: list[str], codes: np.ndarray):
     return np.array(values, dtype=object)[codes]
 
 
-def _segments(scalars: pd.DataFrame, sources: list[str]) -> tuple[pd.DataFrame, list[Event]]:
+def _segments(scalars: pd.DataFrame, sources: list[str],
+              codes: GroupCodes | None = None) -> tuple[pd.DataFrame, list[Event]]:
     """Number the segments of each series: a step lower than one already seen starts a new segment (a restart)."""
     if not len(scalars):
         return scalars, []
     # A restart is where a series' step drops below its previous point; the resumed segment then rises again
     # (comparing with the running maximum would count every resumed point below the old maximum as a restart).
     # Computed on integer group codes in group order, then put back in file order.
-    group = _group_codes(scalars["metric"], scalars["rank"], sort=False)
+    # any coding of (metric, rank) groups the rows the same way
+    group = codes.group() if codes is not None else _group_codes(scalars["metric"], scalars["rank"], sort=False)
     order = _stable_order(group)
     group = group[order]
     steps = scalars["step"].to_numpy()[order]

@@ -50,6 +50,7 @@ class Column:
 
     values: np.ndarray
     valid: np.ndarray | None = None  # None: every row holds a value
+    dictionary: tuple[np.ndarray, np.ndarray] | None = None  # text read as (codes, words): values is words[codes]
 
     @property
     def is_numeric(self) -> bool:
@@ -360,7 +361,8 @@ def _arrow_columns(table) -> dict[str, Column]:
         if pa.types.is_integer(kind) or pa.types.is_floating(kind):
             columns[name] = Column(col.to_numpy(zero_copy_only=False).astype("float64", copy=False), valid)
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            columns[name] = Column(_arrow_strings(col), valid)
+            codes, words = _arrow_strings(col)
+            columns[name] = Column(words[codes], valid, dictionary=(codes, words))
         elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
             values = col.to_numpy(zero_copy_only=False)
             columns[name] = Column(np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
@@ -372,8 +374,9 @@ def _arrow_columns(table) -> dict[str, Column]:
     return columns
 
 
-def _arrow_strings(col) -> np.ndarray:
-    """Text column as objects, via a dictionary so that a million `"train"`s cost one string each."""
+def _arrow_strings(col) -> tuple[np.ndarray, np.ndarray]:
+    """Text column as (codes, words) with words[codes] the objects, via a dictionary so that a million `"train"`s
+    cost one string each; the last word is None, for missing values."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -382,7 +385,7 @@ def _arrow_strings(col) -> np.ndarray:
         encoded = encoded.combine_chunks()
     words = np.array(encoded.dictionary.to_pylist() + [None], dtype=object)
     codes = encoded.indices.fill_null(len(words) - 1).to_numpy(zero_copy_only=False)
-    return words[codes]
+    return codes, words
 
 
 # --- CSV -------------------------------------------------------------------------------------------------------------
@@ -570,7 +573,11 @@ def _split_column(columns: dict[str, Column], lower: dict[str, str]) -> np.ndarr
     """Codes into SPLITS per row (-1: no split given, the metric's name decides)."""
     if "split" not in lower or columns[lower["split"]].is_numeric:
         return None
-    codes, uniques = pd.factorize(columns[lower["split"]].values, use_na_sentinel=True)
+    column = columns[lower["split"]]
+    if column.dictionary is not None:  # the reader's own codes: no hashing of a million strings again
+        codes, uniques = column.dictionary
+    else:
+        codes, uniques = pd.factorize(column.values, use_na_sentinel=True)
     table = np.array([SPLITS.index(w) if (w := _split_word(u)) else -1 for u in uniques] + [-1], dtype=np.int8)
     return table[codes]  # -1 (missing) picks the trailing -1
 

@@ -135,3 +135,31 @@ def test_read_lines_finds_the_lines_a_line_by_line_read_finds(tmp_path_factory, 
         assert diagnose._read_lines(path, set(lines)) == _plain_read_lines(path, set(lines))
     finally:
         diagnose.EVIDENCE_BLOCK = saved
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.sampled_from(["loss", "lr", "eval/loss", "b", "é"]), st.integers(0, 12)),
+                         min_size=1, max_size=20), min_size=1, max_size=3),
+       st.lists(st.one_of(st.none(), st.integers(0, 2)), min_size=3, max_size=3), st.booleans())
+def test_build_run_index_from_codes_equals_the_index_from_strings(frames, ranks, two_files):
+    from pathlib import Path
+
+    from analyzer.run import Ingested, _segments, build_run, latest_index
+
+    piece = Ingested("t")
+    for i, rows in enumerate(frames):
+        names, steps = zip(*rows)
+        frame = pd.DataFrame({"step": steps, "name": list(names), "value": np.arange(len(rows), dtype=float),
+                              "line": range(1, len(rows) + 1)})
+        if ranks[i] is not None:
+            frame["rank"] = ranks[i] if i % 2 else [ranks[i] + (j % 2) for j in range(len(rows))]
+        piece.add_frame(f"m{i if two_files else 0}.jsonl", frame)
+    run = build_run(Path("/x"), [piece])
+    positions, slices = run._latest_index()
+    expected_positions, expected_slices = latest_index(run.scalars)
+    np.testing.assert_array_equal(positions, expected_positions)
+    assert slices == expected_slices
+    again, restarts = _segments(run.scalars.assign(segment=0), list(run.sources))
+    assert again["segment"].tolist() == run.scalars["segment"].tolist()
+    order = (lambda e: (e.step, e.file, e.line))
+    assert sorted((e for e in run.events if e.kind == "restart"), key=order) == sorted(restarts, key=order)
