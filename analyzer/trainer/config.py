@@ -81,6 +81,7 @@ class TrainConfig:
     eval_iters: int = 4  # batches per evaluation
     eval_batch_size: int = 0  # sequences per evaluation batch; 0 = batch_size (set it to compare batch sizes)
     checkpoint_interval: int = 0  # save a checkpoint every N steps; 0 = only at the end
+    save_initial_checkpoint: bool = False  # also save the weights before the first step, so the init can be checked
 
     @property
     def effective_batch(self) -> int:

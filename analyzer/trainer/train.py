@@ -310,6 +310,9 @@ def _loop(cfg: TrainConfig, out_dir: Path, rank: int, stop_step: int | None, wri
                 "step": step, "config": config_to_dict(cfg)}
         torch.save(ckpt, out_dir / "checkpoints" / f"step_{step:06d}.pt")
 
+    if rank == 0 and cfg.save_initial_checkpoint:
+        save_checkpoint(0)
+
     recent: deque[float] = deque(maxlen=20)
     anomaly_on = False
     last_log_time, last_log_step = time.perf_counter(), 0
