@@ -34,7 +34,7 @@ from analyzer.diagnose import diagnose_run  # noqa: E402
 from analyzer.errors import InputError  # noqa: E402
 from analyzer.findings import Severity  # noqa: E402
 from analyzer.ingest import read_run  # noqa: E402
-from tests.detectors import synth  # noqa: E402
+from tests.detectors import stability_synth, synth  # noqa: E402
 
 REAL_RUNS = ROOT.parent / "shared" / "real_runs"
 SAMPLE_RUNS = ROOT / "sample_runs"
@@ -118,9 +118,10 @@ SAMPLE_LABELS: dict[str, Label] = {
 # --- framework fixtures: tests/fixtures/frameworks/README.md --------------------------------------------------
 FIXTURE_LABELS: dict[str, Label] = {
     "hf_trainer_healthy": label(),
-    "hf_trainer_nan": label({"nonfinite-onset": 35}, {"checkpoint-nonfinite", "grad-explosion", "loss-divergence"}),
-    "hf_trainer_nan_unfiltered": label({"nonfinite-onset": 35}, {"checkpoint-nonfinite", "grad-explosion",
-                                                                 "loss-divergence"}),
+    # the weights turn NaN at optimizer step 34: checkpoint-40 and -60 are non-finite, checkpoint-20 is clean
+    "hf_trainer_nan": label({"nonfinite-onset": 35, "checkpoint-nonfinite": 40}, {"grad-explosion", "loss-divergence"}),
+    "hf_trainer_nan_unfiltered": label({"nonfinite-onset": 35, "checkpoint-nonfinite": 40},
+                                       {"grad-explosion", "loss-divergence"}),
     "lightning_csv": label(),
     # MSE of a tiny regression with batch 8 and SGD lr 0.05: train loss 11.65, 2.79, 4.92, 6.06, 7.62, 2.84, ...
     # in 12 points; too short to tell noise from oscillation, and it does swing
@@ -186,6 +187,9 @@ def synthetic_cases():
                 yield (f"small-batch/{tag}", run(_noisy(seed), batch_size=2, gradient_accumulation_steps=1,
                                                  block_size=128),
                        label({"small-effective-batch": None}, {"loss-spike", "loss-oscillation"}))
+    # the stability family's incidents and healthy twins (NaN, fp16 overflow, gradients, KD) over the same grid
+    for name, run, expected, allowed in stability_synth.synthetic_cases():
+        yield name, run, label(expected, allowed)
 
 
 def _lr_too_low(seed, noise):
