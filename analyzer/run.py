@@ -334,6 +334,18 @@ class Run:
             cache[name] = self.scalars[name].to_numpy()
         return cache[name]
 
+    def row_counts(self) -> dict[str, int]:
+        """Points per metric in `scalars`: every point written, all segments and ranks."""
+        cached = self.__dict__.get("_row_counts_cache")
+        if cached is None:
+            codes = self.__dict__.get("_codes_cache")
+            if codes is None and len(self.scalars):
+                codes = GroupCodes.of(self.scalars)
+            counts = np.bincount(codes.metric, minlength=len(codes.metric_names)) if codes is not None else []
+            cached = {name: int(c) for name, c in zip(codes.metric_names if codes is not None else [], counts) if c}
+            object.__setattr__(self, "_row_counts_cache", cached)
+        return cached
+
     @property
     def first_step(self) -> int | None:
         return int(self.scalars["step"].min()) if len(self.scalars) else None
@@ -474,6 +486,7 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
     )
     if codes is not None:  # the per-metric index, from the codes in hand rather than by factorising strings again
         object.__setattr__(run, "_index_cache", latest_index(scalars, codes))
+        object.__setattr__(run, "_codes_cache", codes)
     return run
 
 

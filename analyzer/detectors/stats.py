@@ -206,12 +206,18 @@ def rolling_median_values(values: np.ndarray, window: int, min_periods: int) -> 
     values = np.asarray(values, dtype="float64")
     if window > SMALL_WINDOW or len(values) < window:
         return pd.Series(values).rolling(window, min_periods=min_periods).median().to_numpy()
-    if not np.isfinite(values).all():
+    bad = ~np.isfinite(values)
+    if bad.sum() * window * POINTWISE_MEDIAN_COST > len(values):
         return window_medians(values, np.arange(1, len(values) + 1), window, min_periods)
-    # every value counts: the first window - 1 points have short windows, the rest full ones, sorted column-wise
+    # the first window - 1 points have short windows, the rest full ones, sorted column-wise; the few windows
+    # that hold a NaN or an infinity (not a value for pandas) are redone one by one
     out = np.empty(len(values), dtype="float64")
     out[:window - 1] = window_medians(values, np.arange(1, window), window, min_periods)
     out[window - 1:] = _full_window_medians(values, window)
+    if bad.any():
+        touched = np.flatnonzero(np.convolve(bad.astype(np.int32), np.ones(window, dtype=np.int32))[:len(values)])
+        touched = touched[touched >= window - 1]
+        out[touched] = window_medians(values, touched + 1, window, min_periods)
     return out
 
 
@@ -225,7 +231,8 @@ def _full_window_medians(values: np.ndarray, window: int) -> np.ndarray:
             low, high = np.minimum(columns[k], columns[k + 1]), np.maximum(columns[k], columns[k + 1])
             columns[k], columns[k + 1] = low, high
     half = window // 2
-    return columns[half] if window % 2 else (columns[half] + columns[half - 1]) / 2
+    with np.errstate(invalid="ignore"):  # windows with an infinity are redone by the caller
+        return columns[half] if window % 2 else (columns[half] + columns[half - 1]) / 2
 
 
 def window_medians(values: np.ndarray, ends: np.ndarray, window: int, min_periods: int) -> np.ndarray:
@@ -824,11 +831,16 @@ class Excursions:
     low: np.ndarray
     runs: list[tuple[int, int]]
     excess_of: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    excess_in: Callable[[int, int], np.ndarray] = field(repr=False, compare=False)
 
     @property
     def excess(self) -> np.ndarray:
         """Computed on first use: high, low and runs need the trailing median only where a point could be high."""
         return self.excess_of()
+
+    def excess_between(self, start: int, end: int) -> np.ndarray:
+        """excess[start:end], computed for those points only (an excursion's own points, say)."""
+        return self.excess_in(start, end)
 
 
 def excursions(series: pd.Series, window: int = GRAD_WINDOW, factor: float = GRAD_FACTOR,
@@ -854,6 +866,13 @@ def _excursions(series: pd.Series, window: int, factor: float, min_periods: int)
 
         return cached(series, ("excess", window, periods), compute)
 
+    def excess_in(start: int, end: int) -> np.ndarray:
+        store = series.__dict__.get(_CACHE, {})
+        if ("excess", window, periods) in store:
+            return store[("excess", window, periods)][start:end]
+        where = np.arange(max(start, 0), min(end, len(x)))
+        return np.nan_to_num(x[where] - window_medians(x, where, window, periods), nan=0.0)
+
     # A point is `low` only if it is low_at above the median of the points before it, so at least low_at above
     # their minimum (a rolling minimum is cheap): the median is needed only there. Points without a baseline have
     # excess 0, which is never low while low_at > 0.
@@ -874,7 +893,7 @@ def _excursions(series: pd.Series, window: int, factor: float, min_periods: int)
         high[candidates] = excess_at >= high_at
         low[candidates] = excess_at >= low_at
     runs = [(a, b) for a, b in runs_of_true(low) if high[a:b].any()]
-    return Excursions(high=high, low=low, runs=runs, excess_of=full_excess)
+    return Excursions(high=high, low=low, runs=runs, excess_of=full_excess, excess_in=excess_in)
 
 
 def healthy_grad_norms(run: Run) -> pd.Series | None:
