@@ -81,7 +81,7 @@ def check(run, params):
 
 def _excursions(run, g, params):
     found = stats.excursions(g, params["window"], params["factor"], MIN_PERIODS)
-    excess, high = found.excess, found.high.copy()
+    high = found.high.copy()
     sched = stats.schedule(run)
     warm = g.index.to_numpy() < sched.warmup_end if sched.warmup_end is not None else np.zeros(len(g), dtype=bool)
     # gradients grow while the lr warms up (LoRA's zero-init B, say): not news
@@ -94,11 +94,12 @@ def _excursions(run, g, params):
     steps = g.index.to_numpy()
     episodes = []
     for start, end in runs:
-        peak = start + int(np.argmax(excess[start:end]))
+        excess = found.excess_between(start, end)  # an excursion's own points: no running median elsewhere
+        peak = start + int(np.argmax(excess))
         rise = stats.rise_during(loss_series, int(steps[start]), int(steps[end - 1]), LOOKBACK)
         episodes.append({
             "start": start, "end": end, "peak": peak, "points": end - start,
-            "ratio": float(np.exp(excess[peak])), "jump": rise.ratio, "loss_peak_step": rise.peak_step,
+            "ratio": float(np.exp(excess[peak - start])), "jump": rise.ratio, "loss_peak_step": rise.peak_step,
             "unhealed": end == len(g) and bool(high[end - 1]),
             "sustained": int(high[start:end].sum()) >= params["sustain_points"],
         })

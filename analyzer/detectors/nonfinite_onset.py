@@ -149,7 +149,7 @@ def _metric_signals(run) -> list[Signal]:
     rows = rows[keep.to_numpy()]
     # An auxiliary metric that is non-finite at every point was never measured (a logger's placeholder), unlike a
     # loss or gradient norm that is NaN from the first step, which is a run broken from the start.
-    totals = scalars["metric"].value_counts()
+    totals = run.row_counts()  # points per metric, as scalars["metric"].value_counts() counts them
     bad_counts = rows["metric"].value_counts()
     never = {m for m, c in bad_counts.items() if c == totals.get(m, 0) and m not in CORE_METRICS}
     out = []
