@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analyzer import prefetch
 from analyzer.run import Ingested, Note
 
 FORMAT = "table"
@@ -157,7 +158,8 @@ def _read_bytes(path: Path, file: str) -> bytes:
 
 def parse_jsonl(path: Path, file: str) -> Parsed:
     """Parse a JSON-lines file with pyarrow; fall back to per-line parsing only when the fast path refuses it."""
-    buf = _read_bytes(path, file)
+    prefetched = prefetch.take(path)  # parsed in the background while the CLI imported the detectors
+    buf = prefetched.raw.removeprefix(_BOM) if prefetched is not None else _read_bytes(path, file)
     notes: list[Note] = []
     buf, truncated = _drop_truncated_last_line(buf)
     if truncated is not None:
@@ -165,7 +167,7 @@ def parse_jsonl(path: Path, file: str) -> Parsed:
                           line=truncated))
     if not buf or buf.isspace():
         return Parsed({}, np.zeros(0, dtype="int64"), notes + [Note(file, "no records in the file")])
-    fast = _jsonl_with_arrow(buf)
+    fast = _jsonl_with_arrow(buf, prefetched)
     if fast is not None:
         fast.notes[:0] = notes
         return fast
@@ -226,14 +228,19 @@ def _sentinels_match(columns: dict[str, Column], written: dict[float, int]) -> b
     return all(seen[s] == written.get(s, 0) for s in seen)
 
 
-def _jsonl_with_arrow(buf: bytes) -> Parsed | None:
+def _jsonl_with_arrow(buf: bytes, prefetched: prefetch.Prefetched | None = None) -> Parsed | None:
     """The fast path: pyarrow over the whole buffer. None when it refuses the file or rows cannot be lined up."""
     import pyarrow as pa
     import pyarrow.json as pj
 
     swapped, written = _swap_tokens(buf)
     try:
-        table = pj.read_json(pa.BufferReader(swapped))
+        if prefetched is not None and swapped is prefetched.raw:  # these very bytes were parsed in the background
+            if prefetched.error is not None:
+                raise prefetched.error
+            table = prefetched.table
+        else:
+            table = pj.read_json(pa.BufferReader(swapped))
         columns = _arrow_columns(table)
     except (pa.ArrowException, UnicodeDecodeError, ValueError, TypeError):
         return None

@@ -1,7 +1,9 @@
-"""Fast paths (detectors/stats.py, loss-divergence, evidence lines) give exactly what the plain formulation gave."""
+"""Fast paths (detectors/stats.py, loss-divergence, evidence lines, build_run codes, the background JSONL parse)
+give exactly what the plain formulation gave."""
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from analyzer import diagnose
@@ -163,3 +165,59 @@ def test_build_run_index_from_codes_equals_the_index_from_strings(frames, ranks,
     assert again["segment"].tolist() == run.scalars["segment"].tolist()
     order = (lambda e: (e.step, e.file, e.line))
     assert sorted((e for e in run.events if e.kind == "restart"), key=order) == sorted(restarts, key=order)
+
+
+def _frame(path):
+    from analyzer.ingest import tabular
+
+    return tabular.read_file(path, path.name).frame
+
+
+def test_prefetched_parse_gives_the_same_frame(tmp_path, monkeypatch):
+    from analyzer import prefetch
+
+    monkeypatch.setattr(prefetch, "MIN_BYTES", 0)
+    lines = [f'{{"step": {i}, "split": "train", "loss": {3 - i / 100}, "lr": NaN}}' for i in range(200)]
+    cases = {"plain.jsonl": "\n".join(lines) + "\n", "cut.jsonl": "\n".join(lines) + '\n{"step": 20',
+             "bom.jsonl": "\ufeff" + "\n".join(lines) + "\n", "bad.jsonl": "\n".join(lines) + "\nnot json\n"}
+    for name, text in cases.items():
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        path = folder / name
+        path.write_text(text, encoding="utf-8")
+        expected = _frame(path)
+        prefetch.start(folder)
+        assert prefetch._jobs  # a job was started
+        got = _frame(path)
+        assert not prefetch._jobs  # and taken
+        pd.testing.assert_frame_equal(got, expected)
+
+
+def test_prefetch_is_not_used_for_a_changed_file_and_never_raises(tmp_path, monkeypatch):
+    from analyzer import prefetch
+
+    monkeypatch.setattr(prefetch, "MIN_BYTES", 0)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 2.0}\n')
+    prefetch.start(tmp_path)
+    prefetch._jobs[str(path.resolve())].thread.join()
+    path.write_text('{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.5}\n')
+    assert prefetch.take(path) is None
+    assert _frame(path)["value"].tolist() == [3.0, 2.5]
+    prefetch.start(tmp_path / "missing")  # nothing to read: no error, no job
+    assert prefetch.take(tmp_path / "missing" / "metrics.jsonl") is None
+
+
+def test_prefetched_table_is_the_one_used(tmp_path, monkeypatch):
+    import pyarrow.json
+
+    from analyzer import prefetch
+
+    monkeypatch.setattr(prefetch, "MIN_BYTES", 0)
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"step": {i}, "loss": {2 + i}}}\n' for i in range(50)))
+    expected = _frame(path)
+    prefetch.start(tmp_path)
+    prefetch._jobs[str(path.resolve())].thread.join()
+    monkeypatch.setattr(pyarrow.json, "read_json", lambda *a, **k: pytest.fail("parsed again"))
+    pd.testing.assert_frame_equal(_frame(path), expected)
