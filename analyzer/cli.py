@@ -93,6 +93,10 @@ def diagnose_command(run_dirs, out, formats, as_json, fail_on, select, ignore, s
     if unknown:
         raise InputError(f"--format: unknown format(s) {', '.join(unknown)} (choose from {', '.join(FORMATS)})")
     options = dict(select=_split_list(select), ignore=_split_list(ignore), overrides=_parse_sets(sets))
+    if len(run_dirs) == 1 and not recursive:  # a large metrics file parses while the detectors import
+        from analyzer import prefetch
+
+        prefetch.start(run_dirs[0])
     from analyzer.diagnose import choose, parse_overrides
 
     choose(options["select"], options["ignore"])  # usage errors before any reading
