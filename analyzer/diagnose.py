@@ -178,6 +178,11 @@ def _read_lines(path: Path, lines: set[int]) -> dict[int, str]:
 
     import numpy as np
 
+    from analyzer import lineindex
+
+    known = lineindex.read_lines(path, lines, MAX_EVIDENCE_LINE)  # a reader counted this file's lines already
+    if known is not None:
+        return known
     out: dict[int, str] = {}
     try:
         with open(path, "rb") as fh:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from analyzer import prefetch
+from analyzer import lineindex, prefetch
 from analyzer.run import Ingested, Note
 
 FORMAT = "table"
@@ -146,10 +146,14 @@ def rank_from_name(name: str) -> int | None:
 
 
 def _read_bytes(path: Path, file: str) -> bytes:
+    return _read_raw(path, file).removeprefix(_BOM)
+
+
+def _read_raw(path: Path, file: str) -> bytes:
     from analyzer.errors import InputError
 
     try:
-        return path.read_bytes().removeprefix(_BOM)
+        return path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path=file) from None
 
@@ -159,7 +163,9 @@ def _read_bytes(path: Path, file: str) -> bytes:
 def parse_jsonl(path: Path, file: str) -> Parsed:
     """Parse a JSON-lines file with pyarrow; fall back to per-line parsing only when the fast path refuses it."""
     prefetched = prefetch.take(path)  # parsed in the background while the CLI imported the detectors
-    buf = prefetched.raw.removeprefix(_BOM) if prefetched is not None else _read_bytes(path, file)
+    raw = prefetched.raw if prefetched is not None else _read_raw(path, file)
+    newlines = lineindex.remember(path, raw)  # counted once: lines up rows here, finds cited lines later
+    buf = raw.removeprefix(_BOM)
     notes: list[Note] = []
     buf, truncated = _drop_truncated_last_line(buf)
     if truncated is not None:
@@ -167,7 +173,7 @@ def parse_jsonl(path: Path, file: str) -> Parsed:
                           line=truncated))
     if not buf or buf.isspace():
         return Parsed({}, np.zeros(0, dtype="int64"), notes + [Note(file, "no records in the file")])
-    fast = _jsonl_with_arrow(buf, prefetched)
+    fast = _jsonl_with_arrow(buf, prefetched, newlines)  # neither the BOM nor a cut last line holds a line end
     if fast is not None:
         fast.notes[:0] = notes
         return fast
@@ -228,7 +234,8 @@ def _sentinels_match(columns: dict[str, Column], written: dict[float, int]) -> b
     return all(seen[s] == written.get(s, 0) for s in seen)
 
 
-def _jsonl_with_arrow(buf: bytes, prefetched: prefetch.Prefetched | None = None) -> Parsed | None:
+def _jsonl_with_arrow(buf: bytes, prefetched: prefetch.Prefetched | None = None,
+                      newlines: int | None = None) -> Parsed | None:
     """The fast path: pyarrow over the whole buffer. None when it refuses the file or rows cannot be lined up."""
     import pyarrow as pa
     import pyarrow.json as pj
@@ -246,15 +253,17 @@ def _jsonl_with_arrow(buf: bytes, prefetched: prefetch.Prefetched | None = None)
         return None
     if written and not _sentinels_match(columns, written):
         return None
-    lines = _row_lines(buf, table.num_rows, json_lines=True)
+    lines = _row_lines(buf, table.num_rows, json_lines=True, newlines=newlines)
     if lines is None:
         return None
     return Parsed(columns, lines, sentinels=bool(written))
 
 
-def _row_lines(buf: bytes, n_rows: int, json_lines: bool, skip_header: bool = False) -> np.ndarray | None:
-    """1-based line numbers of the rows a parser returned, which skips blank lines; None if they do not line up."""
-    n_lines = buf.count(b"\n") + (0 if buf.endswith(b"\n") else 1)
+def _row_lines(buf: bytes, n_rows: int, json_lines: bool, skip_header: bool = False,
+               newlines: int | None = None) -> np.ndarray | None:
+    """1-based line numbers of the rows a parser returned, which skips blank lines; None if they do not line up.
+    `newlines` is buf.count(b"\n") where the caller counted it already."""
+    n_lines = (buf.count(b"\n") if newlines is None else newlines) + (0 if buf.endswith(b"\n") else 1)
     first = 2 if skip_header else 1
     if n_rows == n_lines - first + 1:
         return np.arange(first, n_rows + first, dtype="int64")

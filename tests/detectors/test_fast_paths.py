@@ -221,3 +221,34 @@ def test_prefetched_table_is_the_one_used(tmp_path, monkeypatch):
     prefetch._jobs[str(path.resolve())].thread.join()
     monkeypatch.setattr(pyarrow.json, "read_json", lambda *a, **k: pytest.fail("parsed again"))
     pd.testing.assert_frame_equal(_frame(path), expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.text("ab\n \x00é", max_size=30), max_size=40), st.sets(st.integers(0, 45), min_size=1, max_size=6),
+       st.sampled_from([4, 16, 1 << 20]))
+def test_remembered_line_index_reads_what_a_full_read_reads(tmp_path_factory, parts, lines, block):
+    from analyzer import lineindex
+
+    path = tmp_path_factory.mktemp("index") / "log.jsonl"
+    data = "\n".join(parts).encode()
+    path.write_bytes(data)
+    saved = lineindex.BLOCK, lineindex.MIN_BYTES
+    try:
+        lineindex.BLOCK, lineindex.MIN_BYTES = block, 0
+        assert lineindex.remember(path, data) == data.count(b"\n")
+        got = lineindex.read_lines(path, set(lines), diagnose.MAX_EVIDENCE_LINE)
+    finally:
+        lineindex.BLOCK, lineindex.MIN_BYTES = saved
+    assert got == _plain_read_lines(path, set(lines))
+
+
+def test_line_index_is_not_used_for_a_changed_file(tmp_path, monkeypatch):
+    from analyzer import lineindex
+
+    monkeypatch.setattr(lineindex, "MIN_BYTES", 0)
+    path = tmp_path / "log.txt"
+    path.write_bytes(b"a\nb\n")
+    lineindex.remember(path, b"a\nb\n")
+    path.write_bytes(b"c\nd\ne\n")
+    assert lineindex.read_lines(path, {1}, 300) is None
+    assert diagnose._read_lines(path, {3}) == {3: "e"}
