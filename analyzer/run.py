@@ -381,7 +381,7 @@ def latest_index(scalars: pd.DataFrame, codes: "GroupCodes | None" = None) -> tu
         codes = GroupCodes.of(scalars)
     metric_codes, metric_names = codes.metric, codes.metric_names
     group = codes.group()
-    order = _stable_order(group)
+    order = codes.order().copy()  # changed below where a series goes back
     steps = scalars["step"].to_numpy()
     g, s = group[order], steps[order]
     unsorted = (g[1:] == g[:-1]) & (s[1:] < s[:-1])
@@ -417,7 +417,15 @@ class GroupCodes:
 
     def group(self) -> np.ndarray:
         """One code per (metric, rank) pair, in metric then rank order."""
-        return self.metric.astype("int64") * max(self.n_ranks, 1) + self.rank
+        if "_group" not in self.__dict__:
+            self.__dict__["_group"] = self.metric.astype("int64") * max(self.n_ranks, 1) + self.rank
+        return self.__dict__["_group"]
+
+    def order(self) -> np.ndarray:
+        """Row positions grouped by `group()`, file order inside each group (shared: copy before changing it)."""
+        if "_order" not in self.__dict__:
+            self.__dict__["_order"] = _stable_order(self.group())
+        return self.__dict__["_order"]
 
 
 def _group_codes(metric: pd.Series, rank: pd.Series, sort: bool) -> np.ndarray:
@@ -508,11 +516,11 @@ def _codes(frames: list[pd.DataFrame], row_codes: list[tuple[list[str], np.ndarr
 def _normalise_frame(frame: pd.DataFrame, source: int) -> tuple[pd.DataFrame, list[str], np.ndarray]:
     """(the frame in SCALAR_COLUMNS, the metric of each (name, split) pair, each row's pair code)."""
     # Millions of rows hold a few distinct (name, split) pairs: canonicalise each pair once, expand by codes.
-    name_codes, name_uniques = pd.factorize(frame["name"], use_na_sentinel=False)
+    name_codes, name_uniques = _factorize(frame["name"], use_na_sentinel=False)
     names = [str(n) for n in name_uniques]
     has_split = "split" in frame
     if has_split:  # a reader that knows the split (e.g. canonical jsonl "split": "eval") wins
-        split_codes, split_uniques = pd.factorize(frame["split"], use_na_sentinel=True)  # -1: no split given
+        split_codes, split_uniques = _factorize(frame["split"], use_na_sentinel=True)  # -1: no split given
         width = len(split_uniques) + 1
         pair_codes, pairs = _small_factorize(name_codes.astype("int64") * width + (split_codes + 1))
         given = [str(v) for v in split_uniques] + [None]  # given[-1] is None: the name decides
@@ -538,6 +546,16 @@ def _normalise_frame(frame: pd.DataFrame, source: int) -> tuple[pd.DataFrame, li
         "rank": rank if np.isscalar(rank) else rank.to_numpy(), "source": source,
         "line": frame["line"].astype("int64").to_numpy(), "name": _strings(name_of, pair_codes), "segment": 0,
     }), metric_of, np.asarray(pair_codes)
+
+
+def _factorize(column: pd.Series, use_na_sentinel: bool) -> tuple[np.ndarray, Any]:
+    """pd.factorize, straight from the codes of a categorical column (readers' name and split columns); the codes
+    only group rows, so categories without rows do no harm."""
+    if isinstance(column.dtype, pd.CategoricalDtype):
+        codes = column.cat.codes.to_numpy()
+        if use_na_sentinel or not len(codes) or codes.min() >= 0:  # -1 for a missing value, as pd.factorize's
+            return codes.astype("int64"), column.cat.categories
+    return pd.factorize(column, use_na_sentinel=use_na_sentinel)
 
 
 def _small_factorize(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -575,7 +593,7 @@ def _segments(scalars: pd.DataFrame, sources: list[str],
     # Computed on integer group codes in group order, then put back in file order.
     # any coding of (metric, rank) groups the rows the same way
     group = codes.group() if codes is not None else _group_codes(scalars["metric"], scalars["rank"], sort=False)
-    order = _stable_order(group)
+    order = codes.order() if codes is not None else _stable_order(group)
     group = group[order]
     steps = scalars["step"].to_numpy()[order]
     first_of_group = np.ones(len(order), dtype=bool)

@@ -155,6 +155,9 @@ def test_build_run_index_from_codes_equals_the_index_from_strings(frames, ranks,
                               "line": range(1, len(rows) + 1)})
         if ranks[i] is not None:
             frame["rank"] = ranks[i] if i % 2 else [ranks[i] + (j % 2) for j in range(len(rows))]
+        if i % 2 == 0:  # as the tabular reader hands them over: categorical names, a split with gaps
+            frame["name"] = frame["name"].astype("category")
+            frame["split"] = pd.Categorical([("eval", None, "train")[s % 3] for s in steps])
         piece.add_frame(f"m{i if two_files else 0}.jsonl", frame)
     run = build_run(Path("/x"), [piece])
     positions, slices = run._latest_index()
