@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -35,17 +36,10 @@ def diagnose_run(run: Run, *, select: Iterable[str] = (), ignore: Iterable[str] 
     findings: list[Finding] = []
     skipped: list[Skipped] = []
     errors: list[DetectorError] = []
-    for det in detectors:
-        missing = det.requires and not any(run.has(m) for m in det.requires)
-        if missing:
-            skipped.append(Skipped(det.name, "the run logs no " + " or ".join(det.requires)))
-            continue
-        try:
-            result = det.check(run, {**det.params, **params.get(det.name, {})})
-        except Exception as exc:  # a detector bug must not take the report down with it
-            errors.append(DetectorError(det.name, f"{type(exc).__name__}: {exc}"))
-            continue
-        if isinstance(result, Skipped):
+    for result in _check_all(run, detectors, params):  # in table order, however they were run
+        if isinstance(result, DetectorError):
+            errors.append(result)
+        elif isinstance(result, Skipped):
             skipped.append(result)
         else:
             findings.extend(result)
@@ -57,6 +51,41 @@ def diagnose_run(run: Run, *, select: Iterable[str] = (), ignore: Iterable[str] 
         blind_spots=tuple(BlindSpotOut(b.message, b.affects) for b in (*run.blind_spots, *coverage_blind_spots(run))),
         skipped=tuple(skipped), errors=tuple(errors), detectors=tuple(d.name for d in detectors),
     )
+
+
+PARALLEL_MIN_POINTS = 200_000  # below this the detectors take milliseconds: threads would only add overhead
+MAX_THREADS = 2
+
+
+def _check_all(run: Run, detectors: list[Detector], params: Mapping[str, Mapping[str, Any]]) -> list:
+    """Each detector's result (findings, Skipped or DetectorError), in the order given.
+
+    On a large run two threads share the work: detectors are pure functions of the Run, their heavy parts are
+    numpy calls that release the GIL, and what they share is computed once (analyzer.detectors.stats.cached
+    makes a second caller wait for the first). The results, and their order, are the same either way."""
+    threads = min(MAX_THREADS, _cpus()) if len(run.scalars) >= PARALLEL_MIN_POINTS else 1
+    if threads <= 1 or len(detectors) <= 1:
+        return [_check(run, det, params) for det in detectors]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="postmortem-detector") as pool:
+        return list(pool.map(lambda det: _check(run, det, params), detectors))
+
+
+def _check(run: Run, det: Detector, params: Mapping[str, Mapping[str, Any]]):
+    if det.requires and not any(run.has(m) for m in det.requires):
+        return Skipped(det.name, "the run logs no " + " or ".join(det.requires))
+    try:
+        return det.check(run, {**det.params, **params.get(det.name, {})})
+    except Exception as exc:  # a detector bug must not take the report down with it
+        return DetectorError(det.name, f"{type(exc).__name__}: {exc}")
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def choose(select: Iterable[str], ignore: Iterable[str]) -> list[Detector]:

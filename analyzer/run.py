@@ -11,7 +11,7 @@ Detectors read it through `series()` / `hparam()`; pandas stays on this side of 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -285,9 +285,15 @@ class Run:
         The same Series object for the same question, so what detectors derive from it can be kept with it
         (analyzer.detectors.stats.cached); callers never modify it in place."""
         cache = self.__dict__.setdefault("_series_cache", {})
-        if (metric, rank) not in cache:
-            cache[(metric, rank)] = self._series(metric, rank)
-        return cache[(metric, rank)]
+        found = cache.get((metric, rank))
+        if found is None:  # setdefault: where detectors run in threads, every caller gets the one stored object
+            found = cache.setdefault((metric, rank), self._series(metric, rank))
+        return found
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (a sweep's worker process hands its Run back) with its fields only: the lookups and answers
+        cached on it are rebuilt where needed."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     def _series(self, metric: str, rank: int | None) -> pd.Series:
         rows = self._latest_rows(metric)

@@ -9,6 +9,7 @@ signatures stay stable.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -33,16 +34,27 @@ TRAIN_LOSS_METRICS = ("loss", "lm_loss")  # in order of preference
 # detectors get are never modified in place, so a kept answer stays true.
 
 _CACHE = "_stats_cache"
+_LOCKS = "_stats_locks"
+_MISSING = object()
+_setup = threading.Lock()
 
 
 def cached(owner: Any, key: Hashable, compute: Callable[[], Any]) -> Any:
-    """compute() once per (owner, key); owner is a Run or a pandas object."""
+    """compute() once per (owner, key); owner is a Run or a pandas object. Safe when detectors run in threads:
+    a second caller of the same key waits for the first one's answer instead of computing it again."""
     store = owner.__dict__.get(_CACHE)
-    if store is None:
-        store = owner.__dict__[_CACHE] = {}  # Run is frozen: its __dict__ takes the cache as Run does its own
-    if key not in store:
-        store[key] = compute()
-    return store[key]
+    if store is not None:
+        value = store.get(key, _MISSING)
+        if value is not _MISSING:
+            return value
+    with _setup:  # Run is frozen: its __dict__ takes the cache as Run does its own lookups
+        store = owner.__dict__.setdefault(_CACHE, {})
+        lock = owner.__dict__.setdefault(_LOCKS, {}).setdefault(key, threading.RLock())
+    with lock:
+        value = store.get(key, _MISSING)
+        if value is _MISSING:
+            value = store[key] = compute()
+    return value
 
 
 def params_key(params) -> tuple:

@@ -255,3 +255,24 @@ def test_line_index_is_not_used_for_a_changed_file(tmp_path, monkeypatch):
     path.write_bytes(b"c\nd\ne\n")
     assert lineindex.read_lines(path, {1}, 300) is None
     assert diagnose._read_lines(path, {3}) == {3: "e"}
+
+
+def test_detectors_in_threads_give_the_serial_diagnosis(monkeypatch):
+    import copy
+
+    from analyzer import __version__
+    from analyzer.findings import to_json
+    from analyzer.ingest import read_run
+    from tests.conftest import SAMPLE_RUNS
+    from tests.detectors import stability_synth
+
+    runs = [lambda p=p: read_run(p) for p in sorted(SAMPLE_RUNS.iterdir()) if p.is_dir()]
+    cases = list(stability_synth.synthetic_cases())[::7]
+    runs += [lambda c=c: copy.copy(c[1]) for c in cases]  # a copy holds no cached answers
+    for make in runs:
+        monkeypatch.setattr(diagnose, "PARALLEL_MIN_POINTS", 10 ** 12)
+        serial = to_json(diagnose.diagnose_run(make()), __version__)
+        monkeypatch.setattr(diagnose, "PARALLEL_MIN_POINTS", 0)
+        monkeypatch.setattr(diagnose, "_cpus", lambda: 2)
+        threaded = to_json(diagnose.diagnose_run(make()), __version__)
+        assert threaded == serial
