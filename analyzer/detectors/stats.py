@@ -81,10 +81,20 @@ def finite(series: pd.Series) -> pd.Series:
 def _finite(series: pd.Series) -> pd.Series:
     if not len(series):
         return series.astype("float64")
+    if _already_finite(series):  # what the filtering below would rebuild, point for point
+        return series
     values = pd.to_numeric(series, errors="coerce").astype("float64")
     values = values[np.isfinite(values.to_numpy())]
     values = values[~values.index.duplicated(keep="last")]
     return values.sort_index(kind="stable")
+
+
+def _already_finite(series: pd.Series) -> bool:
+    """A float64 series on a plain integer step index, finite, in step order, one point per step: a Run's series
+    nearly always is."""
+    index = series.index
+    return (series.dtype == np.float64 and type(index) is pd.Index and index.dtype == np.int64
+            and bool(np.isfinite(series.to_numpy()).all()) and index.is_monotonic_increasing and index.is_unique)
 
 
 def train_loss(run: Run) -> tuple[str, pd.Series] | None:
