@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 MIN_BYTES = 8 << 20  # a smaller file parses in a few tens of milliseconds: not worth a thread
@@ -20,22 +19,31 @@ MAX_FILES = 2
 SUFFIXES = (".jsonl", ".ndjson")
 
 _lock = threading.Lock()
-_jobs: dict[str, "_Job"] = {}
+_jobs: dict[str, "_Job"] = {}  # started and not yet taken
+_threads: list[threading.Thread] = []  # started and maybe still running (joined at exit)
+_exit_hook: list = []
 
 
-@dataclass
 class Prefetched:
-    """The file's bytes as read, and what pyarrow.json.read_json made of them (a table, or the error it raised)."""
+    """A file's bytes as read in the background (`raw`), and what pyarrow.json.read_json made of them, once that
+    parse ends (`parsed()`: the table, or the error it raised)."""
 
-    raw: bytes
-    table: object = None
-    error: BaseException | None = None
+    def __init__(self, job: "_Job") -> None:
+        self.raw: bytes = job.raw
+        self._job = job
+
+    def parsed(self) -> tuple[object, BaseException | None]:
+        self._job.thread.join()
+        return self._job.table, self._job.error
 
 
 class _Job:
     def __init__(self, path: str, stat: os.stat_result) -> None:
         self.path, self.stat = path, stat
-        self.result: Prefetched | None = None
+        self.raw: bytes | None = None
+        self.table: object = None
+        self.error: BaseException | None = None
+        self.read = threading.Event()  # set once `raw` is final (None: not read, or changed while read)
         self.thread = threading.Thread(target=self._run, name="postmortem-prefetch", daemon=True)
 
     def _run(self) -> None:
@@ -44,15 +52,19 @@ class _Job:
                 raw = fh.read()
             if _identity(os.stat(self.path)) != _identity(self.stat) or len(raw) != self.stat.st_size:
                 return  # written to while we read: let the reader read it itself
-            import pyarrow as pa
-            import pyarrow.json as pj
-
-            try:
-                self.result = Prefetched(raw, table=pj.read_json(pa.BufferReader(raw)))
-            except Exception as exc:  # the reader's own call would raise the same: it decides what that means
-                self.result = Prefetched(raw, error=exc)
+            self.raw = raw
         except Exception:  # unreadable here: the reader reads it and reports the problem as usual
-            self.result = None
+            return
+        finally:
+            self.read.set()
+        # the reader can count the lines of `raw` meanwhile (see take)
+        import pyarrow as pa
+        import pyarrow.json as pj
+
+        try:
+            self.table = pj.read_json(pa.BufferReader(self.raw))
+        except Exception as exc:  # the reader's own call would raise the same: it decides what that means
+            self.error = exc
 
 
 def start(run_dir: str | os.PathLike) -> None:
@@ -70,8 +82,9 @@ def start(run_dir: str | os.PathLike) -> None:
         for _, path, stat in sorted(found, reverse=True)[:MAX_FILES]:
             job = _Job(_key(path), stat)
             with _lock:
-                if not _jobs:
-                    atexit.register(_finish)
+                if not _exit_hook:
+                    _exit_hook.append(atexit.register(_finish))
+                _threads[:] = [t for t in _threads if t.is_alive()] + [job.thread]
                 _jobs[job.path] = job
             job.thread.start()
     except Exception:
@@ -81,14 +94,16 @@ def start(run_dir: str | os.PathLike) -> None:
 def _finish() -> None:
     """At exit (a usage error, a file no reader claimed): let a running parse end before the interpreter does."""
     with _lock:
-        jobs = list(_jobs.values())
+        threads = list(_threads)
         _jobs.clear()
-    for job in jobs:
-        job.thread.join()
+    for thread in threads:
+        if thread.ident is not None:  # started
+            thread.join()
 
 
 def take(path: str | os.PathLike) -> Prefetched | None:
-    """The background result for `path` (waiting for it), once; None when there is none or the file has changed."""
+    """The background read of `path`, once: its bytes as soon as they are read (the parse may still be running);
+    None when there is none or the file has changed since."""
     try:
         key = _key(path)
     except OSError:
@@ -97,12 +112,12 @@ def take(path: str | os.PathLike) -> Prefetched | None:
         job = _jobs.pop(key, None)
     if job is None:
         return None
-    job.thread.join()
+    job.read.wait()
     try:
         unchanged = _identity(os.stat(key)) == _identity(job.stat)
     except OSError:
         return None
-    return job.result if unchanged else None
+    return Prefetched(job) if unchanged and job.raw is not None else None
 
 
 def _key(path: str | os.PathLike) -> str:

@@ -243,9 +243,9 @@ def _jsonl_with_arrow(buf: bytes, prefetched: prefetch.Prefetched | None = None,
     swapped, written = _swap_tokens(buf)
     try:
         if prefetched is not None and swapped is prefetched.raw:  # these very bytes were parsed in the background
-            if prefetched.error is not None:
-                raise prefetched.error
-            table = prefetched.table
+            table, error = prefetched.parsed()
+            if error is not None:
+                raise error
         else:
             table = pj.read_json(pa.BufferReader(swapped))
         columns = _arrow_columns(table)
