@@ -120,6 +120,11 @@ def diagnose_command(folder: Path) -> tuple[list[str], str]:
 PHASES = """
 import sys, time
 t0 = time.perf_counter()
+try:  # as the CLI does: the metrics file parses in the background while the detectors import
+    from analyzer import prefetch
+    prefetch.start(sys.argv[1])
+except ImportError:
+    pass
 from analyzer import __version__
 from analyzer.diagnose import diagnose_run
 from analyzer.findings import to_json
@@ -132,7 +137,8 @@ diagnosis = diagnose_run(run)
 t3 = time.perf_counter()
 to_json(diagnosis, __version__)
 t4 = time.perf_counter()
-print(f"imports {t1 - t0:.2f} s, read_run {t2 - t1:.2f} s, detectors and chain {t3 - t2:.2f} s, JSON {t4 - t3:.2f} s")
+print(f"imports {t1 - t0:.2f} s, read_run {t2 - t1:.2f} s (the two overlap: the file parses in the background "
+      f"during the imports), detectors and chain {t3 - t2:.2f} s, JSON {t4 - t3:.2f} s")
 """
 
 
