@@ -1,9 +1,9 @@
-"""Where the lines of big text files are, remembered from a reader that already went through their bytes, so that
-citing a line (diagnose's evidence text) reads one block of the file instead of all of it.
+"""Line ends of big files, counted once by the reader that read them, so that citing a line reads one block.
 
-A reader calls `remember(path, data)` with the whole file as it read it; `read_lines(path, numbers)` answers only
-while the file is unchanged (same device, inode, size and modification time), else None and the caller reads the
-file itself. Standard library and numpy only.
+Diagnose's evidence text quotes cited lines: without this it would read and count the whole file again. A reader
+calls `remember(path, data)` with the whole file as it read it; `read_lines(path, numbers)` answers only while the
+file is unchanged (same device, inode, size and modification time), else None and the caller reads the file itself.
+Standard library and numpy only.
 """
 
 from __future__ import annotations

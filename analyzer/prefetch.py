@@ -1,10 +1,10 @@
-"""Parse a run's large JSON-lines metrics in a background thread while the interpreter imports pandas and the
-detectors, so the two overlap instead of adding up.
+"""Parse a run's large JSON-lines metrics file in a background thread while the detectors import.
 
-Only pyarrow and the standard library here (importing pandas in this thread would queue behind the main thread's
-import of it). The table read in the background is used only when the tabular reader would parse exactly the same
-bytes, so the Run is the same as without this: `analyzer.ingest.tabular` asks `take(path)` for the file's bytes and
-parsed table, and compares them by identity with the buffer it would hand to pyarrow itself.
+The two then overlap instead of adding up. Only pyarrow and the standard library here (importing pandas in this
+thread would queue behind the main thread's import of it). The table read in the background is used only when the
+tabular reader would parse exactly the same bytes, so the Run is the same as without this: `analyzer.ingest.tabular`
+asks `take(path)` for the file's bytes and parsed table, and compares them by identity with the buffer it would hand
+to pyarrow itself.
 """
 
 from __future__ import annotations

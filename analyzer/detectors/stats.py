@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
@@ -881,15 +882,20 @@ def _excursions(series: pd.Series, window: int, factor: float, min_periods: int)
         x = np.log(series.to_numpy(dtype="float64"))
         high_at, low_at = np.log(factor), np.log(factor / 2)
 
+    # the answer is kept with the series, and keeps only a weak reference back to it (no reference cycle)
+    owner = weakref.ref(series)
+
     def full_excess() -> np.ndarray:
         def compute() -> np.ndarray:
             level = _shift1(rolling_median_values(x, window, periods))
             return np.nan_to_num(x - level, nan=0.0)
 
-        return cached(series, ("excess", window, periods), compute)
+        alive = owner()
+        return compute() if alive is None else cached(alive, ("excess", window, periods), compute)
 
     def excess_in(start: int, end: int) -> np.ndarray:
-        store = series.__dict__.get(_CACHE, {})
+        alive = owner()
+        store = alive.__dict__.get(_CACHE, {}) if alive is not None else {}
         if ("excess", window, periods) in store:
             return store[("excess", window, periods)][start:end]
         where = np.arange(max(start, 0), min(end, len(x)))
