@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from analyzer.errors import InputError
+from analyzer.ingest.paths import relative  # noqa: F401  (re-exported: ingest.relative)
 from analyzer.ingest import (
     canonical, checkpoints, configs, hf_trainer, lightning, mlflow, tabular, tensorboard, textlog, wandb,
 )
@@ -111,11 +112,3 @@ def _status(base: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return status if isinstance(status, str) else None
-
-
-def relative(path: Path, root: Path) -> str:
-    """A file's name as reports cite it: relative to the run dir, with forward slashes."""
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name

@@ -9,6 +9,7 @@ from typing import Any
 
 from analyzer.errors import InputError
 from analyzer.ingest import configs, tabular
+from analyzer.ingest.paths import relative
 from analyzer.run import Ingested, Note
 
 FORMAT = "postmortem-run"
@@ -31,14 +32,14 @@ def read(paths: list[Path], root: Path) -> Ingested:
     out = Ingested(FORMAT)
     # metrics.jsonl first, then rank files in rank order: the frame order is the file order
     for path in sorted((p for p in paths if METRICS_NAME.fullmatch(p.name)), key=_metrics_order):
-        file = tabular._relative(path, root)
+        file = relative(path, root)
         rank = METRICS_NAME.fullmatch(path.name).group(1)
         table = tabular.read_file(path, file, rank=int(rank) if rank else None)
         out.notes.extend(table.notes)
         if table.frame is not None:
             out.add_frame(file, table.frame)
     for path in paths:
-        file = tabular._relative(path, root)
+        file = relative(path, root)
         if path.name == CONFIG:
             config = _json_object(path, file, out)
             if config is not None:

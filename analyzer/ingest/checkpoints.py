@@ -17,6 +17,7 @@ from typing import Any
 from collections.abc import Iterable, Iterator, Mapping
 
 from analyzer.run import Checkpoint, CheckpointStats, Ingested, Note, TensorStats
+from analyzer.ingest.paths import relative
 
 FORMAT = "checkpoint"
 
@@ -78,7 +79,7 @@ def read(paths: list[Path], root: Path, scan: bool = True) -> Ingested:
     for group in _group(paths, root):
         checkpoint, config = _read_group(group, root, scan, out.notes)
         if checkpoint is None:
-            out.notes.append(Note(_rel(group.path, root), "not loaded: a pickle of Python objects (training "
+            out.notes.append(Note(relative(group.path, root), "not loaded: a pickle of Python objects (training "
                                   "arguments or RNG state), and unpickling could run code"))
         else:
             found.append((checkpoint, config))
@@ -169,7 +170,7 @@ class _Parts:
 
 def _read_group(group: _Group, root: Path, scan: bool,
                 notes: list[Note]) -> tuple[Checkpoint | None, Mapping | None]:
-    rel = _rel(group.path, root)
+    rel = relative(group.path, root)
     files = [f for f in sorted(group.files) if not NOT_LOADED.match(f.name)]
     if not files:  # a lone training_args.bin / rng_state.pth: nothing we are willing to load
         return None, None
@@ -177,7 +178,7 @@ def _read_group(group: _Group, root: Path, scan: bool,
     step = group.step if group.step is not None else step_from_name(group.path.name)
     pointers = [f for f in files if _is_lfs_pointer(f)]
     if pointers:
-        names = ", ".join(_rel(f, root) for f in pointers)
+        names = ", ".join(relative(f, root) for f in pointers)
         return Checkpoint(rel, step, "lfs-pointer", error=(
             f"Git LFS pointer file(s), the weights were not downloaded ({names}); run `git lfs pull`")), None
     if not scan:
@@ -567,8 +568,3 @@ def _is_lfs_pointer(path: Path) -> bool:
         return False
 
 
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name

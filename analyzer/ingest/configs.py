@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 from analyzer.errors import InputError
 from analyzer.run import HPARAM_ALIASES, Ingested, Note, canonical_hparam
+from analyzer.ingest.paths import relative
 
 FORMAT = "config"
 
@@ -72,7 +73,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
     out = Ingested(FORMAT)
     # deeper files first, so a run's own top-level config wins over copies in checkpoint folders
     for path in sorted(paths, key=lambda p: (-len(p.relative_to(root).parts) if _under(p, root) else 0, str(p))):
-        file = _relative(path, root)
+        file = relative(path, root)
         value = load(path, file, out.notes)
         if value is None:
             continue
@@ -214,8 +215,3 @@ def _under(path: Path, root: Path) -> bool:
         return False
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name

@@ -14,6 +14,7 @@ import pandas as pd
 
 from analyzer.errors import InputError
 from analyzer.run import BlindSpot, Ingested, Note
+from analyzer.ingest.paths import relative
 
 FORMAT = "hf-trainer"
 
@@ -50,7 +51,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
     states, broken = [], []
     for path in paths:
         try:
-            states.append(_load(path, _relative(path, root)))
+            states.append(_load(path, relative(path, root)))
         except InputError as exc:
             broken.append(exc)
     if broken and not states:
@@ -314,8 +315,3 @@ def _training_args(states: list[_State], root: Path, out: Ingested) -> None:
     out.blind_spots.append(BlindSpot(message, affects=HPARAM_AFFECTED_BY_ARGS))
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name

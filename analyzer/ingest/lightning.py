@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 from analyzer.ingest import configs, tabular
+from analyzer.ingest.paths import relative
 from analyzer.run import Event, Ingested, Note
 
 FORMAT = "lightning"
@@ -44,11 +45,11 @@ def read(paths: list[Path], root: Path) -> Ingested:
         for folder in folders:
             hparams = folder / HPARAMS
             if hparams in paths:
-                _read_hparams(hparams, tabular._relative(hparams, root), out)
+                _read_hparams(hparams, relative(hparams, root), out)
             metrics = folder / METRICS
             if metrics not in paths:
                 continue
-            file = tabular._relative(metrics, root)
+            file = relative(metrics, root)
             table = tabular.read_file(metrics, file)
             out.notes.extend(table.notes)
             if table.frame is None:

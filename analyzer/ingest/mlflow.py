@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from analyzer.run import Event, Ingested, Note
+from analyzer.ingest.paths import relative
 
 FORMAT = "mlflow"
 
@@ -117,20 +118,20 @@ def _read_file_store(runs: list[_FileRun], root: Path, out: Ingested) -> None:
         run.meta = _load_meta(run.folder / "meta.yaml", root, out)
     chosen = _choose(runs, lambda r: bool(r.files.get("metrics")), lambda r: _number(r.meta.get("start_time")))
     _note_others(out, [r for r in runs if r is not chosen], lambda r: f"{r.name} ({r.folder.name})",
-                 _rel(chosen.folder, root))
+                 relative(chosen.folder, root))
     for key, path in sorted(chosen.files.get("metrics", [])):
-        frame = _read_metric_file(path, _rel(path, root), out.notes)
-        out.add_frame(_rel(path, root), frame.assign(name=key))
+        frame = _read_metric_file(path, relative(path, root), out.notes)
+        out.add_frame(relative(path, root), frame.assign(name=key))
     for key, path in sorted(chosen.files.get("params", [])):
         try:
             value = path.read_text(encoding="utf-8", errors="replace")
         except OSError as error:
-            out.notes.append(Note(_rel(path, root), f"unreadable: {error.strerror or error}"))
+            out.notes.append(Note(relative(path, root), f"unreadable: {error.strerror or error}"))
             continue
-        out.add_hparams({key: parse_param(value)}, _rel(path, root))
+        out.add_hparams({key: parse_param(value)}, relative(path, root))
     status = chosen.meta.get("status")
     status = RUN_STATUS.get(status, status) if isinstance(status, int) else status
-    _status_event(out, status, _rel(chosen.folder / "meta.yaml", root))
+    _status_event(out, status, relative(chosen.folder / "meta.yaml", root))
 
 
 def _load_meta(path: Path, root: Path, out: Ingested) -> dict[str, Any]:
@@ -139,7 +140,7 @@ def _load_meta(path: Path, root: Path, out: Ingested) -> dict[str, Any]:
     try:
         meta = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
     except (OSError, yaml.YAMLError) as error:
-        out.notes.append(Note(_rel(path, root), f"run metadata unreadable ({type(error).__name__}); ignored"))
+        out.notes.append(Note(relative(path, root), f"run metadata unreadable ({type(error).__name__}); ignored"))
         return {}
     return meta if isinstance(meta, dict) else {}
 
@@ -223,7 +224,7 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _read_db(path: Path, root: Path, out: Ingested) -> None:
-    rel = _rel(path, root)
+    rel = relative(path, root)
     if Path(f"{path}-wal").is_file():
         out.notes.append(Note(rel, "changes still in the write-ahead log (-wal file) were not read: the database "
                                    "is opened without touching it"))
@@ -294,8 +295,3 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name

@@ -15,6 +15,7 @@ import pandas as pd
 
 from analyzer import lineindex, prefetch
 from analyzer.run import Ingested, Note
+from analyzer.ingest.paths import relative
 
 FORMAT = "table"
 
@@ -122,7 +123,7 @@ def _jsonl_head_has_step(path: Path) -> bool:
 def read(paths: list[Path], root: Path) -> Ingested:
     out = Ingested(FORMAT)
     for path in paths:
-        file = _relative(path, root)
+        file = relative(path, root)
         table = read_file(path, file, rank=rank_from_name(path.name))
         out.notes.extend(table.notes)
         if table.frame is not None:
@@ -681,8 +682,3 @@ def _as_number_text(value: Any) -> Any:
     return None
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name

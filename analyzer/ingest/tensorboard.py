@@ -16,6 +16,7 @@ import pandas as pd
 
 from analyzer.ingest import _protobuf as pb
 from analyzer.run import Ingested, Note
+from analyzer.ingest.paths import relative
 
 FORMAT = "tensorboard"
 
@@ -52,7 +53,7 @@ def sniff(path: Path) -> bool:
 def read(paths: list[Path], root: Path) -> Ingested:
     out = Ingested(FORMAT)
     for path in sorted(paths, key=_write_order):
-        rel = _rel(path, root)
+        rel = relative(path, root)
         try:
             data = path.read_bytes()
         except OSError as error:
@@ -278,10 +279,4 @@ def _session_hparams(content: bytes) -> dict:
             found[key] = bool(value[PB_BOOL][-1])
     return found
 
-
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
 

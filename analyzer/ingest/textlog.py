@@ -40,6 +40,7 @@ import pyarrow.compute as pc
 
 from analyzer.errors import InputError
 from analyzer.run import Event, Ingested, Note
+from analyzer.ingest.paths import relative
 
 FORMAT = "text"
 
@@ -534,7 +535,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
     out = Ingested(FORMAT)
     seen: list[pd.DataFrame] = []
     for path in paths:
-        rel = _relative(path, root)
+        rel = relative(path, root)
         result = read_file(path, rel, events_only=_metrics_elsewhere(path))
         out.events.extend(result.events)
         out.notes.extend(result.notes)
@@ -545,13 +546,6 @@ def read(paths: list[Path], root: Path) -> Ingested:
             seen.append(frame)
             out.add_frame(rel, frame)
     return out
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
 
 
 def _metrics_elsewhere(path: Path) -> bool:

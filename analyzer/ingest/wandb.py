@@ -23,6 +23,7 @@ import pandas as pd
 
 from analyzer.ingest import _protobuf as pb
 from analyzer.run import Event, Ingested, Note
+from analyzer.ingest.paths import relative
 
 FORMAT = "wandb"
 
@@ -109,7 +110,7 @@ def _choose_run(runs: dict[Path, _Run], out: Ingested, root: Path) -> list[_Run]
     latest = max(by_id, key=lambda run_id: by_id[run_id][-1].started)
     others = sorted(run_id for run_id in by_id if run_id != latest)
     if others:
-        out.notes.append(Note(_rel(by_id[latest][-1].folder, root),
+        out.notes.append(Note(relative(by_id[latest][-1].folder, root),
                               f"{len(by_id)} W&B runs found; only the most recent ({latest}) was read, not "
                               + ", ".join(others), count=len(others)))
     return by_id[latest]
@@ -119,7 +120,7 @@ def _read_run(run: _Run, root: Path, out: Ingested) -> None:
     named = {p.name: p for p in run.files}
     has_history = False
     for path in (p for p in run.files if p.suffix == ".wandb"):
-        has_history |= _read_wandb_file(path, _rel(path, root), out)
+        has_history |= _read_wandb_file(path, relative(path, root), out)
     if not has_history and "wandb-history.jsonl" in named:
         has_history = _read_history_jsonl(named["wandb-history.jsonl"], root, out)
     if "config.yaml" in named:
@@ -317,7 +318,7 @@ def _exit_event(raw: bytes, rel: str, index: int, out: Ingested) -> None:
 
 def _read_history_jsonl(path: Path, root: Path, out: Ingested) -> bool:
     """files/wandb-history.jsonl (synced runs): one JSON object per logged step."""
-    rel = _rel(path, root)
+    rel = relative(path, root)
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as error:
@@ -365,7 +366,7 @@ def _read_config_yaml(path: Path, root: Path, out: Ingested) -> None:
     """files/config.yaml: {key: {desc: ..., value: ...}} plus W&B's own wandb_version and _wandb entries."""
     import yaml
 
-    rel = _rel(path, root)
+    rel = relative(path, root)
     try:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
     except (OSError, yaml.YAMLError) as error:
@@ -385,7 +386,7 @@ def _read_console(path: Path, root: Path, out: Ingested, keep_numbers: bool) -> 
     try:
         piece = textlog.read([path], root)
     except Exception as error:  # noqa: BLE001 - another reader's failure must not lose the W&B history
-        out.notes.append(Note(_rel(path, root), f"console log not read ({type(error).__name__})"))
+        out.notes.append(Note(relative(path, root), f"console log not read ({type(error).__name__})"))
         return
     out.events.extend(piece.events)
     if keep_numbers:  # otherwise its notes are about numbers the history already has
@@ -394,8 +395,3 @@ def _read_console(path: Path, root: Path, out: Ingested, keep_numbers: bool) -> 
         out.blind_spots.extend(piece.blind_spots)
 
 
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return path.name
