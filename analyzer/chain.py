@@ -74,8 +74,8 @@ def link(findings: tuple[Finding, ...], run_length: int) -> tuple[tuple[Finding,
         linked.append(replace(f, caused_by=causes) if causes else f)
     # An info finding is a root cause only when it explains a warning or a critical one.
     explains = {cause for f in linked if f.severity is not Severity.INFO for cause in f.caused_by}
-    roots = tuple(f.name for f in _ordered(linked)
-                  if not f.caused_by and (f.severity is not Severity.INFO or f.name in explains))
+    roots = tuple(dict.fromkeys(  # a detector that reports twice (train and eval loss) is one root cause
+        f.name for f in _ordered(linked) if not f.caused_by and (f.severity is not Severity.INFO or f.name in explains)))
     ordered = _ordered([f for f in linked if f.name in roots]) + _ordered([f for f in linked if f.name not in roots])
     return tuple(ordered), roots
 

@@ -34,3 +34,8 @@ def test_info_findings_are_root_causes_only_when_they_explain_something():
     assert roots == ("small-effective-batch",)
     _, roots = link((_f("perplexity-misreport", 0, Severity.INFO), _f("loss-plateau", 50)), 100)
     assert roots == ("loss-plateau",)
+
+
+def test_a_detector_reporting_twice_is_one_root_cause():
+    _, roots = link((_f("loss-plateau", 300), _f("loss-plateau", 350)), 1000)
+    assert roots == ("loss-plateau",)
