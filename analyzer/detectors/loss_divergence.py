@@ -147,14 +147,10 @@ def _spaced_extreme(values: np.ndarray, first: np.ndarray, count: int, pick) -> 
 
 
 def check(run, params):
-    found = stats.train_loss(run)
-    if found is None:
-        return Skipped(DETECTOR.name, "the run logs no finite training loss")
+    found = stats.positive_train_loss(run, DETECTOR.name, 2 * params["min_points"], ": no relative rise")
+    if isinstance(found, Skipped):
+        return found
     metric, loss = found
-    if len(loss) < 2 * params["min_points"]:
-        return Skipped(DETECTOR.name, f"only {len(loss)} finite loss points; needs {2 * params['min_points']}")
-    if stats.log_values(loss) is None:
-        return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective): no relative rise")
     div = find_divergence(loss, params)
     if div is None:
         return []

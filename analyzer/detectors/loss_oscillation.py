@@ -161,14 +161,10 @@ def _half_big_somewhere(big: np.ndarray, win: int) -> bool:
 
 
 def check(run, params):
-    found = stats.train_loss(run)
-    if found is None:
-        return Skipped(DETECTOR.name, "the run logs no finite training loss")
+    found = stats.positive_train_loss(run, DETECTOR.name, params["min_points"], ": no relative swing")
+    if isinstance(found, Skipped):
+        return found
     metric, loss = found
-    if len(loss) < params["min_points"]:
-        return Skipped(DETECTOR.name, f"only {len(loss)} finite loss points; needs {params['min_points']}")
-    if stats.log_values(loss) is None:
-        return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective): no relative swing")
     osc = find_oscillation(loss, params)
     if osc is None:
         return []

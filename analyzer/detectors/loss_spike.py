@@ -155,14 +155,10 @@ def _find_spikes(loss: pd.Series, params) -> list[Spike]:
 
 
 def check(run, params):
-    found = stats.train_loss(run)
-    if found is None:
-        return Skipped(DETECTOR.name, "the run logs no finite training loss")
+    found = stats.positive_train_loss(run, DETECTOR.name, params["min_points"], ": no relative level")
+    if isinstance(found, Skipped):
+        return found
     metric, loss = found
-    if len(loss) < params["min_points"]:
-        return Skipped(DETECTOR.name, f"only {len(loss)} finite loss points; needs {params['min_points']}")
-    if stats.log_values(loss) is None:
-        return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective): no relative level")
     # each segment (one process between restarts) has its own baseline
     pieces = stats.segment_series(run, metric) or [loss]
     spikes = [(piece, sp) for piece in pieces for sp in find_spikes(piece, params)]

@@ -57,12 +57,10 @@ START_STEPS = 50  # a log whose first point is later than this (and than two log
 
 
 def check(run, params):
-    found = stats.train_loss(run)
-    if found is None:
-        return Skipped(DETECTOR.name, "the run logs no finite training loss")
+    found = stats.positive_train_loss(run, DETECTOR.name)
+    if isinstance(found, Skipped):
+        return found
     metric, loss = found
-    if stats.log_values(loss) is None:
-        return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective)")
     sched = stats.schedule(run)
     steps = loss.index.to_numpy()
     keep = np.ones(len(steps), dtype=bool)

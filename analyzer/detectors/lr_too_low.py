@@ -61,12 +61,10 @@ DEFAULT_FACTOR = 2.0
 
 
 def check(run, params):
-    found = stats.train_loss(run)
-    if found is None:
-        return Skipped(DETECTOR.name, "the run logs no finite training loss")
+    found = stats.positive_train_loss(run, DETECTOR.name)
+    if isinstance(found, Skipped):
+        return found
     metric, loss = found
-    if stats.log_values(loss) is None:
-        return Skipped(DETECTOR.name, "the loss takes values <= 0 (an RL or shifted objective)")
     sched = stats.schedule(run)
     judged = _judged(loss, sched, params)
     if len(judged) < params["min_points"]:

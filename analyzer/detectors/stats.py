@@ -17,6 +17,7 @@ from typing import Any, Callable, Hashable
 import numpy as np
 import pandas as pd
 
+from analyzer.findings import Skipped
 from analyzer.run import Checkpoint, Run
 
 MAD_TO_STD = 1.4826  # scales a median absolute deviation to a normal standard deviation
@@ -110,6 +111,23 @@ def _train_loss(run: Run) -> tuple[str, pd.Series] | None:
             if len(series):
                 return metric, series
     return None
+
+
+def positive_train_loss(run: Run, detector: str, min_points: int = 0,
+                        why: str = "") -> tuple[str, pd.Series] | Skipped:
+    """(metric, finite train loss) for a detector that judges relative (log-scale) changes, or why it cannot.
+
+    `why` ends the skip reason for a loss that is not positive (": no relative swing").
+    """
+    found = train_loss(run)
+    if found is None:
+        return Skipped(detector, "the run logs no finite training loss")
+    metric, loss = found
+    if len(loss) < min_points:
+        return Skipped(detector, f"only {len(loss)} finite loss points; needs {min_points}")
+    if log_values(loss) is None:
+        return Skipped(detector, f"the loss takes values <= 0 (an RL or shifted objective){why}")
+    return metric, loss
 
 
 def log_interval(series: pd.Series) -> float:
