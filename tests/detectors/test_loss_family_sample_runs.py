@@ -13,7 +13,7 @@ MINE = ("L001", "L002", "L003", "L004", "L005", "L006", "O001", "O002", "O003", 
 def findings(case):
     path = SAMPLE_RUNS / case
     if not path.is_dir():
-        pytest.skip(f"sample run {case} not generated")
+        pytest.fail(f"sample run {case} missing (bash sample_runs/regenerate.sh)")
     run = read_run(path)
     out = {}
     for code in MINE:

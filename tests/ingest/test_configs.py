@@ -28,7 +28,7 @@ def read(root: Path, *paths: Path):
 
 def test_hf_model_config_from_the_trainer_fixture():
     if not (HF_HEALTHY / "config.json").is_file():
-        pytest.skip("framework fixture not generated yet")
+        pytest.fail("framework fixture missing (regenerate: tests/fixtures/frameworks/generate.py)")
     paths = sorted(p for p in HF_HEALTHY.rglob("*.json") if configs.sniff(p))
     assert {p.relative_to(HF_HEALTHY).as_posix() for p in paths} == {
         "config.json", "checkpoint-20/config.json", "checkpoint-40/config.json", "checkpoint-60/config.json"}

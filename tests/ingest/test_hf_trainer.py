@@ -26,7 +26,7 @@ def read_dir(root: Path):
 def fixture(name: str) -> Path:
     path = FRAMEWORKS / name
     if not (path / "trainer_state.json").is_file():
-        pytest.skip(f"framework fixture not generated yet: {path}")
+        pytest.fail(f"framework fixture missing (regenerate: tests/fixtures/frameworks/generate.py): {path}")
     return path
 
 

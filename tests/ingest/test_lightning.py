@@ -65,7 +65,7 @@ def test_resnet_onecycle_lr_monitor_and_test_metrics(real_runs):
 def test_lightning_csv_fixture_resume():
     root = FRAMEWORKS / "lightning_csv"
     if not (root / "lightning_logs" / "version_1" / "metrics.csv").is_file():
-        pytest.skip("framework fixture not generated yet")
+        pytest.fail("framework fixture missing (regenerate: tests/fixtures/frameworks/generate.py)")
     run = read_dir(root)
     (restart,) = run.events_of("restart")
     assert restart.step == 25 and "version_1" in restart.file
@@ -76,7 +76,7 @@ def test_lightning_csv_fixture_resume():
 def test_tensorboard_logger_hparams_are_claimed_but_not_the_events():
     folder = FRAMEWORKS / "lightning_tb" / "lightning_logs" / "version_0"
     if not (folder / "hparams.yaml").is_file():
-        pytest.skip("framework fixture not generated yet")
+        pytest.fail("framework fixture missing (regenerate: tests/fixtures/frameworks/generate.py)")
     assert lightning.sniff(folder / "hparams.yaml")
     assert not any(lightning.sniff(p) for p in folder.glob("events.out.tfevents.*"))
 

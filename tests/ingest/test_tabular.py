@@ -47,7 +47,7 @@ def run_of(path: Path):
 
 def needs(path: Path) -> Path:
     if not path.is_file():
-        pytest.skip(f"framework fixture not generated yet: {path}")
+        pytest.fail(f"framework fixture missing (regenerate: tests/fixtures/frameworks/generate.py): {path}")
     return path
 
 

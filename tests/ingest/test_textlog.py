@@ -326,7 +326,7 @@ def test_trainer_log_beside_metrics_jsonl_gives_events_only(tmp_path):
 def test_sample_run_clamps_match_its_metrics():
     folder = SAMPLE_RUNS / "kd-temperature-blowup"
     if not (folder / "train.log").is_file():
-        pytest.skip("sample run not generated")
+        pytest.fail("sample run missing (bash sample_runs/regenerate.sh)")
     piece = textlog.read([folder / "train.log"], folder)
     records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     clamped = [r["step"] for r in records if r.get("lm_loss") == 0.0]

@@ -84,7 +84,7 @@ def test_seed002_report_renders_cleanly(browser, tmp_path):
 def test_sample_run_report_renders_cleanly(browser, tmp_path):
     sample = SAMPLE_RUNS / "kd-temperature-blowup"
     if not sample.is_dir():
-        pytest.skip("sample run kd-temperature-blowup not generated yet")
+        pytest.fail("sample run kd-temperature-blowup missing (bash sample_runs/regenerate.sh)")
     from analyzer.diagnose import diagnose_run
     from analyzer.ingest import read_run
 
