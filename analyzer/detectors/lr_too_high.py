@@ -63,13 +63,7 @@ def check(run, params):
     metric, loss = found
     sched = stats.schedule(run)
     steps = loss.index.to_numpy()
-    keep = np.ones(len(steps), dtype=bool)
-    if sched.warmup_end is not None:
-        keep &= steps >= sched.warmup_end
-    fractions = sched.fractions(steps)
-    if fractions is not None:
-        keep &= fractions >= params["min_lr_fraction"]
-    judged = loss[keep]
+    judged = loss[sched.learning(steps, params["min_lr_fraction"])]
     if len(judged) < params["min_points"]:
         return Skipped(DETECTOR.name, f"only {len(judged)} loss points after warmup at >= "
                                       f"{params['min_lr_fraction']:.0%} of the peak lr; needs {params['min_points']}")

@@ -149,14 +149,7 @@ def lr_known_low(run, sched, params) -> bool:
 
 def _judged(loss, sched, params):
     """The loss points after warmup where the lr is at least min_lr_fraction of its peak."""
-    steps = loss.index.to_numpy()
-    keep = np.ones(len(steps), dtype=bool)
-    if sched.warmup_end is not None:
-        keep &= steps >= sched.warmup_end
-    fractions = sched.fractions(steps)
-    if fractions is not None:
-        keep &= fractions >= params["min_lr_fraction"]
-    return loss[keep]
+    return loss[sched.learning(loss.index.to_numpy(), params["min_lr_fraction"])]
 
 
 def _warmup_rec(run, sched, params) -> list[Recommendation]:

@@ -448,6 +448,17 @@ class Schedule:
             return np.interp(steps, np.asarray(self.lr.index, dtype="float64"), self.lr.to_numpy()) / self.peak_lr
         return self._fractions_from_hparams(steps)
 
+    def learning(self, steps: np.ndarray, min_lr_fraction: float) -> np.ndarray:
+        """Mask of the steps past warmup where the lr is at least `min_lr_fraction` of its peak: where a
+        healthy run is expected to make progress."""
+        keep = np.ones(len(steps), dtype=bool)
+        if self.warmup_end is not None:
+            keep &= steps >= self.warmup_end
+        fractions = self.fractions(steps)
+        if fractions is not None:
+            keep &= fractions >= min_lr_fraction
+        return keep
+
     def in_warmup(self, step: float) -> bool:
         return self.warmup_end is not None and step < self.warmup_end
 
