@@ -117,7 +117,7 @@ def _find_oscillation(loss: pd.Series, params) -> dict | None:
             swing = pd.Series(np.full(len(d), (d - trend).abs().median()))
             reverse_frac = pd.Series(np.full(len(d), reverses.mean()))
         else:
-            swing = (d - trend).abs().rolling(win, center=True, min_periods=max(2, win // 2)).median()
+            swing = pd.Series(stats.moving_median((d - trend).abs().to_numpy(), win, max(2, win // 2), center=True))
             reverse_frac = reverses.rolling(win, center=True, min_periods=1).mean()
         shape_ok = ((swing >= threshold) & (trend.abs() < 0.5 * swing)
                     & (reverse_frac >= params["min_sign_changes"])).to_numpy()

@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Hashable
 
+import bottleneck
 import numpy as np
 import pandas as pd
 
@@ -229,13 +230,13 @@ def trailing_noise_at(x: pd.Series, positions: np.ndarray, window: int, min_peri
 
 def rolling_median(x: pd.Series, window: int, center: bool = True) -> pd.Series:
     """Rolling median with shrinking windows at the ends (never NaN where x has values)."""
-    return cached(x, ("rolling_median", window, center),
-                  lambda: x.rolling(window, min_periods=1, center=center).median())
+    return cached(x, ("rolling_median", window, center), lambda: pd.Series(
+        moving_median(x.to_numpy(dtype="float64"), window, 1, center=center), index=x.index, name=x.name))
 
 
-# Exact rolling medians without pandas' skiplist where that is faster: a window of a few points sorts as a block
-# (numpy) 2-3x faster than a skiplist; a median at a few positions is a sort of those windows only.
-SMALL_WINDOW = 8  # windows up to this many points are sorted as blocks
+# Exact rolling medians: bottleneck's double heap in general (moving_median); a window of a few points sorts as a
+# block (numpy) faster still, and a median at a few positions is a sort of those windows only.
+SMALL_WINDOW = 6  # windows up to this many points are sorted as blocks (1.4-1.7x faster than the heap at 3-5)
 POINTWISE_MEDIAN_COST = 4  # medians at k positions cost ~k x window; a full rolling median ~this x n
 _MEDIAN_CHUNK = 1 << 16  # rows of windows sorted at once: bounds the memory of a block sort
 
@@ -246,7 +247,7 @@ def rolling_median_values(values: np.ndarray, window: int, min_periods: int) -> 
     values is NaN, an even count gives the mean of the two middle values."""
     values = np.asarray(values, dtype="float64")
     if window > SMALL_WINDOW or len(values) < window:
-        return pd.Series(values).rolling(window, min_periods=min_periods).median().to_numpy()
+        return moving_median(values, window, min_periods)
     bad = ~np.isfinite(values)
     if bad.sum() * window * POINTWISE_MEDIAN_COST > len(values):
         return window_medians(values, np.arange(1, len(values) + 1), window, min_periods)
@@ -260,6 +261,24 @@ def rolling_median_values(values: np.ndarray, window: int, min_periods: int) -> 
         touched = touched[touched >= window - 1]
         out[touched] = window_medians(values, touched + 1, window, min_periods)
     return out
+
+
+def moving_median(values: np.ndarray, window: int, min_periods: int, center: bool = False) -> np.ndarray:
+    """pandas' rolling median (`.rolling(window, min_periods, center).median()`), the same numbers, by
+    bottleneck's double-heap median: 5-8x faster than pandas' skiplist on a million points. NaN and +-inf are no
+    values, a window with fewer than min_periods values is NaN, an even count gives the mean of the two middle
+    values. pandas centres a window on [i - window // 2, i + (window - 1) // 2]: the trailing window of values
+    padded with (window - 1) // 2 NaNs at the end."""
+    values = np.asarray(values, dtype="float64")
+    right = (window - 1) // 2 if center else 0
+    padded = np.where(np.isinf(values), np.nan, values)
+    if right:
+        padded = np.r_[padded, np.full(right, np.nan)]
+    span = min(window, len(padded))  # a window longer than the series holds all of it, as one that long does
+    min_periods = max(1, min_periods)
+    if not len(values) or min_periods > span:
+        return np.full(len(values), np.nan)
+    return bottleneck.move_median(padded, span, min_count=min_periods)[right:]
 
 
 def _full_window_medians(values: np.ndarray, window: int) -> np.ndarray:
@@ -308,9 +327,8 @@ def _shift1(values: np.ndarray) -> np.ndarray:
 
 def forward_median(x: pd.Series, window: int) -> pd.Series:
     """Median of the `window` points starting AT each point (the mirror of a trailing median)."""
-    reversed_x = x.iloc[::-1]
-    out = reversed_x.rolling(window, min_periods=1).median().iloc[::-1]
-    return out
+    values = x.to_numpy(dtype="float64")[::-1]
+    return pd.Series(moving_median(values, window, 1)[::-1], index=x.index, name=x.name)
 
 
 def log_slope(series: pd.Series) -> float:
@@ -349,7 +367,7 @@ def level_shift(series: pd.Series, window: int, direction: str = "down") -> Leve
     if window < 1 or n < 2 * window:
         return None
     values = series.astype("float64")
-    before = values.rolling(window, min_periods=window).median().shift(1).to_numpy()
+    before = _shift1(moving_median(values.to_numpy(), window, window))
     after = forward_median(values, window).to_numpy()
     valid = np.arange(n)
     valid = (valid >= window) & (valid <= n - window)

@@ -33,6 +33,15 @@ def test_rolling_median_of_finite_values_equals_pandas(values, window, min_perio
     np.testing.assert_array_equal(stats.rolling_median_values(x, window, min_periods), expected)
 
 
+@settings(max_examples=300, deadline=None)
+@given(VALUES, st.integers(1, 70), st.integers(0, 70), st.booleans())
+def test_moving_median_equals_pandas(values, window, min_periods, center):
+    min_periods = min(min_periods, window)
+    x = np.array(values, dtype="float64")
+    expected = pd.Series(x).rolling(window, min_periods=min_periods, center=center).median().to_numpy()
+    np.testing.assert_array_equal(stats.moving_median(x, window, min_periods, center=center), expected)
+
+
 @settings(max_examples=200, deadline=None)
 @given(VALUES, st.integers(1, 30), st.integers(1, 30), st.data())
 def test_window_medians_equal_shifted_rolling_median(values, window, min_periods, data):
