@@ -6,7 +6,9 @@ matplotlib and jinja2 are imported inside functions, so importing this package c
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +18,8 @@ from analyzer.findings import Diagnosis
 FORMATS = ("md", "html", "json", "junit")
 FILE_NAMES = {"md": "report.md", "html": "report.html", "json": "findings.json", "junit": "junit.xml"}
 FIGURES_DIR = "figures"
+# figures/<id>.svg as model.FigureView ids them: "00-overview", or "<finding index, 2+ digits>-<detector>-<plot>".
+OVERVIEW_FIGURE = "00-overview"
 INDEX_NAMES = ("index.md", "index.html")
 
 
@@ -46,6 +50,9 @@ def write_reports(run, diagnosis: Diagnosis, out_dir: Path, formats: Sequence[st
             for fig in figures:
                 write_atomic(out_dir / fig.file, fig.svg)
         written.append(write_atomic(out_dir / FILE_NAMES["md"], markdown(report)))
+        # Only now, with the new figures and the report.md that links them in place: until this line the old
+        # report.md (and its figures) stayed whole, so no report.md ever links a missing figure.
+        remove_stale_figures(out_dir, {Path(fig.file).name for fig in figures}, run)
     if "html" in formats:
         assert report is not None
         written.append(write_atomic(out_dir / FILE_NAMES["html"], html(report)))
@@ -58,6 +65,63 @@ def write_reports(run, diagnosis: Diagnosis, out_dir: Path, formats: Sequence[st
 
         written.append(write_atomic(out_dir / FILE_NAMES["junit"], junit_xml(diagnosis, fail_on)))
     return written
+
+
+def remove_stale_figures(out_dir: Path, keep: set[str], run=None) -> list[Path]:
+    """Delete the figures an earlier report left in out_dir/figures/ that the new one does not link; return them.
+
+    Only files Postmortem itself writes go: plain files (never links) named as the report model names figures
+    (`own_figure_name`), never one the run was read from. Anything else there (the user's notes, other SVGs,
+    folders) stays. figures/ itself goes only when this emptied it.
+    """
+    folder = Path(out_dir) / FIGURES_DIR
+    if folder.is_symlink() or not folder.is_dir():  # a linked figures/ leads outside out_dir: not ours to clean
+        return []
+    with os.scandir(folder) as entries:  # ours are plain files: write_atomic's os.replace never leaves a link
+        candidates = sorted(Path(e.path) for e in entries
+                            if e.name not in keep and e.name.endswith(".svg") and own_figure_name(e.name) and e.is_file(follow_symlinks=False))
+    inputs = _run_files(run) if candidates else set()
+    removed = []
+    for path in candidates:
+        if path.resolve() in inputs:
+            continue
+        try:
+            path.unlink()
+        except OSError:  # gone already, or not ours to delete after all: the new report never links it
+            continue
+        removed.append(path)
+    if removed:
+        try:
+            folder.rmdir()  # only when empty: whatever else is there keeps the folder
+        except OSError:
+            pass
+    return removed
+
+
+def own_figure_name(name: str) -> bool:
+    """Whether a file name is one a Postmortem report gives its figures (names of the detectors and plots known)."""
+    return _own_figure_pattern().fullmatch(name) is not None
+
+
+@functools.cache
+def _own_figure_pattern() -> re.Pattern[str]:
+    from analyzer.detectors import DETECTORS  # here: only a figures/ holding an SVG this report did not write needs them
+    from analyzer.report.plots import PLOTS
+
+    detectors = "|".join(sorted(re.escape(d.name) for d in DETECTORS.values()))
+    plots = "|".join(sorted(re.escape(name) for name in PLOTS))
+    return re.compile(rf"(?:{OVERVIEW_FIGURE}|[0-9]{{2,}}-(?:{detectors})-(?:{plots}))\.svg")
+
+
+def _run_files(run) -> set[Path]:
+    """The files a run was read from (when out_dir is the run dir itself): never deleted, whatever their name."""
+    if run is None:
+        return set()
+    root = Path(run.path)
+    base = root if root.is_dir() else root.parent
+    files = {root.resolve()}
+    files.update((base / name).resolve() for name in (*run.sources, *(c.path for c in run.checkpoints)))
+    return files
 
 
 def markdown(report) -> str:

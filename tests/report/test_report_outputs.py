@@ -2,25 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
+import shutil
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from analyzer import __version__
 from analyzer.findings import (
     Confidence, DetectorError, Evidence, Finding, Recommendation, Severity, Skipped, to_json,
 )
+from analyzer.cli import diagnose_command
 from analyzer.report import (
-    github_summary, index_page, index_page_html, terminal_summary, write_atomic, write_index, write_reports,
+    github_summary, index_page, index_page_html, own_figure_name, terminal_summary, write_atomic, write_index,
+    write_reports,
 )
+from analyzer.report.model import build_report
 from analyzer.report.render import autoescaped, template_dirs
 from analyzer.run import Event
-from tests.conftest import make_run
-from tests.report.cases import diagnose_inline, healthy, seed002
+from tests.conftest import SAMPLE_RUNS, make_run
+from tests.report.cases import diagnose_inline, healthy, seed002, seed002_findings
 
 SCRIPT = "<script>alert(1)</script>"
 
@@ -75,6 +81,142 @@ def test_write_atomic_replaces_a_file_and_keeps_normal_permissions(tmp_path):
     target.write_text("old")
     write_atomic(target, "new")
     assert target.read_text() == "new" and target.stat().st_mode & 0o044 == 0o044
+
+
+# --- re-running into a folder that holds an earlier report ------------------------------------------------------
+
+FIRST_ONLY = ["00-overview.svg", "01-distill-temperature-blowup-kd.svg", "01-distill-temperature-blowup-loss.svg"]
+
+
+def figure_names(out: Path) -> list[str]:
+    return sorted(p.name for p in (out / "figures").iterdir())
+
+
+def local_links(out: Path) -> list[str]:
+    """Every link target in report.md that is a path (figures, not anchors or web addresses)."""
+    return [t for t in re.findall(r"\]\(([^)\s]+)\)", (out / "report.md").read_text())
+            if not t.startswith(("#", "http://", "https://"))]
+
+
+def first_finding_only():
+    run, _ = seed002()
+    return run, diagnose_inline(run, seed002_findings()[:1])
+
+
+@pytest.fixture
+def earlier_report(seed002_outputs, tmp_path) -> Path:
+    """A copy of the five-finding seed002 report (ten figures): the folder a second diagnose writes into."""
+    out = tmp_path / "out"
+    shutil.copytree(seed002_outputs[0], out)
+    assert len(figure_names(out)) == 10
+    return out
+
+
+def test_a_rerun_with_fewer_findings_leaves_exactly_the_figures_its_report_links(earlier_report):
+    run, d = first_finding_only()
+    write_reports(run, d, earlier_report, ["md", "html", "json"], "critical")
+    links = local_links(earlier_report)
+    assert sorted(links) == [f"figures/{name}" for name in FIRST_ONLY]
+    assert figure_names(earlier_report) == FIRST_ONLY
+    assert all((earlier_report / link).is_file() for link in links)
+
+
+def test_files_the_user_keeps_beside_the_figures_survive_a_rerun(earlier_report):
+    mine = {"figures/notes.txt": "my notes", "figures/loss-by-hand.svg": "<svg/>", "figures/01-my-plot.svg": "<svg/>",
+            "figures/02-grad-explosion-loss.svg.bak": "old", "figures/old/02-grad-explosion-loss.svg": "<svg/>",
+            "02-grad-explosion-loss.svg": "<svg/>"}
+    for name, text in mine.items():
+        (earlier_report / name).parent.mkdir(exist_ok=True)
+        (earlier_report / name).write_text(text)
+    write_reports(*first_finding_only(), earlier_report, ["md"], "critical")
+    assert {name: (earlier_report / name).read_text() for name in mine} == mine
+    assert figure_names(earlier_report) == sorted(
+        [*FIRST_ONLY, "01-my-plot.svg", "02-grad-explosion-loss.svg.bak", "loss-by-hand.svg", "notes.txt", "old"])
+
+
+def test_a_report_without_figures_removes_the_earlier_figures_and_the_folder_it_emptied(earlier_report):
+    _, d = seed002()
+    write_reports(None, d, earlier_report, ["md"], "critical")  # no run: no plots
+    assert not (earlier_report / "figures").exists()
+    assert local_links(earlier_report) == []
+
+
+def test_the_figures_folder_stays_while_it_holds_a_user_file(earlier_report):
+    (earlier_report / "figures" / "notes.txt").write_text("mine")
+    _, d = seed002()
+    write_reports(None, d, earlier_report, ["md"], "critical")
+    assert figure_names(earlier_report) == ["notes.txt"]
+
+
+def test_an_empty_figures_folder_it_did_not_empty_is_left_alone(tmp_path):
+    (tmp_path / "figures").mkdir()
+    _, d = seed002()
+    write_reports(None, d, tmp_path, ["md"], "critical")
+    assert (tmp_path / "figures").is_dir()
+
+
+def test_formats_without_markdown_leave_the_earlier_figures_for_the_earlier_report_md(earlier_report):
+    write_reports(*first_finding_only(), earlier_report, ["html", "json"], "critical")
+    assert len(figure_names(earlier_report)) == 10
+    assert all((earlier_report / link).is_file() for link in local_links(earlier_report))
+
+
+def test_a_link_named_like_a_figure_is_left_and_its_target_untouched(earlier_report, tmp_path):
+    target = tmp_path / "elsewhere.svg"
+    target.write_text("<svg/>")
+    link = earlier_report / "figures" / "04-loss-oscillation-loss.svg"
+    link.unlink()
+    link.symlink_to(target)
+    write_reports(*first_finding_only(), earlier_report, ["md"], "critical")
+    assert link.is_symlink() and target.read_text() == "<svg/>"
+
+
+def test_a_linked_figures_folder_is_not_cleaned(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "05-perplexity-misreport-loss.svg").write_text("<svg/>")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "figures").symlink_to(shared, target_is_directory=True)
+    write_reports(*first_finding_only(), out, ["md"], "critical")
+    assert (shared / "05-perplexity-misreport-loss.svg").read_text() == "<svg/>"
+
+
+def test_a_file_the_run_was_read_from_is_never_removed_whatever_its_name(tmp_path):
+    # `diagnose RUN --out RUN` makes the run dir the output folder.
+    source = tmp_path / "figures" / "03-nonfinite-onset-loss.svg"
+    source.parent.mkdir()
+    source.write_text("<svg/>")
+    run = dataclasses.replace(make_run({"loss": np.linspace(3, 2, 20)}, file="figures/03-nonfinite-onset-loss.svg"),
+                              path=str(tmp_path))
+    write_reports(run, diagnose_inline(run, ()), tmp_path, ["md"], "critical")
+    assert source.read_text() == "<svg/>"
+
+
+def test_diagnose_with_out_set_to_the_run_dir_changes_none_of_the_run_files(tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(SAMPLE_RUNS / "kd-temperature-blowup-fixed", run_dir)
+    (run_dir / "figures").mkdir()
+    (run_dir / "figures" / "notes.txt").write_text("mine")
+    (run_dir / "figures" / "09-loss-spike-loss.svg").write_text("<svg/>")  # left by an earlier report
+    given = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "09-loss-spike-loss.svg"}
+    result = CliRunner().invoke(diagnose_command, [str(run_dir), "--out", str(run_dir), "--format", "md"])
+    assert result.exit_code == 0, result.output
+    assert {p: p.read_bytes() for p in given} == given
+    links = local_links(run_dir)
+    assert sorted(f"figures/{n}" for n in figure_names(run_dir) if n != "notes.txt") == sorted(links)
+    assert all((run_dir / link).is_file() for link in links)
+
+
+def test_every_figure_the_report_model_names_is_recognised_as_its_own():
+    run, d = seed002()
+    report = build_report(d, run, draw=False)
+    names = [Path(f.file).name for f in (report.overview, *(g for v in report.findings for g in v.figures))]
+    assert len(names) == 10 and all(own_figure_name(n) for n in names)
+    assert own_figure_name("123-loss-spike-loss.svg")  # a hundred findings and more: three digits
+    for foreign in ("01-my-plot.svg", "overview.svg", "00-overview.svg.bak", "1-loss-spike-loss.svg",
+                    "01-loss-spike-loss.png", "01-loss-spike-loss-copy.svg", ".00-overview.svg.x1.tmp"):
+        assert not own_figure_name(foreign), foreign
 
 
 # --- html -------------------------------------------------------------------------------------------------------
