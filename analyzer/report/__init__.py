@@ -78,8 +78,8 @@ def remove_stale_figures(out_dir: Path, keep: set[str], run=None) -> list[Path]:
     if folder.is_symlink() or not folder.is_dir():  # a linked figures/ leads outside out_dir: not ours to clean
         return []
     with os.scandir(folder) as entries:  # ours are plain files: write_atomic's os.replace never leaves a link
-        candidates = sorted(Path(e.path) for e in entries
-                            if e.name not in keep and e.name.endswith(".svg") and own_figure_name(e.name) and e.is_file(follow_symlinks=False))
+        candidates = sorted(Path(e.path) for e in entries if e.name not in keep and e.name.endswith(".svg")
+                            and own_figure_name(e.name) and e.is_file(follow_symlinks=False))
     inputs = _run_files(run) if candidates else set()
     removed = []
     for path in candidates:
@@ -105,7 +105,7 @@ def own_figure_name(name: str) -> bool:
 
 @functools.cache
 def _own_figure_pattern() -> re.Pattern[str]:
-    from analyzer.detectors import DETECTORS  # here: only a figures/ holding an SVG this report did not write needs them
+    from analyzer.detectors import DETECTORS  # here: only a figures/ with an SVG this report did not write needs it
     from analyzer.report.plots import PLOTS
 
     detectors = "|".join(sorted(re.escape(d.name) for d in DETECTORS.values()))
