@@ -191,7 +191,12 @@ def _print_json(diagnoses: list) -> None:
 def _out_dir(run_dir: Path, out: Path | None, several: bool) -> Path:
     name = run_dir.resolve().name
     if out is not None:
-        return out / name if several else out
+        target = out / name if several else out
+        if run_dir.is_dir() and target.resolve() == run_dir.resolve():
+            # the run dir is the user's: reports written there would replace any file of theirs of the same name
+            raise InputError("--out is the run directory itself; choose another folder (the default is "
+                             "RUN_DIR/postmortem)", path=target)
+        return target
     home = run_dir if run_dir.is_dir() else run_dir.parent
     if _writable(home):
         return home / "postmortem"

@@ -35,6 +35,7 @@ def write_reports(run, diagnosis: Diagnosis, out_dir: Path, formats: Sequence[st
     if unknown:
         raise ValueError(f"unknown report format(s): {', '.join(unknown)}")
     out_dir = Path(out_dir)
+    _refuse_to_overwrite_inputs(run, out_dir, formats)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     report = None
@@ -111,6 +112,19 @@ def _own_figure_pattern() -> re.Pattern[str]:
     detectors = "|".join(sorted(re.escape(d.name) for d in DETECTORS.values()))
     plots = "|".join(sorted(re.escape(name) for name in PLOTS))
     return re.compile(rf"(?:{OVERVIEW_FIGURE}|[0-9]{{2,}}-(?:{detectors})-(?:{plots}))\.svg")
+
+
+def _refuse_to_overwrite_inputs(run, out_dir: Path, formats: Sequence[str]) -> None:
+    """A report file named like a file the run was read from (`diagnose findings.json --out .`) is an error: nothing
+    the user gave us is ever replaced."""
+    inputs = _run_files(run)
+    for fmt in formats:
+        target = (out_dir / FILE_NAMES[fmt]).resolve()
+        if target in inputs:
+            from analyzer.errors import InputError
+
+            raise InputError(f"the {fmt} report would replace this file, which the run was read from; write the "
+                             "reports elsewhere with --out", path=target)
 
 
 def _run_files(run) -> set[Path]:

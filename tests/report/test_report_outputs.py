@@ -193,19 +193,26 @@ def test_a_file_the_run_was_read_from_is_never_removed_whatever_its_name(tmp_pat
     assert source.read_text() == "<svg/>"
 
 
-def test_diagnose_with_out_set_to_the_run_dir_changes_none_of_the_run_files(tmp_path):
+def test_diagnose_refuses_the_run_dir_as_output_folder_and_changes_nothing(tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(SAMPLE_RUNS / "kd-temperature-blowup-fixed", run_dir)
     (run_dir / "figures").mkdir()
-    (run_dir / "figures" / "notes.txt").write_text("mine")
-    (run_dir / "figures" / "09-loss-spike-loss.svg").write_text("<svg/>")  # left by an earlier report
-    given = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != "09-loss-spike-loss.svg"}
+    (run_dir / "figures" / "09-loss-spike-loss.svg").write_text("<svg/>")
+    given = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     result = CliRunner().invoke(diagnose_command, [str(run_dir), "--out", str(run_dir), "--format", "md"])
-    assert result.exit_code == 0, result.output
-    assert {p: p.read_bytes() for p in given} == given
-    links = local_links(run_dir)
-    assert sorted(f"figures/{n}" for n in figure_names(run_dir) if n != "notes.txt") == sorted(links)
-    assert all((run_dir / link).is_file() for link in links)
+    assert result.exit_code == 2
+    assert "--out is the run directory itself" in result.output and len(result.output.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == given
+
+
+def test_a_report_never_replaces_a_file_the_run_was_read_from(tmp_path):
+    log = tmp_path / "findings.json"  # JSON lines that happen to carry the report's name
+    log.write_text("".join(f'{{"step": {i}, "loss": {3 - i / 50}}}\n' for i in range(30)))
+    given = log.read_bytes()
+    result = CliRunner().invoke(diagnose_command, [str(log), "--out", str(tmp_path), "--format", "json"])
+    assert result.exit_code == 2
+    assert "findings.json" in result.output and "--out" in result.output
+    assert log.read_bytes() == given
 
 
 def test_every_figure_the_report_model_names_is_recognised_as_its_own():
