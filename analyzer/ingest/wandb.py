@@ -4,7 +4,9 @@ Offline runs keep history and config only inside the `.wandb` file (wandb >= 0.1
 wandb-history.jsonl until synced): a LevelDB-log framing of protobuf `Record`s, decoded with `_protobuf` (field
 numbers from wandb/proto/wandb_internal.proto, checked against the installed wandb 0.31 descriptors).
 `files/output.log` is the console; it is handed to the text-log reader for its warnings, and for its numbers only
-when the run has no history of its own (otherwise the same values would be read twice, rounded).
+when the run has no history of its own (otherwise the same values would be read twice, rounded). Without an
+output.log (wandb 0.16 offline writes none), the console is rebuilt from the `output_raw` / `output` records of the
+.wandb file and read the same way, each line cited by the record it starts in.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import math
 import re
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +47,17 @@ CHUNK_FULL, CHUNK_FIRST, CHUNK_MIDDLE, CHUNK_LAST = 1, 2, 3, 4
 
 # wandb_internal.proto field numbers.
 RECORD_HISTORY, RECORD_CONFIG, RECORD_RUN, RECORD_EXIT = 2, 5, 17, 18
+RECORD_OUTPUT, RECORD_OUTPUT_RAW = 4, 13  # console text: OutputRecord / OutputRawRecord, the same fields
+OUTPUT_TYPE, OUTPUT_TIMESTAMP, OUTPUT_LINE = 1, 2, 3
+TIMESTAMP_SECONDS, TIMESTAMP_NANOS = 1, 2  # google.protobuf.Timestamp
+STDERR, STDOUT = 0, 1  # OutputType; STDERR is the proto3 default, so an absent output_type means stderr
 HISTORY_ITEM, HISTORY_STEP, STEP_NUM = 1, 2, 1
 ITEM_KEY, ITEM_NESTED_KEY, ITEM_VALUE_JSON = 1, 2, 16
 ITEM_BOOLEAN, ITEM_INTEGER, ITEM_NUMBER = 4, 5, 6  # HistoryItem's typed oneof (integer is a zigzag sint64)
 CONFIG_UPDATE = 1
 RUN_ID, RUN_CONFIG = 1, 4
 EXIT_CODE = 1
-STEP_KEY = "_step"
+STEP_KEY, TIME_KEY = "_step", "_timestamp"
 
 
 def sniff(path: Path) -> bool:
@@ -118,15 +124,18 @@ def _choose_run(runs: dict[Path, _Run], out: Ingested, root: Path) -> list[_Run]
 
 def _read_run(run: _Run, root: Path, out: Ingested) -> None:
     named = {p.name: p for p in run.files}
-    has_history = False
-    for path in (p for p in run.files if p.suffix == ".wandb"):
-        has_history |= _read_wandb_file(path, relative(path, root), out)
+    record_files = [_read_wandb_file(path, relative(path, root), out) for path in run.files if path.suffix == ".wandb"]
+    has_history = any(f.history_lines.size for f in record_files)
     if not has_history and "wandb-history.jsonl" in named:
         has_history = _read_history_jsonl(named["wandb-history.jsonl"], root, out)
     if "config.yaml" in named:
         _read_config_yaml(named["config.yaml"], root, out)
-    if "output.log" in named:
+    if "output.log" in named:  # W&B's own rendering of the console: the records would only repeat it
         _read_console(named["output.log"], root, out, keep_numbers=not has_history)
+        return
+    for record_file in record_files:
+        if record_file.console:
+            _read_record_console(record_file, out, keep_numbers=not has_history)
 
 
 # --- the .wandb record file -------------------------------------------------------------------------------------------
@@ -195,23 +204,37 @@ def records(data: bytes, rel: str, notes: list[Note]) -> list[bytes]:
     return found
 
 
-def _read_wandb_file(path: Path, rel: str, out: Ingested) -> bool:
-    """History, config and exit code from one .wandb file; True when it held history."""
+@dataclass
+class _RecordFile:
+    """What one .wandb file holds besides what went into Ingested: its console text and where its history is."""
+
+    rel: str
+    console: list[tuple[int, int, str, float]] = field(default_factory=list)  # (record number, stream, text, time)
+    history_lines: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))  # record numbers
+    history_steps: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    history_times: np.ndarray = field(default_factory=lambda: np.empty(0))  # `_timestamp` (NaN where absent)
+
+
+def _read_wandb_file(path: Path, rel: str, out: Ingested) -> _RecordFile:
+    """History, config and exit code from one .wandb file into `out`; its console records and history positions."""
+    found = _RecordFile(rel)
     try:
         data = path.read_bytes()
     except OSError as error:
         out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
-        return False
+        return found
     steps, names, values, lines = [], [], [], []
+    history_lines, history_steps, history_times = [], [], []
     config: dict[str, Any] = {}
     undecodable: list[int] = []
-    history_records = 0
     for index, record in enumerate(records(data, rel, out.notes), start=1):
         try:
             message = pb.parse(record)
             if RECORD_HISTORY in message:
-                history_records += 1
-                step, points = _history(message[RECORD_HISTORY][-1], history_records - 1)
+                step, points, time = _history(message[RECORD_HISTORY][-1], len(history_lines))
+                history_lines.append(index)
+                history_steps.append(step)
+                history_times.append(time)
                 for name, value in points:
                     steps.append(step)
                     names.append(name)
@@ -225,6 +248,13 @@ def _read_wandb_file(path: Path, rel: str, out: Ingested) -> bool:
                 config.update(_config_items(message[RECORD_CONFIG][-1]))
             if RECORD_EXIT in message:
                 _exit_event(message[RECORD_EXIT][-1], rel, index, out)
+            for kind in (RECORD_OUTPUT_RAW, RECORD_OUTPUT):
+                if kind in message:
+                    output = pb.parse(message[kind][-1])
+                    text = pb.last(output, OUTPUT_LINE, b"")
+                    if text and isinstance(text, bytes):
+                        found.console.append((index, pb.last(output, OUTPUT_TYPE, STDERR),
+                                              text.decode("utf-8", errors="replace"), _output_time(output)))
         except (pb.DecodeError, UnicodeDecodeError, ValueError, OverflowError):
             undecodable.append(index)
     if undecodable:
@@ -235,13 +265,30 @@ def _read_wandb_file(path: Path, rel: str, out: Ingested) -> bool:
         "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)}))
     if config:
         out.add_hparams(config, rel)
-    return history_records > 0
+    found.history_lines = np.asarray(history_lines, dtype=np.int64)
+    found.history_steps = np.asarray(history_steps, dtype=np.int64)
+    found.history_times = np.asarray(history_times, dtype=np.float64)
+    return found
 
 
-def _history(raw: bytes, sequence: int) -> tuple[int, list[tuple[str, float]]]:
-    """(step, [(metric, value)]) of one HistoryRecord; non-numeric values (media, tables, text) are skipped."""
+def _output_time(output: dict[int, list]) -> float:
+    """Seconds since the epoch when the console text was written; NaN when the record has no timestamp."""
+    raw = pb.last(output, OUTPUT_TIMESTAMP)
+    if not isinstance(raw, bytes):
+        return math.nan
+    stamp = pb.parse(raw)
+    seconds, nanos = pb.last(stamp, TIMESTAMP_SECONDS, 0), pb.last(stamp, TIMESTAMP_NANOS, 0)
+    if not isinstance(seconds, int) or not isinstance(nanos, int) or not seconds:
+        return math.nan
+    return pb.as_int64(seconds) + nanos / 1e9
+
+
+def _history(raw: bytes, sequence: int) -> tuple[int, list[tuple[str, float]], float]:
+    """(step, [(metric, value)], `_timestamp` or NaN) of one HistoryRecord; non-numeric values (media, tables,
+    text) are skipped."""
     message = pb.parse(raw)
     step = None
+    time = math.nan
     step_message = pb.last(message, HISTORY_STEP)
     if step_message:
         step = pb.as_int64(pb.last(pb.parse(step_message), STEP_NUM, 0))
@@ -254,10 +301,12 @@ def _history(raw: bytes, sequence: int) -> tuple[int, list[tuple[str, float]]]:
             if step is None and isinstance(value, (int, float)) and math.isfinite(value):
                 step = int(value)
             continue
+        if key == TIME_KEY and isinstance(value, (int, float)) and not isinstance(value, bool):
+            time = float(value)
         if key.startswith("_"):  # W&B's own bookkeeping: _runtime, _timestamp, _wandb
             continue
         points.extend(_numbers(key, value))
-    return (step if step is not None else sequence), points
+    return (step if step is not None else sequence), points, time
 
 
 def _item_key(item: dict[int, list]) -> str:
@@ -395,3 +444,91 @@ def _read_console(path: Path, root: Path, out: Ingested, keep_numbers: bool) -> 
         out.blind_spots.extend(piece.blind_spots)
 
 
+
+
+# --- the console kept inside the .wandb file --------------------------------------------------------------------------
+
+def _read_record_console(record_file: _RecordFile, out: Ingested, keep_numbers: bool) -> None:
+    """Console records through the text-log reader, as files/output.log would be; lines are cited by record number.
+
+    With history in the file, an event takes the step of W&B's own history, which the metrics of this file are
+    indexed by: that of the first row logged after the line was printed (the last row for lines after it), the
+    text-log reader's rule for its step lines (a line printed while step N runs comes before step N is logged).
+    `_timestamp` and the output record's timestamp say what was first; record order cannot, as W&B writes a row
+    with an explicit step only once the next step is logged.
+    """
+    from analyzer.ingest import textlog
+
+    rel = record_file.rel
+    text, line_records, line_times, partial = _console_lines(record_file.console)
+    if partial is not None:
+        out.notes.append(Note(rel, "console output ends mid-line (the run stopped mid-print?); that line not read",
+                              line=partial))
+    if not text:
+        return
+    try:
+        piece = textlog.read_text(text, rel)
+    except Exception as error:  # noqa: BLE001 - another reader's failure must not lose the W&B history
+        out.notes.append(Note(rel, f"console records not read ({type(error).__name__})"))
+        return
+
+    def record_of(line: int | None) -> int | None:
+        return int(line_records[line - 1]) if line is not None and 0 < line <= len(line_records) else line
+
+    at = np.asarray([e.line - 1 for e in piece.events], dtype=np.int64)  # the text reader's lines are all in range
+    steps = _history_steps(record_file, line_records[at], line_times[at])
+    out.events.extend(replace(e, line=int(line_records[i]), step=int(steps[k]) if steps.size else e.step)
+                      for k, (e, i) in enumerate(zip(piece.events, at.tolist())))
+    if keep_numbers:  # otherwise its notes are about numbers the history already has
+        if piece.frame is not None and len(piece.frame):
+            frame = piece.frame.copy()
+            frame["line"] = line_records[frame["line"].to_numpy() - 1]
+            out.add_frame(rel, frame)
+        out.notes.extend(replace(note, line=record_of(note.line)) for note in piece.notes)
+
+
+def _history_steps(record_file: _RecordFile, records: np.ndarray, times: np.ndarray) -> np.ndarray:
+    """The history step each console line belongs to (see _read_record_console); empty without history."""
+    lines, steps, stamps = record_file.history_lines, record_file.history_steps, record_file.history_times
+    if not steps.size:
+        return np.empty(0, dtype=np.int64)
+    if np.isfinite(times).all() and np.isfinite(stamps).all():
+        order = np.argsort(stamps, kind="stable")
+        at = np.searchsorted(stamps[order], times, side="right")
+        return steps[order][np.minimum(at, steps.size - 1)]
+    return steps[np.minimum(np.searchsorted(lines, records), steps.size - 1)]  # no clock: the next row written
+
+
+def _console_lines(chunks: list[tuple[int, int, str, float]]) -> tuple[str, np.ndarray, np.ndarray, int | None]:
+    """The complete console lines as a terminal shows them, in the order they started; per line, the record where
+    its shown text starts and that record's time; and the record of a line left unfinished at the end, if any.
+
+    Each stream is joined on its own (a print is often two records: the text, then its newline; a progress bar is
+    many); only what follows a line's last `\\r` is shown (a redrawn bar keeps its last drawing)."""
+    by_stream: dict[int, list[tuple[int, str, float]]] = {}
+    for record, stream, text, time in chunks:
+        by_stream.setdefault(stream, []).append((record, text, time))
+    line_records: list[np.ndarray] = []
+    line_times: list[np.ndarray] = []
+    shown: list[str] = []
+    partial: int | None = None
+    for parts in by_stream.values():
+        part_records = np.asarray([record for record, _, _ in parts], dtype=np.int64)
+        part_times = np.asarray([time for _, _, time in parts], dtype=np.float64)
+        part_offsets = np.cumsum([0] + [len(text) for _, text, _ in parts[:-1]])
+        pieces = "".join(text for _, text, _ in parts).split("\n")
+        if pieces.pop().rpartition("\r")[2].strip():  # text after the last newline: a line not finished
+            partial = min(partial or int(part_records[-1]), int(part_records[-1]))
+        if not pieces:
+            continue
+        line_offsets = np.cumsum([0] + [len(piece) + 1 for piece in pieces[:-1]])
+        cuts = np.asarray([piece.rstrip("\r").rfind("\r") + 1 for piece in pieces], dtype=np.int64)
+        shown.extend(piece.rstrip("\r")[cut:] for piece, cut in zip(pieces, cuts.tolist()))
+        part = np.searchsorted(part_offsets, line_offsets + cuts, side="right") - 1
+        line_records.append(part_records[part])
+        line_times.append(part_times[part])
+    if not shown:
+        return "", np.empty(0, dtype=np.int64), np.empty(0), partial
+    records, times = np.concatenate(line_records), np.concatenate(line_times)
+    order = np.argsort(records, kind="stable")  # a record holds one stream: ties are lines of one record
+    return "\n".join(shown[i] for i in order.tolist()) + "\n", records[order], times[order], partial

@@ -173,9 +173,11 @@ def test_wrong_header_is_a_note(tmp_path):
     assert piece.frames == [] and "wrong header" in piece.notes[0].message
 
 
-def test_output_records_are_ignored(tmp_path):
-    write_run(tmp_path, wandb_output("step 1: loss=5"), wandb_output("x", raw=False))
-    assert read_dir(tmp_path).frames == []
+def test_output_records_are_not_history(tmp_path):
+    write_run(tmp_path, wandb_history({"_step": "1", "loss": "1"}), wandb_output("step 1: loss=5\n"),
+              wandb_output("step 1: loss=6\n", raw=False))
+    piece = read_dir(tmp_path)
+    assert [frame["value"].tolist() for _, frame in piece.frames] == [[1.0]]
 
 
 def test_several_run_ids_read_the_most_recent(tmp_path):
@@ -193,6 +195,87 @@ def test_resumed_run_id_folders_are_read_in_order(tmp_path):
     run = run_of(tmp_path)
     assert run.series("loss").to_dict() == {1: 1.0, 2: 1.0, 3: 2.0, 4: 2.0, 5: 2.0, 6: 2.0, 7: 2.0}
     assert [e.step for e in run.events_of("restart")] == [3]
+
+
+# --- the console inside the .wandb file (wandb 0.16 offline writes no output.log) ------------------------------------
+
+def console(text: str, stream: int = 1, time: float | None = None, raw: bool = True) -> bytes:
+    """Record{output_raw=13 | output=4: {output_type=1 (0 stderr, the default, left out), timestamp=2, line=3}}."""
+    body = f_varint(1, stream) if stream else b""
+    if time is not None:
+        body += f_bytes(2, f_varint(1, int(time)) + f_varint(2, round(time % 1 * 1e9)))
+    return f_bytes(13 if raw else 4, body + f_bytes(3, text))
+
+
+def test_real_wandb_016_console_warning_is_an_event_cited_by_record():
+    (event,) = read_dir(LEGACY).events
+    record_file = next(LEGACY.rglob("*.wandb"))
+    assert event.kind == "nan" and event.text.startswith("[Warning] loss produced non-finite value (nan)")
+    assert event.file == record_file.relative_to(LEGACY).as_posix() and event.step == 42  # the step that is NaN
+    record = wandb.records(record_file.read_bytes(), event.file, [])[event.line - 1]
+    assert event.text.encode() in record  # the cited record holds the line
+
+
+def test_output_log_wins_over_console_records(tmp_path):
+    record_file = write_run(tmp_path, wandb_history({"_step": "1", "loss": "1"}),
+                            console("[Warning] from the records\n", stream=0))
+    (record_file.parent / "files").mkdir()
+    (record_file.parent / "files" / "output.log").write_text("[Warning] from output.log\n")
+    assert [(e.text, e.file.rsplit("/", 1)[1]) for e in read_dir(tmp_path).events] == [
+        ("[Warning] from output.log", "output.log")]
+
+
+def test_real_wandb_031_console_is_read_once():
+    assert read_dir(OFFLINE).events == []  # its output.log and its output_raw records hold the same lines
+
+
+def test_console_lines_are_joined_per_stream_and_cited_by_their_first_record(tmp_path):
+    write_run(tmp_path,
+              console("[Warn", stream=0),                        # 1: stderr, a line split over records 1, 3, 4
+              console("step 1: loss=2.5\nstep 2: ", stream=1),  # 2: stdout, interleaved
+              console("ing] loss is nan", stream=0),             # 3
+              console("\n", stream=0),                           # 4
+              console("loss=2.0\n", stream=1),                   # 5
+              console("\r 10%|#   |\r 90%|### |\r100%|####|", stream=0),  # 6: a redrawn progress bar
+              console("\r\n", stream=0),                         # 7
+              console("[Warning] output record\n", stream=0, raw=False))  # 8: the older OutputRecord
+    piece = read_dir(tmp_path)
+    assert [(e.kind, e.text, e.line) for e in piece.events] == [
+        ("nan", "[Warning] loss is nan", 1), ("warning", "[Warning] output record", 8)]
+    (_, frame), = piece.frames  # no history: the console's numbers are read, cited by record
+    assert frame[["step", "value", "line"]].values.tolist() == [[1, 2.5, 2], [2, 2.0, 2]]
+    assert piece.notes == []
+
+
+def test_console_events_take_the_history_step_logged_after_them(tmp_path):
+    # log(step=1) at t=100, a warning printed at 100.5, log(step=2) at 101: W&B writes the row of an explicit step
+    # only once the next step is logged, so row 1 comes after the warning in the file; the clocks say step 2
+    write_run(tmp_path, console("[Warning] loss is nan\n", stream=0, time=100.5),
+              wandb_history({"_step": "1", "loss": "1", "_timestamp": "100.0"}),
+              wandb_history({"_step": "2", "loss": "NaN", "_timestamp": "101.0"}),
+              console("[Warning] done\n", stream=0, time=102.0))
+    assert [(e.step, e.line) for e in read_dir(tmp_path).events] == [(2, 1), (2, 4)]
+
+
+def test_console_events_without_timestamps_take_the_next_history_record(tmp_path):
+    write_run(tmp_path, wandb_history({"_step": "1", "loss": "1"}), console("[Warning] loss is nan\n", stream=0),
+              wandb_history({"_step": "2", "loss": "NaN"}), console("[Warning] done\n", stream=0))
+    assert [(e.step, e.line) for e in read_dir(tmp_path).events] == [(2, 2), (2, 4)]
+
+
+def test_console_line_cut_short_by_a_killed_run_is_a_note(tmp_path):
+    write_run(tmp_path, wandb_history({"_step": "1", "loss": "1"}), console("[Warning] first\n", stream=0),
+              console("[Warning] never fin", stream=0))
+    piece = read_dir(tmp_path)
+    assert [e.text for e in piece.events] == ["[Warning] first"]
+    assert [(n.line, "mid-line" in n.message) for n in piece.notes] == [(3, True)]
+
+
+def test_truncated_wandb_016_file_keeps_the_console_it_holds(tmp_path):
+    data = next(LEGACY.rglob("*.wandb")).read_bytes()
+    write_run(tmp_path, data=data[: len(data) * 2 // 3])
+    piece = read_dir(tmp_path)
+    assert [e.step for e in piece.events] == [42] and any("cut short" in n.message for n in piece.notes)
 
 
 # --- files/ fallbacks -------------------------------------------------------------------------------------------------
