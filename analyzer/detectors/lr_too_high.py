@@ -57,16 +57,11 @@ START_STEPS = 50  # a log whose first point is later than this (and than two log
 
 
 def check(run, params):
-    found = stats.positive_train_loss(run, DETECTOR.name)
+    found = stats.loss_while_learning(run, DETECTOR.name, params["min_lr_fraction"], params["min_points"])
     if isinstance(found, Skipped):
         return found
-    metric, loss = found
-    sched = stats.schedule(run)
+    metric, loss, judged, sched = found
     steps = loss.index.to_numpy()
-    judged = loss[sched.learning(steps, params["min_lr_fraction"])]
-    if len(judged) < params["min_points"]:
-        return Skipped(DETECTOR.name, f"only {len(judged)} loss points after warmup at >= "
-                                      f"{params['min_lr_fraction']:.0%} of the peak lr; needs {params['min_points']}")
     symptoms, metrics, ev_metric = [], {}, metric
     chance = stats.chance_level(run)
     ce = stats.cross_entropy_loss(run)

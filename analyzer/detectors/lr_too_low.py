@@ -61,15 +61,10 @@ DEFAULT_FACTOR = 2.0
 
 
 def check(run, params):
-    found = stats.positive_train_loss(run, DETECTOR.name)
+    found = stats.loss_while_learning(run, DETECTOR.name, params["min_lr_fraction"], params["min_points"])
     if isinstance(found, Skipped):
         return found
-    metric, loss = found
-    sched = stats.schedule(run)
-    judged = _judged(loss, sched, params)
-    if len(judged) < params["min_points"]:
-        return Skipped(DETECTOR.name, f"only {len(judged)} loss points after warmup at >= "
-                                      f"{params['min_lr_fraction']:.0%} of the peak lr; needs {params['min_points']}")
+    metric, loss, judged, sched = found
     plateau = find_plateau(loss, sched, PLATEAU.params, PLATEAU.params["min_points"], min_bin=TRAIN_BIN)
     stalled = is_stall(plateau, PLATEAU.params)
     # progress over the later half of the judged steps: an early fast fall says nothing about the lr now
@@ -145,11 +140,6 @@ def lr_known_low(run, sched, params) -> bool:
     """The peak lr is known and below typical_lr (without update sizes, only a low lr makes the lr a suspect)."""
     lr = stats.hparam_number(run, "lr") or sched.peak_lr
     return bool(lr) and lr < params["typical_lr"]
-
-
-def _judged(loss, sched, params):
-    """The loss points after warmup where the lr is at least min_lr_fraction of its peak."""
-    return loss[sched.learning(loss.index.to_numpy(), params["min_lr_fraction"])]
 
 
 def _warmup_rec(run, sched, params) -> list[Recommendation]:

@@ -131,6 +131,22 @@ def positive_train_loss(run: Run, detector: str, min_points: int = 0,
     return metric, loss
 
 
+def loss_while_learning(run: Run, detector: str, min_lr_fraction: float,
+                        min_points: int) -> tuple[str, pd.Series, pd.Series, "Schedule"] | Skipped:
+    """(metric, positive train loss, its points while the lr is near its peak, the schedule) for the detectors that
+    judge the lr by what the loss does past warmup, or why they cannot."""
+    found = positive_train_loss(run, detector)
+    if isinstance(found, Skipped):
+        return found
+    metric, loss = found
+    sched = schedule(run)
+    judged = loss[sched.learning(loss.index.to_numpy(), min_lr_fraction)]
+    if len(judged) < min_points:
+        return Skipped(detector, f"only {len(judged)} loss points after warmup at >= {min_lr_fraction:.0%} of the "
+                                 f"peak lr; needs {min_points}")
+    return metric, loss, judged, sched
+
+
 def log_interval(series: pd.Series) -> float:
     """The typical number of steps between two logged points (median positive gap); 1.0 when unknown."""
     return cached(series, "log_interval", lambda: _log_interval(series))
