@@ -4,6 +4,12 @@ Files are untrusted. `torch.save` files are opened with `torch.load(weights_only
 files without mmap, which they do not support); a file that needs arbitrary pickled objects is refused by torch's
 restricted unpickler before any object is built, and reported. safetensors files are read tensor by tensor.
 Statistics are reduced chunk by chunk in float64, so a checkpoint larger than memory can be scanned.
+
+DeepSpeed checkpoint folders (`engine.save_checkpoint(save_dir, tag)` writes `save_dir/<tag>/`, tag `global_stepN` by
+default) are one checkpoint each. Their ZeRO optimizer shards pickle a few DeepSpeed objects (ZeroStageEnum, the loss
+scaler, fragment_address); those names, and only names under `deepspeed.`, are bound for the weights_only loader to an
+inert record class that stores the arguments and state it is given. DeepSpeed itself is never imported and nothing
+of the file's choosing runs; a shard that names any other global is refused like every other file.
 """
 
 from __future__ import annotations
@@ -43,8 +49,8 @@ STEP_IN_NAME = re.compile(r"(?:^|[^a-z])(?:global_step|step|iter|iteration|check
 # random_states*.pkl hold RNG states (numpy objects) that say nothing about the health of training.
 NOT_LOADED = re.compile(r"^(training_args\.bin|rng_state.*\.pth|random_states.*)$")
 
-STEP_KEYS = ("step", "global_step", "iter_num", "iteration", "num_updates", "train_step", "steps")
-CONFIG_KEYS = ("config", "hyper_parameters", "hparams", "cfg", "args", "model_args")
+STEP_KEYS = ("step", "global_step", "global_steps", "iter_num", "iteration", "num_updates", "train_step", "steps")
+CONFIG_KEYS = ("config", "hyper_parameters", "hparams", "cfg", "args", "model_args", "ds_config")
 # Containers of model weights whose key adds nothing to a tensor's name ("model.wte.weight" -> "wte.weight").
 MODEL_KEYS = {"model", "state_dict", "module", "model_state_dict", "model_state", "net", "network", "weights"}
 # Top-level keys whose tensors are bookkeeping, not weights: RNG states, callback scores, loop counters, EMA copies.
@@ -53,14 +59,42 @@ SCHEDULER_KEYS = {"scheduler", "lr_scheduler", "scheduler_state_dict", "lr_sched
 SCALER_KEYS = {"scaler", "grad_scaler", "scaler_state_dict", "loss_scaler", "amp_scaler"}
 GROUP_FIELDS = ("lr", "initial_lr", "betas", "eps", "weight_decay", "momentum", "nesterov", "amsgrad")
 
+# DeepSpeed (deepspeed/runtime/engine.py, _get_ckpt_name / _get_rank_zero_ckpt_name / save_checkpoint): a tag folder
+# holds mp_rank_XX_model_states.pt (ZeRO-3: zero_pp_rank_R_mp_rank_XX_model_states.pt, one per data-parallel rank),
+# one optimizer shard per data-parallel rank, [bf16_]zero_pp_rank_R_mp_rank_XX_optim_states.pt (before 0.5 without the
+# "_" before "optim"), MoE expert and optimizer files, and pipeline layer files layer_NN-model_XX-model_states.pt;
+# save_dir/latest names the newest tag.
+DS_FILE = re.compile(r"(?:^|_)mp_rank_\d+_?(?:model|optim)_states\.pt$|^layer_\d+-model_\d+-model_states\.pt$")
+DS_OPTIM_SHARD = re.compile(r"^(?:bf16_|fp16_)?zero_pp_rank_(?P<dp>\d+)_mp_rank_(?P<mp>\d+)_?optim_states\.pt$")
+DS_ZERO3_MODEL = re.compile(r"^zero_pp_rank_\d+_mp_rank_\d+_model_states\.pt$")
+DS_MODEL_STATES = re.compile(r"(?:^|_)mp_rank_\d+_model_states\.pt$")
+DS_LAYER = re.compile(r"^layer_(\d+)-model_\d+-model_states\.pt$")
+DS_LATEST = "latest"
+MAX_LATEST_BYTES = 256  # `latest` holds one tag name
+DS_GLOBAL_PREFIX = "deepspeed."
+# Model-states keys that describe the run's layout, not its health (engine.py _save_checkpoint); ds_config is read as
+# the checkpoint's config and global_steps as its step.
+DS_BOOKKEEPING = {"buffer_names", "param_shapes", "frozen_param_shapes", "shared_params", "frozen_param_fragments",
+                  "sparse_tensor_module_names", "csr_tensor_module_names", "skipped_steps", "global_samples",
+                  "dp_world_size", "mp_world_size", "ds_version", "data_sampler", "random_ltd", "num_experts"}
+# The wrapped torch optimizer inside a DeepSpeed optimizer's state_dict: ZeRO-1/2 and BF16_Optimizer use the first
+# key, ZeRO-3 and FP16_Optimizer the second.
+DS_BASE_OPTIMIZER_KEYS = ("base_optimizer_state", "optimizer_state_dict")
+# Flat fp32 master-weight partitions: ZeRO-1/2 and BF16_Optimizer, ZeRO-3, FP16_Optimizer, FP16_UnfusedOptimizer.
+DS_MASTER_KEYS = ("single_partition_of_fp32_groups", "fp32_flat_groups", "fp32_groups_flat", "fp32_groups")
+DS_MASTER = "fp32_master_weights"  # their pooled statistics, listed with the optimizer state
+
 
 def sniff(path: Path) -> bool:
-    """Checkpoint files by name; a `.bin` only under a checkpoint name or with torch.save's first bytes."""
+    """Checkpoint files by name; a `.bin` only under a checkpoint name or with torch.save's first bytes; DeepSpeed's
+    `latest` when it names a tag."""
     try:
         name = path.name
         suffix = path.suffix.lower()
         if suffix in CHECKPOINT_SUFFIXES:
             return True
+        if name == DS_LATEST:
+            return _latest_tag(path) is not None
         if suffix != ".bin":
             return False
         if BIN_NAMES.match(name) or SHARD.match(name) or any(HF_DIR.match(p) for p in path.parts[:-1]):
@@ -73,10 +107,12 @@ def sniff(path: Path) -> bool:
 
 
 def read(paths: list[Path], root: Path, scan: bool = True) -> Ingested:
-    """One Checkpoint per file, per HF `checkpoint-N/` folder and per set of shards; stats unless scan=False."""
+    """One Checkpoint per file, per HF `checkpoint-N/` folder, per DeepSpeed tag folder and per set of shards; stats
+    unless scan=False."""
     out = Ingested(FORMAT)
     found: list[tuple[Checkpoint, Mapping[str, Any] | None]] = []
-    for group in _group(paths, root):
+    latest = [p for p in paths if p.name == DS_LATEST]
+    for group in _group([p for p in paths if p.name != DS_LATEST], root):
         checkpoint, config = _read_group(group, root, scan, out.notes)
         if checkpoint is None:
             out.notes.append(Note(relative(group.path, root), "not loaded: a pickle of Python objects (training "
@@ -88,6 +124,7 @@ def read(paths: list[Path], root: Path, scan: bool = True) -> Ingested:
         out.checkpoints.append(checkpoint)
         if config:
             out.add_hparams(config, checkpoint.path)
+    out.notes.extend(_latest_note(path, root, out.checkpoints) for path in sorted(latest))
     return out
 
 
@@ -95,28 +132,40 @@ def read(paths: list[Path], root: Path, scan: bool = True) -> Ingested:
 
 @dataclass
 class _Group:
-    path: Path  # what the Checkpoint is named after: the file, the HF folder, or the first shard
+    path: Path  # what the Checkpoint is named after: the file, the HF or DeepSpeed folder, or the first shard
     files: list[Path]
-    kind: str  # "hf" | "shards" | "file"
+    kind: str  # "hf" | "deepspeed" | "shards" | "file"
     step: int | None = None
 
 
 def _group(paths: Iterable[Path], root: Path) -> list[_Group]:
+    paths = sorted(paths)
+    # A DeepSpeed tag folder is any folder holding a file under one of DeepSpeed's names; inside an HF checkpoint-N/
+    # folder (the HF Trainer with DeepSpeed) it stays part of that checkpoint.
+    ds_folders = {p.parent for p in paths if DS_FILE.search(p.name)}
     groups: dict[Path, _Group] = {}
-    for path in sorted(paths):
+    for path in paths:
         folder = _hf_folder(path, root)
         if folder is not None:
             key, kind = folder, "hf"
+        elif path.parent in ds_folders:
+            key, kind = path.parent, "deepspeed"
         elif SHARD.match(path.name):
             match = SHARD.match(path.name)
             key, kind = path.parent / f"{match['prefix']}-of-{match['total']}.{match['ext']}", "shards"
         else:
             key, kind = path, "file"
-        group = groups.setdefault(key, _Group(path=folder if kind == "hf" else path, files=[], kind=kind))
+        named = folder if kind == "hf" else key if kind == "deepspeed" and key != root else path
+        group = groups.setdefault(key, _Group(path=named, files=[], kind=kind))
         group.files.append(path)
     for group in groups.values():
         if group.kind == "hf":
             group.step = int(HF_DIR.match(group.path.name)[1])
+        elif group.kind == "deepspeed":
+            # "global_step800"; a custom tag may carry no number, its parent may (Lightning: epoch=0-step=100.ckpt/).
+            folder = group.files[0].parent
+            step = step_from_name(folder.name)
+            group.step = step if step is not None or folder == root else step_from_name(folder.parent.name)
     return list(groups.values())
 
 
@@ -143,6 +192,43 @@ def _format_from_name(path: Path) -> str:
     return {".safetensors": "safetensors", ".ckpt": "lightning"}.get(suffix, "torch")
 
 
+def _latest_tag(path: Path) -> str | None:
+    """The tag DeepSpeed's `latest` file names, when it is one: a short single line naming a sibling folder or a
+    global_stepN (the folder may be gone)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_LATEST_BYTES + 1)
+        tag = data.decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if len(data) > MAX_LATEST_BYTES or not tag or "\n" in tag or "/" in tag or tag in (".", ".."):
+        return None
+    return tag if re.fullmatch(r"global_step\d+", tag) or (path.parent / tag).is_dir() else None
+
+
+def _latest_note(path: Path, root: Path, found: list[Checkpoint]) -> Note:
+    """Which tag `latest` names, and whether a newer tag folder beside it suggests a save that never finished
+    (DeepSpeed writes `latest` after every file of the checkpoint is saved)."""
+    rel = relative(path, root)
+    tag = _latest_tag(path)
+    if tag is None:
+        return Note(rel, "DeepSpeed `latest` file could not be read; it is not needed")
+    target = relative(path.parent / tag, root)
+    named = [c for c in found if target == c.path or target.startswith(c.path + "/")]
+    if not named:
+        return Note(rel, f"DeepSpeed `latest` names tag {tag}, but {target} is not in the run directory")
+    step = named[0].step
+    prefix = relative(path.parent, root) + "/" if path.parent != root else ""
+    siblings = [c for c in found if c.format == "deepspeed" and c.path.startswith(prefix) and "/" not in
+                c.path[len(prefix):] and c.step is not None]
+    newer = [c for c in siblings if step is not None and c.step > step]
+    if newer:
+        last = max(newer, key=lambda c: c.step)
+        return Note(rel, f"DeepSpeed `latest` names tag {tag} (step {step}), but {last.path} (step {last.step}) is "
+                         "newer: its save may not have finished")
+    return Note(rel, f"DeepSpeed `latest` names tag {tag} ({target}) as the newest checkpoint")
+
+
 # --- reading one checkpoint -------------------------------------------------------------------------------------------
 
 @dataclass
@@ -159,6 +245,8 @@ class _Parts:
     step: int | None = None
     lightning: bool = False
     skipped: int = 0  # tensors whose dtype has no float64 view (quantized, meta, sparse)
+    zero3: bool = False  # a ZeRO-3 model-states file was read: its weights are placeholders, the real ones are sharded
+    partition_count: int | None = None  # data-parallel ranks a ZeRO checkpoint was saved from
 
     def stats(self) -> CheckpointStats:
         return CheckpointStats(
@@ -171,10 +259,12 @@ class _Parts:
 def _read_group(group: _Group, root: Path, scan: bool,
                 notes: list[Note]) -> tuple[Checkpoint | None, Mapping | None]:
     rel = relative(group.path, root)
-    files = [f for f in sorted(group.files) if not NOT_LOADED.match(f.name)]
+    # DeepSpeed's files last: where the HF Trainer also exported the weights, those are the ones listed.
+    files = sorted((f for f in group.files if not NOT_LOADED.match(f.name)),
+                   key=lambda f: (bool(DS_FILE.search(f.name)), f))
     if not files:  # a lone training_args.bin / rng_state.pth: nothing we are willing to load
         return None, None
-    fmt = "hf" if group.kind == "hf" else _format_from_name(group.path)
+    fmt = {"hf": "hf", "deepspeed": "deepspeed"}.get(group.kind) or _format_from_name(group.path)
     step = group.step if group.step is not None else step_from_name(group.path.name)
     pointers = [f for f in files if _is_lfs_pointer(f)]
     if pointers:
@@ -184,13 +274,19 @@ def _read_group(group: _Group, root: Path, scan: bool,
     if not scan:
         return Checkpoint(rel, step, fmt), None
     parts, errors = _Parts(), []
+    shards = [f for f in files if DS_OPTIM_SHARD.match(f.name)]
     for file in files:
-        error = _read_file(file, parts)
+        if DS_FILE.search(file.name):
+            error = _read_deepspeed(file, parts, optimizer_in_shards=bool(shards))
+        else:
+            error = _read_file(file, parts)
         if error:
             errors.append(error if len(files) == 1 and group.kind == "file" else f"{file.name}: {error}")
     if parts.skipped:
         notes.append(Note(rel, "tensors with a dtype that has no float64 view (quantized, sparse or meta) "
                                "were not scanned", count=parts.skipped))
+    if any(DS_FILE.search(f.name) for f in files):
+        notes.extend(_deepspeed_notes(rel, files, shards, parts))
     if parts.lightning and fmt == "torch":
         fmt = "lightning"
     if group.kind != "hf" and parts.step is not None:
@@ -233,33 +329,230 @@ def _safetensor_chunks(handle, name: str) -> tuple[tuple[int, ...], Iterator]:
 
 
 def _read_torch(path: Path, parts: _Parts) -> str | None:
+    obj, error = _load_torch(path)
+    if error:
+        return error
+    _read_loaded(obj, parts)
+    return None
+
+
+def _load_torch(path: Path, deepspeed_objects: bool = False) -> tuple[Any, str | None]:
+    """(the loaded object, None) or (None, why it was not loaded). deepspeed_objects: names under `deepspeed.` become
+    inert records (see the module docstring); any other unsafe global is still refused."""
     import torch
 
     try:
         with open(path, "rb") as handle:
             head = handle.read(len(LEGACY_TORCH_MAGIC))
     except OSError as error:
-        return f"unreadable: {error.strerror or error}"
+        return None, f"unreadable: {error.strerror or error}"
     if not head:
-        return "empty file"
+        return None, "empty file"
     if not head.startswith((ZIP_MAGIC, PICKLE_PROTO)):
-        return "not a torch.save file (neither a zip archive nor a pickle)"
+        return None, "not a torch.save file (neither a zip archive nor a pickle)"
     # mmap needs torch.save's zip format; legacy files (and anything else) are read without it.
     mmap = head.startswith(ZIP_MAGIC)
+    stand_ins = []
+    if deepspeed_objects and mmap:
+        try:  # a static listing of the pickle's GLOBAL opcodes: nothing is built
+            unsafe = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # noqa: BLE001 - a corrupt archive: the load below says what is wrong
+            unsafe = []
+        foreign = [name for name in unsafe if not name.startswith(DS_GLOBAL_PREFIX)]
+        if foreign:
+            return None, (f"refused: {path.name} needs arbitrary Python objects, e.g. {foreign[0]} "
+                          "(not loaded, nothing executed)")
+        stand_ins = [(_deepspeed_stand_in(name), name) for name in unsafe]
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch.serialization.safe_globals(stand_ins):
             warnings.simplefilter("ignore")  # torch warns about pickle protocols; the outcome is reported instead
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), None
     except Exception as error:  # noqa: BLE001 - torch raises many types for corrupt or hostile files
-        return _load_failure(path, error)
+        return None, _load_failure(path, error)
+
+
+def _read_loaded(obj: Any, parts: _Parts) -> None:
+    """Sort a loaded torch.save object into `parts`, with its step and config."""
     if isinstance(obj, Mapping):
-        if "pytorch-lightning_version" in obj or ("state_dict" in obj and "global_step" in obj):
-            parts.lightning = True
-        parts.step = _step_of(obj) if _step_of(obj) is not None else parts.step
+        _read_header(obj, parts)
+    _walk(obj, "", parts, 0)
+
+
+def _read_header(obj: Mapping, parts: _Parts) -> None:
+    if "pytorch-lightning_version" in obj or ("state_dict" in obj and "global_step" in obj):
+        parts.lightning = True
+    parts.step = _step_of(obj) if _step_of(obj) is not None else parts.step
+    if parts.config is None:
+        parts.config = _config_of(obj)
+
+
+# --- DeepSpeed --------------------------------------------------------------------------------------------------------
+
+class _DeepSpeedObject:
+    """A DeepSpeed object in a checkpoint, kept as data: the arguments it was rebuilt with and its pickled state.
+
+    Never the class the file names: the weights_only loader maps each `deepspeed.` name to a subclass of this one,
+    which stores what it is given and runs nothing else.
+    """
+
+    ds_name = ""
+    args: tuple = ()
+    state: Any = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+
+_STAND_INS: dict[str, type] = {}
+
+
+def _deepspeed_stand_in(name: str) -> type:
+    if name not in _STAND_INS:
+        _STAND_INS[name] = type(name.rsplit(".", 1)[-1], (_DeepSpeedObject,), {"ds_name": name})
+    return _STAND_INS[name]
+
+
+def _read_deepspeed(path: Path, parts: _Parts, optimizer_in_shards: bool) -> str | None:
+    """One file of a DeepSpeed tag folder: model states, a ZeRO optimizer shard, a pipeline layer or an MoE file."""
+    obj, error = _load_torch(path, deepspeed_objects=True)
+    if error:
+        return error
+    if not isinstance(obj, Mapping):
+        _read_loaded(obj, parts)
+        return None
+    if DS_OPTIM_SHARD.match(path.name):  # {"optimizer_state_dict", "ds_config", "ds_version"} (_save_zero_checkpoint)
+        state = obj.get("optimizer_state_dict")
+        if not isinstance(state, Mapping):
+            return "not a ZeRO optimizer shard: no optimizer_state_dict"
+        _add_deepspeed_optimizer(state, parts)
         if parts.config is None:
             parts.config = _config_of(obj)
-    _walk(obj, "", parts, 0)
+        return None
+    layer = DS_LAYER.match(path.name)
+    if layer:  # a pipeline stage's layer: its plain state_dict, named after the layer
+        _add_module(obj, f"layer_{layer[1]}.", parts)
+        return None
+    if "module" not in obj and "optimizer" not in obj:  # an MoE expert's state_dict
+        _read_loaded(obj, parts)
+        return None
+    _read_header(obj, parts)
+    state = dict(obj)
+    module, optimizer = state.pop("module", None), state.pop("optimizer", None)
+    if DS_ZERO3_MODEL.match(path.name) and isinstance(module, Mapping):
+        # ZeRO-3 parameters are empty placeholders here (their values are in the shards); buffers are whole.
+        parts.zero3 = True
+        buffers = {str(name) for name in _as_list(state.get("buffer_names") or [])}
+        module = {key: value for key, value in module.items() if key in buffers}
+    if isinstance(module, Mapping):
+        _add_module(module, "", parts)
+    # Without ZeRO the optimizer is saved here; BF16_Optimizer saves it in its shards too: count it once.
+    if isinstance(optimizer, Mapping) and not optimizer_in_shards:
+        if _is_optimizer(optimizer):
+            _add_optimizer(optimizer, parts)
+        else:
+            _add_deepspeed_optimizer(optimizer, parts)
+    for key in DS_BOOKKEEPING:
+        state.pop(key, None)
+    _walk(state, "", parts, 0)  # lr_scheduler and whatever client_state the training script added
     return None
+
+
+def _add_module(module: Mapping, prefix: str, parts: _Parts) -> None:
+    """Weights from a state_dict, each name once: ZeRO-3 ranks repeat the buffers, the HF Trainer exports them too."""
+    seen = {t.name for t in parts.tensors}
+    for key, value in module.items():
+        name = f"{prefix}{key}"
+        if name not in seen:
+            _walk(value, name, parts, 1)
+
+
+def _add_deepspeed_optimizer(state: Mapping, parts: _Parts) -> None:
+    """A DeepSpeed optimizer's state_dict (ZeRO-1/2/3, BF16_Optimizer, FP16_Optimizer).
+
+    The wrapped torch optimizer holds one flat partition per param group and data-parallel rank: its moments are
+    pooled per state key (exp_avg, exp_avg_sq) over every shard, so the statistics are those of the whole moment
+    (plus the few zeros DeepSpeed pads a partition with for alignment). The flat fp32 master-weight partitions are
+    pooled the same way, as optimizer state named fp32_master_weights: they have no per-tensor names. Param groups
+    are taken once, since every shard repeats them.
+    """
+    with_groups = not parts.groups
+    for key in DS_BASE_OPTIMIZER_KEYS:
+        base = state.get(key)
+        if isinstance(base, Mapping) and _is_optimizer(base):
+            _add_optimizer(base, parts, with_groups)
+        elif isinstance(base, (list, tuple)):  # an elastic ZeRO-1/2 checkpoint: per-group states, no param groups
+            for param_state in _mappings_in(base):
+                _add_param_state(param_state, parts)
+    _note_optimizer_step(state.get("base_optimizer_state_step"), parts)
+    for key in DS_MASTER_KEYS:
+        for tensor in _tensors_in(state.get(key)):
+            _accumulate(parts.optimizer.setdefault(DS_MASTER, _Moments()), tensor, parts)
+    counts = [c for c in _as_list(state.get("partition_count")) if isinstance(c, int) and not isinstance(c, bool)]
+    if counts:  # one per param group (they differ for MoE experts); the largest is the data-parallel world size
+        parts.partition_count = max(counts)
+    scaler = _deepspeed_scaler(state)
+    if scaler is not None:
+        parts.scaler = scaler
+
+
+def _deepspeed_scaler(state: Mapping) -> dict[str, Any] | None:
+    """The loss scale: a (Dynamic)LossScaler object under ZeRO, plain keys in FP16_Optimizer. None when it does not
+    scale: DeepSpeed keeps a static scaler of 1.0 for bf16 and fp32 training."""
+    scaler = state.get("loss_scaler")
+    fields = scaler.state if isinstance(scaler, _DeepSpeedObject) else scaler if scaler is not None else state
+    if not isinstance(fields, Mapping) or "cur_scale" not in fields:
+        return None
+    dynamic = fields.get("dynamic", state.get("dynamic_loss_scale"))
+    if not dynamic and _number(fields["cur_scale"]) == 1.0:
+        return None
+    found = {"cur_scale": fields["cur_scale"]}
+    if "scale_window" in fields:
+        found["growth_interval"] = fields["scale_window"]
+    return _scaler(found)
+
+
+def _mappings_in(value: Any, depth: int = 0) -> Iterator[Mapping]:
+    if isinstance(value, Mapping):
+        yield value
+    elif isinstance(value, (list, tuple)) and depth < MAX_NESTING:
+        for item in value:
+            yield from _mappings_in(item, depth + 1)
+
+
+def _tensors_in(value: Any, depth: int = 0) -> Iterator:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)) and depth < MAX_NESTING:
+        for item in value:
+            yield from _tensors_in(item, depth + 1)
+
+
+def _deepspeed_notes(rel: str, files: list[Path], shards: list[Path], parts: _Parts) -> list[Note]:
+    """What a DeepSpeed tag folder lacks: its model states, some ZeRO shards, or (ZeRO-3) per-tensor weights."""
+    notes = []
+    if not any(DS_MODEL_STATES.search(f.name) for f in files):
+        notes.append(Note(rel, "DeepSpeed checkpoint without its model states (mp_rank_00_model_states.pt): "
+                               "DeepSpeed cannot resume from it"))
+    ranks: dict[str, set[int]] = {}
+    for match in (DS_OPTIM_SHARD.match(f.name) for f in shards):
+        ranks.setdefault(match["mp"], set()).add(int(match["dp"]))
+    expected = parts.partition_count
+    if expected and ranks:
+        missing = sorted(set(range(expected)) - min(ranks.values(), key=len))
+        if missing:
+            shown = ", ".join(map(str, missing[:5])) + (", ..." if len(missing) > 5 else "")
+            notes.append(Note(rel, f"{expected - len(missing)} of {expected} ZeRO optimizer shards are here "
+                                   f"(data-parallel ranks {shown} missing): the optimizer statistics cover only "
+                                   "those present, and DeepSpeed cannot resume from it"))
+    if parts.zero3 and all(DS_FILE.search(f.name) for f in files):
+        notes.append(Note(rel, "ZeRO-3 checkpoint: the weights exist only as flat fp32 partitions in the optimizer "
+                               f"shards, so they have no per-tensor statistics (scanned as {DS_MASTER})"))
+    return notes
 
 
 GLOBAL_NAME = re.compile(r"GLOBAL ([\w.]+)")
@@ -354,24 +647,33 @@ def _is_scaler(obj: Mapping) -> bool:
     return "scale" in obj and ("_growth_tracker" in obj or "growth_factor" in obj)
 
 
-def _add_optimizer(obj: Mapping, parts: _Parts) -> None:
-    import torch
-
+def _add_optimizer(obj: Mapping, parts: _Parts, with_groups: bool = True) -> None:
     for group in obj["param_groups"]:
         if isinstance(group, Mapping):
-            kept = {k: _plain(group[k]) for k in GROUP_FIELDS if k in group}
-            kept["params"] = len(group.get("params", ()) or ())
-            parts.groups.append(kept)
+            if with_groups:
+                kept = {k: _plain(group[k]) for k in GROUP_FIELDS if k in group}
+                kept["params"] = len(group.get("params", ()) or ())
+                parts.groups.append(kept)
+            _note_optimizer_step(group.get("step"), parts)  # apex's and DeepSpeed's FusedAdam count per group
     for param_state in obj["state"].values():
-        if not isinstance(param_state, Mapping):
-            continue
-        for key, value in param_state.items():
-            if key == "step":
-                step = _number(value)
-                if step is not None and math.isfinite(step):
-                    parts.optimizer_step = max(parts.optimizer_step or 0, int(step))
-            elif isinstance(value, torch.Tensor):
-                _accumulate(parts.optimizer.setdefault(str(key), _Moments()), value, parts)
+        if isinstance(param_state, Mapping):
+            _add_param_state(param_state, parts)
+
+
+def _add_param_state(param_state: Mapping, parts: _Parts) -> None:
+    import torch
+
+    for key, value in param_state.items():
+        if key == "step":
+            _note_optimizer_step(value, parts)
+        elif isinstance(value, torch.Tensor):
+            _accumulate(parts.optimizer.setdefault(str(key), _Moments()), value, parts)
+
+
+def _note_optimizer_step(value: Any, parts: _Parts) -> None:
+    step = _number(value)
+    if step is not None and math.isfinite(step):
+        parts.optimizer_step = max(parts.optimizer_step or 0, int(step))
 
 
 def _scaler(obj: Mapping) -> dict[str, Any] | None:

@@ -1,11 +1,27 @@
-"""Checkpoint reader: stats of weights and optimizer state, framework layouts, and hostile or broken files."""
+"""Checkpoint reader: stats of weights and optimizer state, framework layouts, and hostile or broken files.
+
+The DeepSpeed folders are built here with torch.save in the layout and key names of DeepSpeed's own save path
+(deepspeedai/DeepSpeed master): deepspeed/runtime/engine.py (save_checkpoint writes save_dir/<tag>/ with tag
+global_step{N} and save_dir/latest; _save_checkpoint's model-states dict; _save_zero_checkpoint's
+{"optimizer_state_dict", "ds_config", "ds_version"}; _get_ckpt_name, _get_rank_zero_ckpt_name and
+_get_zero_ckpt_prefix for the file names), deepspeed/runtime/zero/stage_1_and_2.py (state_dict),
+deepspeed/runtime/zero/stage3.py (_rigid_state_dict), deepspeed/runtime/fp16/loss_scaler.py (LossScaler,
+DynamicLossScaler), deepspeed/runtime/zero/config.py (ZeroStageEnum), deepspeed/utils/tensor_fragment.py
+(fragment_address) and deepspeed/checkpoint/constants.py (the key names). The DeepSpeed classes are pickled under their
+real module paths from stand-ins registered in sys.modules only while saving.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import math
 import os
 import pickle
 import shutil
+import sys
+import types
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -331,3 +347,325 @@ def test_reference_trainer_scheduler_and_scaler(tmp_path):
     assert first.scheduler["last_lr"] == [2.5e-4] and first.scaler == {"scale": 1024.0, "growth_tracker": 12}
     assert second.scaler is None  # fp16 off: no loss scale to report
     assert [t.name for t in first.tensors] == ["w"]
+
+
+# --- DeepSpeed --------------------------------------------------------------------------------------------------------
+
+class ZeroStageEnum(int, enum.Enum):
+    disabled = 0
+    optimizer_states = 1
+    gradients = 2
+    weights = 3
+
+
+class LossScaler:
+    def __init__(self, scale=1.0):
+        self.cur_scale = scale
+        self.dynamic = False
+
+
+class DynamicLossScaler:
+    def __init__(self, init_scale, scale_window=1000):
+        self.cur_scale = init_scale
+        self.dynamic = True
+        self.cur_iter = 20
+        self.last_overflow_iter = 7
+        self.scale_factor = 2.0
+        self.scale_window = scale_window
+        self.min_scale = 1
+        self.delayed_shift = 2
+        self.cur_hysteresis = 2
+        self.consecutive_hysteresis = False
+        self.raise_error_at_min_scale = True
+        self.dtype = torch.float16
+
+
+@dataclasses.dataclass
+class fragment_address:  # noqa: N801 - DeepSpeed's name
+    numel: int
+    start: int
+
+
+DS_CLASSES = {"deepspeed.runtime.zero.config": ZeroStageEnum, "deepspeed.runtime.fp16.loss_scaler": LossScaler,
+              "deepspeed.utils.tensor_fragment": fragment_address}
+DS_CONFIG = {"train_batch_size": 16, "train_micro_batch_size_per_gpu": 4, "gradient_accumulation_steps": 2,
+             "gradient_clipping": 1.0, "optimizer": {"type": "AdamW", "params": {"lr": 2e-4, "weight_decay": 0.01}},
+             "fp16": {"enabled": True, "loss_scale": 0}, "zero_optimization": {"stage": 2}}
+
+
+@pytest.fixture
+def ds_save(monkeypatch):
+    """torch.save with DeepSpeed's classes importable under their real module paths, as when DeepSpeed saved."""
+
+    def save(obj, path: Path, extra: tuple = ()) -> None:
+        classes = [*DS_CLASSES.items(), ("deepspeed.runtime.fp16.loss_scaler", DynamicLossScaler), *extra]
+        with monkeypatch.context() as patch:
+            for module_name, cls in classes:
+                parts = module_name.split(".")
+                for depth in range(1, len(parts) + 1):
+                    name = ".".join(parts[:depth])
+                    if name not in sys.modules:
+                        patch.setitem(sys.modules, name, types.ModuleType(name))
+                cls.__module__ = module_name
+                setattr(sys.modules[module_name], cls.__name__, cls)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(obj, path)
+
+    return save
+
+
+def ds_model(seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.LayerNorm(8), torch.nn.Linear(8, 2))
+    model.register_buffer("position_ids", torch.arange(6.0))
+    return model
+
+
+def model_states(model: torch.nn.Module, *, global_steps: int = 20, optimizer=None, module=None) -> dict:
+    """engine.py _save_checkpoint's dict (ZeRO: the optimizer lives in the shards)."""
+    params = OrderedDict((n, p.shape) for n, p in model.named_parameters())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(torch.optim.AdamW(model.parameters(), lr=2e-4), lambda s: 0.5)
+    return dict(module=module if module is not None else model.state_dict(), buffer_names=["position_ids"],
+                optimizer=optimizer, param_shapes=[params], frozen_param_shapes=None, shared_params={},
+                frozen_param_fragments=None, lr_scheduler=scheduler.state_dict(), data_sampler=None, random_ltd=None,
+                sparse_tensor_module_names=set(), skipped_steps=3, global_steps=global_steps,
+                global_samples=global_steps * 16, dp_world_size=2, mp_world_size=1, ds_config=DS_CONFIG,
+                ds_version="0.16.4")
+
+
+def zero_shards(model: torch.nn.Module, ranks: int = 2, *, stage: int = 2, loss_scaler=None,
+                inf_exp_avg_sq: int = 0) -> list[dict]:
+    """One _save_zero_checkpoint dict per data-parallel rank: each holds its slice of the flat fp32 group."""
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    pad = -flat.numel() % ranks
+    padded = torch.cat([flat, torch.zeros(pad)])
+    shards = []
+    for rank, part in enumerate(padded.chunk(ranks)):
+        master = torch.nn.Parameter(part.clone())
+        optimizer = torch.optim.AdamW([master], lr=2e-4, betas=(0.9, 0.95), weight_decay=0.01)
+        master.grad = torch.ones_like(master)
+        optimizer.step()
+        base = optimizer.state_dict()
+        if rank == ranks - 1:
+            base["state"][0]["exp_avg_sq"][:inf_exp_avg_sq] = float("inf")
+        scaler = loss_scaler if loss_scaler is not None else DynamicLossScaler(1024.0)
+        if stage == 3:  # stage3.py _rigid_state_dict
+            state = {"zero_stage": ZeroStageEnum.weights, "loss_scaler": scaler, "dynamic_loss_scale": True,
+                     "overflow": False, "partition_count": ranks, "optimizer_state_dict": base,
+                     "fp32_flat_groups": [part]}
+        else:  # stage_1_and_2.py state_dict; the last rank's partition is saved without its padding
+            lean = part[: part.numel() - (pad if rank == ranks - 1 else 0)]
+            slices = OrderedDict((n, fragment_address(numel=p.numel(), start=0)) for n, p in model.named_parameters())
+            state = {"loss_scaler": scaler, "dynamic_loss_scale": True, "overflow": False, "clip_grad": 1.0,
+                     "base_optimizer_state": base, "single_partition_of_fp32_groups": [lean],
+                     "zero_stage": ZeroStageEnum.gradients, "group_paddings": [pad if rank == ranks - 1 else 0],
+                     "partition_count": [ranks], "ds_version": "0.16.4", "param_slice_mappings": [slices]}
+        shards.append({"optimizer_state_dict": state, "ds_config": DS_CONFIG, "ds_version": "0.16.4"})
+    return shards
+
+
+def ds_checkpoint(ds_save, folder: Path, *, global_steps: int = 20, ranks: int = 2, prefix: str = "",
+                  nan_weight: int = 0, inf_exp_avg_sq: int = 0, loss_scaler=None) -> torch.nn.Module:
+    """A ZeRO-2 tag folder as engine.save_checkpoint writes it, with the recovery script it copies beside it."""
+    model = ds_model()
+    with torch.no_grad():
+        model[0].weight.view(-1)[:nan_weight] = float("nan")
+    ds_save(model_states(model, global_steps=global_steps), folder / "mp_rank_00_model_states.pt")
+    for rank, shard in enumerate(zero_shards(model, ranks, loss_scaler=loss_scaler, inf_exp_avg_sq=inf_exp_avg_sq)):
+        ds_save(shard, folder / f"{prefix}zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    (folder.parent / "zero_to_fp32.py").write_text("# copied by DeepSpeed\n")
+    return model
+
+
+def test_deepspeed_tag_folder_is_one_checkpoint(tmp_path, ds_save):
+    model = ds_checkpoint(ds_save, tmp_path / "ds" / "global_step20")
+    (tmp_path / "ds" / "latest").write_text("global_step20")
+    piece = read_dir(tmp_path)
+    (ckpt,) = piece.checkpoints
+    assert (ckpt.path, ckpt.step, ckpt.format, ckpt.error) == ("ds/global_step20", 20, "deepspeed", None)
+    weights = {t.name: t for t in ckpt.stats.tensors}
+    assert set(weights) == {*dict(model.named_parameters()), "position_ids"}
+    assert weights["0.weight"].shape == (8, 4)
+    optimizer = {t.name: t for t in ckpt.stats.optimizer_tensors}
+    assert set(optimizer) == {"exp_avg", "exp_avg_sq", "fp32_master_weights"}
+    n_params = sum(p.numel() for p in model.parameters())
+    assert optimizer["fp32_master_weights"].numel == n_params  # ZeRO-1/2 partitions are saved without padding
+    assert optimizer["exp_avg"].numel == n_params + (-n_params % 2)
+    expected_norm = float(torch.cat([p.detach().reshape(-1) for p in model.parameters()]).norm())
+    assert optimizer["fp32_master_weights"].norm == pytest.approx(expected_norm, rel=1e-6)
+    assert ckpt.stats.nonfinite == 0 and ckpt.stats.optimizer_step == 1
+    (group,) = ckpt.stats.optimizer_groups  # every shard repeats the param groups: kept once
+    assert group["lr"] == 2e-4 and group["betas"] == [0.9, 0.95]
+    assert ckpt.stats.scaler == {"scale": 1024.0, "growth_tracker": None, "growth_interval": 1000}
+    assert ckpt.stats.scheduler["last_lr"] == [pytest.approx(1e-4)]
+    hparams = {name: (value, key) for name, value, _, key in piece.hparams}
+    assert hparams["lr"] == (2e-4, "optimizer.params.lr")
+    assert hparams["grad_accum"] == (2, "gradient_accumulation_steps")
+
+
+def test_deepspeed_file_names_and_latest_are_sniffed(tmp_path):
+    (tmp_path / "global_step5").mkdir()
+    (tmp_path / "latest").write_text("global_step5\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "latest").write_text("see the wiki for the latest results\n")
+    assert checkpoints.sniff(tmp_path / "latest")
+    assert not checkpoints.sniff(tmp_path / "notes" / "latest")
+    assert checkpoints.sniff(tmp_path / "global_step5" / "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt")
+
+
+def test_deepspeed_step_comes_from_global_steps_under_a_custom_tag(tmp_path, ds_save):
+    ds_checkpoint(ds_save, tmp_path / "ckpt" / "best", global_steps=37)
+    (tmp_path / "ckpt" / "latest").write_text("best")
+    piece = read_dir(tmp_path)
+    assert [(c.path, c.step) for c in piece.checkpoints] == [("ckpt/best", 37)]
+    assert [n.message for n in piece.notes if n.file == "ckpt/latest"] == [
+        "DeepSpeed `latest` names tag best (ckpt/best) as the newest checkpoint"]
+
+
+def test_deepspeed_step_comes_from_the_folder_name_without_loading(tmp_path, monkeypatch):
+    folder = tmp_path / "global_step300"
+    folder.mkdir()
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"):
+        (folder / name).write_bytes(b"not read")
+    monkeypatch.setattr(torch, "load", lambda *a, **k: pytest.fail("loaded"))
+    (ckpt,) = read_dir(tmp_path, scan=False).checkpoints
+    assert (ckpt.path, ckpt.step, ckpt.format, ckpt.stats) == ("global_step300", 300, "deepspeed", None)
+
+
+def test_deepspeed_latest_behind_a_newer_folder_is_noted(tmp_path, ds_save):
+    ds_checkpoint(ds_save, tmp_path / "global_step10", global_steps=10)
+    ds_checkpoint(ds_save, tmp_path / "global_step20", global_steps=20)
+    (tmp_path / "latest").write_text("global_step10")
+    piece = read_dir(tmp_path)
+    assert [c.step for c in piece.checkpoints] == [10, 20]
+    (note,) = [n for n in piece.notes if n.file == "latest"]
+    assert "names tag global_step10 (step 10), but global_step20 (step 20) is newer" in note.message
+
+
+def test_deepspeed_latest_naming_a_missing_tag_is_noted(tmp_path, ds_save):
+    ds_checkpoint(ds_save, tmp_path / "global_step10", global_steps=10)
+    (tmp_path / "latest").write_text("global_step40")
+    (note,) = [n for n in read_dir(tmp_path).notes if n.file == "latest"]
+    assert note.message == "DeepSpeed `latest` names tag global_step40, but global_step40 is not in the run directory"
+
+
+def test_deepspeed_nonfinite_values_in_weights_and_shards_are_counted(tmp_path, ds_save):
+    ds_checkpoint(ds_save, tmp_path / "global_step20", nan_weight=3, inf_exp_avg_sq=2)
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    weights = {t.name: t for t in ckpt.stats.tensors}
+    optimizer = {t.name: t for t in ckpt.stats.optimizer_tensors}
+    assert weights["0.weight"].nonfinite == 3 and optimizer["fp32_master_weights"].nonfinite == 3
+    assert optimizer["exp_avg_sq"].nonfinite == 2 and optimizer["exp_avg"].nonfinite == 0
+    assert ckpt.stats.nonfinite == 8
+
+
+def test_deepspeed_bf16_shards_have_no_loss_scale(tmp_path, ds_save):
+    ds_checkpoint(ds_save, tmp_path / "global_step20", prefix="bf16_", loss_scaler=LossScaler(1.0))
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.error is None and ckpt.stats.scaler is None
+    assert {t.name for t in ckpt.stats.optimizer_tensors} == {"exp_avg", "exp_avg_sq", "fp32_master_weights"}
+
+
+def test_deepspeed_zero3_weights_are_only_in_the_shards(tmp_path, ds_save):
+    model = ds_model()
+    folder = tmp_path / "global_step20"
+    placeholders = {n: torch.empty(0) for n, _ in model.named_parameters()} | {"position_ids": torch.arange(6.0)}
+    for rank, shard in enumerate(zero_shards(model, 3, stage=3)):
+        ds_save(model_states(model, module=placeholders), folder / f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt")
+        ds_save(shard, folder / f"zero_pp_rank_{rank}_mp_rank_00_optim_states.pt")
+    piece = read_dir(tmp_path)
+    (ckpt,) = piece.checkpoints
+    assert ckpt.error is None and [t.name for t in ckpt.stats.tensors] == ["position_ids"]  # once, not per rank
+    master = {t.name: t for t in ckpt.stats.optimizer_tensors}["fp32_master_weights"]
+    assert master.numel == sum(p.numel() for p in model.parameters()) + 1  # stage 3 keeps the alignment padding
+    assert any("ZeRO-3" in n.message and n.file == "global_step20" for n in piece.notes)
+
+
+def test_hf_trainer_with_deepspeed_is_one_hf_checkpoint(tmp_path, ds_save):
+    folder = tmp_path / "checkpoint-20"
+    model = ds_checkpoint(ds_save, folder / "global_step20")
+    (folder / "latest").write_text("global_step20")
+    save_file({n: t.contiguous() for n, t in model.state_dict().items()}, str(folder / "model.safetensors"))
+    piece = read_dir(tmp_path)
+    (ckpt,) = piece.checkpoints
+    assert (ckpt.path, ckpt.step, ckpt.format, ckpt.error) == ("checkpoint-20", 20, "hf", None)
+    names = [t.name for t in ckpt.stats.tensors]
+    assert sorted(names) == sorted(model.state_dict())  # the module in the model states repeats them: listed once
+    assert "fp32_master_weights" in {t.name for t in ckpt.stats.optimizer_tensors}
+    assert any(n.file == "checkpoint-20/latest" and "as the newest" in n.message for n in piece.notes)
+
+
+def test_deepspeed_missing_shard_and_model_states_are_noted(tmp_path, ds_save):
+    folder = tmp_path / "global_step20"
+    ds_checkpoint(ds_save, folder, ranks=4)
+    (folder / "zero_pp_rank_2_mp_rank_00_optim_states.pt").unlink()
+    (folder / "mp_rank_00_model_states.pt").unlink()
+    piece = read_dir(tmp_path)
+    (ckpt,) = piece.checkpoints
+    assert (ckpt.step, ckpt.error) == (20, None) and not ckpt.stats.tensors and ckpt.stats.optimizer_tensors
+    messages = [n.message for n in piece.notes if n.file == "global_step20"]
+    assert any("3 of 4 ZeRO optimizer shards" in m and "ranks 2 missing" in m for m in messages)
+    assert any("without its model states" in m for m in messages)
+
+
+def test_deepspeed_truncated_shard_is_an_error_not_a_crash(tmp_path, ds_save):
+    folder = tmp_path / "global_step20"
+    ds_checkpoint(ds_save, folder)
+    shard = folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:300])
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.error.startswith("zero_pp_rank_1_mp_rank_00_optim_states.pt: truncated or corrupt")
+    assert ckpt.step == 20 and ckpt.stats.tensors and ckpt.stats.optimizer_tensors  # what was readable is kept
+
+
+def test_deepspeed_shard_of_the_wrong_shape_is_tolerated(tmp_path, ds_save):
+    folder = tmp_path / "global_step20"
+    ds_checkpoint(ds_save, folder)
+    torch.save({"something": "else"}, folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    torch.save([1, 2, 3], folder / "zero_pp_rank_1_mp_rank_00_optim_states.pt")
+    torch.save({"module": None, "global_steps": "twenty"}, folder / "mp_rank_00_model_states.pt")
+    (ckpt,) = read_dir(tmp_path).checkpoints
+    assert ckpt.step == 20 and "no optimizer_state_dict" in ckpt.error
+
+
+def test_deepspeed_shard_naming_another_global_is_refused_and_nothing_runs(tmp_path, ds_save):
+    marker = tmp_path / "PWNED"
+    folder = tmp_path / "run" / "global_step20"
+    ds_checkpoint(ds_save, folder)
+    shard = zero_shards(ds_model())[0]
+    shard["evil"] = _CreatesFile(marker)
+    ds_save(shard, folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    (ckpt,) = read_dir(tmp_path / "run").checkpoints
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt: refused" in ckpt.error and "system" in ckpt.error
+    assert not marker.exists()
+
+
+class _RunsOnLoad:
+    """A class under a deepspeed. name whose unpickling would create the marker file, if it were ever used."""
+
+    marker: Path
+
+    def __init__(self):
+        self.payload = 1  # some state, so that unpickling calls __setstate__
+
+    def __setstate__(self, state):
+        self.marker.touch()
+
+
+def test_deepspeed_classes_are_never_imported_or_run(tmp_path, ds_save, monkeypatch):
+    marker = tmp_path / "RAN"
+    folder = tmp_path / "run" / "global_step20"
+    ds_checkpoint(ds_save, folder)
+    _RunsOnLoad.marker = marker
+    shard = zero_shards(ds_model())[0]
+    shard["optimizer_state_dict"]["extra"] = _RunsOnLoad()
+    hostile = ("deepspeed.runtime.hostile", _RunsOnLoad)
+    ds_save(shard, folder / "zero_pp_rank_0_mp_rank_00_optim_states.pt", extra=(hostile,))
+    # DeepSpeed's modules importable while reading, as on a machine with DeepSpeed installed:
+    for name in ("deepspeed", "deepspeed.runtime", "deepspeed.runtime.hostile"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["deepspeed.runtime.hostile"]._RunsOnLoad = _RunsOnLoad
+    (ckpt,) = read_dir(tmp_path / "run").checkpoints
+    assert ckpt.error is None and not marker.exists()
+    pickle.loads(pickle.dumps(_RunsOnLoad()))  # the class is live: plain unpickling runs it
+    assert marker.exists()
