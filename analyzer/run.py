@@ -22,8 +22,11 @@ import pandas as pd
 
 CANONICAL_METRICS = (
     "loss", "eval_loss", "lr", "grad_norm", "kd_loss", "kd_raw", "temperature", "lm_loss", "ppl", "eval_ppl",
-    "steps_per_s", "tokens_per_s", "loss_scale", "mask_ratio", "epoch", "param_norm", "update_ratio",
+    "steps_per_s", "tokens_per_s", "loss_scale", "mask_ratio", "epoch", "param_norm", "update_ratio", "wall_time",
 )
+# The training loop's clock: seconds since the epoch of each logged training step, kept by the readers of formats
+# that time every point (TensorBoard, MLflow, W&B, tables with a timestamp column). Not a quantity to judge or plot.
+CLOCK_METRIC = "wall_time"
 
 # Aliases seen in the wild, after normalisation (lower case, spaces and dashes as "_", split prefix removed).
 METRIC_ALIASES: Mapping[str, str] = {
@@ -45,6 +48,7 @@ METRIC_ALIASES: Mapping[str, str] = {
     "epoch": "epoch",
     "param_norm": "param_norm", "weight_norm": "param_norm",
     "update_ratio": "update_ratio", "update_to_weight": "update_ratio",
+    "wall_time": "wall_time",
 }
 
 _EVAL_PREFIXES = ("eval/", "val/", "valid/", "validation/", "eval_", "val_", "valid_", "validation_", "dev_", "dev/")
@@ -186,7 +190,7 @@ class Checkpoint:
 
     path: str  # relative to the run dir
     step: int | None
-    format: str  # torch | safetensors | hf | lightning | lfs-pointer
+    format: str  # torch | safetensors | hf | lightning | deepspeed | lfs-pointer
     stats: CheckpointStats | None = None
     error: str | None = None  # why it could not be read (refused pickle, LFS pointer, corrupt file)
 
