@@ -220,10 +220,13 @@ class Ingested:
     Each frame has columns step (int), name (str, as logged), value (float), line (int: 1-based line or record
     number) and optionally split ("train"/"eval", else inferred from the name) and rank (int, default 0).
     Frames must be in file order: a step that goes backwards means a restart.
+    `clocks` are frames of the same shape holding only CLOCK_METRIC points (the time a format wrote with each
+    point), kept apart so that `frames` stay what the file logged; build_run reads them after the frames.
     """
 
     format: str
     frames: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (file, frame)
+    clocks: list[tuple[str, pd.DataFrame]] = field(default_factory=list)  # (file, frame of CLOCK_METRIC points)
     hparams: list[tuple[str, Any, str, str]] = field(default_factory=list)  # (name, value, file, key)
     events: list[Event] = field(default_factory=list)
     checkpoints: list[Checkpoint] = field(default_factory=list)
@@ -233,6 +236,10 @@ class Ingested:
     def add_frame(self, file: str, frame: pd.DataFrame) -> None:
         if len(frame):
             self.frames.append((file, frame))
+
+    def add_clock(self, file: str, frame: pd.DataFrame) -> None:
+        if len(frame):
+            self.clocks.append((file, frame))
 
     def add_hparams(self, values: Mapping[str, Any], file: str, prefix: str = "") -> None:
         """Flatten a (nested) config mapping into hparams; the canonical name comes from the last key."""
@@ -470,7 +477,7 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
     sources: list[str] = []
     frames, row_codes = [], []
     for piece in pieces:
-        for file, frame in piece.frames:
+        for file, frame in [*piece.frames, *piece.clocks]:
             if file not in sources:
                 sources.append(file)
             normalised, metric_of, pair_codes = _normalise_frame(frame, sources.index(file))
