@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from analyzer.ingest import clock
 from analyzer.run import Event, Ingested, Note
 from analyzer.ingest.paths import relative
 
@@ -119,9 +120,15 @@ def _read_file_store(runs: list[_FileRun], root: Path, out: Ingested) -> None:
     chosen = _choose(runs, lambda r: bool(r.files.get("metrics")), lambda r: _number(r.meta.get("start_time")))
     _note_others(out, [r for r in runs if r is not chosen], lambda r: f"{r.name} ({r.folder.name})",
                  relative(chosen.folder, root))
+    metric_files = []
     for key, path in sorted(chosen.files.get("metrics", [])):
         frame = _read_metric_file(path, relative(path, root), out.notes)
-        out.add_frame(relative(path, root), frame.assign(name=key))
+        metric_files.append((relative(path, root), frame.assign(name=key)))
+    # Every point carries its time: the clock is the training loss's (its metric file's times).
+    loop = clock.frames_loop_metric(frame for _, frame in metric_files)
+    for rel, frame in metric_files:
+        out.add_frame(rel, frame.drop(columns="time"))
+        out.add_clock(rel, clock.clock_rows(frame, frame["time"].to_numpy(), loop))
     for key, path in sorted(chosen.files.get("params", [])):
         try:
             value = path.read_text(encoding="utf-8", errors="replace")
@@ -146,12 +153,13 @@ def _load_meta(path: Path, root: Path, out: Ingested) -> dict[str, Any]:
 
 
 def _read_metric_file(path: Path, rel: str, notes: list[Note]) -> pd.DataFrame:
-    """One metric file: a frame of step, value, line. Whole-buffer parsing, no Python loop per line."""
+    """One metric file: a frame of step, value, line and time (seconds since the epoch, NaN where unusable).
+    Whole-buffer parsing, no Python loop per line."""
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as error:
         notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
-        return pd.DataFrame({"step": [], "value": [], "line": []})
+        return pd.DataFrame({"step": [], "value": [], "line": [], "time": []})
     lines = pd.Series(text.split("\n"))
     truncated = not text.endswith("\n") and text != ""
     parts = lines.str.extract(METRIC_LINE)
@@ -180,8 +188,9 @@ def _read_metric_file(path: Path, rel: str, notes: list[Note]) -> pd.DataFrame:
         step_values = np.arange(len(rows), dtype=np.int64)
     else:
         step_values = pd.to_numeric(parts[2].iloc[rows]).astype("int64").to_numpy()  # exact: parsed as int
+    times = clock.epoch_seconds(pd.to_numeric(parts[0].iloc[rows], errors="coerce").to_numpy(dtype="float64"))
     return pd.DataFrame({"step": step_values, "value": values.iloc[rows].to_numpy(dtype="float64"),
-                         "line": rows.astype("int64") + 1})
+                         "line": rows.astype("int64") + 1, "time": times})
 
 
 def parse_param(text: str) -> Any:
@@ -251,10 +260,10 @@ def _read_db_runs(connection: sqlite3.Connection, rel: str, out: Ingested) -> No
                  f"{rel} run {chosen[1] or chosen[0]}")
     run_id = chosen[0]
     rows = connection.execute(
-        "SELECT rowid, key, value, step, is_nan FROM metrics WHERE run_uuid = ? ORDER BY rowid", (run_id,)
+        "SELECT rowid, key, value, step, is_nan, timestamp FROM metrics WHERE run_uuid = ? ORDER BY rowid", (run_id,)
     ).fetchall()
     if rows:
-        rowid, keys, values, steps, is_nan = (np.asarray(column) for column in zip(*rows))
+        rowid, keys, values, steps, is_nan, stamps = (np.asarray(column) for column in zip(*rows))
         values = values.astype("float64")
         values = np.where(is_nan.astype(bool), np.nan, values)
         values = np.where(values >= DBL_MAX, np.inf, np.where(values <= -DBL_MAX, -np.inf, values))
@@ -263,6 +272,9 @@ def _read_db_runs(connection: sqlite3.Connection, rel: str, out: Ingested) -> No
         # One frame per metric key, in logging order, so a step that goes back is a restart of that metric only.
         for _, group in frame.groupby("name", sort=True):
             out.frames.append((rel, group.reset_index(drop=True)))
+        # Every point carries its time (ms): the clock is the training loss's.
+        times = clock.epoch_seconds(pd.to_numeric(pd.Series(stamps), errors="coerce").to_numpy(dtype="float64"))
+        out.add_clock(rel, clock.clock_rows(frame, times, clock.frames_loop_metric([frame])))
     for key, value in connection.execute("SELECT key, value FROM params WHERE run_uuid = ? ORDER BY key",
                                          (run_id,)):
         out.add_hparams({str(key): parse_param(str(value))}, rel)

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from analyzer import lineindex, prefetch
-from analyzer.run import Ingested, Note
+from analyzer.ingest import clock
+from analyzer.run import CLOCK_METRIC, Ingested, Note
 from analyzer.ingest.paths import relative
 
 FORMAT = "table"
@@ -28,6 +29,10 @@ LONG_NAME_COLUMNS = ("metric", "name", "tag", "key")  # long format: one (step, 
 # Bookkeeping columns that are numbers but not training metrics.
 NOT_METRICS = {"rank", "split", "timestamp", "_timestamp", "_runtime", "time_stamp", "wall_time", "walltime",
                "wallclock", "date", "datetime", "created_at", "local_rank", "global_rank", "process_index"}
+# Columns that may hold each record's wall-clock time, by preference; kept as the run's clock where their values
+# read as times since the epoch (`time` is often a duration per step instead, and then stays a metric).
+CLOCK_COLUMNS = ("wall_time", "walltime", "wallclock", "_timestamp", "timestamp", "time_stamp", "time", "datetime")
+TIME_UNITS = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}  # ticks per second of pyarrow's timestamp types
 EVAL_SPLITS = {"eval", "evaluation", "val", "valid", "validation", "dev", "test"}
 TRAIN_SPLITS = {"train", "training"}
 MAX_STEP = 2.0 ** 53  # beyond this a float step is no longer an exact integer
@@ -53,6 +58,7 @@ class Column:
     values: np.ndarray
     valid: np.ndarray | None = None  # None: every row holds a value
     dictionary: tuple[np.ndarray, np.ndarray] | None = None  # text read as (codes, words): values is words[codes]
+    is_time: bool = False  # date-times the parser recognised, as seconds since the epoch: never a metric
 
     @property
     def is_numeric(self) -> bool:
@@ -380,6 +386,9 @@ def _arrow_columns(table) -> dict[str, Column]:
         elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
             codes, words = _arrow_strings(col)
             columns[name] = Column(words[codes], valid, dictionary=(codes, words))
+        elif pa.types.is_timestamp(kind):  # a clock column written as text (naive times read as UTC)
+            ticks = pc.cast(col, pa.int64()).to_numpy(zero_copy_only=False).astype("float64")
+            columns[name] = Column(ticks / TIME_UNITS[kind.unit], valid, is_time=True)
         elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
             values = col.to_numpy(zero_copy_only=False)
             columns[name] = Column(np.array([v.decode("utf-8", "replace") if isinstance(v, bytes) else v
@@ -512,11 +521,13 @@ def tidy(parsed: Parsed, file: str, rank: int | None = None) -> Table:
     split = _split_column(columns, lower)
     ranks = _rank_column(columns, lower, rank)
 
+    clock_name, times = _clock_column(columns, lower)
+
     long_name = next((lower[c] for c in LONG_NAME_COLUMNS if c in lower and not columns[lower[c]].is_numeric), None)
     if long_name is not None and "value" in lower:
         metrics = _long_metrics(columns[long_name], columns[lower["value"]], file, notes, parsed)
     else:
-        skip = {step_name.lower(), *STEP_COLUMNS[:-1], *NOT_METRICS}
+        skip = {step_name.lower(), *STEP_COLUMNS[:-1], *NOT_METRICS} | ({clock_name.lower()} if clock_name else set())
         metrics = _wide_metrics(columns, skip, file, notes, parsed)
 
     pieces_idx, pieces_val, pieces_name = [], [], []
@@ -531,6 +542,12 @@ def tidy(parsed: Parsed, file: str, rank: int | None = None) -> Table:
     if not pieces_idx:
         notes.append(Note(file, "no numeric metric columns"))
         return Table(None, notes)
+    if times is not None:
+        clock_idx = _clock_rows(pieces_idx, pieces_name, split, times)
+        if len(clock_idx):
+            pieces_idx.append(clock_idx)
+            pieces_val.append(times[clock_idx])
+            pieces_name.append((CLOCK_METRIC, len(clock_idx)))
     idx = np.concatenate(pieces_idx)
     value = np.concatenate(pieces_val)
     if parsed.sentinels:
@@ -542,6 +559,52 @@ def tidy(parsed: Parsed, file: str, rank: int | None = None) -> Table:
     if ranks is not None:
         frame["rank"] = ranks if np.isscalar(ranks) else ranks[idx]
     return Table(pd.DataFrame(frame, copy=False), notes)
+
+
+def _clock_column(columns: dict[str, Column], lower: dict[str, str]) -> tuple[str | None, np.ndarray | None]:
+    """(column, each row's time in seconds since the epoch, NaN where none) of the first clock column whose values
+    read as such (numbers in s/ms/us/ns, or date-time text), else (None, None)."""
+    for key in CLOCK_COLUMNS:
+        if key not in lower:
+            continue
+        col = columns[lower[key]]
+        if col.is_numeric:
+            values = col.values.astype("float64", copy=True)
+            if col.valid is not None:
+                values[~col.valid] = np.nan
+            if not clock.is_epoch_clock(values):
+                continue
+            return lower[key], clock.epoch_seconds(values)
+        if col.values.dtype == object:  # date-time text the parser left as text (the slow JSON path)
+            stamps = pd.to_datetime(pd.Series(col.values, dtype=object), utc=True, errors="coerce", format="ISO8601")
+            values = (stamps - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype="float64", copy=True)
+            present = pd.notna(col.values) if col.valid is None else col.valid & pd.notna(col.values)
+            values[~present] = np.nan
+            seconds = clock.epoch_seconds(values)
+            if np.isfinite(seconds).sum() * 2 > present.sum():  # mostly date-times, not a column of words
+                return lower[key], seconds
+    return None, None
+
+
+def _clock_rows(pieces_idx: list[np.ndarray], pieces_name: list[tuple[Any, int]], split: np.ndarray | None,
+                times: np.ndarray) -> np.ndarray:
+    """Rows whose time is the training loop's clock: those holding a point of the loop metric (clock.loop_metric:
+    the training loss, else the most logged training metric), not marked eval, with a time."""
+    not_eval = None if split is None else split != SPLITS.index("eval")
+    counts: dict[str, int] = {}
+    names_of = []  # per piece: each row's name (a str for a wide column, an array for the long format)
+    for idx, (name, _) in zip(pieces_idx, pieces_name):
+        train = np.ones(len(idx), dtype=bool) if not_eval is None else not_eval[idx]
+        if isinstance(name, str):
+            counts[name] = counts.get(name, 0) + int(train.sum())
+        else:
+            for key, count in pd.Series(name[train]).value_counts(sort=False).items():
+                counts[str(key)] = counts.get(str(key), 0) + int(count)
+        names_of.append((idx, name, train))
+    loop = clock.loop_metric(counts, counts.values())
+    rows = [idx[train & (name == loop)] for idx, name, train in names_of if not isinstance(name, str) or name == loop]
+    rows = np.concatenate(rows) if rows else np.zeros(0, dtype="int64")
+    return np.sort(rows[np.isfinite(times[rows])])
 
 
 def _names(pieces: list[tuple[Any, int]]) -> pd.Categorical:
@@ -625,7 +688,7 @@ def _rank_column(columns: dict[str, Column], lower: dict[str, str], rank: int | 
 def _wide_metrics(columns: dict[str, Column], skip: set[str], file: str, notes: list[Note], parsed: Parsed):
     out = []
     for name, col in columns.items():
-        if name.strip().lower() in skip:
+        if name.strip().lower() in skip or col.is_time:
             continue
         if col.is_numeric:
             out.append((name, col.values, col.valid))

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analyzer.ingest import _protobuf as pb
+from analyzer.ingest import clock
 from analyzer.run import Ingested, Note
 from analyzer.ingest.paths import relative
 
@@ -27,7 +28,7 @@ EVAL_DIRS = {"eval", "evaluation", "val", "valid", "validation"}  # Keras writes
 FILE_TIME = re.compile(r"tfevents\.(\d+)")
 
 # Field numbers, from tensorboard/compat/proto/{event,summary,tensor,tensor_shape}.proto.
-EVENT_STEP, EVENT_SUMMARY = 2, 5
+EVENT_WALL_TIME, EVENT_STEP, EVENT_SUMMARY = 1, 2, 5
 SUMMARY_VALUE = 1
 VALUE_TAG, VALUE_SIMPLE, VALUE_TENSOR, VALUE_METADATA = 1, 2, 8, 9
 METADATA_PLUGIN, PLUGIN_NAME, PLUGIN_CONTENT = 1, 1, 2
@@ -52,6 +53,7 @@ def sniff(path: Path) -> bool:
 
 def read(paths: list[Path], root: Path) -> Ingested:
     out = Ingested(FORMAT)
+    read_files = []
     for path in sorted(paths, key=_write_order):
         rel = relative(path, root)
         try:
@@ -59,12 +61,18 @@ def read(paths: list[Path], root: Path) -> Ingested:
         except OSError as error:
             out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
             continue
-        frame, hparams = _read_events(data, rel, out.notes)
+        frame, times, hparams = _read_events(data, rel, out.notes)
         if _is_eval_dir(path, root):
             frame["split"] = "eval"
-        out.add_frame(rel, frame)
+        read_files.append((rel, frame, times))
         if hparams:
             out.add_hparams(hparams, rel)
+    # Every Event carries its wall time: the clock is that of the training loss's events, whichever file holds them
+    # (one tag for all files, so a second writer's points never interleave with the loop's).
+    loop = clock.frames_loop_metric(frame for _, frame, _ in read_files)
+    for rel, frame, times in read_files:
+        out.add_frame(rel, frame)
+        out.add_clock(rel, clock.clock_rows(frame, times, loop))
     return out
 
 
@@ -128,9 +136,11 @@ def _data_crc_ok(data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.nda
 
 # --- Event records ----------------------------------------------------------------------------------------------------
 
-def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame, dict]:
+def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """(step, name, value, line frame; each row's wall time in seconds since the epoch, NaN where unusable;
+    hparams)."""
     starts, lengths = frame_records(data, rel, notes)
-    steps, names, values, lines, used = [], [], [], [], []
+    steps, names, values, lines, used, times = [], [], [], [], [], []
     hparams: dict = {}
     plugins: dict[str, str] = {}  # tag -> plugin: metadata comes only with a tag's first value
     undecodable = []
@@ -144,18 +154,20 @@ def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame
             continue
         if found is None:
             continue
-        step, points = found
+        step, wall_time, points = found
         for name, value in points:
             steps.append(step)
             names.append(name)
             values.append(value)
             lines.append(index + 1)
+            times.append(wall_time)
         used.append(index)
     if undecodable:
         notes.append(Note(rel, "records that are not a well-formed Event were skipped", line=undecodable[0] + 1,
                           count=len(undecodable)))
     frame = pd.DataFrame({"step": np.asarray(steps, dtype=np.int64), "name": np.asarray(names, dtype=object),
                           "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)})
+    wall_times = clock.epoch_seconds(np.asarray(times, dtype=np.float64))
     if used:  # payload checksums, checked for the records that gave us something
         used_idx = np.asarray(used)
         ok = _data_crc_ok(data, starts[used_idx], lengths[used_idx])
@@ -163,15 +175,19 @@ def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame
             bad_lines = set((used_idx[~ok] + 1).tolist())
             notes.append(Note(rel, "records whose payload checksum is wrong (corrupt) were skipped",
                               line=min(bad_lines), count=len(bad_lines)))
-            frame = frame[~frame["line"].isin(bad_lines)].reset_index(drop=True)
-    return frame, hparams
+            kept = ~frame["line"].isin(bad_lines).to_numpy()
+            frame, wall_times = frame[kept].reset_index(drop=True), wall_times[kept]
+    return frame, wall_times, hparams
 
 
-def _decode_event(record: bytes, plugins: dict[str, str], hparams: dict) -> tuple[int, list] | None:
-    step, summary = 0, None
+def _decode_event(record: bytes, plugins: dict[str, str], hparams: dict) -> tuple[int, float, list] | None:
+    """(step, wall time, [(tag, value)]) of one Event record with scalar values, else None."""
+    step, wall_time, summary = 0, np.nan, None
     for number, wire, value in pb.fields(record):
         if number == EVENT_STEP and wire == pb.VARINT:
             step = pb.as_int64(value)
+        elif number == EVENT_WALL_TIME and wire == pb.I64:
+            wall_time = pb.as_double(value)
         elif number == EVENT_SUMMARY and wire == pb.LEN:
             summary = value
     if summary is None:
@@ -182,7 +198,7 @@ def _decode_event(record: bytes, plugins: dict[str, str], hparams: dict) -> tupl
             point = _decode_value(value, plugins, hparams)
             if point is not None:
                 points.append(point)
-    return (step, points) if points else None
+    return (step, wall_time, points) if points else None
 
 
 def _decode_value(raw: bytes, plugins: dict[str, str], hparams: dict) -> tuple[str, float] | None:

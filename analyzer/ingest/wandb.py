@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from analyzer.ingest import _protobuf as pb
+from analyzer.ingest import clock
 from analyzer.run import Event, Ingested, Note
 from analyzer.ingest.paths import relative
 
@@ -223,7 +224,7 @@ def _read_wandb_file(path: Path, rel: str, out: Ingested) -> _RecordFile:
     except OSError as error:
         out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
         return found
-    steps, names, values, lines = [], [], [], []
+    steps, names, values, lines, point_history = [], [], [], [], []
     history_lines, history_steps, history_times = [], [], []
     config: dict[str, Any] = {}
     undecodable: list[int] = []
@@ -240,6 +241,7 @@ def _read_wandb_file(path: Path, rel: str, out: Ingested) -> _RecordFile:
                     names.append(name)
                     values.append(value)
                     lines.append(index)
+                    point_history.append(len(history_lines) - 1)
             if RECORD_RUN in message:
                 run_config = pb.last(pb.parse(message[RECORD_RUN][-1]), RUN_CONFIG)
                 if run_config:
@@ -260,14 +262,18 @@ def _read_wandb_file(path: Path, rel: str, out: Ingested) -> _RecordFile:
     if undecodable:
         out.notes.append(Note(rel, "records that are not a well-formed W&B Record were skipped",
                               line=undecodable[0], count=len(undecodable)))
-    out.add_frame(rel, pd.DataFrame({
-        "step": np.asarray(steps, dtype=np.int64), "name": np.asarray(names, dtype=object),
-        "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)}))
-    if config:
-        out.add_hparams(config, rel)
     found.history_lines = np.asarray(history_lines, dtype=np.int64)
     found.history_steps = np.asarray(history_steps, dtype=np.int64)
     found.history_times = np.asarray(history_times, dtype=np.float64)
+    frame = pd.DataFrame({
+        "step": np.asarray(steps, dtype=np.int64), "name": np.asarray(names, dtype=object),
+        "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)})
+    out.add_frame(rel, frame)
+    # Every history row carries `_timestamp`: the clock is that of the rows that log the training loss.
+    point_times = clock.epoch_seconds(found.history_times)[np.asarray(point_history, dtype=np.int64)]
+    out.add_clock(rel, clock.clock_rows(frame, point_times, clock.frames_loop_metric([frame])))
+    if config:
+        out.add_hparams(config, rel)
     return found
 
 
@@ -373,7 +379,7 @@ def _read_history_jsonl(path: Path, root: Path, out: Ingested) -> bool:
     except OSError as error:
         out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
         return False
-    steps, names, values, lines = [], [], [], []
+    steps, names, values, lines, times = [], [], [], [], []
     garbage: list[int] = []
     rows = text.split("\n")
     # One json.loads per line: W&B writes NaN/Infinity tokens that pyarrow's JSON reader rejects; this file only
@@ -395,6 +401,8 @@ def _read_history_jsonl(path: Path, root: Path, out: Ingested) -> bool:
             continue
         step = entry.get(STEP_KEY)
         step = int(step) if isinstance(step, (int, float)) and math.isfinite(step) else len(set(lines))
+        time = entry.get(TIME_KEY)
+        time = float(time) if isinstance(time, (int, float)) and not isinstance(time, bool) else math.nan
         for key, value in entry.items():
             if not key.startswith("_"):
                 for name, number_value in _numbers(key, value):
@@ -402,12 +410,16 @@ def _read_history_jsonl(path: Path, root: Path, out: Ingested) -> bool:
                     names.append(name)
                     values.append(number_value)
                     lines.append(number)
+                    times.append(time)
     if garbage:
         out.notes.append(Note(rel, "lines that are not JSON objects were skipped", line=garbage[0],
                               count=len(garbage)))
-    out.add_frame(rel, pd.DataFrame({
+    frame = pd.DataFrame({
         "step": np.asarray(steps, dtype=np.int64), "name": np.asarray(names, dtype=object),
-        "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)}))
+        "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)})
+    out.add_frame(rel, frame)
+    times = clock.epoch_seconds(np.asarray(times, dtype=np.float64))
+    out.add_clock(rel, clock.clock_rows(frame, times, clock.frames_loop_metric([frame])))
     return bool(steps)
 
 

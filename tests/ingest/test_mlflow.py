@@ -49,7 +49,7 @@ def file_run(root: Path, run_id: str, *, start: int, name: str = "r", metrics: d
 @pytest.mark.parametrize("root", [FILESTORE, SQLITE], ids=["filestore", "sqlite"])
 def test_real_store_metrics_and_nonfinite_values(root):
     run = run_of(root)
-    assert set(run.metrics) == {"loss", "lr", "grad_norm", "eval_loss"}
+    assert set(run.metrics) == {"loss", "lr", "grad_norm", "eval_loss", "wall_time"}
     loss = run.series("loss")
     assert len(loss) == 100 and loss.index[0] == 1 and math.isnan(loss[57]) and loss.drop(57).notna().all()
     assert run.series("grad_norm")[73] == math.inf
@@ -208,3 +208,38 @@ def test_sqlite_that_is_not_mlflow_is_not_claimed(tmp_path):
     connection.execute("CREATE TABLE trials (id INTEGER)")
     connection.close()
     assert not mlflow.sniff(tmp_path / "optuna.db")
+
+
+# --- the clock: every point's timestamp (ms), kept as `wall_time` from the training loss's points ----------------
+
+@pytest.mark.parametrize("root", [FILESTORE, SQLITE], ids=["filestore", "sqlite"])
+def test_real_store_keeps_the_loss_points_timestamps_as_the_clock(root):
+    run = run_of(root)
+    clock, loss = run.series("wall_time"), run.series("loss")
+    assert list(clock.index) == list(loss.index) and clock.dtype == "float64"
+    assert 1.79e9 < clock.iloc[0] < 1.8e9 and clock.is_monotonic_increasing  # seconds since the epoch
+    if root == FILESTORE:  # cited where the loss point was written
+        file, line = run.point("wall_time", 3)
+        stamp = (FILESTORE / file).read_text().splitlines()[line - 1].split()[0]
+        assert file.endswith("/metrics/loss") and clock[3] == int(stamp) / 1000
+
+
+def test_filestore_clock_is_the_train_loss_s_not_the_eval_loss_s(tmp_path):
+    file_run(tmp_path, "a", start=1, metrics={"train/loss": "1000000000000 2.5 1\n1000000001500 2.0 2\n",
+                                              "eval/loss": "1000000009000 2.4 2\n"})
+    run = run_of(tmp_path)
+    assert run.series("wall_time").to_dict() == {1: 1e9, 2: 1e9 + 1.5}
+    assert [frame["name"].iloc[0] for _, frame in read_dir(tmp_path).frames] == ["eval/loss", "train/loss"]
+
+
+def test_sqlite_clock_from_the_timestamp_column(tmp_path):
+    make_db(tmp_path / "mlflow.db", [("r1", "x", "FINISHED", 1, "active")],
+            [("loss", 2.0, "r1", 1, 0), ("loss", 1.0, "r1", 2, 0)])
+    with sqlite3.connect(tmp_path / "mlflow.db") as connection:
+        connection.execute("UPDATE metrics SET timestamp = 1700000000000 + 250 * step")
+    assert run_of(tmp_path).series("wall_time").to_dict() == {1: 1700000000.25, 2: 1700000000.5}
+
+
+def test_timestamps_that_are_no_time_give_no_clock(tmp_path):
+    file_run(tmp_path, "a", start=1, metrics={"loss": "10 2.5 1\n11 2.0 2\n"})
+    assert not run_of(tmp_path).has("wall_time")

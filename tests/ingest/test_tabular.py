@@ -289,3 +289,46 @@ def test_steps_beyond_integer_range_are_ignored_with_a_note(tmp_path):
     result = table(path)
     assert series(result.frame, "loss") == {1: 3.0}
     assert any("too large" in n.message and n.count == 2 for n in result.notes)
+
+
+# --- the clock: each record's wall time, kept as `wall_time` ---------------------------------------------------------
+
+def test_timestamp_column_is_the_clock_of_the_loss_rows(tmp_path, token_path):
+    path = write(tmp_path, "m.jsonl",
+                 '{"step": 1, "loss": 3.0, "timestamp": 1700000000.5}\n'
+                 '{"step": 2, "loss": 2.9, "timestamp": 1700000001.5}\n'
+                 '{"step": 2, "split": "eval", "loss": 2.95, "timestamp": 1700000030.0}\n'
+                 '{"step": 3, "loss": NaN, "timestamp": 1700000031.0}\n')
+    run = run_of(path)
+    assert run.series("wall_time").to_dict() == {1: 1700000000.5, 2: 1700000001.5, 3: 1700000031.0}
+    assert run.series("wall_time").dtype == np.float64 and "timestamp" not in run.metrics
+    assert run.point("wall_time", 2) == ("m.jsonl", 2)  # the training row's, not the eval row's
+
+
+@pytest.mark.parametrize("name, values, expected", [
+    ("_timestamp", ("1700000000000", "1700000000250"), (1700000000.0, 1700000000.25)),  # ms
+    ("wall_time", ("1700000000", "1700000002"), (1700000000.0, 1700000002.0)),
+    ("time", ("2024-01-01T00:00:00Z", "2024-01-01T00:00:02.5Z"), (1704067200.0, 1704067202.5)),
+    ("datetime", ("2024-01-01 00:00:00", "2024-01-01 00:00:01"), (1704067200.0, 1704067201.0)),  # naive: as UTC
+])
+def test_clock_columns_in_seconds_milliseconds_or_text(tmp_path, name, values, expected):
+    path = write(tmp_path, "m.csv", f"step,loss,{name}\n1,3.0,{values[0]}\n2,2.9,{values[1]}\n")
+    run = run_of(path)
+    assert tuple(run.series("wall_time")) == pytest.approx(expected, rel=0, abs=1e-6)
+    assert set(run.metrics) == {"loss", "wall_time"}
+
+
+def test_a_time_column_that_is_no_clock_stays_a_metric(tmp_path):
+    path = write(tmp_path, "m.csv", "step,loss,time\n1,3.0,0.12\n2,2.9,0.13\n")  # seconds per step
+    run = run_of(path)
+    assert "wall_time" not in run.metrics and run.series("time").tolist() == [0.12, 0.13]
+
+
+def test_clock_of_a_long_table_and_of_a_table_without_loss(tmp_path):
+    long = write(tmp_path, "long.csv", "step,metric,value,timestamp\n1,loss,3.0,1700000000000\n"
+                                       "1,lr,0.1,1700000000900\n2,loss,2.9,1700000001000\n2,lr,0.1,1700000001900\n")
+    assert run_of(long).series("wall_time").to_dict() == {1: 1700000000.0, 2: 1700000001.0}
+    (tmp_path / "long.csv").unlink()
+    wide = write(tmp_path, "acc.jsonl", '{"step": 1, "acc": 0.5, "_timestamp": 1700000000}\n'
+                                        '{"step": 2, "acc": 0.6, "_timestamp": 1700000003}\n')
+    assert run_of(wide).series("wall_time").to_dict() == {1: 1700000000.0, 2: 1700000003.0}

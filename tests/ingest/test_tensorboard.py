@@ -227,3 +227,39 @@ def test_read_speed_is_reasonable(tmp_path):
     frame = read_dir(tmp_path).frames[0][1]
     assert len(frame) == 40_000 and np.isfinite(frame["value"]).all()
     assert time.perf_counter() - start < 2.0
+
+
+# --- the clock: every Event's wall_time, kept as `wall_time` from the training loss's events ------------------------
+
+def test_real_files_keep_the_loss_events_wall_time_per_segment():
+    piece = read_dir(SCALARS)
+    assert [len(frame) for _, frame in piece.clocks] == [300, 151]  # train/loss events of each file
+    from analyzer.detectors.stats import segment_series
+
+    run = build_run(SCALARS, [piece])
+    first, second = segment_series(run, "wall_time")
+    assert (first.index[0], first.index[-1], second.index[0], second.index[-1]) == (1, 300, 200, 350)
+    assert first.is_monotonic_increasing and second.iloc[0] > first.iloc[-1] + 1.0  # the restart slept 1.1 s
+    assert run.series("wall_time").dtype == "float64" and 1.79e9 < run.series("wall_time").iloc[0] < 1.8e9
+    assert run.point("wall_time", 250) == run.point("loss", 250)
+
+
+def test_clock_is_the_training_loss_s_wall_time_not_eval_s(tmp_path):
+    write(tmp_path, tb_event(1, tb_simple("train/loss", 2.0), wall_time=1.7e9),
+          tb_event(1, tb_simple("eval/loss", 2.1), wall_time=1.7e9 + 50),
+          tb_event(2, tb_simple("train/loss", 1.9), wall_time=1.7e9 + 0.5))
+    run = build_run(tmp_path, [read_dir(tmp_path)])
+    assert run.series("wall_time").to_dict() == {1: 1.7e9, 2: 1.7e9 + 0.5}
+
+
+def test_without_a_loss_the_most_logged_training_tag_times_the_loop(tmp_path):
+    write(tmp_path, *(tb_event(s, tb_simple("acc", 0.5), wall_time=1.7e9 + s) for s in range(3)),
+          tb_event(2, tb_simple("lr", 0.1), wall_time=1.7e9 + 10))
+    assert build_run(tmp_path, [read_dir(tmp_path)]).series("wall_time").tolist() == [1.7e9, 1.7e9 + 1, 1.7e9 + 2]
+
+
+def test_events_without_a_wall_time_give_no_clock(tmp_path):
+    write(tmp_path, tb_event(1, tb_simple("loss", 1.0), wall_time=0.0), tb_event(2, tb_simple("loss", 0.9),
+                                                                                 wall_time=0.0))
+    piece = read_dir(tmp_path)
+    assert piece.clocks == [] and set(points(piece)) == {"loss"}

@@ -48,7 +48,7 @@ def write_run(root: Path, *records: bytes, folder: str = "offline-run-20260101_1
 @pytest.mark.parametrize("root", [OFFLINE, LEGACY], ids=["wandb-0.31", "wandb-0.16"])
 def test_real_offline_run_history(root):
     run = run_of(root)
-    assert set(run.metrics) == {"loss", "lr", "grad_norm", "eval_loss"}
+    assert set(run.metrics) == {"loss", "lr", "grad_norm", "eval_loss", "wall_time"}
     loss = run.series("loss")
     assert list(loss.index) == list(range(1, 101)) and math.isnan(loss[42]) and loss.drop(42).notna().all()
     assert list(run.series("eval_loss").index) == [20, 40, 60, 80, 100]
@@ -307,3 +307,31 @@ def test_wandb_debug_logs_beside_the_runs_are_claimed_and_ignored(tmp_path):
     assert wandb.sniff(tmp_path / "wandb" / "debug.log")
     piece = read_dir(tmp_path)
     assert len(piece.frames) == 1 and piece.notes == []
+
+
+# --- the clock: `_timestamp` of each history row, kept as `wall_time` from the rows that log the training loss ----
+
+@pytest.mark.parametrize("root", [OFFLINE, LEGACY], ids=["wandb-0.31", "wandb-0.16"])
+def test_real_offline_run_keeps_the_rows_timestamps_as_the_clock(root):
+    run = run_of(root)
+    clock = run.series("wall_time")
+    assert list(clock.index) == list(range(1, 101)) and clock.dtype == "float64"
+    assert 1.79e9 < clock.iloc[0] < 1.8e9 and clock.is_monotonic_increasing
+    file, line = run.point("wall_time", 42)
+    assert (file, line) == run.point("loss", 42)  # the history record of that row
+
+
+def test_clock_comes_from_the_rows_that_log_the_training_loss(tmp_path):
+    write_run(tmp_path, wandb_history({"_step": "1", "train/loss": "2.0", "_timestamp": "1700000000.0"}),
+              wandb_history({"_step": "2", "eval/loss": "2.1", "_timestamp": "1700000005.0"}),
+              wandb_history({"_step": "3", "train/loss": "1.9", "_timestamp": "1700000006.0"}),
+              wandb_history({"_step": "4", "train/loss": "1.8"}))  # no time: no reading
+    assert run_of(tmp_path).series("wall_time").to_dict() == {1: 1700000000.0, 3: 1700000006.0}
+
+
+def test_history_jsonl_timestamps_are_the_clock(tmp_path):
+    files = tmp_path / "wandb" / "run-20260101_120000-xyz" / "files"
+    files.mkdir(parents=True)
+    (files / "wandb-history.jsonl").write_text('{"_step": 0, "loss": 2.0, "_timestamp": 1700000000.5}\n'
+                                               '{"_step": 1, "loss": 1.0, "_timestamp": 1700000001.5}\n')
+    assert run_of(tmp_path).series("wall_time").to_dict() == {0: 1700000000.5, 1: 1700000001.5}
