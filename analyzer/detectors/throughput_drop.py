@@ -3,7 +3,8 @@
 What it detects:
     A lasting fall of the training speed to a lower level: seed 003's 1.0 -> 0.6 steps/s after the loss spike
     (memory thrashing), BLOOM-176B's 149 -> 141-142 TFLOPs. Single slow steps (an evaluation, a checkpoint save, a
-    garbage-collection pause) are not a drop.
+    garbage-collection pause) are not a drop. Where no speed is logged, the speed is read off the time the logger
+    wrote with each point (TensorBoard, MLflow, W&B, a timestamp column).
 Why it matters:
     A slower run costs more for the same result, and a sudden lasting slowdown has a cause worth finding: memory
     pressure or swapping, a debugging switch left on (autograd anomaly detection), a throttled or failing device, a
@@ -12,14 +13,24 @@ How it decides:
     Uses the first of TFLOPs (or MFU), tokens_per_s, samples_per_s, steps_per_s logged for training (work per second
     first: steps/s also falls when the batch grows, e.g. Megatron's batch-size ramp-up; steps/s is multiplied by a
     logged global_batch_size that changes); failing those, a time per iteration (elapsed ms per iteration, step
-    time, dt), inverted to a rate. The strongest level shift is found by comparing, at every point, the median of
-    the `window` points before it with the median of the `window` points from it on (medians ignore single slow
-    steps); `window` is a sixth of the points, between `min_window` and `max_window`. The shift is a drop when the
-    new level is at least `min_drop` (relative) below the old one and at least `noise_units` times the speed's own
-    relative point-to-point noise below it, and the speed then stays low: the median of everything after the shift
-    is still below the midpoint of the two levels and the last `window` points are too. The series is cut at
-    restarts (a resumed job may run on other hardware), and each piece is judged alone. Severity: warning for a drop
-    of `big_drop` or more; info below that (BLOOM's -5% TFLOPs).
+    time, dt), inverted to a rate; failing those, steps/s from the clock of the logged points (`wall_time`: the
+    time TensorBoard, MLflow, W&B or a table's timestamp column wrote with each training-loss point). There the
+    seconds per step are the gap between successive readings divided by the steps between them (logging every N
+    steps is no slowdown), within one restart segment and one rank (a resumed job's downtime and another process's
+    clock are no gap); a gap that is not positive is no value. An evaluation or a checkpoint save between two
+    readings makes one slow point, which the medians below ignore; a slow start (compilation, warm-up) is a rise,
+    never a drop. Readings a median of less than `min_clock_gap` apart are not judged: over a few milliseconds the
+    clock times Python, the OS scheduler and the timestamp's rounding (MLflow writes whole milliseconds), not the
+    training step. The strongest level shift is found by comparing, at every point, the median of the `window`
+    points before it with the median of the `window` points from it on (medians ignore single slow steps);
+    `window` is a sixth of the points, between `min_window` and `max_window`. The shift is a drop when the new level
+    is at least `min_drop` (relative) below the old one and at least `noise_units` times the speed's own relative
+    point-to-point noise below it, and the speed then stays low: the median of everything after the shift is still
+    below the midpoint of the two levels and the last `window` points are too. The drop is placed where the run of
+    points at the new level leading to the shift begins (a new level that keeps drifting down would move the
+    medians' choice late, past the log line that explains it). The series is cut at restarts (a resumed job may
+    run on other hardware), and each piece is judged alone. Severity: warning for a drop of `big_drop` or more;
+    info below that (BLOOM's -5% TFLOPs).
 What it recommends:
     Nothing numeric: the fix depends on the cause. The message names what else happened at that step (a loss spike,
     a warning line in the log), with the log lines as evidence; the report links a loss spike to it.
@@ -30,11 +41,14 @@ Parameters:
     noise_units (default 4.0): the fall must exceed this many robust point-to-point noise units.
     min_window (default 3): fewest points on each side of the shift.
     max_window (default 50): most points on each side of the shift.
+    min_clock_gap (default 0.05): seconds; the clock of the logged points is judged only where its readings are
+        at least this far apart (median), so that a millisecond of jitter is at most 2% of a gap.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -42,6 +56,7 @@ import pandas as pd
 from analyzer.detectors import stats
 from analyzer.detectors.base import Detector, evidence_at
 from analyzer.findings import Confidence, Evidence, Severity, Skipped
+from analyzer.run import CLOCK_METRIC as CLOCK  # the time each training-loss point was written
 
 MIN_DROP = 0.04  # 4%: BLOOM-176B's 149 -> 141 TFLOPs on a metric that otherwise varies by 0.1%
 BIG_DROP = 0.3  # seed 003 lost 40%; wall-clock rates on a shared machine swing by ~20%
@@ -54,11 +69,13 @@ RATE_METRICS = ("tflops", "tflops_per_gpu", "mfu", "tokens_per_s", "samples_per_
                 "steps_per_s")
 TIME_METRIC = re.compile(r"^(elapsed_time_per_iteration(_ms|_s)?|iteration_time|iter_time|time_per_(step|iter|"
                          r"iteration)(_ms|_s)?|step_time(_ms|_s)?|dt(_ms)?|train_step_time)$")
+MIN_CLOCK_GAP = 0.05  # seconds: a 1 ms jitter or timestamp rounding is 2% of such a gap
 EVENT_NEAR = 2  # events within this many logging intervals before the shift are named
 
 
 def _speed(run) -> tuple[str, pd.Series, bool] | None:
-    """(metric, finite positive training speed series, inverted) or None."""
+    """(metric, finite positive training speed series, inverted) or None; the metric is `wall_time` for steps/s
+    from the clock of the logged points."""
     for name in RATE_METRICS:
         if run.has(name):
             series = stats.finite(run.series(name))
@@ -71,7 +88,40 @@ def _speed(run) -> tuple[str, pd.Series, bool] | None:
             series = series[series > 0]
             if len(series):
                 return name, _per_sample(run, "steps_per_s", 1.0 / series), True
+    if run.has(CLOCK):
+        rate = clock_rate(run)
+        if len(rate):
+            return CLOCK, _per_sample(run, "steps_per_s", rate), False
     return None
+
+
+def clock_gap(run) -> float:
+    """Median seconds between successive readings of the clock (positive gaps within a segment); 0.0 without."""
+    gaps = [np.diff(s.to_numpy(dtype="float64")) for s in stats.segment_series(run, CLOCK)]
+    gaps = np.concatenate(gaps) if gaps else np.zeros(0)
+    gaps = gaps[gaps > 0]
+    return float(np.median(gaps)) if len(gaps) else 0.0
+
+
+def clock_rate(run) -> pd.Series:
+    """Steps per second between successive readings of the run's clock, at the step of the later reading.
+
+    Each restart segment on its own (the gap across a resume is downtime, not training), one rank (Run's rule:
+    the lowest); the steps between readings divide the gap (logging every N steps). A gap that is not positive (a
+    repeated step, a clock that went back, a reading rounded to the same millisecond) is no value. Where a later
+    segment starts, it replaces the earlier ones from its first step on, as newer points do in `Run.series`.
+    """
+    parts: list[pd.Series] = []
+    for segment in stats.segment_series(run, CLOCK):
+        steps = segment.index.to_numpy(dtype="int64")
+        seconds, gaps = np.diff(segment.to_numpy(dtype="float64")), np.diff(steps)
+        ok = (seconds > 0) & (gaps > 0)
+        parts = [p[p.index < steps[0]] for p in parts]
+        parts.append(pd.Series(gaps[ok] / seconds[ok], index=pd.Index(steps[1:][ok], name="step"), name=CLOCK))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.Series([], dtype="float64", index=pd.Index([], dtype="int64", name="step"), name=CLOCK)
+    return pd.concat(parts).sort_index(kind="stable") if len(parts) > 1 else parts[0]
 
 
 def check(run, params):
@@ -79,8 +129,15 @@ def check(run, params):
     if found is None:
         return Skipped(DETECTOR.name, "the run logs no training speed (steps/s, tokens/s, TFLOPs or step time)")
     metric, speed, inverted = found
+    if metric == CLOCK:
+        gap = clock_gap(run)
+        if gap < params["min_clock_gap"]:
+            return Skipped(DETECTOR.name, f"the run logs no training speed, and its clock readings (wall_time) are "
+                                          f"{stats.fmt_num(gap)} s apart: too close to time training (needs "
+                                          f"{stats.fmt_num(params['min_clock_gap'])} s)")
     if len(speed) < 2 * params["min_window"]:
-        return Skipped(DETECTOR.name, f"only {len(speed)} {metric} points; needs {2 * params['min_window']}")
+        what = "intervals between wall_time readings" if metric == CLOCK else f"{metric} points"
+        return Skipped(DETECTOR.name, f"only {len(speed)} {what}; needs {2 * params['min_window']}")
     best = None
     for segment in _segments(speed, stats.restart_steps(run)):
         found_drop = _drop(segment, params)
@@ -100,12 +157,19 @@ def check(run, params):
         context = f"; the loss jumped at step {spike} just before"
     if near:
         context += f"; the log says at step {near[0].step}: {near[0].text[:120]}"
-    change = (f"{metric} rose from {stats.fmt_num(before)} to {stats.fmt_num(after)}" if inverted else
-              f"{metric} fell from {stats.fmt_num(before)} to {stats.fmt_num(after)}")
+    if metric == CLOCK:
+        change = (f"steps/s from the clock of the logged points (wall_time) fell from {stats.fmt_num(before)} to "
+                  f"{stats.fmt_num(after)}")
+    elif inverted:
+        change = f"{metric} rose from {stats.fmt_num(before)} to {stats.fmt_num(after)}"
+    else:
+        change = f"{metric} fell from {stats.fmt_num(before)} to {stats.fmt_num(after)}"
     message = (f"training speed fell {drop:.0%} at step {shift.step} ({change}) and stayed low to the end of the "
                f"log{context}.")
-    metrics = {"metric": metric, "before": before, "after": after, "drop": drop, "noise": float(np.expm1(noise)),
-               "shift_step": shift.step}
+    metrics = {"metric": "steps_per_s" if metric == CLOCK else metric, "before": before, "after": after,
+               "drop": drop, "noise": float(np.expm1(noise)), "shift_step": shift.step}
+    if metric == CLOCK:
+        metrics["source"] = "wall_time (the clock of the logged points)"
     steps = speed.index.to_numpy()
     steps = steps[steps >= shift.step]
     ev_steps = [shift.step, int(steps[-1])]
@@ -151,6 +215,14 @@ def _drop(speed: pd.Series, params):
     stays = np.median(values[shift.index:]) < mid and np.median(values[-window:]) < mid
     if drop < params["min_drop"] or -np.log1p(-drop) < params["noise_units"] * noise or not stays:
         return None
+    # The medians pick the point where the old window is cleanest, which a slow drift of the new level pushes late:
+    # the drop began where the run of points at the new level (within the midpoint's distance of it, on a log
+    # scale, so a single stall before it is not its start) that leads to it began.
+    before_it = values[:shift.index]
+    elsewhere = np.flatnonzero((before_it > mid) | (before_it < shift.after * shift.after / mid))
+    start = int(elsewhere[-1]) + 1 if len(elsewhere) else shift.index
+    if start < shift.index:
+        shift = replace(shift, step=int(speed.index[start]), index=start)
     return shift, drop, noise, window
 
 
@@ -171,6 +243,6 @@ DETECTOR = Detector(
     summary="training speed (steps/s, tokens/s, TFLOPs) falls and stays low",
     doc=__doc__,
     params={"min_drop": MIN_DROP, "big_drop": BIG_DROP, "noise_units": NOISE_UNITS, "min_window": MIN_WINDOW,
-            "max_window": MAX_WINDOW},
+            "max_window": MAX_WINDOW, "min_clock_gap": MIN_CLOCK_GAP},
     check=check,
 )
