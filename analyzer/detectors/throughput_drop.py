@@ -48,7 +48,7 @@ Parameters:
 from __future__ import annotations
 
 import re
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -73,25 +73,37 @@ MIN_CLOCK_GAP = 0.05  # seconds: a 1 ms jitter or timestamp rounding is 2% of su
 EVENT_NEAR = 2  # events within this many logging intervals before the shift are named
 
 
-def _speed(run) -> tuple[str, pd.Series, bool] | None:
-    """(metric, finite positive training speed series, inverted) or None; the metric is `wall_time` for steps/s
-    from the clock of the logged points."""
+@dataclass(frozen=True)
+class Speed:
+    """The training speed this detector judges (and the report plots): higher is faster."""
+
+    metric: str  # the logged metric it comes from, or wall_time for steps/s from the clock of the logged points
+    label: str  # what the values are, for a plot's axis
+    series: pd.Series  # finite, positive, indexed by step
+    inverted: bool  # 1 / a time per iteration
+
+
+def speed(run) -> Speed | None:
+    """The run's training speed, from the first source logged: a rate (work per second first), a time per
+    iteration (inverted), else the clock of the logged points; None when there is none."""
     for name in RATE_METRICS:
         if run.has(name):
             series = stats.finite(run.series(name))
             series = series[series > 0]
             if len(series):
-                return name, _per_sample(run, name, series), False
+                rate = _per_sample(run, name, series)
+                label = "samples/s (steps/s x global batch)" if rate is not series else name.replace("_per_s", "/s")
+                return Speed(name, label, rate, False)
     for name in run.metrics:
         if TIME_METRIC.match(name):
             series = stats.finite(run.series(name))
             series = series[series > 0]
             if len(series):
-                return name, _per_sample(run, "steps_per_s", 1.0 / series), True
+                return Speed(name, f"steps/s (1 / {name})", _per_sample(run, "steps_per_s", 1.0 / series), True)
     if run.has(CLOCK):
         rate = clock_rate(run)
         if len(rate):
-            return CLOCK, _per_sample(run, "steps_per_s", rate), False
+            return Speed(CLOCK, "steps/s from the clock (wall_time)", _per_sample(run, "steps_per_s", rate), False)
     return None
 
 
@@ -125,21 +137,21 @@ def clock_rate(run) -> pd.Series:
 
 
 def check(run, params):
-    found = _speed(run)
+    found = speed(run)
     if found is None:
         return Skipped(DETECTOR.name, "the run logs no training speed (steps/s, tokens/s, TFLOPs or step time)")
-    metric, speed, inverted = found
+    metric, rate, inverted = found.metric, found.series, found.inverted
     if metric == CLOCK:
         gap = clock_gap(run)
         if gap < params["min_clock_gap"]:
             return Skipped(DETECTOR.name, f"the run logs no training speed, and its clock readings (wall_time) are "
                                           f"{stats.fmt_num(gap)} s apart: too close to time training (needs "
                                           f"{stats.fmt_num(params['min_clock_gap'])} s)")
-    if len(speed) < 2 * params["min_window"]:
+    if len(rate) < 2 * params["min_window"]:
         what = "intervals between wall_time readings" if metric == CLOCK else f"{metric} points"
-        return Skipped(DETECTOR.name, f"only {len(speed)} {what}; needs {2 * params['min_window']}")
+        return Skipped(DETECTOR.name, f"only {len(rate)} {what}; needs {2 * params['min_window']}")
     best = None
-    for segment in _segments(speed, stats.restart_steps(run)):
+    for segment in _segments(rate, stats.restart_steps(run)):
         found_drop = _drop(segment, params)
         if found_drop is not None and (best is None or found_drop[1] > best[1]):
             best = found_drop
@@ -148,7 +160,7 @@ def check(run, params):
     shift, drop, noise, _ = best
     severity = Severity.WARNING if drop >= params["big_drop"] else Severity.INFO
     before, after = (1 / shift.before, 1 / shift.after) if inverted else (shift.before, shift.after)
-    interval = stats.log_interval(speed)
+    interval = stats.log_interval(rate)
     near = [e for e in run.events if e.step is not None
             and shift.step - EVENT_NEAR * interval <= e.step <= shift.step + interval]
     context = ""
@@ -170,7 +182,7 @@ def check(run, params):
                "drop": drop, "noise": float(np.expm1(noise)), "shift_step": shift.step}
     if metric == CLOCK:
         metrics["source"] = "wall_time (the clock of the logged points)"
-    steps = speed.index.to_numpy()
+    steps = rate.index.to_numpy()
     steps = steps[steps >= shift.step]
     ev_steps = [shift.step, int(steps[-1])]
     evidence = list(evidence_at(run, metric, ev_steps))

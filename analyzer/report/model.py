@@ -528,7 +528,9 @@ def _covers_run(f: Finding, span: tuple[int | None, int | None]) -> bool:
 
 
 def _missing(spec, available) -> str:
-    lacking = [m for m in spec.requires if m not in available]
+    from analyzer.report.plots import DERIVED
+
+    lacking = [DERIVED.get(m, m) for m in spec.requires if m not in available]
     if spec.any_of and not any(m in available for m in spec.any_of):
         lacking.append(" or ".join(spec.any_of))
     return " and ".join(lacking)
@@ -567,12 +569,23 @@ class _SeriesCache:
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._svgs: dict[tuple, str] = {}
         self.metrics: set[str] = set(run.metrics) if run is not None else set()
+        self.labels: dict[str, str] = {}
+        self._derived: dict[str, Any] = {}
+        if run is not None:
+            from analyzer.detectors.throughput_drop import speed
+            from analyzer.report.plots import SPEED
+
+            found = speed(run)  # the plot shows the speed the detector judged, whatever it was derived from
+            if found is not None:
+                self.metrics.add(SPEED)
+                self.labels[SPEED] = found.label
+                self._derived[SPEED] = found.series
 
     def get(self, metric: str) -> tuple[np.ndarray, np.ndarray] | None:
         if metric not in self.metrics:
             return None
         if metric not in self._cache:
-            s = self.run.series(metric)
+            s = self._derived[metric] if metric in self._derived else self.run.series(metric)
             self._cache[metric] = (s.index.to_numpy(), s.to_numpy(dtype="float64"))
         return self._cache[metric]
 
@@ -602,7 +615,7 @@ class _SeriesCache:
         hparams = {k: h.value for k, h in run.hparams.items()} if run is not None else {}
         return PlotInput(series=data, hparams=hparams,
                          window=window, window_label=window_label, marks=tuple(marks), checkpoints=checkpoints,
-                         overflow_steps=overflow)
+                         overflow_steps=overflow, labels={m: self.labels[m] for m in data if m in self.labels})
 
 
 # --- tables that a detector's partial shows -----------------------------------------------------------------------

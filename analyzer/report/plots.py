@@ -29,6 +29,10 @@ BLUE, ORANGE, GREEN, RED, PURPLE, GREY = "#0072B2", "#E69F00", "#009E73", "#D55E
 INCIDENT = "#D55E00"
 
 Series = tuple[np.ndarray, np.ndarray]  # (steps, values), sorted by step
+# Series the report derives rather than reads (never a metric name: no metric has an "@"), and what each stands for
+# when a run lacks it.
+SPEED = "@speed"  # the training speed as throughput-drop judges it: a rate, 1 / step time, or steps/s from the clock
+DERIVED = {SPEED: "training speed (a rate, a time per step or timestamps)"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class PlotInput:
     marks: tuple[tuple[int, str], ...] = ()  # extra vertical lines: (step, label), e.g. root causes' first steps
     checkpoints: tuple[tuple[int, bool], ...] = ()  # (step, good?) ticks along the bottom edge
     overflow_steps: tuple[int, ...] = ()  # fp16 overflow events (skipped steps)
+    labels: Mapping[str, str] = field(default_factory=dict)  # what a derived series is (SPEED: "tokens/s", ...)
 
 
 @dataclass(frozen=True)
@@ -220,10 +225,10 @@ def draw_kd(ax, data: PlotInput) -> None:
 
 
 def draw_throughput(ax, data: PlotInput) -> None:
-    metric = "steps_per_s" if "steps_per_s" in data.series else "tokens_per_s"
-    _line(ax, data, metric, metric.replace("_per_s", "/s"), BLUE, log=False)
+    label = data.labels.get(SPEED, "training speed")
+    _line(ax, data, SPEED, label, BLUE, log=False)
     ax.set_ylim(bottom=0)
-    _finish(ax, data, metric.replace("_per_s", "/s"))
+    _finish(ax, data, label.split(" (")[0])
 
 
 def draw_loss_scale(ax, data: PlotInput) -> None:
@@ -278,7 +283,7 @@ PLOTS: dict[str, PlotSpec] = {
     "grad_norm": PlotSpec("grad_norm", "Gradient norm", ("grad_norm",), draw_grad_norm),
     "lr": PlotSpec("lr", "Learning-rate schedule", ("lr",), draw_lr),
     "kd": PlotSpec("kd", "Raw KL vs scaled KD loss", ("kd_raw", "kd_loss"), draw_kd),
-    "throughput": PlotSpec("throughput", "Throughput", (), draw_throughput, any_of=("steps_per_s", "tokens_per_s")),
+    "throughput": PlotSpec("throughput", "Throughput", (SPEED,), draw_throughput),
     "loss_scale": PlotSpec("loss_scale", "Mixed-precision loss scale", ("loss_scale",), draw_loss_scale),
     "ppl": PlotSpec("ppl", "Logged perplexity vs exp(loss)", ("ppl", "loss"), draw_ppl),
     "eval_ppl": PlotSpec("eval_ppl", "Logged eval perplexity vs exp(eval loss)", ("eval_ppl", "eval_loss"),

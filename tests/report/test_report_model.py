@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from analyzer.findings import Confidence, Diagnosis, Finding, Recommendation, RunSummary, Severity
 from analyzer.report import format as fmt
 from analyzer.report.model import build_report, last_good_checkpoint, recommendations, verdict
+from tests.conftest import make_run
 from tests.report.cases import diagnose_inline, healthy, seed002, seed002_run
 
 
@@ -165,7 +167,31 @@ def test_plots_a_finding_cannot_have_are_named_with_the_missing_metric():
     run = seed002_run()
     d = diagnose_inline(run, (finding("throughput-drop", Severity.WARNING, 10, 20),))
     (view,) = build_report(d, run, figures=False).findings
-    assert view.missing_plots[0] == "throughput: the run logs no steps_per_s or tokens_per_s"
+    assert view.missing_plots[0] == ("throughput: the run logs no training speed (a rate, a time per step or "
+                                     "timestamps)")
+
+
+def test_the_throughput_plot_draws_the_speed_the_detector_judged_even_from_the_clock():
+    from analyzer.report import plots
+
+    steps = np.arange(0, 400, 10)
+    clock = 1.7e9 + np.cumsum(np.where(steps < 200, 1.0, 2.0))  # 10 steps per second, then 5
+    run = make_run({"loss": (steps, np.linspace(3, 2, len(steps))), "wall_time": (steps, clock)})
+    d = diagnose_inline(run, (finding("throughput-drop", Severity.WARNING, 200, 390),))
+    report = build_report(d, run)
+    (view,) = report.findings
+    assert view.missing_plots == ()
+    assert "steps/s from the clock" in view.figures[0].svg
+    series = _series_of(run)
+    speed_steps, speed = series.get(plots.SPEED)
+    assert speed[speed_steps < 200].max() == speed[speed_steps < 200].min() == 10.0
+    assert speed[speed_steps > 210].max() == 5.0
+
+
+def _series_of(run):
+    from analyzer.report.model import _SeriesCache
+
+    return _SeriesCache(run)
 
 
 def test_evidence_cited_twice_is_shown_once():

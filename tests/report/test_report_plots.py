@@ -46,7 +46,8 @@ def test_log_scale_only_for_positive_series_spanning_decades(values, log):
 def test_a_plot_is_left_out_when_the_run_lacks_its_metrics():
     assert [p.name for p in plots.plots_for("grad-explosion", {"loss"})] == ["loss"]
     assert [p.name for p in plots.plots_for("grad-explosion", {"loss", "grad_norm"})] == ["grad_norm", "loss"]
-    assert plots.plots_for("throughput-drop", {"tokens_per_s"})[0].name == "throughput"
+    assert plots.plots_for("throughput-drop", {plots.SPEED})[0].name == "throughput"
+    assert [p.name for p in plots.plots_for("throughput-drop", {"tokens_per_s", "loss"})] == ["loss"]
     assert plots.plots_for("loss-spike", set()) == ()
 
 
