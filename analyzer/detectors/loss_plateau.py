@@ -228,8 +228,8 @@ def _finding(run, metric, series, p: Plateau, chance, sched, params):
             chance_text = f" ({p.level / chance.value:.0%} of chance level {chance.describe()})"
     lr_text = ""
     if p.lr_low is not None and sched.peak_lr:
-        lr_text = (f" while the lr stayed at {p.lr_low:.0%}-{p.lr_high:.0%} of its peak "
-                   f"{stats.fmt_num(sched.peak_lr)}")
+        share = f"{p.lr_low:.0%}" if f"{p.lr_low:.0%}" == f"{p.lr_high:.0%}" else f"{p.lr_low:.0%}-{p.lr_high:.0%}"
+        lr_text = f" while the lr stayed at {share} of its peak {stats.fmt_num(sched.peak_lr)}"
         metrics.update(lr_fraction_min=p.lr_low, lr_fraction_max=p.lr_high, peak_lr=sched.peak_lr)
     coarse = p.threshold > COARSE * params["min_improvement"]  # the log's noise hides slow progress
     short = p.last_step - p.first_step < params["min_steps"]
