@@ -14,7 +14,7 @@ import torch
 from analyzer.errors import InputError
 from analyzer.trainer import TrainConfig, load_scenario, train
 from analyzer.trainer.config import ConfigError, config_from_dict, with_overrides
-from analyzer.findings import Recommendation
+from analyzer.findings import Recommendation, Severity
 from analyzer.trainer.data import FactorizedLanguage, corrupt
 from analyzer.trainer.model import FactorizedEmbedding
 from analyzer.trainer.reproduce import fixes_to_overrides, reproduce_run
@@ -200,6 +200,31 @@ def test_apply_fixes_on_kd_temperature_blowup_removes_the_nan_clamp(tmp_path):
     nan_row = next(line for line in lines if line.startswith("NaN/Inf")).split()
     assert float(nan_row[-2]) > 0 and float(nan_row[-1]) == 0  # before: clamped NaNs; after: none
     assert any(line.startswith("kd_loss / kd_raw") for line in lines)
+    # the findings it was run to clear: the root cause and the NaN at step 220 are gone in the fixed run
+    cleared = next(line for line in lines if line.startswith("the fix cleared"))
+    assert "distill-temperature-blowup" in cleared.split(";")[0] and "nonfinite-onset" in cleared.split(";")[0]
+    row = next(line for line in lines if line.startswith("nonfinite-onset")).split()
+    assert row[1:] == ["critical", "-"]
+
+
+def test_findings_before_after_names_what_the_fix_cleared_kept_and_added():
+    from analyzer.trainer.reproduce import findings_before_after
+
+    def diag(*found):
+        return fake_diagnosis(*(SimpleNamespace(name=n, severity=Severity(s), first_step=step) for n, s, step in found))
+
+    before = diag(("nonfinite-onset", "critical", 220), ("loss-spike", "warning", 50), ("loss-spike", "critical", 90),
+                  ("loss-plateau", "info", 0), ("grad-explosion", "warning", 300), ("throughput-drop", "warning", 10))
+    after = diag(("loss-spike", "warning", 60), ("lr-too-low", "warning", 0), ("throughput-drop", "critical", 5))
+    lines = findings_before_after(before, after, stop=250)
+    assert lines[0].split()[-2:] == ["before", "after"]
+    assert lines[1].split() == ["nonfinite-onset", "critical", "-"]  # grad-explosion began after the re-run's end
+    assert lines[2].split() == ["loss-spike", "critical", "warning"]  # the worst severity of a detector
+    assert lines[3].split() == ["lr-too-low", "-", "warning"]
+    assert lines[4] == "the fix cleared 1 of 2: nonfinite-onset; still there: loss-spike; new: lr-too-low"
+    assert not any("throughput-drop" in line for line in lines)  # wall-clock speed: the machine's, not the fix's
+    assert findings_before_after(diag(), diag(("loss-plateau", "info", 0)), None) == [
+        "findings: none at warning or above, before or after"]
 
 
 def fake_diagnosis(*findings, roots=()):
@@ -208,7 +233,8 @@ def fake_diagnosis(*findings, roots=()):
 
 def fake_finding(name, *recs):
     recommendations = tuple(Recommendation(*rec, rationale="") for rec in recs)
-    return SimpleNamespace(name=name, code=name[:4].upper(), recommendations=recommendations)
+    return SimpleNamespace(name=name, code=name[:4].upper(), recommendations=recommendations,
+                           severity=Severity.WARNING, first_step=0)
 
 
 def test_apply_fixes_takes_root_causes_first_and_skips_foreign_settings(tmp_path, monkeypatch):
