@@ -73,7 +73,9 @@ def check(run, params):
                _counter_signals(run) + _scale_signals(run, params) + _checkpoint_signals(run))
     if not signals:
         return []
-    dated = sorted((s for s in signals if s.step is not None), key=lambda s: (s.step, s.kind, s.what))
+    # at one step, a core metric (the loss first) names the onset before an auxiliary one that went NaN with it
+    dated = sorted((s for s in signals if s.step is not None),
+                   key=lambda s: (s.step, s.kind, s.metric not in CORE_METRICS, s.what))
     first = dated[0] if dated else signals[0]
     onset = first.step
 

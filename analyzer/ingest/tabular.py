@@ -24,11 +24,17 @@ JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # a `.json` file counts only wh
 CSV_SUFFIXES = (".csv", ".tsv")
 # Step columns by preference; `epoch` only when nothing finer is logged.
 STEP_COLUMNS = ("step", "global_step", "trainer/global_step", "train/global_step", "iteration", "iter", "_step",
-                "epoch")
+                "training_iteration", "epoch")  # training_iteration: Ray Tune's result.json / progress.csv
 LONG_NAME_COLUMNS = ("metric", "name", "tag", "key")  # long format: one (step, name, value) per row
 # Bookkeeping columns that are numbers but not training metrics.
 NOT_METRICS = {"rank", "split", "timestamp", "_timestamp", "_runtime", "time_stamp", "wall_time", "walltime",
-               "wallclock", "date", "datetime", "created_at", "local_rank", "global_rank", "process_index"}
+               "wallclock", "date", "datetime", "created_at", "local_rank", "global_rank", "process_index",
+               # Ray Tune's bookkeeping, beside the trial's own metrics
+               "time_total_s", "time_since_restore", "iterations_since_restore", "timesteps_total",
+               "timesteps_since_restore", "pid", "warmup_time"}
+# Ray Tune repeats the trial's config in every row (nested as `config`, flattened to `config/lr`): settings, not
+# metrics; the trial's params.json holds them once.
+CONFIG_PREFIX = "config/"
 # Columns that may hold each record's wall-clock time, by preference; kept as the run's clock where their values
 # read as times since the epoch (`time` is often a duration per step instead, and then stays a metric).
 CLOCK_COLUMNS = ("wall_time", "walltime", "wallclock", "_timestamp", "timestamp", "time_stamp", "time", "datetime")
@@ -126,10 +132,19 @@ def _jsonl_head_has_step(path: Path) -> bool:
 
 # --- reading -------------------------------------------------------------------------------------------------------
 
+# Ray Tune writes each trial's results twice, as result.json (JSON lines) and progress.csv: one is read.
+RAY_DUPLICATES = {"progress.csv": "result.json"}
+
+
 def read(paths: list[Path], root: Path) -> Ingested:
     out = Ingested(FORMAT)
+    present = set(paths)
     for path in paths:
         file = relative(path, root)
+        twin = RAY_DUPLICATES.get(path.name)
+        if twin is not None and path.with_name(twin) in present:
+            out.notes.append(Note(file, f"repeats {twin} beside it (Ray Tune writes both); {twin} is read"))
+            continue
         table = read_file(path, file, rank=rank_from_name(path.name))
         out.notes.extend(table.notes)
         if table.frame is not None:
@@ -688,7 +703,7 @@ def _rank_column(columns: dict[str, Column], lower: dict[str, str], rank: int | 
 def _wide_metrics(columns: dict[str, Column], skip: set[str], file: str, notes: list[Note], parsed: Parsed):
     out = []
     for name, col in columns.items():
-        if name.strip().lower() in skip or col.is_time:
+        if name.strip().lower() in skip or name.strip().lower().startswith(CONFIG_PREFIX) or col.is_time:
             continue
         if col.is_numeric:
             out.append((name, col.values, col.valid))

@@ -242,3 +242,9 @@ def test_a_clock_in_whole_milliseconds_just_above_the_floor_is_quiet():
     for seed in range(5):
         times = np.round(clock(lambda s: 0.06, steps, seed=seed, jitter=0.05) * 1000) / 1000
         assert check(clock_run(steps, times)) == []
+
+
+def test_ray_tunes_time_per_iteration_is_a_step_time():
+    seconds = np.r_[np.full(30, 1.5), np.full(30, 2.5)]
+    [f] = check(make_run({"time_this_iter_s": seconds}))
+    assert f.metrics["metric"] == "time_this_iter_s" and f.metrics["after"] == pytest.approx(2.5)

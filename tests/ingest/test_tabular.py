@@ -332,3 +332,54 @@ def test_clock_of_a_long_table_and_of_a_table_without_loss(tmp_path):
     wide = write(tmp_path, "acc.jsonl", '{"step": 1, "acc": 0.5, "_timestamp": 1700000000}\n'
                                         '{"step": 2, "acc": 0.6, "_timestamp": 1700000003}\n')
     assert run_of(wide).series("wall_time").to_dict() == {1: 1700000000.0, 2: 1700000003.0}
+
+
+def ray_tune_trial(folder: Path, iterations: int = 60, nan_from: int | None = None) -> Path:
+    """A Ray Tune trial folder as its default loggers write it: params.json, result.json (JsonLoggerCallback: one
+    json.dumps of the result per line, the config nested) and progress.csv (CSVLoggerCallback: the same results,
+    flattened with `config/` keys). Keys as in ray/tune/result.py (training_iteration, time_this_iter_s, ...)."""
+    import csv
+    import json
+
+    folder.mkdir(parents=True)
+    config = {"lr": 0.01, "batch_size": 32}
+    (folder / "params.json").write_text(json.dumps(config))
+    rows, total = [], 0.0
+    for it in range(1, iterations + 1):
+        loss = 2.3 * math.exp(-it / 20) + 0.2 + 0.01 * (it % 3)
+        if nan_from is not None and it >= nan_from:
+            loss = float("nan")
+        total += 1.5
+        rows.append({"loss": loss, "accuracy": 1 - loss / 3, "timestamp": int(1732240000 + total),
+                     "checkpoint_dir_name": None, "done": it == iterations, "training_iteration": it,
+                     "trial_id": "abc_00000", "date": "2024-11-22_01-00-00", "time_this_iter_s": 1.5,
+                     "time_total_s": total, "pid": 4242, "hostname": "node1", "node_ip": "10.0.0.1",
+                     "config": config, "time_since_restore": total, "iterations_since_restore": it})
+    (folder / "result.json").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    flat = [{**{k: v for k, v in r.items() if k != "config"}, **{f"config/{k}": v for k, v in config.items()}}
+            for r in rows]
+    with open(folder / "progress.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(flat[0]))
+        writer.writeheader()
+        writer.writerows(flat)
+    return folder
+
+
+def test_a_ray_tune_trial_is_read_once_with_its_iterations_as_steps(tmp_path):
+    from analyzer.ingest import read_run
+
+    run = read_run(ray_tune_trial(tmp_path / "trial"))
+    assert set(run.metrics) == {"loss", "accuracy", "time_this_iter_s", "wall_time"}  # no config/*, no bookkeeping
+    loss = run.series("loss")
+    assert loss.index.tolist() == list(range(1, 61))
+    assert {run.hparams["lr"].value, run.hparams["batch_size"].value} == {0.01, 32}
+    assert not run.events_of("restart")  # progress.csv repeats result.json: it is not read as a second segment
+    assert any("progress.csv" == n.file and "result.json is read" in n.message for n in run.notes)
+
+
+def test_a_ray_tune_trial_that_went_nan_is_diagnosed_at_its_iteration(tmp_path):
+    from analyzer.diagnose import diagnose_path
+
+    diagnosis = diagnose_path(ray_tune_trial(tmp_path / "trial", nan_from=45))
+    onset = next(f for f in diagnosis.findings if f.name == "nonfinite-onset")
+    assert onset.first_step == 45 and "loss is NaN" in onset.message  # the loss, not accuracy, which went with it
