@@ -67,8 +67,9 @@ WINDOW_SHARE = 6  # the comparison window is a sixth of the points
 # Work-normalised rates first: steps/s also falls when the batch grows (Megatron's batch-size ramp-up).
 RATE_METRICS = ("tflops", "tflops_per_gpu", "mfu", "tokens_per_s", "samples_per_s", "samples_per_second",
                 "steps_per_s")
+# Times per iteration, in the names loggers give them (time_this_iter_s: Ray Tune's).
 TIME_METRIC = re.compile(r"^(elapsed_time_per_iteration(_ms|_s)?|iteration_time|iter_time|time_per_(step|iter|"
-                         r"iteration)(_ms|_s)?|step_time(_ms|_s)?|dt(_ms)?|train_step_time|time_this_iter_s)$")  # last: Ray Tune's
+                         r"iteration)(_ms|_s)?|step_time(_ms|_s)?|dt(_ms)?|train_step_time|time_this_iter_s)$")
 MIN_CLOCK_GAP = 0.05  # seconds: a 1 ms jitter or timestamp rounding is 2% of such a gap
 EVENT_NEAR = 2  # events within this many logging intervals before the shift are named
 
