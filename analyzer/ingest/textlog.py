@@ -1,4 +1,5 @@
-"""Plain-text training logs: nanoGPT, Megatron-LM/DeepSpeed, fairseq, HF stdout and free-form `key: value` lines.
+"""Plain-text training logs: nanoGPT, Megatron-LM/DeepSpeed, fairseq, HF stdout, torchtune, llm.c, torchtitan,
+MMEngine/mmcv and free-form `key: value` lines.
 
 How a file is read, fast and without a Python loop per line:
 - the bytes become an Arrow array of physical lines (zero-copy) and each line a *skeleton*: the line with each run
@@ -14,13 +15,26 @@ Only lines that say what they are produce points: a step anchor at the start of 
 (`[Eval] ...`, Megatron's `validation loss at iteration N | ...`, fairseq's JSON log lines, build-nanogpt's
 `0 train 10.955`). Prose numbers are never read; in markdown (and any file with ``` fences) only code blocks are.
 
+The shapes of other trainers are written from their own format strings (cited where each is defined), and their
+steps follow each trainer's numbering: torchtune's DiskLogger `Step N | loss:X lr:Y ` (tensor reprs read); llm.c's
+main.log `s:N trl:X lr:Y norm:Z` / `s:N tel:X` and its stdout `step N+1/T | loss X (...z)| ...`, which prints
+step + 1 where main.log writes step (read as main.log numbers it, so both files agree); torchtitan's
+`step: N  loss: X  grad_norm: ...  tps: 1,234  ...` with or without ANSI colours (thousands groups joined);
+MMEngine's `Epoch(train) [E][i/L]  lr: ...` (step (E - 1) * L + i, computed only when L is on the line) and
+`Iter(train) [N/T]` (the global iteration), and mmcv's `Epoch [E][i/L]\tlr: ..., loss: ...`. A validation summary
+of MMEngine takes the last training step before it; its progress lines and the test pass give no points. Keys
+with numbers of their own (`accuracy/top1`) keep them: a group of lines of one shape uses its first line's key
+numbers, and a line whose key numbers differ is read on its own.
+
 Lines that carry no step of their own (events, `[Eval] loss: ...`, build-nanogpt's `validation loss: ...`) take the
 step of the nearest step line *after* them: trainers print a step's summary line once the step is done, so what is
 printed while step N runs (an fp16 overflow, a NaN clamp, the eval at the top of step N) comes before step N's line.
 The reference trainer, Megatron, DeepSpeed, fairseq and build-nanogpt all behave so (checked on their logs). A line
-after the last step line takes that last step. The exception is a bare `Loss: X` line (DeepSpeed's examples), a
-summary printed after its step line. Only step lines that log a value count: `Step 2: Create Text` in a generated
-sample does not.
+after the last step line takes that last step, except llm.c's `val loss X` and a HellaSwag line, which take that
+step + 1 (llm.c evaluates once more after its last step). The exception is a bare `Loss: X` line (DeepSpeed's
+examples), a summary printed after its step line. A point that two files of a run both log is read once when the
+values agree to the precision the coarser file printed (llm.c's main.log `%.4f` beside its stdout's `%7.6f`).
+Only step lines that log a value count: `Step 2: Create Text` in a generated sample does not.
 """
 
 from __future__ import annotations
@@ -56,6 +70,8 @@ MAX_WARNING_EVENTS = 1000  # per file: a warning repeated every step says no mor
 EVENT_TEXT_CHARS = 500  # an event keeps this much of its line
 SMALL_GROUP = 4  # groups of this many lines or fewer are parsed line by line (cheaper than an Arrow call)
 DEDUPE_RTOL = 1e-6  # the same (metric, step) in two files with values this close is one point, not a restart
+MAX_PRINTED_DECIMALS = 9  # ... or values equal to the precision the coarser file printed (llm.c: %.4f and %.6f)
+PRINTED_RTOL = 1e-11  # a float is a short decimal when scaling it by 10**d leaves a whole number within this
 LATIN1_MAX_BAD_CHARS = 100_000  # beyond this many invalid UTF-8 sequences a file is garbage, decoded with U+FFFD
 PLAN_CACHE_SIZE = 50_000
 
@@ -89,7 +105,8 @@ _SQUARED = re.compile(r"\s*(?:\u00ac\u2264|\u00c2\u00b2|\u00e2\u00b2|\u00b2)")  
 
 # What may stand before a step anchor: whitespace and markdown quote marks, [bracketed] tags (not [Eval]),
 # timestamps, log levels, `module:function:line`, `file.py:line`, `rank N`, ANSI colours, DeepSpeed's
-# `epoch=0/micro_step=10/`. Possessive, so a line that is not a log record fails fast.
+# `epoch=0/micro_step=10/`, Python logging's `name - LEVEL - ` (torchtitan's `root - INFO - `, MMEngine's
+# `mmengine - INFO - `). Possessive, so a line that is not a log record fails fast.
 _PREFIX_PARTS = (
     r"(?:[ \t>#*+|:\-\ufeff]"
     r"|\[(?!(?i:eval|evaluation|val|valid|validation{tags})\])[^\]\n]{{0,100}}\]:?"
@@ -100,6 +117,7 @@ _PREFIX_PARTS = (
     r"|[\w.]+\.py:\x01"
     r"|(?i:rank)\s*\x01:?"
     r"|(?:epoch|micro_step)=\x01/"
+    r"|[\w.]+(?:\x1b\[[\x01;]*m)*\s+-\s+(?=(?:\x1b\[[\x01;]*m)*(?:INFO|DEBUG|WARNING|WARN|ERROR|CRITICAL)\b)"
     r")*+"
 )
 _PREFIX = _PREFIX_PARTS.format(tags="")
@@ -122,12 +140,89 @@ _FAIRSEQ = re.compile(r".*?\|\s*(?P<tag>train_inner|valid|train)\s*\|\s*\{(?P<re
 _DICT = re.compile(_PREFIX + r"\{(?P<rest>.*)\}\s*\Z", re.S)  # HF Trainer prints its log dicts to stdout
 # `[Rank 0] Loss: 10.8719` (DeepSpeed's examples). Not `train_loss = 3.53`: HF's end-of-training average.
 _BARE_LOSS = re.compile(_PREFIX + r"(?P<key>(?i:loss))\s*[:=]\s*(?P<value>\x01)\s*\Z")
-_HELLASWAG = re.compile(_PREFIX + r"(?i:hellaswag accuracy):?\s*\x01\s*/\s*\x01\s*=\s*(?P<value>\x01)\s*\Z")
+# build-nanogpt's `HellaSwag accuracy: 2487/10042=0.2477`, llm.c's `HellaSwag: 2505/10042 = 0.249452`
+_HELLASWAG = re.compile(_PREFIX + r"(?i:hellaswag(?: accuracy)?):?\s*\x01\s*/\s*\x01\s*=\s*(?P<value>\x01)\s*\Z")
 _FIELD_SPANS = re.compile(r"[^|,;]+")
 _FIELD = re.compile(
     r"\s*[\"']?(?P<key>[^\W\d][^:=\"'\x01\n]*?)[\"']?\s*(?:[:=]\s*|\s+)[\"']?\[?"
     r"(?:(?P<slot>\x01)|(?P<const>[-+]?(?i:nan|inf(?:inity)?)))"
     r"\]?[\"']?(?P<unit>ms|s|%|GB|MB)?\s*", re.S)
+
+# --- the line shapes of other trainers, each written from the trainer's own format string ----------------------------
+
+_ANSI = r"(?:\x1b\[[\x01;]*m)"  # a colour code (its numbers are slots in a template)
+_VALUE = r"(?:\x01|[-+]?(?i:nan|inf))"  # a number, or a non-finite value as Python or C prints it
+
+
+def _value(name: str) -> str:
+    return rf"(?P<{name}>{_VALUE})"
+
+
+# torchtune's DiskLogger and StdoutLogger (pytorch/torchtune, torchtune/training/metric_logging.py, log_dict):
+# f"Step {step} | " then f"{name}:{data} " for each metric; `data` as Python prints it, a float or a tensor's repr
+# (`grad_norm:tensor(0.8125, device='cuda:0')`). log(): f"Step {step} | {name}:{data}".
+_TUNE_VALUE = r"(?:tensor\([^()\n]*\)|[^\s(]+)"
+_TORCHTUNE = re.compile(_PREFIX + r"Step (?P<step>\x01) \| (?P<rest>[^\s:|]+:" + _TUNE_VALUE
+                        + r"(?: [^\s:|]+:" + _TUNE_VALUE + r")*) ?\s*\Z")
+_TUNE_FIELD = re.compile(r"(?P<key>[^\s:|]+):(?:tensor\((?P<tensor>[^,()\n]*)[^()\n]*\)|(?P<value>[^\s(]+))")
+# llm.c's main.log (karpathy/llm.c, llmc/logger.h): "s:%d trl:%.4f lr:%.6f norm:%.2f", "s:%d tel:%.4f" and
+# "s:%d eval:%.4f" (HellaSwag); its train_gpt2.py writes "s:%d trl:%f" / "s:%d tel:%f", and forks add fields
+# (modded-nanogpt: "s:%d trl:%f train_time:%.0fms step_avg:%.2fms").
+_LLMC_LOG = re.compile(r"[ \t]*s:(?P<step>\x01)(?P<rest>(?: [A-Za-z_]\w*:" + _VALUE + r"(?:ms)?)+)\s*\Z")
+_LLMC_FIELD = re.compile(r" (?P<key>[A-Za-z_]\w*):(?P<value>" + _VALUE + r")(?P<unit>ms)?")
+# llm.c's stdout. These print step + 1 where main.log writes step (the loss of the step that starts from the
+# weights after `step` updates, as the val loss and model_<step>.bin are numbered): read as main.log numbers it.
+_LLMC_Z = r"\s*\(" + _VALUE + r"z\)"  # the z-score of the loss / norm against its recent values
+_LLMC_STDOUT = (
+    # train_gpt2.cu: "step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e | %.2f ms |
+    # %.1f%% bf16 MFU | %.0f tok/s"
+    re.compile(_PREFIX + r"step\s*(?P<step>\x01)/\x01 \| loss " + _value("loss") + _LLMC_Z + r"\| norm "
+               + _value("grad_norm") + _LLMC_Z + r"\| lr " + _value("lr") + r" \| " + _value("step_time_ms")
+               + r" ms \| " + _value("mfu") + r"% bf\x01 MFU \| " + _value("tokens_per_s") + r" tok/s\s*\Z"),
+    # train_gpt2.py: f"step {step+1:4d}/{args.num_iterations} | train loss {lossf:.6f} | norm {norm:.4f} |
+    # lr {lr:.2e} | ({(t1-t0)*1000:.2f} ms | {tokens_per_second:.0f} tok/s)"
+    re.compile(_PREFIX + r"step\s*(?P<step>\x01)/\x01 \| train loss " + _value("loss") + r" \| norm "
+               + _value("grad_norm") + r" \| lr " + _value("lr") + r" \| \(" + _value("step_time_ms") + r" ms \| "
+               + _value("tokens_per_s") + r" tok/s\)\s*\Z"),
+    # earlier train_gpt2.cu: "step %4d/%d: train loss %f (%f ms, %d tok/s)"
+    re.compile(_PREFIX + r"step\s*(?P<step>\x01)/\x01: train loss " + _value("loss") + r" \("
+               + _value("step_time_ms") + r" ms, " + _value("tokens_per_s") + r" tok/s\)\s*\Z"),
+)
+# train_gpt2.c (CPU) prints its loop's own step: "step %d: train loss %f (took %f ms)"
+_LLMC_CPU = re.compile(_PREFIX + r"step (?P<step>\x01): train loss " + _value("loss") + r" \(took "
+                       + _value("step_time_ms") + r" ms\)\s*\Z")
+# "val loss %f", printed at the top of the step it evaluates, before that step's line
+_LLMC_VAL = re.compile(_PREFIX + r"val loss " + _value("eval_loss") + r"\s*\Z")
+# torchtitan (pytorch/torchtitan, torchtitan/components/metrics.py, MetricsProcessor.log): f"{color.red}step:
+# {step:2}  {color.green}loss: {loss:7.4f}  {color.orange}grad_norm: {grad_norm:7.4f}  {color.turquoise}memory:
+# {gib:5.2f}GiB({pct:.2f}%)  {color.blue}tps: {round(tps):,}  {color.cyan}tflops: {tflops:,.2f}  {color.magenta}mfu:
+# {mfu:.2f}%{color.reset}"; log_validation: "validate step: ..." with loss, memory and tps. Colours are ANSI codes
+# (torchtitan/tools/utils.py, Color) or nothing (NoColor); `,` groups thousands.
+_TITAN_HEAD = re.compile(_PREFIX + r"(?P<validate>validate )?step:\s*(?P<step>\x01)(?=\s|\x1b|\Z)")
+_TITAN_SEP = re.compile(r"(?:\s|" + _ANSI + r")*")
+_TITAN_FIELD = re.compile(r"(?P<key>[A-Za-z_][A-Za-z_ ]*?):\s+(?:(?P<num>\x01(?:,\x01)*)|(?P<const>[-+]?(?i:nan|inf))"
+                          r"|N/A)(?P<unit>GiB|%|s)?(?:\(\x01%\))?(?=\s|\x1b|\Z)")
+# MMEngine (open-mmlab/mmengine, mmengine/runner/log_processor.py, get_log_after_iter / get_log_after_epoch):
+# f"Epoch({mode}){cur_epoch_str}[{cur_iter}/{dataloader_len}]  " (cur_iter counts within the epoch) or
+# f"Iter({mode}) [{cur_iter}/{max_iters}]  " (the global iteration), then f"lr: {lr:.4e}", f"eta: {timedelta}",
+# "time: ", "data_time: ", "memory: " (MB) and f"{name}: {val:.4f}" items, two spaces apart. mmcv's TextLoggerHook
+# (open-mmlab/mmcv, mmcv/runner/hooks/logger/text.py): f"Epoch [{epoch}][{iter}/{len(data_loader)}]\t" or
+# f"Iter [{iter}/{max_iters}]\t", then the items joined by ", ".
+_MM_HEAD = re.compile(_PREFIX + r"(?P<kind>Epoch|Iter)(?:\((?P<mode>train|val|test)\))?\s*"
+                      r"(?:\[\s*(?P<epoch>\x01)\s*\])?\[\s*(?P<iter>\x01)\s*(?:/\s*(?P<len>\x01)\s*)?\]"
+                      r"(?P<rest>.*)\Z", re.S)
+_MM_FIELD = re.compile(r"(?<![^\s,])(?P<key>[A-Za-z_][\w./\-\x01]*):\s+(?:(?P<time>(?:\x01 days?, )?\x01(?::\x01)+)"
+                       r"|(?P<num>\x01)(?![ \t]+\x01)|(?P<const>[-+]?(?i:nan|inf))|[^\s,]+)(?=[\s,]|\Z)")
+# (a number followed by more numbers is a list, as mmdet's `bbox_mAP_copypaste: 0.376 0.581 ...`: not read)
+MM_SKIPPED = {"eta", "iter", "epoch"}  # eta is a duration; iteration and epoch are in the head
+MM_EVAL_SKIPPED = {"eta", "time", "data_time", "memory", "lr", "base_lr"}  # the validation pass's own timing
+
+# Per-trainer names, for keys that canonical_metric would not map or would map wrongly.
+TORCHTUNE_RENAMES = {"tokens_per_second_per_gpu": "tokens_per_s"}  # per device, as torchtitan's tps
+LLMC_RENAMES = {"trl": "loss", "tel": "eval_loss", "eval": "eval_hellaswag_acc", "norm": "grad_norm"}
+TITAN_RENAMES = {"tps": "tokens_per_s", "per_device_tps": "tokens_per_s_per_device", "step_time": "step_time_s"}
+MM_RENAMES = {"time": "time_s", "data_time": "data_time_s", "memory": "memory_mb"}  # seconds; MB (get_max_cuda_memory)
+FRAMEWORK_UNITS = {"ms": "_ms", "s": "_s", "gib": "_gib", "%": ""}
 
 _OVERFLOW = re.compile(r"(?i)\boverflow\b.*\b(?:skip\w*|scale|ignor\w*|reduc\w*)|\bskip\w*\b.*\boverflow"
                        r"|\bgrad(?:ient)? overflow\b")
@@ -152,7 +247,7 @@ _TRACEBACK = re.compile(r"Traceback \(most recent call last\)")
 _EVENT_WORDS = re.compile("overflow|nan|inf|finite|clamp|error|exception|traceback|warn|killed|memory|fatal|critical"
                           "|oom")
 # every line shape that gives points needs one of these (lower case)
-_POINT_WORDS = re.compile(r"step|iter|eval|val|train|hella|loss|\{")
+_POINT_WORDS = re.compile(r"step|iter|eval|val|train|hella|loss|\{|trl:|tel:")  # trl/tel: llm.c's main.log
 _ENDS_WITH_NUMBER = re.compile(r"\x01(?:ms|s|%|GB|MB)?\Z")
 
 # Event data, read from the line's own text.
@@ -176,8 +271,10 @@ class _Field:
     """One number of a line shape that becomes a point."""
 
     slot: int  # which number of the line
-    name: str
+    name: str  # SLOT marks where a number of the key itself goes (`accuracy/top1`): one per key_slots entry
     transform: str = ""  # "" | "per_ms" | "per_s": steps_per_s derived from a step time
+    more: tuple[int, ...] = ()  # the value's further thousands groups (`tps: 1,234`: slot holds 1, more 234)
+    key_slots: tuple[int, ...] = ()  # numbers inside the key, in order
 
 
 @dataclass(frozen=True)
@@ -186,7 +283,11 @@ class _Plan:
 
     family: str = ""  # "", "anchor", "megatron", "megatron_wrapped", "eval", "fairseq", "dict", "logtxt", ...
     step_slot: int | None = None
-    context: str = "next"  # where a line without its own step takes one: "next" or "prev" step line
+    step_offset: int = 0  # added to the step read (llm.c prints step + 1 where its main.log writes step)
+    epoch_slot: int | None = None  # with epoch_len_slot: the step is (epoch - 1) * epoch_len + step_slot's number
+    epoch_len_slot: int | None = None
+    context: str = "next"  # where a line without its own step takes one: "next", "prev" or "next_or_after" (the
+    # next step line's step; after the last step line, that step + 1)
     fields: tuple[_Field, ...] = ()
     constants: tuple[tuple[str, float], ...] = ()  # a literal nan/inf value: the same for every line of the shape
     event: str | None = None
@@ -213,11 +314,20 @@ class _Plan:
     @property
     def slots(self) -> tuple[int, ...]:
         needed = {f.slot for f in self.fields}
-        needed.update(s for s in (self.step_slot, self.nan_slot, self.skipped_slot) if s is not None)
+        for f in self.fields:
+            needed.update(f.more)
+            needed.update(f.key_slots)
+        needed.update(s for s in (self.step_slot, self.nan_slot, self.skipped_slot, self.epoch_slot,
+                                  self.epoch_len_slot) if s is not None)
         return tuple(sorted(needed))
+
+    @property
+    def key_slots(self) -> tuple[int, ...]:
+        return tuple(sorted({s for f in self.fields for s in f.key_slots}))
 
 
 _NOTHING = _Plan()
+CONTEXT_CODES = {"next": 1, "prev": 2, "next_or_after": 3}
 _PLANS: dict[str, _Plan] = {}
 
 
@@ -263,15 +373,21 @@ def _shifted(plan: _Plan, offset: int) -> _Plan:
     def move(slot: int | None) -> int | None:
         return None if slot is None else slot + offset
 
+    def moved(slots: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(s + offset for s in slots)
+
     return replace(plan, step_slot=move(plan.step_slot), nan_slot=move(plan.nan_slot),
-                   skipped_slot=move(plan.skipped_slot), n_slots=plan.n_slots + offset,
-                   fields=tuple(replace(f, slot=f.slot + offset) for f in plan.fields))
+                   skipped_slot=move(plan.skipped_slot), epoch_slot=move(plan.epoch_slot),
+                   epoch_len_slot=move(plan.epoch_len_slot), n_slots=plan.n_slots + offset,
+                   fields=tuple(replace(f, slot=f.slot + offset, more=moved(f.more), key_slots=moved(f.key_slots))
+                                for f in plan.fields))
 
 
 def _points_plan(body: str) -> _Plan | None:
     if not _POINT_WORDS.search(body.lower()):
         return None
-    for shape in (_megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan, _anchor_plan,
+    for shape in (_torchtune_plan, _llmc_log_plan, _llmc_stdout_plan, _torchtitan_plan, _mmengine_plan,
+                  _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan, _anchor_plan,
                   _bare_loss_plan, _hellaswag_plan):
         plan = shape(body)
         if plan is not None:
@@ -305,14 +421,20 @@ def _fields(body: str, start: int, end: int, family: str) -> tuple[list[_Field],
             keys[compact] = None
             if name is not None:
                 constants.append((name, float(m.group("const"))))
-    names = {f.name for f in fields} | {n for n, _ in constants}
-    if "steps_per_s" not in names:  # Megatron, nanoGPT and build-nanogpt log time per step: speed is its inverse
-        for f in list(fields):
-            base, _, unit = f.name.rpartition("_")
-            if base in STEP_TIME_BASES and unit in ("ms", "s"):
-                fields.append(_Field(f.slot, "steps_per_s", "per_ms" if unit == "ms" else "per_s"))
-                break
+    _add_speed(fields, constants)
     return fields, constants, keys
+
+
+def _add_speed(fields: list[_Field], constants: list[tuple[str, float]]) -> None:
+    """Megatron, nanoGPT, llm.c, MMEngine log a time per step: steps_per_s is its inverse (when not logged too)."""
+    names = {f.name for f in fields} | {n for n, _ in constants}
+    if "steps_per_s" in names:
+        return
+    for f in list(fields):
+        base, _, unit = f.name.rpartition("_")
+        if base in STEP_TIME_BASES and unit in ("ms", "s") and not f.more:
+            fields.append(_Field(f.slot, "steps_per_s", "per_ms" if unit == "ms" else "per_s"))
+            return
 
 
 def _metric_name(key: str, unit: str, family: str) -> str | None:
@@ -428,7 +550,162 @@ def _hellaswag_plan(body: str) -> _Plan | None:
     m = _HELLASWAG.match(body)
     if m is None:
         return None
-    return _Plan(family="hellaswag", fields=(_Field(_slot_index(body, m.start("value")), "eval_hellaswag_acc"),))
+    # evaluated at the top of a step (build-nanogpt, llm.c), and llm.c once more after its last step
+    return _Plan(family="hellaswag", context="next_or_after",
+                 fields=(_Field(_slot_index(body, m.start("value")), "eval_hellaswag_acc"),))
+
+
+def _framework_name(key: str, unit: str, renames: dict[str, str], evaluation: bool = False) -> str:
+    """A trainer's key as a metric name: normalised, renamed, a unit suffix, `eval_` for validation values."""
+    normal = re.sub(r"[\s\-]+", "_", key.strip().lower()).strip("_")
+    name = renames.get(normal, normal)
+    suffix = FRAMEWORK_UNITS.get(unit.lower(), "")
+    if suffix and not name.endswith(suffix):
+        name += suffix
+    if evaluation and not name.startswith(("eval_", "val_", "valid_", "validation_")):
+        name = "eval_" + name
+    return name
+
+
+def _keyed_field(body: str, key_start: int, key: str, value_start: int, name: str, more: tuple[int, ...] = ()
+                 ) -> _Field:
+    """A field whose key may hold numbers of its own (`accuracy/top1`, `d0.loss_cls`): their slots are kept."""
+    first = _slot_index(body, key_start)
+    key_slots = tuple(range(first, first + key.count(SLOT)))
+    return _Field(_slot_index(body, value_start), name, more=more, key_slots=key_slots)
+
+
+def _value_field(body: str, m: re.Match, group: str, name: str, fields: list[_Field],
+                 constants: list[tuple[str, float]]) -> None:
+    """The number (a slot) or the literal nan/inf of a named group, as a field or a constant."""
+    text = m.group(group)
+    if text is None:
+        return
+    if text == SLOT:
+        fields.append(_Field(_slot_index(body, m.start(group)), name))
+    else:
+        constants.append((name, float(text)))
+
+
+def _torchtune_plan(body: str) -> _Plan | None:
+    m = _TORCHTUNE.match(body)
+    if m is None:
+        return None
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    for f in _TUNE_FIELD.finditer(body, m.start("rest"), m.end("rest")):
+        group = "tensor" if f.group("tensor") is not None else "value"
+        value = f.group(group).strip()
+        name = _framework_name(f.group("key"), "", TORCHTUNE_RENAMES)
+        if value == SLOT:
+            start = f.start(group) + f.group(group).index(SLOT)
+            fields.append(_keyed_field(body, f.start("key"), f.group("key"), start, name))
+        elif re.fullmatch(r"[-+]?(?i:nan|inf)", value) and SLOT not in name:
+            constants.append((name, float(value)))
+    return _Plan(family="torchtune", step_slot=_slot_index(body, m.start("step")), fields=tuple(fields),
+                 constants=tuple(constants))
+
+
+def _llmc_log_plan(body: str) -> _Plan | None:
+    m = _LLMC_LOG.match(body)
+    if m is None:
+        return None
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    for f in _LLMC_FIELD.finditer(body, m.start("rest"), m.end("rest")):
+        _value_field(body, f, "value", _framework_name(f.group("key"), f.group("unit") or "", LLMC_RENAMES),
+                     fields, constants)
+    return _Plan(family="llmc", step_slot=_slot_index(body, m.start("step")), fields=tuple(fields),
+                 constants=tuple(constants))
+
+
+def _llmc_stdout_plan(body: str) -> _Plan | None:
+    for pattern, offset in [(p, -1) for p in _LLMC_STDOUT] + [(_LLMC_CPU, 0), (_LLMC_VAL, 0)]:
+        m = pattern.match(body)
+        if m is None:
+            continue
+        fields: list[_Field] = []
+        constants: list[tuple[str, float]] = []
+        for group in pattern.groupindex:
+            if group != "step":
+                _value_field(body, m, group, group, fields, constants)
+        _add_speed(fields, constants)
+        if "step" not in pattern.groupindex:  # llm.c evaluates at the top of a step, and once more after the last
+            return _Plan(family="eval", context="next_or_after", fields=tuple(fields), constants=tuple(constants))
+        return _Plan(family="llmc", step_slot=_slot_index(body, m.start("step")), step_offset=offset,
+                     fields=tuple(fields), constants=tuple(constants))
+    return None
+
+
+def _torchtitan_plan(body: str) -> _Plan | None:
+    m = _TITAN_HEAD.match(body)
+    if m is None:
+        return None
+    evaluation = m.group("validate") is not None
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    keys = set()
+    pos = m.end()
+    while True:  # every field `key: value`, separated by spaces and colour codes, or the line is no metrics line
+        pos = _TITAN_SEP.match(body, pos).end()
+        if pos >= len(body):
+            break
+        f = _TITAN_FIELD.match(body, pos)
+        if f is None:
+            return None
+        pos = f.end()
+        key = f.group("key")
+        keys.add(key)
+        name = _framework_name(key, f.group("unit") or "", TITAN_RENAMES, evaluation)
+        if f.group("num") is not None:
+            first = _slot_index(body, f.start("num"))
+            fields.append(_Field(first, name, more=tuple(range(first + 1, first + f.group("num").count(SLOT)))))
+        elif f.group("const") is not None:
+            constants.append((name, float(f.group("const"))))
+    if "loss" not in keys:
+        return None
+    _add_speed(fields, constants)
+    return _Plan(family="torchtitan", step_slot=_slot_index(body, m.start("step")), fields=tuple(fields),
+                 constants=tuple(constants))
+
+
+def _mmengine_plan(body: str) -> _Plan | None:
+    m = _MM_HEAD.match(body)
+    if m is None:
+        return None
+    mode = m.group("mode") or "train"  # mmcv names only the validation mode
+    if mode == "test":
+        return _Plan(family="mmengine")  # after training: no training step
+    rest = (m.start("rest"), m.end("rest"))
+    found = list(_MM_FIELD.finditer(body, *rest))
+    if mode == "val" and any(f.group("key") == "eta" for f in found):
+        return _Plan(family="mmengine")  # a progress line of the validation pass: its counter is no training step
+    skipped = MM_EVAL_SKIPPED if mode == "val" else MM_SKIPPED
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    for f in found:
+        key = f.group("key")
+        if key in skipped or f.group("time") is not None:
+            continue
+        name = _framework_name(key, "", MM_RENAMES, evaluation=mode == "val")
+        if f.group("num") is not None:
+            fields.append(_keyed_field(body, f.start("key"), key, f.start("num"), name))
+        elif f.group("const") is not None and SLOT not in key:
+            constants.append((name, float(f.group("const"))))
+    if mode == "val":  # a validation summary: the training step is the last one logged before it
+        return _Plan(family="eval", context="prev", fields=tuple(fields), constants=tuple(constants))
+    _add_speed(fields, constants)
+    step = _slot_index(body, m.start("iter"))
+    if m.group("kind") == "Iter":
+        if m.group("epoch") is not None:
+            return None
+        return _Plan(family="mmengine", step_slot=step, fields=tuple(fields), constants=tuple(constants))
+    if m.group("epoch") is None or m.group("len") is None:
+        return None  # an epoch's iteration without the epoch's length: no global step to compute
+    epoch = _slot_index(body, m.start("epoch"))
+    fields.insert(0, _Field(epoch, "epoch"))
+    return _Plan(family="mmengine", step_slot=step, epoch_slot=epoch, epoch_len_slot=_slot_index(body, m.start("len")),
+                 fields=tuple(fields), constants=tuple(constants))
 
 
 def _event_kind(body: str) -> str | None:
@@ -563,13 +840,29 @@ def _drop_repeats(frame: pd.DataFrame, seen: list[pd.DataFrame], rel: str, notes
     merged = frame[["name", "step", "value"]].astype({"name": str}).merge(earlier, on=["name", "step"], how="left",
                                                                           indicator=True)
     a, b = merged["value"].to_numpy(), merged["earlier"].to_numpy()
-    same = (merged["_merge"] == "both").to_numpy() & (np.isclose(a, b, rtol=DEDUPE_RTOL, atol=0.0)
-                                                      | (np.isnan(a) & np.isnan(b)))
+    both = (merged["_merge"] == "both").to_numpy()
+    with np.errstate(invalid="ignore"):
+        close = np.abs(a - b) <= np.maximum(_half_last_digit(a), _half_last_digit(b)) * (1 + DEDUPE_RTOL)
+    same = both & (np.isclose(a, b, rtol=DEDUPE_RTOL, atol=0.0) | close | (np.isnan(a) & np.isnan(b)))
     if same.any():
         notes.append(Note(rel, "points also logged by an earlier file of the run were read once",
                           count=int(same.sum())))
         frame = frame[~same].reset_index(drop=True)
     return frame
+
+
+def _half_last_digit(values: np.ndarray) -> np.ndarray:
+    """Half a unit of each value's last decimal as printed (5e-5 for 2.1234; 0 for 0 and for values with no short
+    decimal form): a value printed to fewer decimals stands for any value that rounds to it."""
+    half = np.zeros(len(values))
+    scaled = np.abs(np.nan_to_num(values, nan=0.5, posinf=0.5, neginf=0.5))
+    open_ = np.ones(len(values), dtype=bool)
+    for decimals in range(MAX_PRINTED_DECIMALS + 1):
+        hit = open_ & (scaled > 0) & (np.abs(scaled - np.round(scaled)) <= PRINTED_RTOL * scaled)
+        half[hit] = 0.5 * 10.0 ** -decimals
+        open_ &= ~hit
+        scaled = scaled * 10.0
+    return half
 
 
 @dataclass
@@ -635,7 +928,7 @@ class _Scanner:
         # collected
         self.p_line: list[np.ndarray] = []
         self.p_step: list[np.ndarray] = []  # -1: take the step from the context
-        self.p_ctx: list[np.ndarray] = []  # 0 own, 1 next step line, 2 previous step line
+        self.p_ctx: list[np.ndarray] = []  # 0 own, else CONTEXT_CODES: the next / previous step line's step
         self.p_name: list[np.ndarray] = []
         self.p_value: list[np.ndarray] = []
         self.names: dict[str, int] = {}
@@ -756,8 +1049,17 @@ class _Scanner:
         if not ok.all():
             self._parse_rows(rows[~ok] + lo, chunk=chunk, lo=lo)
             rows = rows[ok]
+        if plan.key_slots and rows.size:  # keys with numbers (`accuracy/top1`): the sample's keys, or parsed alone
+            numbers = _NUM.findall(text)
+            same = np.ones(rows.size, dtype=bool)
+            for slot in plan.key_slots:
+                same &= values[slot] == float(numbers[slot])
+            if not same.all():
+                self._parse_rows(rows[~same] + lo, chunk=chunk, lo=lo)
+                rows = rows[same]
+                values = {k: v[same] for k, v in values.items()}
         if rows.size:
-            self._apply(plan, rows + lo, values, chunk=chunk, lo=lo)
+            self._apply(plan, rows + lo, values, chunk=chunk, lo=lo, sample=text)
 
     def _parse_rows(self, line_indices: Iterable[int], chunk: "_Chunk | None" = None, lo: int = 0,
                     truncated: bool = False) -> None:
@@ -775,15 +1077,19 @@ class _Scanner:
             values = {s: np.array([float(numbers[s])]) for s in plan.slots}
             if truncated and plan.ends_with_number and plan.n_slots:
                 plan = self._without_last_number(plan)
-            self._apply(plan, np.array([line]), values, texts=[text])
+            self._apply(plan, np.array([line]), values, texts=[text], sample=text)
 
     def _without_last_number(self, plan: _Plan) -> _Plan:
         last = plan.n_slots - 1
-        if plan.step_slot == last or any(f.slot == last for f in plan.fields):
+
+        def uses_last(f: _Field) -> bool:
+            return f.slot == last or last in f.more or last in f.key_slots
+
+        if plan.step_slot == last or any(uses_last(f) for f in plan.fields):
             self.truncated_drop = True
-        if plan.step_slot == last:
+        if last in (plan.step_slot, plan.epoch_slot, plan.epoch_len_slot):
             return _NOTHING
-        return replace(plan, fields=tuple(f for f in plan.fields if f.slot != last))
+        return replace(plan, fields=tuple(f for f in plan.fields if not uses_last(f)))
 
     def _join_wrapped(self, first_lines: np.ndarray) -> None:
         """A Megatron iteration line wrapped over several physical lines: join them and read it as one."""
@@ -815,10 +1121,11 @@ class _Scanner:
 
     # -- turning parsed numbers into points, anchors, events --
     def _apply(self, plan: _Plan, line_idx: np.ndarray, values: dict[int, np.ndarray], chunk: "_Chunk | None" = None,
-               lo: int = 0, texts: list[str] | None = None) -> None:
+               lo: int = 0, texts: list[str] | None = None, sample: str | None = None) -> None:
+        """`sample`: a line of the shape (every line's own text on the slow path), for numbers inside keys."""
         n = len(line_idx)
         if plan.anchor:
-            raw_step = values[plan.step_slot]
+            raw_step = _step_values(plan, values)
             good = np.isfinite(raw_step) & (raw_step >= 0) & (raw_step == np.floor(raw_step)) & (raw_step < 2**53)
             if not good.all():
                 line_idx = line_idx[good]
@@ -827,7 +1134,7 @@ class _Scanner:
                 n = len(line_idx)
                 if not n:
                     return
-                raw_step = values[plan.step_slot]
+                raw_step = _step_values(plan, values)
             steps = raw_step.astype(np.int64)
             ctx = 0
             if plan.points:  # a step line logging nothing (`Step 2: Create Text` in a text sample) sets no context
@@ -835,18 +1142,27 @@ class _Scanner:
                 self.a_step.append(steps)
         else:
             steps = np.full(n, -1, dtype=np.int64)
-            ctx = 2 if plan.context == "prev" else 1
+            ctx = CONTEXT_CODES[plan.context]
         if plan.family == "fairseq":
             self.fairseq = True
         if plan.dict_without_step:
             self.dicts_without_step += n
         if not self.events_only:
+            numbers = _NUM.findall(sample) if plan.key_slots and sample is not None else None
             for f in plan.fields:
                 v = values[f.slot]
+                for group in f.more:  # `1,234,567`: each further group of three digits
+                    v = v * 1000.0 + values[group]
                 if f.transform:
                     with np.errstate(divide="ignore", invalid="ignore"):
                         v = np.where(v > 0, (1000.0 if f.transform == "per_ms" else 1.0) / v, np.nan)
-                self._add_points(line_idx, steps, ctx, f.name, v)
+                name = f.name
+                if f.key_slots:
+                    if numbers is None:
+                        continue
+                    for slot in f.key_slots:
+                        name = name.replace(SLOT, numbers[slot], 1)
+                self._add_points(line_idx, steps, ctx, name, v)
             for name, constant in plan.constants:
                 self._add_points(line_idx, steps, ctx, name, np.full(n, constant))
         if plan.family == "megatron":
@@ -1093,6 +1409,14 @@ class _Chunk:
             return np.array([_float_or_nan(t) for t in tokens.to_pylist()])
 
 
+def _step_values(plan: _Plan, values: dict[int, np.ndarray]) -> np.ndarray:
+    """The step of each line: its step number, or (epoch - 1) * epoch length + iteration in the epoch, plus offset."""
+    step = values[plan.step_slot]
+    if plan.epoch_len_slot is not None:
+        step = (values[plan.epoch_slot] - 1) * values[plan.epoch_len_slot] + step
+    return step + plan.step_offset if plan.step_offset else step
+
+
 def _float_or_nan(text: str) -> float:
     try:
         return float(text)
@@ -1101,7 +1425,8 @@ def _float_or_nan(text: str) -> float:
 
 
 def _context_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_step: np.ndarray) -> np.ndarray:
-    """Steps of lines that state none: the next step line's (ctx 1) or the previous one's (ctx 2); -1 if none."""
+    """Steps of lines that state none: the next step line's (ctx 1; else the previous one's, ctx 3: its step + 1),
+    or the previous one's (ctx 2); -1 if none."""
     out = np.full(len(lines), -1, dtype=np.int64)
     if not len(a_line):
         return out
@@ -1110,7 +1435,8 @@ def _context_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_ste
     has_prev = at > 0
     nxt = np.where(has_next, a_step[np.minimum(at, len(a_line) - 1)], -1)
     prev = np.where(has_prev, a_step[np.maximum(at - 1, 0)], -1)
-    out = np.where(ctx == 1, np.where(has_next, nxt, prev), prev)
+    after_last = np.where((ctx == 3) & has_prev, prev + 1, prev)
+    out = np.where((ctx == 1) | (ctx == 3), np.where(has_next, nxt, after_last), prev)
     return out.astype(np.int64)
 
 

@@ -594,3 +594,329 @@ def test_hf_end_of_training_summary_is_no_step_value():
     result = text("step 100 | loss 2.0\n***** train metrics *****\n  epoch                    =      1.875\n"
                   "  train_loss               =     3.5303\n")
     assert points(result, "loss") == {100: 2.0} and set(result.frame["name"]) == {"loss"}
+
+
+# --- other trainers: torchtune, llm.c, torchtitan, MMEngine/mmcv ------------------------------------------------------
+# Lines are the trainers' own format strings filled in, or copied from their docs and issues (cited at each).
+
+ANSI = {"red": "\033[31m", "green": "\033[32m", "yellow": "\033[33m", "blue": "\033[34m", "magenta": "\033[35m",
+        "cyan": "\033[36m", "reset": "\033[39m", "orange": "\033[38;2;180;60;0m",
+        "turquoise": "\033[38;2;54;234;195m"}  # pytorch/torchtitan torchtitan/tools/utils.py, class Color
+
+
+def _torchtune_line(step: int, payload: dict) -> str:
+    # pytorch/torchtune torchtune/training/metric_logging.py (9d571d91), DiskLogger.log_dict:
+    # self._file.write(f"Step {step} | "); for name, data in payload.items(): self._file.write(f"{name}:{data} ")
+    return f"Step {step} | " + "".join(f"{name}:{data} " for name, data in payload.items()) + "\n"
+
+
+def _titan_line(step: int, loss: float, grad_norm: float, tps: float, tflops: float = 0.52, color=ANSI) -> str:
+    # pytorch/torchtitan torchtitan/components/metrics.py (00fbaafa), MetricsProcessor.log, logger.info(...);
+    # the prefix is torchtitan/tools/logging.py's "[titan] %(asctime)s - %(name)s - %(levelname)s - %(message)s"
+    # under torchrun's "[rank0]:"
+    c = color
+    return ("[rank0]:[titan] 2025-10-30 14:32:58,897 - root - INFO - "
+            f"{c['red']}step: {step:2}  {c['green']}loss: {loss:7.4f}  {c['orange']}grad_norm: {grad_norm:7.4f}  "
+            f"{c['turquoise']}memory: {9.46:5.2f}GiB({64.99:.2f}%)  {c['blue']}tps: {round(tps):,}  "
+            f"{c['cyan']}tflops: {tflops:,.2f}  {c['magenta']}mfu: {0.17:.2f}%{c['reset']}\n")
+
+
+def _curve(step: float, broken_from: float | None = None, rise: bool = False) -> float:
+    """A healthy loss curve; from `broken_from` on NaN, or rising (`rise`)."""
+    loss = 1.2 + 2.0 * math.exp(-step / 60) + 0.02 * math.sin(step * 1.7)
+    if broken_from is not None and step >= broken_from:
+        loss = loss * (1 + 0.15 * (step - broken_from)) if rise else math.nan
+    return loss
+
+
+def _findings(tmp_path: Path, name: str, body: str) -> list[tuple[str, int]]:
+    from analyzer.diagnose import diagnose_path
+
+    (tmp_path / name).write_text(body)
+    diagnosis = diagnose_path(tmp_path)
+    assert diagnosis.run.formats == ("text",)
+    return [(f.name, f.first_step) for f in diagnosis.findings]
+
+
+def test_torchtune_disk_logger_lines():
+    # copied from meta-pytorch/torchtune PR #1358 (a DiskLogger log_<unix time>.txt)
+    result = text("Writing logs to /tmp/CodeLlama-7b-hf/logs/log_1723844072.txt\n"
+                  "Step 1 | loss:2.085338592529297 lr:2e-05 tokens_per_second_per_gpu:57.828881833956174\n"
+                  "Step 2 | loss:1.8718312978744507 lr:2e-05 tokens_per_second_per_gpu:405.044978758513\n")
+    assert points(result, "loss") == {1: 2.085338592529297, 2: 1.8718312978744507}
+    assert points(result, "lr") == {1: 2e-05, 2: 2e-05}
+    assert points(result, "tokens_per_s") == {1: 57.828881833956174, 2: 405.044978758513}  # per GPU
+    assert lines_of(result, "loss") == {1: 2, 2: 3}
+
+
+def test_torchtune_trailing_space_tensor_values_and_nan():
+    # meta-pytorch/torchtune PR #640 wrote "Step 0 | loss:1.7535516023635864 lr:2e-05 gpu_resources:13708965376 "
+    body = ("Step 0 | loss:1.7535516023635864 lr:2e-05 gpu_resources:13708965376 \n"
+            + _torchtune_line(1, {"loss": 1.5, "lr": 2e-05, "grad_norm": "tensor(0.8125, device='cuda:0', "
+                                                                          "dtype=torch.bfloat16)"})
+            + _torchtune_line(2, {"loss": math.nan, "grad_norm": "tensor(nan, device='cuda:0')"}))
+    result = text(body)
+    loss = points(result, "loss")
+    assert loss[0] == 1.7535516023635864 and loss[1] == 1.5 and math.isnan(loss[2])
+    assert points(result, "grad_norm")[1] == 0.8125 and math.isnan(points(result, "grad_norm")[2])
+    assert points(result, "gpu_resources") == {0: 13708965376.0}
+
+
+def test_torchtune_many_lines_fast_path_and_generic_step_lines_unchanged():
+    body = "".join(_torchtune_line(s, {"loss": 2.0 - s / 1000, "lr": 2e-05}) for s in range(1, 101))
+    assert points(text(body), "loss")[100] == 1.9
+    generic = text("Step 5 | loss: 2.3 | lr: 1e-4\nStep 6 | loss:2.2\n")  # not torchtune's shape: read as before
+    assert points(generic, "loss") == {5: 2.3, 6: 2.2} and points(generic, "lr") == {5: 1e-4}
+
+
+def test_torchtune_healthy_run_end_to_end(tmp_path):
+    body = "".join(_torchtune_line(s, {"loss": _curve(s), "lr": 2e-05, "tokens_per_second_per_gpu": 1500.0})
+                   for s in range(1, 201))
+    assert _findings(tmp_path, "log_1723844072.txt", body) == []
+
+
+def test_torchtune_nan_loss_end_to_end(tmp_path):
+    body = "".join(_torchtune_line(s, {"loss": _curve(s, 120), "lr": 2e-05, "tokens_per_second_per_gpu": 1500.0})
+                   for s in range(1, 201))
+    assert ("nonfinite-onset", 120) in _findings(tmp_path, "log_1723844072.txt", body)
+
+
+# llm.c (karpathy/llm.c). main.log: llmc/logger.h (046d0015) lines 37, 45, 53: "s:%d eval:%.4f\n",
+# "s:%d tel:%.4f\n", "s:%d trl:%.4f lr:%.6f norm:%.2f\n"; train_gpt2.py writes "s:%d trl:%f\n".
+LLMC_TRAIN, LLMC_VAL, LLMC_EVAL = "s:%d trl:%.4f lr:%.6f norm:%.2f\n", "s:%d tel:%.4f\n", "s:%d eval:%.4f\n"
+# stdout: train_gpt2.cu (00247dca) main(), printf0(...) after the update
+LLMC_CU = ("step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e | %.2f ms | %.1f%% bf16 MFU | "
+           "%.0f tok/s\n")
+
+
+def _llmc_log(n: int, broken_from: int | None = None) -> str:
+    out = []
+    for step in range(n + 1):  # as train_gpt2.cu's loop: val at the top of a step, and once more after the last
+        if step % 20 == 0 or step == n:
+            out.append(LLMC_VAL % (step, _curve(step, broken_from) + 0.05))
+        if step == n:
+            break
+        out.append(LLMC_TRAIN % (step, _curve(step, broken_from), 6e-4 * min(1, (step + 1) / 20), 1.0))
+    return "".join(out).replace("nan", "-nan")  # glibc prints a negative NaN so
+
+
+def test_llmc_main_log_lines():
+    result = text(LLMC_VAL % (0, 10.9720) + LLMC_TRAIN % (0, 10.983, 0.0, 15.33) + LLMC_TRAIN % (1, 10.648, 6e-4,
+                                                                                                  12.14)
+                  + LLMC_EVAL % (1, 0.2495) + "s:2 trl:10.100000\n" + "s:3 trl:-nan lr:0.000600 norm:nan\n")
+    loss = points(result, "loss")
+    assert [loss[s] for s in (0, 1, 2)] == [10.983, 10.648, 10.1] and sorted(loss) == [0, 1, 2, 3]
+    assert math.isnan(loss[3]) and math.isnan(points(result, "grad_norm")[3])
+    assert points(result, "eval_loss") == {0: 10.972} and points(result, "eval_hellaswag_acc") == {1: 0.2495}
+    assert points(result, "lr") == {0: 0.0, 1: 6e-4, 3: 6e-4} and points(result, "grad_norm")[1] == 12.14
+
+
+def test_llmc_stdout_lines_take_main_logs_steps():
+    # llm.c prints step + 1 where main.log writes step; `val loss` comes at the top of the step it evaluates
+    nan = math.nan
+    body = ("val loss %f\n" % 10.972 + LLMC_CU % (1, 74, 4.367857, nan, 15.342, nan, 6e-4, 394.95, 42.3, 1327493)
+            + LLMC_CU % (2, 74, 4.2, 0.51, 11.0, -1.25, 6e-4, 390.1, 42.5, 1330000)
+            + "HellaSwag: %d/%d = %f\n" % (2505, 10042, 0.249452) + "val loss %f\n" % 4.1)
+    result = text(body)
+    assert points(result, "loss") == {0: 4.367857, 1: 4.2} and points(result, "grad_norm") == {0: 15.342, 1: 11.0}
+    assert points(result, "lr") == {0: 6e-4, 1: 6e-4} and points(result, "mfu") == {0: 42.3, 1: 42.5}
+    assert points(result, "tokens_per_s") == {0: 1327493, 1: 1330000}
+    assert points(result, "steps_per_s")[0] == pytest.approx(1000 / 394.95)
+    assert points(result, "eval_loss") == {0: 10.972, 2: 4.1}  # the last one: after the last step, its step + 1
+    assert points(result, "eval_hellaswag_acc") == {2: 0.249452}
+
+
+def test_llmc_other_stdout_shapes():
+    # train_gpt2.py: f"step {step+1:4d}/{args.num_iterations} | train loss {lossf:.6f} | norm {norm:.4f} |
+    # lr {lr:.2e} | ({(t1-t0)*1000:.2f} ms | {tokens_per_second:.0f} tok/s)"
+    py = (f"step {1:4d}/{74} | train loss {4.367857:.6f} | norm {15.342:.4f} | lr {6e-4:.2e} | "
+          f"({394.95:.2f} ms | {1327493:.0f} tok/s)\n")
+    old_cu = "step %4d/%d: train loss %f (%f ms, %d tok/s)\n" % (1, 74, 4.3, 394.9, 1327493)  # earlier train_gpt2.cu
+    for line in (py, old_cu):
+        result = text(line)
+        assert list(points(result, "loss")) == [0] and points(result, "tokens_per_s") == {0: 1327493}
+    # train_gpt2.c prints its loop's step; copied from karpathy/llm.c README.md ("The output looks like this")
+    result = text("num_activations: 73323776\nval loss 5.252026\nstep 0: train loss 5.356189 (took 1452.121000 ms)\n"
+                  "step 1: train loss 4.301069 (took 1288.673000 ms)\n")
+    assert points(result, "loss") == {0: 5.356189, 1: 4.301069} and points(result, "eval_loss") == {0: 5.252026}
+    assert points(result, "step_time_ms") == {0: 1452.121, 1: 1288.673}
+
+
+def test_llmc_main_log_beside_its_stdout_is_one_run(tmp_path):
+    (tmp_path / "main.log").write_text(_llmc_log(60))
+    stdout = []
+    for step in range(61):
+        if step % 20 == 0 or step == 60:
+            stdout.append("val loss %f\n" % (_curve(step) + 0.05))
+        if step < 60:
+            stdout.append(LLMC_CU % (step + 1, 60, _curve(step), math.nan, 1.0, math.nan,
+                                     6e-4 * min(1, (step + 1) / 20), 390.0, 42.0, 1330000))
+    (tmp_path / "train.out").write_text("".join(stdout))
+    run = build_run(tmp_path, [textlog.read([tmp_path / "main.log", tmp_path / "train.out"], tmp_path)])
+    assert not run.events_of("restart")  # %.4f in main.log and %7.6f on stdout are the same values
+    assert run.series("eval_loss").index.tolist() == [0, 20, 40, 60]
+
+
+def test_llmc_healthy_run_end_to_end(tmp_path):
+    assert _findings(tmp_path, "main.log", _llmc_log(200)) == []
+
+
+def test_llmc_nan_loss_end_to_end(tmp_path):
+    assert ("nonfinite-onset", 150) in _findings(tmp_path, "main.log", _llmc_log(200, broken_from=150))
+
+
+def test_torchtitan_lines_copied_from_a_run():
+    # copied from pytorch/torchtitan PR #3393 (colour printing off)
+    result = text("[rank0]:[titan] 2026-05-18 16:04:46,338 - root - INFO - step: 14  loss:  3.24405  grad_norm:  "
+                  "0.8319  memory:  9.46GiB(64.99%)  tps: 7,282  tflops: 0.52  mfu: 0.17%\n"
+                  "[rank0]:[titan] 2026-05-18 16:04:47,456 - root - INFO - step: 15  loss:  3.10680  grad_norm:  "
+                  "0.8587  memory:  9.46GiB(64.99%)  tps: 7,334  tflops: 0.53  mfu: 0.17%\n")
+    assert points(result, "loss") == {14: 3.24405, 15: 3.1068} and points(result, "grad_norm")[15] == 0.8587
+    assert points(result, "tokens_per_s") == {14: 7282, 15: 7334} and points(result, "tflops")[14] == 0.52
+    assert points(result, "memory_gib")[14] == 9.46 and points(result, "mfu")[15] == 0.17
+
+
+def test_torchtitan_colours_thousands_and_validation():
+    body = (_titan_line(1, 8.1661, 3.6855, 3502.4) + _titan_line(2, 6.1098, 4.6416, 1177138.2, tflops=1096.17)
+            # MetricsProcessor.log_validation: f"{color.yellow}validate step: {step:2}  {color.green}loss:
+            # {loss:7.4f}  {color.turquoise}memory: ...GiB(...%)  {color.blue}tps: {round(tps):,}{color.reset}"
+            + f"{ANSI['yellow']}validate step: {2:2}  {ANSI['green']}loss: {5.5:7.4f}  {ANSI['turquoise']}memory: "
+              f"{2.49:5.2f}GiB({3.14:.2f}%)  {ANSI['blue']}tps: {round(12345.6):,}{ANSI['reset']}\n")
+    result = text(body)
+    assert points(result, "loss") == {1: 8.1661, 2: 6.1098} and points(result, "grad_norm")[2] == 4.6416
+    assert points(result, "tokens_per_s") == {1: 3502, 2: 1177138} and points(result, "tflops")[2] == 1096.17
+    assert points(result, "eval_loss") == {2: 5.5} and points(result, "eval_tokens_per_s") == {2: 12346}
+
+
+def test_torchtitan_shape_needs_its_fields():
+    result = text("step: 5  we saw loss: 2.0  lr: 1e-4\n")  # prose after a step: not torchtitan's line
+    assert result.frame is None or "loss" not in set(result.frame["name"])
+
+
+def test_torchtitan_healthy_run_end_to_end(tmp_path):
+    body = "".join(_titan_line(s, _curve(s), 0.9 + 0.05 * math.sin(s), 7300 + 20 * math.sin(s)) for s in range(1, 201))
+    assert _findings(tmp_path, "torchtitan.out", body) == []
+
+
+def test_torchtitan_gradient_explosion_end_to_end(tmp_path):
+    body = "".join(_titan_line(s, _curve(s, 150, rise=True), 0.9 if s < 150 else 0.9 * 3 ** (s - 150), 7300)
+                   for s in range(1, 201))
+    names = {name for name, _ in _findings(tmp_path, "torchtitan.out", body)}
+    assert {"grad-explosion", "loss-divergence"} <= names
+
+
+# MMEngine: open-mmlab/mmengine mmengine/runner/log_processor.py (10322790), LogProcessor.get_log_after_iter:
+# f"Epoch({mode}){cur_epoch_str}[{cur_iter_str}/{dataloader_len}]  " (cur_iter counts within the epoch) or
+# f"Iter({mode}) [{cur_iter_str}/{runner.max_iters}]  ", then f"{key}: {value:.4e}" for lr, f"eta: {eta_str}  ",
+# f"time: {:.4f}  data_time: {:.4f}  ", f"memory: {max_memory}  " and f"{name}: {val:.4f}" joined by two spaces;
+# the prefix is MMLogger's "%(asctime)s - %(name)s - %(levelname)s - %(message)s".
+def _mm_train_line(epoch: int, it: int, per_epoch: int, loss: float, eta: str = "0:01:00") -> str:
+    return (f"2023/08/21 02:58:41 - mmengine - INFO - Epoch(train)  [{epoch}][{it:3d}/{per_epoch}]  "
+            f"lr: {1e-2:.4e}  eta: {eta}  time: {0.1:.4f}  data_time: {0.01:.4f}  memory: 1234  loss: {loss:.4f}\n")
+
+
+def test_mmengine_epoch_line_from_the_docs():
+    # copied from open-mmlab/mmaction2 docs/en/advanced_guides/customize_logging.md
+    result = text("08/21 02:58:41 - mmengine - INFO - Epoch(train) [1][10/25]  lr: 1.0000e-02  eta: 0:00:00  time: "
+                  "0.0019  data_time: 0.0004  loss1: 0.8381  loss2: 0.9007  loss: 1.7388\n"
+                  "08/21 02:58:41 - mmengine - INFO - Epoch(train) [2][20/25]  lr: 1.0000e-02  eta: 0:00:00  time: "
+                  "0.0029  data_time: 0.0010  loss1: 0.1978  loss2: 0.4312  loss: 0.6290\n")
+    assert points(result, "loss") == {10: 1.7388, 45: 0.629}  # (epoch - 1) * 25 + iteration in the epoch
+    assert points(result, "epoch") == {10: 1.0, 45: 2.0} and points(result, "loss1")[45] == 0.1978
+    assert points(result, "lr") == {10: 0.01, 45: 0.01} and points(result, "time_s")[10] == 0.0019
+    assert points(result, "steps_per_s")[45] == pytest.approx(1 / 0.0029)
+
+
+def test_mmengine_iteration_lines_validation_and_test():
+    body = ("2023/08/21 02:58:41 - mmengine - INFO - Iter(train) [ 50/1000]  base_lr: 1.0000e-02 lr: 1.0000e-02  "
+            "eta: 1 day, 2:03:04  time: 0.0019  data_time: 0.0004  memory: 1234  loss: nan  grad_norm: 1.5000\n"
+            # get_log_after_iter for the validation pass (its own counter) and get_log_after_epoch's summary
+            "2023/08/21 02:58:41 - mmengine - INFO - Iter(val) [100/313]    eta: 0:00:01  time: 0.0100  "
+            "data_time: 0.0010  memory: 1234\n"
+            "2023/08/21 02:58:41 - mmengine - INFO - Iter(val) [313/313]    accuracy/top1: 45.9300  accuracy/top5: "
+            "91.6600  data_time: 0.0031  time: 0.0080\n"
+            "2023/08/21 02:58:41 - mmengine - INFO - Epoch(test) [313/313]    accuracy/top1: 44.0000\n")
+    result = text(body)
+    assert math.isnan(points(result, "loss")[50]) and points(result, "grad_norm") == {50: 1.5}
+    assert points(result, "memory_mb") == {50: 1234} and points(result, "base_lr") == {50: 0.01}
+    assert points(result, "eval_accuracy/top1") == {50: 45.93} and points(result, "eval_accuracy/top5") == {50: 91.66}
+    assert set(result.frame["step"]) == {50}  # neither validation counter nor the test pass is a training step
+
+
+def test_mmcv_text_logger_lines():
+    # open-mmlab/mmcv mmcv/runner/hooks/logger/text.py (797fc9a8), TextLoggerHook._log_info:
+    # f'Epoch [{log_dict["epoch"]}][{log_dict["iter"]}/{len(runner.data_loader)}]\t' + f'{lr_str}, '
+    # + f'eta: {eta_str}, ' + f'time: {:.3f}, data_time: {:.3f}, ' + f'memory: {memory}, '
+    # + ', '.join(f'{name}: {val:.4f}')
+    result = text("2021-03-01 10:00:00,000 - mmdet - INFO - Epoch [2][50/7330]\tlr: 1.000e-02, eta: 1 day, 2:03:04, "
+                  "time: 0.512, data_time: 0.010, memory: 3456, loss_rpn_cls: 0.1234, loss: 0.5678\n"
+                  "2021-03-01 11:00:00,000 - mmdet - INFO - Epoch(val) [2][500]\tbbox_mAP: 0.3760, bbox_mAP_50: "
+                  "0.5810, bbox_mAP_copypaste: 0.376 0.581 0.404 0.215 0.410 0.495\n")
+    assert points(result, "loss") == {7380: 0.5678} and points(result, "loss_rpn_cls") == {7380: 0.1234}
+    assert points(result, "eval_bbox_map") == {7380: 0.376} and points(result, "eval_bbox_map_50") == {7380: 0.581}
+    assert "eval_bbox_map_copypaste" not in set(result.frame["name"])  # a list of numbers, not one value
+
+
+def test_mmengine_keys_with_numbers_in_a_repeated_shape():
+    lines = [f"2023/08/21 02:58:41 - mmengine - INFO - Epoch(val) [{e}][100/100]    accuracy/top1: {40 + e:.4f}  "
+             f"accuracy/top5: {80 + e:.4f}\n" for e in range(1, 9)]
+    lines.insert(4, "2023/08/21 02:58:41 - mmengine - INFO - Epoch(val) [4][100/100]    accuracy/top2: 1.0000  "
+                    "accuracy/top5: 2.0000\n")  # same skeleton, another key: read under its own name
+    body = "".join(_mm_train_line(e, 100, 100, 1.0) + line for e, line in zip([1, 2, 3, 4, 4, 5, 6, 7, 8], lines))
+    result = text(body)
+    assert points(result, "eval_accuracy/top1")[800] == 48.0 and len(points(result, "eval_accuracy/top1")) == 8
+    assert points(result, "eval_accuracy/top2") == {400: 1.0}
+
+
+def test_mmengine_healthy_run_end_to_end(tmp_path):
+    body = "".join(_mm_train_line(e, i, 250, _curve(((e - 1) * 250 + i) / 5))
+                   for e in range(1, 5) for i in range(10, 251, 10))
+    assert _findings(tmp_path, "20230821_025841.log", body) == []
+
+
+def test_mmengine_nan_loss_end_to_end(tmp_path):
+    body = "".join(_mm_train_line(e, i, 250, _curve(((e - 1) * 250 + i) / 5, 120))
+                   for e in range(1, 5) for i in range(10, 251, 10))
+    assert ("nonfinite-onset", 600) in _findings(tmp_path, "20230821_025841.log", body)
+
+
+@pytest.mark.parametrize("name, body", [
+    ("log_1723844072.txt", "Step 1 | loss:2.08 lr:2e-05 \n"),
+    ("main.log", "s:0 trl:10.9830 lr:0.000000 norm:15.33\n"),
+    ("train.out", "step: 1  loss:  8.1661  grad_norm:  3.6855  memory:  2.47GiB(3.12%)  tps: 3,502\n"),
+    ("20230821_025841.log", "Iter(train) [ 50/1000]  lr: 1.0000e-02  loss: 2.3026\n"),
+])
+def test_sniff_other_trainers(tmp_path, name, body):
+    path = tmp_path / name
+    path.write_text(body)
+    assert textlog.sniff(path)
+
+
+def test_truncated_last_line_of_other_trainers():
+    result = text("Step 1 | loss:2.0 lr:2e-05 \nStep 2 | loss:1.9 lr:2.5e-0")
+    assert points(result, "loss") == {1: 2.0, 2: 1.9} and points(result, "lr") == {1: 2e-05}
+    result = text(_titan_line(1, 8.0, 3.0, 1234.0, color=dict.fromkeys(ANSI, "")) + "step:  2  loss:  7.9000  tps: 1,2")
+    assert points(result, "loss") == {1: 8.0, 2: 7.9} and points(result, "tokens_per_s") == {1: 1234}
+
+
+OTHER_TRAINER_SHAPES = st.sampled_from([
+    "Step {i} | loss:{v} lr:{v} grad_norm:tensor({v}, device='cuda:0') ", "s:{i} trl:{v} lr:{v} norm:{v}",
+    "s:{i} tel:{v}", "step {i}/{i} | loss {v} (+{v}z)| norm {v} (-{v}z)| lr {v} | {v} ms | {v}% bf16 MFU | {v} tok/s",
+    "val loss {v}", "HellaSwag: {i}/{i} = {v}", "\x1b[31mstep: {i}  \x1b[32mloss: {v}  \x1b[34mtps: {i},{i}\x1b[39m",
+    "x - INFO - Epoch(train)  [{i}][{i}/{i}]  lr: {v}  eta: {i}:{i}:{i}  loss: {v}",
+    "Epoch(val) [{i}][{i}/{i}]  acc/top{i}: {v}  d{i}.loss: {v}", "Iter(train) [{i}/{i}]  loss: {v}"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(OTHER_TRAINER_SHAPES, st.integers(0, 50), NUMBERS), min_size=1, max_size=60))
+def test_fast_path_equals_line_by_line_for_other_trainers(monkeypatch, rows):
+    body = "".join(shape.format(i=i, v=v) + "\n" for shape, i, v in rows)
+    fast = textlog.read_text(body)
+    with monkeypatch.context() as patch:
+        patch.setattr(textlog, "SMALL_GROUP", 10**9)
+        slow = textlog.read_text(body)
+    if fast.frame is None:
+        assert slow.frame is None
+    else:
+        assert fast.frame.astype({"name": str}).equals(slow.frame.astype({"name": str}))
+    assert fast.events == slow.events
