@@ -160,9 +160,10 @@ def _value(name: str) -> str:
 
 # torchtune's DiskLogger and StdoutLogger (pytorch/torchtune, torchtune/training/metric_logging.py, log_dict):
 # f"Step {step} | " then f"{name}:{data} " for each metric; `data` as Python prints it, a float or a tensor's repr
-# (`grad_norm:tensor(0.8125, device='cuda:0')`). log(): f"Step {step} | {name}:{data}".
+# (`grad_norm:tensor(0.8125, device='cuda:0')`). log(): f"Step {step} | {name}:{data}". On a terminal log the
+# StdoutLogger's line may follow the recipe's tqdm bar (`1|3|Loss: 1.17:  60%|###   | 3/5 [00:05<00:03,  1.6s/it]`).
 _TUNE_VALUE = r"(?:tensor\([^()\n]*\)|[^\s(]+)"
-_TORCHTUNE = re.compile(_PREFIX + r"Step (?P<step>\x01) \| (?P<rest>[^\s:|]+:" + _TUNE_VALUE
+_TORCHTUNE = re.compile(r"(?:.*?(?:it/s|s/it)\])?" + _PREFIX + r"Step (?P<step>\x01) \| (?P<rest>[^\s:|]+:" + _TUNE_VALUE
                         + r"(?: [^\s:|]+:" + _TUNE_VALUE + r")*) ?\s*\Z")
 _TUNE_FIELD = re.compile(r"(?P<key>[^\s:|]+):(?:tensor\((?P<tensor>[^,()\n]*)[^()\n]*\)|(?P<value>[^\s(]+))")
 # llm.c's main.log (karpathy/llm.c, llmc/logger.h): "s:%d trl:%.4f lr:%.6f norm:%.2f", "s:%d tel:%.4f" and

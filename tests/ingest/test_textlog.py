@@ -669,6 +669,14 @@ def test_torchtune_many_lines_fast_path_and_generic_step_lines_unchanged():
     assert points(generic, "loss") == {5: 2.3, 6: 2.2} and points(generic, "lr") == {5: 1e-4}
 
 
+def test_torchtune_stdout_line_after_its_progress_bar():
+    # the recipes' pbar.set_description(f"{curr_epoch + 1}|{self.global_step}|Loss: {loss_to_log}") on stderr, then
+    # StdoutLogger's line on stdout: in one terminal log the line follows the bar
+    bar = "\r1|3|Loss: 1.17:  60%|######    | 3/5 [00:05<00:03,  1.60s/it]"
+    result = text(bar + _torchtune_line(3, {"loss": 1.17, "lr": 2e-05}) + _torchtune_line(4, {"loss": 1.1}))
+    assert points(result, "loss") == {3: 1.17, 4: 1.1}
+
+
 def test_torchtune_healthy_run_end_to_end(tmp_path):
     body = "".join(_torchtune_line(s, {"loss": _curve(s), "lr": 2e-05, "tokens_per_second_per_gpu": 1500.0})
                    for s in range(1, 201))
