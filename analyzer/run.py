@@ -476,11 +476,15 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
     pieces = list(pieces)
     sources: list[str] = []
     frames, row_codes = [], []
+    copies = _Copies()
     for piece in pieces:
         for file, frame in [*piece.frames, *piece.clocks]:
             if file not in sources:
                 sources.append(file)
             normalised, metric_of, pair_codes = _normalise_frame(frame, sources.index(file))
+            repeated = copies.repeated(normalised, metric_of, pair_codes, file)
+            if repeated is not None:
+                normalised, pair_codes = normalised[~repeated].reset_index(drop=True), pair_codes[~repeated]
             frames.append(normalised)
             row_codes.append((metric_of, pair_codes))
     if len(frames) == 1:  # the usual single log: its frame is already ours, with a fresh 0..n-1 index
@@ -507,12 +511,79 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
         formats=tuple(dict.fromkeys(p.format for p in pieces if p.frames or p.hparams or p.events or p.checkpoints)),
         sources=tuple(sources), scalars=scalars, hparams=dict(sorted(hparams.items())),
         checkpoints=tuple(checkpoints), events=tuple(events), blind_spots=tuple(blind),
-        notes=tuple(n for p in pieces for n in p.notes), status=status,
+        notes=tuple(n for p in pieces for n in p.notes) + tuple(copies.notes), status=status,
     )
     if codes is not None:  # the per-metric index, from the codes in hand rather than by factorising strings again
         object.__setattr__(run, "_index_cache", latest_index(scalars, codes))
         object.__setattr__(run, "_codes_cache", codes)
     return run
+
+
+class _Copies:
+    """Series that a later file repeats point for point: HF Trainer's TensorBoard events beside trainer_state.json,
+    a W&B history beside them, a framework's CSV copy of its JSON. Their points are kept once, from the file read
+    first, so a copy never reads as a restart (its steps start again from the first) and no point counts twice. A
+    later file is a copy of a series (one metric of one rank) only when every one of its points is already there,
+    at the same step with the same value (to float32 precision: TensorBoard stores float32); anything else is data
+    of its own. Files whose metrics nothing read before shares cost nothing: the usual single log is not scanned."""
+
+    RTOL = 1e-6  # float32 keeps ~7 significant digits
+
+    def __init__(self) -> None:
+        self.frames: list[tuple[str, pd.DataFrame, list[str], np.ndarray]] = []  # as read: file, rows, codes
+        self.metrics: set[str] = set()
+        self.notes: list[Note] = []
+
+    def repeated(self, frame: pd.DataFrame, metric_of: list[str], pair_codes: np.ndarray,
+                 file: str) -> np.ndarray | None:
+        """Which rows of this file's frame repeat points of files read before (None: none do)."""
+        shared = (set(metric_of) & self.metrics) - {CLOCK_METRIC}
+        self.frames.append((file, frame, metric_of, pair_codes))
+        self.metrics |= set(metric_of)
+        if not shared or not len(frame):
+            return None
+        out = np.zeros(len(frame), dtype=bool)
+        for metric in sorted(shared):
+            rows = self._rows(frame, metric_of, pair_codes, metric)
+            ranks = frame["rank"].to_numpy()[rows]
+            for rank in sorted(set(ranks.tolist())):  # a few ranks at most, on the few rows of one metric
+                these = rows[ranks == rank]
+                where = self._all_there(frame, these, metric, rank)
+                if where is not None:
+                    out[these] = True
+                    self.notes.append(Note(file, f"{len(these)} {metric} point(s) repeat {where} (same steps and "
+                                                 "values): read once", count=len(these)))
+        return out if out.any() else None
+
+    @staticmethod
+    def _rows(frame: pd.DataFrame, metric_of: list[str], pair_codes: np.ndarray, metric: str) -> np.ndarray:
+        pairs = [i for i, m in enumerate(metric_of) if m == metric]
+        return np.flatnonzero(np.isin(pair_codes, pairs))
+
+    def _all_there(self, frame: pd.DataFrame, rows: np.ndarray, metric: str, rank: int) -> str | None:
+        """The earlier file holding the first of these points, when all of them were read before; else None."""
+        steps, values = frame["step"].to_numpy()[rows], frame["value"].to_numpy()[rows]
+        old_steps, old_values, old_files = [], [], []
+        for file, old, metric_of, pair_codes in self.frames[:-1]:
+            if metric in metric_of:
+                mine = self._rows(old, metric_of, pair_codes, metric)
+                mine = mine[old["rank"].to_numpy()[mine] == rank]
+                old_steps.append(old["step"].to_numpy()[mine])
+                old_values.append(old["value"].to_numpy()[mine])
+                old_files.append(np.full(len(mine), len(old_files)))
+        names = [f for f, _, metric_of, _ in self.frames[:-1] if metric in metric_of]
+        if not old_steps or not len(steps):
+            return None
+        old_step, old_value, old_file = (np.concatenate(a) for a in (old_steps, old_values, old_files))
+        order = np.argsort(old_step, kind="stable")
+        old_step, old_value, old_file = old_step[order], old_value[order], old_file[order]
+        at = np.searchsorted(old_step, steps)
+        if (at >= len(old_step)).any():
+            return None
+        found = old_value[at]
+        same = (old_step[at] == steps) & (np.isclose(values, found, rtol=self.RTOL, atol=0.0, equal_nan=True)
+                                          | (values == found))  # == for equal infinities
+        return names[int(old_file[at[0]])] if same.all() else None
 
 
 def _codes(frames: list[pd.DataFrame], row_codes: list[tuple[list[str], np.ndarray]]) -> GroupCodes:

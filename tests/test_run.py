@@ -87,3 +87,38 @@ def test_ranks_are_separate_series():
     assert run.series("loss").tolist() == [1.0, 2.0]
     assert run.series("loss", rank=1).tolist() == [3.0, 4.0]
     assert not run.events_of("restart")
+
+
+def _two_files(first: dict, second: dict, second_format: str = "tensorboard"):
+    """A run read from two files: `first` by one reader, `second` by another; each {name: (steps, values)}."""
+    from pathlib import Path
+
+    pieces = []
+    for fmt, file, series in (("hf-trainer", "trainer_state.json", first), (second_format, "runs/events", second)):
+        piece = Ingested(fmt)
+        for name, (steps, values) in series.items():
+            piece.add_frame(file, pd.DataFrame({"step": steps, "name": name, "value": values,
+                                                "line": range(1, len(steps) + 1)}))
+        pieces.append(piece)
+    return build_run(Path("/r"), pieces)
+
+
+def test_a_second_file_repeating_a_series_is_read_once_and_is_no_restart():
+    loss = [2.5, 2.25, float("nan"), 1.9]
+    tb_loss = np.array(loss, dtype=np.float32).astype(float)  # TensorBoard keeps float32
+    run = _two_files({"loss": ([5, 10, 15, 20], loss)}, {"train/loss": ([5, 10, 15, 20], tb_loss)})
+    assert not run.events_of("restart")
+    assert run.series("loss").index.tolist() == [5, 10, 15, 20] and len(run.scalars) == 4
+    assert set(run.scalars["source"]) == {0}  # cited from the file read first
+    (note,) = run.notes
+    assert note.file == "runs/events" and "4 loss point(s) repeat trainer_state.json" in note.message
+
+
+def test_a_second_file_with_other_values_or_steps_is_data_of_its_own():
+    loss = ([5, 10, 15], [2.5, 2.25, 2.0])
+    other_value = _two_files({"loss": loss}, {"loss": ([5, 10, 15], [2.5, 2.26, 2.0])})
+    assert len(other_value.scalars) == 6 and other_value.events_of("restart")  # as before: a second segment
+    more_steps = _two_files({"loss": loss}, {"loss": ([5, 10, 15, 20], [2.5, 2.25, 2.0, 1.9])})
+    assert len(more_steps.scalars) == 7 and not more_steps.notes
+    other_metric = _two_files({"loss": loss}, {"lr": ([5, 10, 15], [2.5, 2.25, 2.0])})
+    assert len(other_metric.scalars) == 6 and not other_metric.notes

@@ -263,3 +263,29 @@ def test_events_without_a_wall_time_give_no_clock(tmp_path):
                                                                                  wall_time=0.0))
     piece = read_dir(tmp_path)
     assert piece.clocks == [] and set(points(piece)) == {"loss"}
+
+
+def test_hf_trainers_tensorboard_copy_beside_trainer_state_is_read_once(tmp_path):
+    """HF Trainer's default report_to includes tensorboard: runs/<date>/events.* repeat log_history's train/loss,
+    learning_rate and grad_norm (as float32). Read once, that is no restart and no doubled point."""
+    import json
+    import shutil
+
+    from analyzer.ingest import read_run
+
+    run_dir = tmp_path / "out"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "fixtures" / "frameworks" / "hf_trainer_healthy", run_dir)
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    events = [tb_event(row["step"], *(tb_simple(f"train/{k}", float(row[k])) for k in ("loss", "learning_rate",
+                                                                                    "grad_norm")),
+                       wall_time=1.7e9 + row["step"])
+              for row in history if "loss" in row]
+    (run_dir / "runs" / "Nov22_01-00-00_host").mkdir(parents=True)
+    (run_dir / "runs" / "Nov22_01-00-00_host" / "events.out.tfevents.1700000000.host.1.0").write_bytes(
+        tb_file(*events))
+    run = read_run(run_dir)
+    assert "tensorboard" in run.formats and not run.events_of("restart")
+    assert len(run.series("loss")) == len(events)
+    assert all(run.sources[s].endswith("trainer_state.json")
+               for s in run.scalars[run.scalars["metric"] == "loss"]["source"])
+    assert sum("point(s) repeat" in n.message and n.file.startswith("runs/") for n in run.notes) == 3
