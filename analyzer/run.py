@@ -53,6 +53,7 @@ METRIC_ALIASES: Mapping[str, str] = {
 
 _EVAL_PREFIXES = ("eval/", "val/", "valid/", "validation/", "eval_", "val_", "valid_", "validation_", "dev_", "dev/")
 _TRAIN_PREFIXES = ("train/", "training/", "train_")
+_NAMESPACES = ("ray/tune/",)  # Ray Tune's TensorBoard tags: ray/tune/loss is the trial's loss
 # Metrics whose eval-split version has its own canonical name.
 _EVAL_NAMES = {"loss": "eval_loss", "ppl": "eval_ppl"}
 
@@ -60,6 +61,8 @@ _EVAL_NAMES = {"loss": "eval_loss", "ppl": "eval_ppl"}
 def canonical_metric(name: str) -> tuple[str, str]:
     """Map a logged metric name to (canonical name, split). Unknown names are kept, normalised."""
     key = re.sub(r"[\s\-]+", "_", name.strip().lower())
+    for namespace in _NAMESPACES:
+        key = key.removeprefix(namespace)
     split = "train"
     for prefix in _EVAL_PREFIXES:
         if key.startswith(prefix):
@@ -525,7 +528,7 @@ class _Copies:
     first, so a copy never reads as a restart (its steps start again from the first) and no point counts twice. A
     later file is a copy of a series (one metric of one rank) only when every one of its points is already there,
     at the same step with the same value (to float32 precision: TensorBoard stores float32); anything else is data
-    of its own. Files whose metrics nothing read before shares cost nothing: the usual single log is not scanned."""
+    of its own. A second clock (wall_time) is a copy when it times no step the first did not. Files whose metrics nothing read before shares cost nothing: the usual single log is not scanned."""
 
     RTOL = 1e-6  # float32 keeps ~7 significant digits
 
@@ -537,7 +540,7 @@ class _Copies:
     def repeated(self, frame: pd.DataFrame, metric_of: list[str], pair_codes: np.ndarray,
                  file: str) -> np.ndarray | None:
         """Which rows of this file's frame repeat points of files read before (None: none do)."""
-        shared = (set(metric_of) & self.metrics) - {CLOCK_METRIC}
+        shared = set(metric_of) & self.metrics
         self.frames.append((file, frame, metric_of, pair_codes))
         self.metrics |= set(metric_of)
         if not shared or not len(frame):
@@ -551,8 +554,9 @@ class _Copies:
                 where = self._all_there(frame, these, metric, rank)
                 if where is not None:
                     out[these] = True
-                    self.notes.append(Note(file, f"{len(these)} {metric} point(s) repeat {where} (same steps and "
-                                                 "values): read once", count=len(these)))
+                    same = "same steps" if metric == CLOCK_METRIC else "same steps and values"
+                    self.notes.append(Note(file, f"{len(these)} {metric} point(s) repeat {where} ({same}): read once",
+                                           count=len(these)))
         return out if out.any() else None
 
     @staticmethod
@@ -581,8 +585,9 @@ class _Copies:
         if (at >= len(old_step)).any():
             return None
         found = old_value[at]
-        same = (old_step[at] == steps) & (np.isclose(values, found, rtol=self.RTOL, atol=0.0, equal_nan=True)
-                                          | (values == found))  # == for equal infinities
+        same = old_step[at] == steps
+        if metric != CLOCK_METRIC:  # one clock reading per step is enough, whichever file wrote it
+            same &= np.isclose(values, found, rtol=self.RTOL, atol=0.0, equal_nan=True) | (values == found)
         return names[int(old_file[at[0]])] if same.all() else None
 
 

@@ -27,6 +27,8 @@ from tests.conftest import make_run
     ("gnorm", ("grad_norm", "train")),
     ("tok/sec", ("tokens_per_s", "train")),
     ("rewards/mean", ("rewards/mean", "train")),
+    ("ray/tune/loss", ("loss", "train")),
+    ("ray/tune/val_loss", ("eval_loss", "eval")),
 ])
 def test_canonical_metric(logged, expected):
     assert canonical_metric(logged) == expected

@@ -289,3 +289,20 @@ def test_hf_trainers_tensorboard_copy_beside_trainer_state_is_read_once(tmp_path
     assert all(run.sources[s].endswith("trainer_state.json")
                for s in run.scalars[run.scalars["metric"] == "loss"]["source"])
     assert sum("point(s) repeat" in n.message and n.file.startswith("runs/") for n in run.notes) == 3
+
+
+def test_ray_tunes_tensorboard_copy_of_result_json_is_read_once(tmp_path):
+    """Ray Tune's TBX logger writes each result as ray/tune/<key> at global step training_iteration."""
+    import json
+
+    from analyzer.ingest import read_run
+    from tests.ingest.test_tabular import ray_tune_trial
+
+    trial = ray_tune_trial(tmp_path / "trial")
+    rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+    events = [tb_event(r["training_iteration"], tb_simple("ray/tune/loss", r["loss"]),
+                       tb_simple("ray/tune/accuracy", r["accuracy"]), wall_time=float(r["timestamp"])) for r in rows]
+    (trial / "events.out.tfevents.1732240000.node1").write_bytes(tb_file(*events))
+    run = read_run(trial)
+    assert not run.events_of("restart") and len(run.series("loss")) == len(rows)
+    assert {"loss", "accuracy"} <= set(run.metrics) and not any(m.startswith("ray/") for m in run.metrics)
