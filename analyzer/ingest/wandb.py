@@ -263,18 +263,43 @@ def _read_wandb_file(path: Path, rel: str, out: Ingested) -> _RecordFile:
         out.notes.append(Note(rel, "records that are not a well-formed W&B Record were skipped",
                               line=undecodable[0], count=len(undecodable)))
     found.history_lines = np.asarray(history_lines, dtype=np.int64)
-    found.history_steps = np.asarray(history_steps, dtype=np.int64)
     found.history_times = np.asarray(history_times, dtype=np.float64)
     frame = pd.DataFrame({
         "step": np.asarray(steps, dtype=np.int64), "name": np.asarray(names, dtype=object),
         "value": np.asarray(values, dtype=np.float64), "line": np.asarray(lines, dtype=np.int64)})
+    point_history = np.asarray(point_history, dtype=np.int64)
+    frame, point_history, found.history_steps = _framework_steps(
+        frame, point_history, np.asarray(history_steps, dtype=np.int64))
     out.add_frame(rel, frame)
     # Every history row carries `_timestamp`: the clock is that of the rows that log the training loss.
-    point_times = clock.epoch_seconds(found.history_times)[np.asarray(point_history, dtype=np.int64)]
+    point_times = clock.epoch_seconds(found.history_times)[point_history]
     out.add_clock(rel, clock.clock_rows(frame, point_times, clock.frames_loop_metric([frame])))
     if config:
         out.add_hparams(config, rel)
     return found
+
+
+# The trainer's own step, logged in every row by HF Trainer's WandbCallback (`train/global_step`, which it makes the
+# x-axis with define_metric) and Lightning's WandbLogger (`trainer/global_step`). W&B's `_step` counts log calls.
+FRAMEWORK_STEPS = ("train/global_step", "trainer/global_step")
+
+
+def _framework_steps(frame: pd.DataFrame, point_history: np.ndarray,
+                     history_steps: np.ndarray) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """Steps in the trainer's own count where the rows log it (a row without it takes the step of the row before,
+    the first rows the first one logged), so a W&B run cites the steps its trainer and checkpoints use; the
+    framework-step values themselves are not metrics. Unchanged when no row logs one."""
+    is_step = frame["name"].isin(FRAMEWORK_STEPS).to_numpy() & np.isfinite(frame["value"].to_numpy())
+    if not is_step.any():
+        return frame, point_history, history_steps
+    per_row = np.full(len(history_steps), np.nan)
+    per_row[point_history[is_step]] = frame["value"].to_numpy()[is_step]
+    known = np.flatnonzero(np.isfinite(per_row))
+    filled = per_row[known[np.maximum(np.searchsorted(known, np.arange(len(per_row)), side="right") - 1, 0)]]
+    rows = filled.astype(np.int64)
+    keep = ~frame["name"].isin(FRAMEWORK_STEPS).to_numpy()
+    frame = frame.assign(step=rows[point_history])[keep].reset_index(drop=True)
+    return frame, point_history[keep], rows
 
 
 def _output_time(output: dict[int, list]) -> float:

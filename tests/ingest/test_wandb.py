@@ -335,3 +335,16 @@ def test_history_jsonl_timestamps_are_the_clock(tmp_path):
     (files / "wandb-history.jsonl").write_text('{"_step": 0, "loss": 2.0, "_timestamp": 1700000000.5}\n'
                                                '{"_step": 1, "loss": 1.0, "_timestamp": 1700000001.5}\n')
     assert run_of(tmp_path).series("wall_time").to_dict() == {0: 1700000000.5, 1: 1700000001.5}
+
+
+@pytest.mark.parametrize("key", ["train/global_step", "trainer/global_step"])
+def test_the_trainers_own_step_wins_over_wandbs_count_of_log_calls(tmp_path, key):
+    """HF Trainer's WandbCallback logs {**logs, "train/global_step": state.global_step} (Lightning's WandbLogger:
+    trainer/global_step): W&B's _step counts log calls, the trainer's step is what its checkpoints and config use."""
+    rows = [{"_step": str(i), "train/loss": str(3 - i / 10), key: str(10 * (i + 1))} for i in range(5)]
+    rows.insert(3, {"_step": "3", "eval/loss": "2.9"})  # a row without it takes the step of the row before
+    write_run(tmp_path, *(wandb_history(r) for r in rows))
+    run = run_of(tmp_path)
+    assert run.series("loss").index.tolist() == [10, 20, 30, 40, 50]
+    assert run.series("eval_loss").index.tolist() == [30]
+    assert "global_step" not in " ".join(run.metrics) and not run.events_of("restart")
