@@ -35,6 +35,15 @@ step + 1 (llm.c evaluates once more after its last step). The exception is a bar
 examples), a summary printed after its step line. A point that two files of a run both log is read once when the
 values agree to the precision the coarser file printed (llm.c's main.log `%.4f` beside its stdout's `%7.6f`).
 Only step lines that log a value count: `Step 2: Create Text` in a generated sample does not.
+
+Multi-process runs: a line tagged with the process that wrote it (torchrun's and accelerate's `[default1]:`,
+PyTorch's own `[rank1]:`, DeepSpeed's `[Rank 1]`; see _RANK_LEAD) gives points of that rank, so the ranks of an
+interleaved log are separate series (Run.series reads the lowest rank); the tag is one more number of the line's
+shape, read with the others. A per-rank file (torchrun's --log-dir `attempt_0/1/stdout.log`, DeepSpeed's
+`..._rank1.log`) gives its rank to its untagged lines; in a tagged file an untagged point is the lowest tagged
+trainer rank's (an excerpt that lost its tag), else rank 0. A pdsh `host: ` prefix is read past and gives no rank.
+A line that takes its step from the context takes it from its own rank's step lines where that rank prints any.
+Events keep their rank in `data["rank"]`.
 """
 
 from __future__ import annotations
@@ -55,9 +64,12 @@ import pyarrow.compute as pc
 from analyzer.errors import InputError
 from analyzer.run import Event, Ingested, Note
 from analyzer.ingest.paths import relative
+from analyzer.ingest.tabular import rank_from_name
 
 FORMAT = "text"
 
+ELASTIC_LOG_NAMES = frozenset({"stdout.log", "stderr.log"})  # a worker's own streams under torchrun's --log-dir
+_ATTEMPT = re.compile(r"attempt_[0-9]+")
 TEXT_SUFFIXES = frozenset({"", ".log", ".txt", ".out", ".err", ".md", ".markdown", ".stdout", ".stderr"})
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 SNIFF_BYTES = 256 * 1024  # a log shows a recognised line within this much (DeepSpeed's config dump is ~20 KB)
@@ -120,8 +132,32 @@ _PREFIX_PARTS = (
     r"|[\w.]+(?:\x1b\[[\x01;]*m)*\s+-\s+(?=(?:\x1b\[[\x01;]*m)*(?:INFO|DEBUG|WARNING|WARN|ERROR|CRITICAL)\b)"
     r")*+"
 )
-_PREFIX = _PREFIX_PARTS.format(tags="")
-_PREFIX_UNTAGGED = _PREFIX_PARTS.format(tags="|warn|warning|error|fatal|critical")  # stops at [Warning] / [Error]
+# pdsh (DeepSpeed's multi-node launcher) writes each remote line as `%S: %s`, host then line (chaos/pdsh,
+# src/pdsh/dsh.c: out("%S: %s", a->host, buf)): `worker-0: `, `localhost: `. A host name here needs a digit, `-` or
+# `.` (or is localhost), so that a key such as `Loss: ` is never taken for one. Once, at the start of the line.
+_HOST = r"(?:localhost|[A-Za-z][\w.\-]*[.\-\x01][\w.\-\x01]*): "
+_PREFIX = rf"(?:{_HOST})?+" + _PREFIX_PARTS.format(tags="")
+_PREFIX_UNTAGGED = rf"(?:{_HOST})?+" + _PREFIX_PARTS.format(tags="|warn|warning|error|fatal|critical")  # stops at
+# [Warning] / [Error]
+_HEAD = re.compile(_PREFIX)
+
+# The process that wrote a line (a rank), written over templates:
+# - torch.distributed.elastic (torchrun / accelerate launch with --tee or --redirects) starts each line it copies to
+#   the console with `[{role}{local_rank}]:` (TailLog, torch/distributed/elastic/multiprocessing/tail_log.py:
+#   header = f"[{self._name}{local_rank}]:"; role "default" under torchrun and accelerate), or with the template in
+#   TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE (`[${rank}]:` in its docs, local_elastic_agent.py). A local rank: the global
+#   one only on a single node. --local-ranks-filter keeps some ranks off the console, so a log may hold one rank;
+# - PyTorch itself, once its process group is up: c10 log lines `[rank0]:[W1030 14:32:58.123456789 file.cpp:12] ...`
+#   (c10/util/Logging.cpp, MessageLogger: stream_ << "[rank" << GLOBAL_RANK << "]:") and uncaught tracebacks
+#   `[rank0]: Traceback ...` (torch/distributed/distributed_c10d.py, _distributed_excepthook: f"[rank{rank}]: {s}");
+# - DeepSpeed's log_dist (deepspeed/utils/logging.py): "[Rank {}] {}".format(my_rank, message), after the logger's
+#   own prefix; `[Rank -1]` before torch.distributed is set up (no rank).
+# The first tag of a line wins (the launcher's header is outermost; its metric lines carry no other). A pdsh host
+# gives no rank: one host runs several ranks (DeepSpeed's launch.py starts them all behind the one `host: `) and
+# its name is no number of any of them.
+_RANK_LEAD = re.compile(rf"[ \t>]*(?:{_HOST})?\[(?:[A-Za-z_][\w\-]*?)?(?P<rank>\x01)\]:")
+_RANK_TAG = re.compile(r"\[(?i:rank)\s?(?P<rank>\x01)\]")
+MAX_RANK = 1 << 24  # a larger "rank" is no process number
 _ANCHOR = re.compile(
     _PREFIX
     + r"(?:(?i:epoch)\s*[:=]?\s*(?P<epoch>\x01)(?:\s*/\s*\x01)?\s*[,|:]?\s*)?"
@@ -298,6 +334,7 @@ class _Plan:
     dict_without_step: bool = False  # an HF Trainer log dict: metrics but no step
     ends_with_number: bool = False  # the last number runs to the end of the line (cut in an unterminated line)
     n_slots: int = 0
+    rank_slot: int | None = None  # the number of a launcher's rank tag (`[default1]:`, `[rank1]:`, `[Rank 1]`)
 
     @property
     def points(self) -> bool:
@@ -319,7 +356,7 @@ class _Plan:
             needed.update(f.more)
             needed.update(f.key_slots)
         needed.update(s for s in (self.step_slot, self.nan_slot, self.skipped_slot, self.epoch_slot,
-                                  self.epoch_len_slot) if s is not None)
+                                  self.epoch_len_slot, self.rank_slot) if s is not None)
         return tuple(sorted(needed))
 
     @property
@@ -343,8 +380,19 @@ def plan_of(template: str) -> _Plan:
     if plan is None:
         if len(_PLANS) >= PLAN_CACHE_SIZE:
             _PLANS.clear()
-        plan = _PLANS[template] = _make_plan(template)
+        plan = _make_plan(template)
+        if plan.useful:
+            plan = replace(plan, rank_slot=_rank_slot(template))
+        _PLANS[template] = plan
     return plan
+
+
+def _rank_slot(template: str) -> int | None:
+    """Which number of a line is the rank its launcher tagged it with, if any (see _RANK_LEAD, _RANK_TAG)."""
+    m = _RANK_LEAD.match(template)
+    if m is None:
+        m = _RANK_TAG.search(template, 0, _HEAD.match(template).end())
+    return None if m is None else _slot_index(template, m.start("rank"))
 
 
 def _make_plan(template: str) -> _Plan:
@@ -814,7 +862,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
     seen: list[pd.DataFrame] = []
     for path in paths:
         rel = relative(path, root)
-        result = read_file(path, rel, events_only=_metrics_elsewhere(path))
+        result = read_file(path, rel, events_only=_metrics_elsewhere(path), rank=rank_from_path(path))
         out.events.extend(result.events)
         out.notes.extend(result.notes)
         out.hparams.extend(result.hparams)
@@ -826,6 +874,17 @@ def read(paths: list[Path], root: Path) -> Ingested:
     return out
 
 
+def rank_from_path(path: Path) -> int | None:
+    """The rank a per-rank log's path names: torch.distributed.elastic's --log-dir (torchrun, accelerate launch) writes
+    `<log_dir>/<run_id>_<random>/attempt_<n>/<local_rank>/stdout.log` and `stderr.log` (DefaultLogsSpecs.reify,
+    torch/distributed/elastic/multiprocessing/api.py); DeepSpeed's --enable_each_rank_log writes
+    `<dir>/<time>_rank<rank>.log` (deepspeed/launcher/launch.py), named as tabular's `metrics.rank1.jsonl`."""
+    folder = path.parent
+    if path.name in ELASTIC_LOG_NAMES and folder.name.isdigit() and _ATTEMPT.fullmatch(folder.parent.name):
+        return int(folder.name)
+    return rank_from_name(path.name)
+
+
 def _metrics_elsewhere(path: Path) -> bool:
     """The reference trainer's train.log: its metrics.jsonl holds every point, so the log adds only its events."""
     folder = path.parent
@@ -833,13 +892,13 @@ def _metrics_elsewhere(path: Path) -> bool:
 
 
 def _drop_repeats(frame: pd.DataFrame, seen: list[pd.DataFrame], rel: str, notes: list[Note]) -> pd.DataFrame:
-    """Drop points an earlier file gave (build-nanogpt's log.txt and its stdout log both hold the losses)."""
+    """Drop points an earlier file gave (build-nanogpt's log.txt and its stdout log both hold the losses); the same
+    value from another rank (a loss reduced across ranks, in each rank's own log) is that rank's point."""
     if not seen:
         return frame
-    earlier = pd.concat([f[["name", "step", "value"]].astype({"name": str}) for f in seen], ignore_index=True)
-    earlier = earlier.drop_duplicates(["name", "step"], keep="last").rename(columns={"value": "earlier"})
-    merged = frame[["name", "step", "value"]].astype({"name": str}).merge(earlier, on=["name", "step"], how="left",
-                                                                          indicator=True)
+    earlier = pd.concat([_point_keys(f) for f in seen], ignore_index=True)
+    earlier = earlier.drop_duplicates(["name", "step", "rank"], keep="last").rename(columns={"value": "earlier"})
+    merged = _point_keys(frame).merge(earlier, on=["name", "step", "rank"], how="left", indicator=True)
     a, b = merged["value"].to_numpy(), merged["earlier"].to_numpy()
     both = (merged["_merge"] == "both").to_numpy()
     with np.errstate(invalid="ignore"):
@@ -850,6 +909,12 @@ def _drop_repeats(frame: pd.DataFrame, seen: list[pd.DataFrame], rel: str, notes
                           count=int(same.sum())))
         frame = frame[~same].reset_index(drop=True)
     return frame
+
+
+def _point_keys(frame: pd.DataFrame) -> pd.DataFrame:
+    keys = frame[["name", "step", "value"]].astype({"name": str})
+    keys["rank"] = frame["rank"].to_numpy() if "rank" in frame else 0
+    return keys
 
 
 def _half_last_digit(values: np.ndarray) -> np.ndarray:
@@ -876,8 +941,9 @@ class FileResult:
     hparams: list[tuple[str, Any, str, str]] = field(default_factory=list)
 
 
-def read_file(path: Path, rel: str | None = None, events_only: bool = False) -> FileResult:
-    """Read one text log. Raises InputError only when the file cannot be read at all."""
+def read_file(path: Path, rel: str | None = None, events_only: bool = False, rank: int | None = None) -> FileResult:
+    """Read one text log; `rank`: the rank of its lines that carry no rank tag. Raises InputError only when the file
+    cannot be read at all."""
     rel = rel or path.name
     try:
         raw = _load(path)
@@ -885,7 +951,8 @@ def read_file(path: Path, rel: str | None = None, events_only: bool = False) -> 
         raise InputError(f"cannot read the log: {exc.strerror or exc}", path=path) from exc
     if not len(raw):
         return FileResult(None, [], [Note(rel, "empty file")])
-    return _Scanner(raw, rel, markdown=path.suffix.lower() in MARKDOWN_SUFFIXES, events_only=events_only).run()
+    return _Scanner(raw, rel, markdown=path.suffix.lower() in MARKDOWN_SUFFIXES, events_only=events_only,
+                    rank=rank).run()
 
 
 def read_text(text: str | bytes, rel: str = "train.log", markdown: bool = False) -> FileResult:
@@ -918,8 +985,9 @@ codecs.register_error("postmortem-latin1", _latin1_fallback)
 class _Scanner:
     """Reads one file's bytes into points, anchors (lines that state their step) and events."""
 
-    def __init__(self, raw, rel: str, markdown: bool = False, events_only: bool = False):
+    def __init__(self, raw, rel: str, markdown: bool = False, events_only: bool = False, rank: int | None = None):
         self.rel, self.events_only, self.notes = rel, events_only, []
+        self.rank = rank  # the rank the file's path names (a per-rank log); lines with a rank tag keep their own
         self.buf = self._utf8(raw)
         self.starts = _line_starts(self.buf)
         self.n_lines = len(self.starts) - 1
@@ -935,6 +1003,7 @@ class _Scanner:
         self.names: dict[str, int] = {}
         self.a_line: list[np.ndarray] = []
         self.a_step: list[np.ndarray] = []
+        self.line_rank: np.ndarray | None = None  # each line's rank tag (-1: none), once a line has one
         self.raw_events: list[tuple[int, int | None, str, str, dict]] = []  # line, own step, kind, text, data
         self.warnings = 0
         self.garbage = 0
@@ -1144,6 +1213,11 @@ class _Scanner:
         else:
             steps = np.full(n, -1, dtype=np.int64)
             ctx = CONTEXT_CODES[plan.context]
+        if plan.rank_slot is not None:
+            rank = values[plan.rank_slot]
+            if self.line_rank is None:
+                self.line_rank = np.full(self.n_lines, -1, dtype=np.int32)
+            self.line_rank[line_idx] = np.where(np.isfinite(rank) & (rank >= 0) & (rank < MAX_RANK), rank, -1)
         if plan.family == "fairseq":
             self.fairseq = True
         if plan.dict_without_step:
@@ -1219,8 +1293,9 @@ class _Scanner:
         a_line, a_step = _concat(self.a_line, np.int64), _concat(self.a_step, np.int64)
         order = np.argsort(a_line, kind="stable")
         a_line, a_step = a_line[order], a_step[order]
+        ranked = _LineRanks(self.line_rank, a_line) if self.line_rank is not None else None
 
-        events = self._events(a_line, a_step)
+        events = self._events(a_line, a_step, ranked)
         notes = list(self.notes)
         frame = None
         if self.p_line:
@@ -1228,7 +1303,7 @@ class _Scanner:
                 self.p_line, self.p_step, self.p_ctx, self.p_name, self.p_value))
             needs = ctx > 0
             if needs.any():
-                step[needs] = _context_steps(line[needs], ctx[needs], a_line, a_step)
+                step[needs] = _context_steps(line[needs], ctx[needs], a_line, a_step, ranked)
                 missing = step < 0
                 if missing.any():
                     notes.append(Note(self.rel, "values on lines with no step line before or after them not read",
@@ -1242,8 +1317,11 @@ class _Scanner:
                 del order
             names = pd.Categorical.from_codes(name, categories=list(self.names))
             del name
+            rank = self._rank_column(line, ranked)
             line += 1
             frame = pd.DataFrame({"step": step, "name": names, "value": value, "line": line}, copy=False)
+            if rank is not None:
+                frame["rank"] = rank
         if self.truncated_drop:
             notes.append(Note(self.rel, "the last line has no line end (cut mid-write?); its last number not read",
                               line=self.n_lines))
@@ -1257,12 +1335,32 @@ class _Scanner:
             else []
         return FileResult(frame, events, notes, hparams)
 
-    def _events(self, a_line: np.ndarray, a_step: np.ndarray) -> list[Event]:
+    def _rank_column(self, lines: np.ndarray, ranked: "_LineRanks | None") -> np.ndarray | None:
+        """Each line's rank: its tag's, else the one its path names, else the lowest rank whose step lines are tagged
+        (a line quoted without its tag, in an excerpt, is the trainer's), else 0. None for a file without ranks."""
+        if ranked is None and self.rank is None:
+            return None
+        rank = ranked.of(lines) if ranked is not None else np.full(len(lines), -1, dtype=np.int64)
+        default = self.rank
+        if default is None:
+            tagged = ranked.anchor_rank[ranked.anchor_rank >= 0]
+            default = int(tagged.min()) if len(tagged) else 0
+        rank[rank < 0] = default
+        return rank
+
+    def _events(self, a_line: np.ndarray, a_step: np.ndarray, ranked: "_LineRanks | None") -> list[Event]:
         if not self.raw_events:
             return []
         raw = sorted(self.raw_events, key=lambda e: e[0])
         lines = np.array([e[0] for e in raw], dtype=np.int64)
-        ctx_steps = _context_steps(lines, np.ones(len(raw), dtype=np.int8), a_line, a_step)
+        ctx_steps = _context_steps(lines, np.ones(len(raw), dtype=np.int8), a_line, a_step, ranked)
+        if ranked is not None or self.rank is not None:  # an event keeps the rank of the process that wrote it
+            ranks = ranked.of(lines) if ranked is not None else np.full(len(raw), -1, dtype=np.int64)
+            if self.rank is not None:
+                ranks[ranks < 0] = self.rank
+            for (_, _, _, _, data), rank in zip(raw, ranks.tolist()):
+                if rank >= 0:
+                    data["rank"] = rank
         scale_line, scale_value = self._loss_scale_points()
         events, overflow_points = [], []
         last_scale: tuple[int, float] | None = None  # (line, scale) of the previous overflow event
@@ -1425,9 +1523,25 @@ def _float_or_nan(text: str) -> float:
         return math.nan
 
 
-def _context_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_step: np.ndarray) -> np.ndarray:
+def _context_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_step: np.ndarray,
+                   ranked: "_LineRanks | None" = None) -> np.ndarray:
     """Steps of lines that state none: the next step line's (ctx 1; else the previous one's, ctx 3: its step + 1),
-    or the previous one's (ctx 2); -1 if none."""
+    or the previous one's (ctx 2); -1 if none. With ranks, a line of a rank that prints step lines of its own takes
+    them (ranks print their steps interleaved); a line without a rank, or of a rank without step lines (a crash
+    message of another process), takes the nearest step line of any rank."""
+    out = _nearest_steps(lines, ctx, a_line, a_step)
+    if ranked is None or not len(lines):
+        return out
+    line_rank = ranked.of(lines)
+    for rank in np.unique(ranked.anchor_rank[ranked.anchor_rank >= 0]).tolist():  # a few ranks: not a loop per line
+        mine = line_rank == rank
+        if mine.any():
+            own = ranked.anchor_rank == rank
+            out[mine] = _nearest_steps(lines[mine], ctx[mine], a_line[own], a_step[own])
+    return out
+
+
+def _nearest_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_step: np.ndarray) -> np.ndarray:
     out = np.full(len(lines), -1, dtype=np.int64)
     if not len(a_line):
         return out
@@ -1439,6 +1553,17 @@ def _context_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_ste
     after_last = np.where((ctx == 3) & has_prev, prev + 1, prev)
     out = np.where((ctx == 1) | (ctx == 3), np.where(has_next, nxt, after_last), prev)
     return out.astype(np.int64)
+
+
+class _LineRanks:
+    """The rank tag of each line of a file (-1: none, or a tag that names no rank), and of each step line."""
+
+    def __init__(self, line_rank: np.ndarray, a_line: np.ndarray):
+        self.line_rank = line_rank
+        self.anchor_rank = self.of(a_line)
+
+    def of(self, lines: np.ndarray) -> np.ndarray:
+        return self.line_rank[lines].astype(np.int64)
 
 
 def _take_all(parts: list[np.ndarray]) -> np.ndarray:
