@@ -66,6 +66,7 @@ class Signal:
     evidence: tuple[Evidence, ...]
     direct: bool  # a non-finite value seen as such (not inferred)
     metric: str | None = None  # the metric it was seen in, if any
+    rank: int | None = None  # the rank it was seen on, where a multi-process log says
 
 
 def check(run, params):
@@ -160,8 +161,10 @@ def _metric_signals(run) -> list[Signal]:
             continue
         row = group.sort_values(["step", "line"], kind="stable").iloc[0]
         value = "NaN" if np.isnan(row["value"]) else ("Inf" if row["value"] > 0 else "-Inf")
-        out.append(Signal(int(row["step"]), f"{metric} is {value}", "grad" if metric == "grad_norm" else "metric",
-                          (Evidence(run.sources[int(row["source"])], int(row["line"])),), True, metric))
+        rank = int(row["rank"])
+        out.append(Signal(int(row["step"]), f"{metric} is {value}{_on_rank(rank)}",
+                          "grad" if metric == "grad_norm" else "metric",
+                          (Evidence(run.sources[int(row["source"])], int(row["line"])),), True, metric, rank))
     return out
 
 
@@ -211,7 +214,8 @@ def _event_signals(run) -> list[Signal]:
                  "skipped_step": "a step skipped for a non-finite value",
                  "warning": "a warning about a non-finite value", "error": "an error about a non-finite value"}[kind]
         count = f" ({len(of_kind)} such lines)" if len(of_kind) > 1 else ""
-        out.append(Signal(step, f"{label}{count}: \"{_short(event.text)}\"", "event",
+        where = _on_rank(event.data.get("rank"))
+        out.append(Signal(step, f"{label}{where}{count}: \"{_short(event.text)}\"", "event",
                           tuple(Evidence(e.file, e.line, e.text) for _, e in of_kind[:2]), True))
     return out
 
@@ -273,7 +277,7 @@ def _previous_clean_point(run, signal: Signal) -> int | None:
     metric = signal.metric
     if metric is None or signal.step is None:
         return None
-    steps = run.series(metric).index.to_numpy()
+    steps = run.series(metric, rank=signal.rank).index.to_numpy()
     before = steps[steps < signal.step]
     return int(before.max()) if len(before) else None
 
@@ -293,6 +297,11 @@ def _number(value):
     except (TypeError, ValueError):
         return None
     return out if np.isfinite(out) else None
+
+
+def _on_rank(rank) -> str:
+    """` on rank N` for a rank other than 0: other detectors read the lowest rank's series, so the rank is news."""
+    return f" on rank {rank}" if isinstance(rank, int) and rank > 0 else ""
 
 
 def _short(text: str, limit: int = 100) -> str:
