@@ -135,7 +135,7 @@ _PREFIX_PARTS = (
 # pdsh (DeepSpeed's multi-node launcher) writes each remote line as `%S: %s`, host then line (chaos/pdsh,
 # src/pdsh/dsh.c: out("%S: %s", a->host, buf)): `worker-0: `, `localhost: `. A host name here needs a digit, `-` or
 # `.` (or is localhost), so that a key such as `Loss: ` is never taken for one. Once, at the start of the line.
-_HOST = r"(?:localhost|[A-Za-z][\w.\-]*[.\-\x01][\w.\-\x01]*): "
+_HOST = r"(?:localhost|[A-Za-z](?=[\w.\-\x01]*?[.\-\x01])[\w.\-\x01]*+): "  # linear: no backtracking in a long word
 _PREFIX = rf"(?:{_HOST})?+" + _PREFIX_PARTS.format(tags="")
 _PREFIX_UNTAGGED = rf"(?:{_HOST})?+" + _PREFIX_PARTS.format(tags="|warn|warning|error|fatal|critical")  # stops at
 # [Warning] / [Error]
@@ -156,6 +156,7 @@ _HEAD = re.compile(_PREFIX)
 # gives no rank: one host runs several ranks (DeepSpeed's launch.py starts them all behind the one `host: `) and
 # its name is no number of any of them.
 _RANK_LEAD = re.compile(rf"[ \t>]*(?:{_HOST})?\[(?:[A-Za-z_][\w\-]*?)?(?P<rank>\x01)\]:")
+_LAUNCHER_TAGS = rf"(?:{_HOST})?(?:\[(?:[A-Za-z_][\w\-]*?)?\x01\]:)*"  # as many as a line has
 _RANK_TAG = re.compile(r"\[(?i:rank)\s?(?P<rank>\x01)\]")
 MAX_RANK = 1 << 24  # a larger "rank" is no process number
 _ANCHOR = re.compile(
@@ -272,7 +273,8 @@ _NAN = re.compile(
     r"\(?(?:non-?finite|nan|inf)\b"
     r"|\b(?:nan|inf|non-?finite)\b[^.;]{0,40}\b(?:detected|found|encountered|produced|occurred)\b"
     r"|\b(?:detected|found|encountered|produced|got)\s+(?:a\s+)?(?:non-?finite|nan|inf)\b")
-_ERROR = re.compile(r"Traceback \(most recent call last\)|^\s*(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception)(?::|\s*\Z)"
+_ERROR = re.compile(r"Traceback \(most recent call last\)"
+                    rf"|^\s*{_LAUNCHER_TAGS}\s*(?:[\w.]+\.)?[A-Z]\w*(?:Error|Exception)(?::|\s*\Z)"
                     rf"|^{_PREFIX_UNTAGGED}\[(?i:error|fatal)\]"
                     r"|[\[|]\s*(?:ERROR|FATAL|CRITICAL)\s*[\]|]|\b(?:ERROR|FATAL|CRITICAL)\s*:"
                     r"|(?i:out of memory)|OutOfMemory|\boom-kill|^\s*Killed\s*\Z")
