@@ -928,3 +928,165 @@ def test_fast_path_equals_line_by_line_for_other_trainers(monkeypatch, rows):
     else:
         assert fast.frame.astype({"name": str}).equals(slow.frame.astype({"name": str}))
     assert fast.events == slow.events
+
+
+# --- multi-process logs: the rank that wrote a line -------------------------------------------------------------------
+# Each prefix is the launcher's own format string filled in:
+# - torch.distributed.elastic TailLog (pytorch/pytorch torch/distributed/elastic/multiprocessing/tail_log.py):
+#   header = f"[{self._name}{local_rank}]:", name = the role ("default" under torchrun and accelerate launch, whose
+#   --role defaults to "default"; the TailLog docstring's example is "[trainer0]:log_line1"); or the
+#   TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE, "[${rank}]:" in local_elastic_agent.py's docstring;
+# - PyTorch c10 logging (c10/util/Logging.cpp, MessageLogger): "[rank" << GLOBAL_RANK << "]:" before
+#   "[W1030 14:32:58.123456789 file.cpp:12] "; torch/distributed/distributed_c10d.py _distributed_excepthook:
+#   f"{excepthook_prefix}: {s}" with excepthook_prefix = f"[rank{get_rank()}]";
+# - DeepSpeed log_dist (deepspeed/utils/logging.py): "[Rank {}] {}".format(my_rank, message) (my_rank -1 before
+#   torch.distributed is up), under the logger format "[%(asctime)s] [%(levelname)s] [%(filename)s:%(lineno)d:
+#   %(funcName)s] %(message)s"; the engine's _report_progress logs f"step={step}, skipped={self.skipped_steps},
+#   lr={lr}, mom={mom}" (deepspeed/runtime/engine.py);
+# - pdsh (chaos/pdsh src/pdsh/dsh.c): out("%S: %s", a->host, buf).
+
+def _nanogpt_line(step: int, loss: float) -> str:
+    # karpathy/nanoGPT train.py: print(f"iter {iter_num}: loss {lossf:.4f}, time {dt*1000:.2f}ms, mfu {mfu*100:.2f}%")
+    return f"iter {step}: loss {loss:.4f}, time 12.30ms, mfu 35.12%\n"
+
+
+def ranks_of(result, name: str = "loss") -> dict[tuple[int, int], float]:
+    frame = result.frame
+    rows = frame[frame["name"] == name]
+    return dict(zip(zip(rows["rank"].tolist(), rows["step"].tolist()), rows["value"].tolist()))
+
+
+@pytest.mark.parametrize("prefix, rank", [
+    ("[default1]:", 1), ("[default12]:", 12), ("[trainer3]:", 3), ("[5]:", 5), ("[rank2]:", 2),
+    ("[rank2]:[default0]:", 2), ("[default0]:[rank2]:", 0),  # the outermost tag wins
+    ("worker-1: [default3]:", 3), ("  [default7]:", 7),  # quoted with an indent (BigScience chronicles)
+])
+def test_rank_prefix_forms(prefix, rank):
+    result = text(prefix + _nanogpt_line(100, 4.2345))
+    assert ranks_of(result) == {(rank, 100): 4.2345}
+    assert points(result, "mfu") == {100: 35.12}
+
+
+def test_deepspeed_log_dist_rank():
+    head = "[2023-07-24 13:21:21,248] [INFO] [logging.py:96:log_dist] "
+    body = (head + "[Rank 0] step=10, skipped=0, lr=[0.0001], mom=[(0.9, 0.999)]\n"
+            + head + "[Rank 1] step=10, skipped=0, lr=[0.0002], mom=[(0.9, 0.999)]\n")
+    assert ranks_of(text(body), "lr") == {(0, 10): 0.0001, (1, 10): 0.0002}
+    # before torch.distributed is up DeepSpeed writes [Rank -1]: no rank
+    assert ranks_of(text(head + "[Rank -1] step=3, skipped=0, lr=[0.001]\n"), "lr") == {(0, 3): 0.001}
+
+
+def test_pytorch_rank_prefix_on_warnings_and_tracebacks():
+    result = text("[rank1]:iter 7: loss 3.0000, time 12.30ms, mfu 35.12%\n"
+                  "[rank1]:[W1030 14:32:58.123456789 ProcessGroupNCCL.cpp:1234] Warning: loss is nan\n"
+                  "[rank1]: Traceback (most recent call last):\n"
+                  "[rank1]:   File \"train.py\", line 10, in <module>\n"
+                  "[rank1]: RuntimeError: CUDA error: an illegal memory access was encountered\n")
+    assert ranks_of(result) == {(1, 7): 3.0}
+    assert [(e.kind, e.data.get("rank")) for e in result.events] == [("nan", 1), ("error", 1), ("error", 1)]
+
+
+def test_pdsh_host_is_read_past_and_gives_no_rank():
+    # DeepSpeed's multi-node runner: `pdsh -w worker-0,worker-1 ...`; one host runs several ranks behind one prefix
+    result = text("worker-0: " + _nanogpt_line(1, 4.0) + "localhost: " + _nanogpt_line(2, 3.9)
+                  + "ip-10-0-0-1.ec2.internal: " + _nanogpt_line(3, 3.8))
+    assert points(result, "loss") == {1: 4.0, 2: 3.9, 3: 3.8} and "rank" not in result.frame
+    head = "worker-1: [2023-07-24 13:21:21,248] [INFO] [logging.py:96:log_dist] [Rank 8] "
+    assert ranks_of(text(head + "step=10, skipped=0, lr=[0.0001]\n"), "lr") == {(8, 10): 0.0001}
+
+
+def test_a_key_is_no_host():
+    # a host name needs a digit, `-` or `.`: `Loss: ` stays DeepSpeed's bare loss line (read at the step before it)
+    assert points(text("iter 5: loss 4.0000, time 12.30ms, mfu 35.12%\nLoss: 3.5\n"), "loss") == {5: 3.5}
+
+
+def test_two_ranks_interleaved_are_two_series():
+    body = "".join(f"[default0]:{_nanogpt_line(s, 4.0 - s / 100)}[default1]:{_nanogpt_line(s, 4.01 - s / 100)}"
+                   for s in range(50))
+    result = text(body)
+    run = build_run("run", [_piece(result)])
+    assert run.series("loss").to_dict() == {s: round(4.0 - s / 100, 4) for s in range(50)}
+    assert run.series("loss", rank=1).to_dict() == {s: round(4.01 - s / 100, 4) for s in range(50)}
+    assert not run.events_of("restart")
+
+
+def test_single_rank_prefixed_log():
+    result = text("".join(f"[default0]:{_nanogpt_line(s, 4.0)}" for s in range(10)))
+    assert set(result.frame["rank"]) == {0}
+    # torchrun --local-ranks-filter 1 shows rank 1 alone: its series is the run's
+    run = build_run("run", [_piece(text("".join(f"[default1]:{_nanogpt_line(s, 4.0)}" for s in range(10))))])
+    assert set(run.scalars["rank"]) == {1} and len(run.series("loss")) == 10
+
+
+def test_untagged_lines_in_a_tagged_log():
+    # an excerpt that lost one line's tag: the point is the tagged trainer's; torchrun's own lines carry no tag
+    result = text("[default7]:" + _nanogpt_line(1, 2.0) + _nanogpt_line(2, 1.9)
+                  + "WARNING:torch.distributed.run:Setting OMP_NUM_THREADS environment variable\n"
+                  + "[default3]:RuntimeError: CUDA error: unknown error\n")
+    assert ranks_of(result) == {(7, 1): 2.0, (7, 2): 1.9}
+    assert [(e.kind, e.step, e.data.get("rank")) for e in result.events] == [("warning", 2, None), ("error", 2, 3)]
+
+
+def test_a_line_without_a_step_takes_its_own_ranks_step():
+    # rank 1 runs a step behind rank 0: its NaN warning belongs to its own next step line, not to rank 0's
+    result = text("[default0]:" + _nanogpt_line(4, 3.0) + "[default1]:" + _nanogpt_line(3, 3.1)
+                  + "[default1]:WARNING: loss is nan\n" + "[default0]:" + _nanogpt_line(5, 2.9)
+                  + "[default1]:" + _nanogpt_line(4, math.nan) + "[default0]:step 5: train loss 2.9, val loss 3.2\n")
+    assert [(e.kind, e.step, e.data["rank"]) for e in result.events] == [("nan", 4, 1)]
+    assert ranks_of(result, "val_loss") == {(0, 5): 3.2}
+
+
+def test_rank_from_path():
+    assert textlog.rank_from_path(Path("logs/abc_x1y2/attempt_0/3/stdout.log")) == 3
+    assert textlog.rank_from_path(Path("logs/abc_x1y2/attempt_1/0/stderr.log")) == 0
+    assert textlog.rank_from_path(Path("rank_logs/20240101120000_rank5.log")) == 5  # DeepSpeed --enable_each_rank_log
+    assert textlog.rank_from_path(Path("run/3/stdout.log")) is None  # no attempt_N folder
+    assert textlog.rank_from_path(Path("run/train.log")) is None
+
+
+def test_per_rank_files_of_torchrun_log_dir(tmp_path):
+    from analyzer.ingest import read_run
+
+    for rank in (0, 1):  # a loss reduced across ranks: each rank's file prints the same value, still its own point
+        folder = tmp_path / "none_k2j4" / "attempt_0" / str(rank)
+        folder.mkdir(parents=True)
+        (folder / "stdout.log").write_text("".join(_nanogpt_line(s, 4.0 - s / 100) for s in range(20)))
+        (folder / "stderr.log").write_text("UserWarning: loss is nan\n" if rank else "")
+    run = read_run(tmp_path)
+    assert sorted(set(run.scalars["rank"])) == [0, 1]
+    assert len(run.series("loss")) == 20 and len(run.series("loss", rank=1)) == 20
+    assert [(e.kind, e.data.get("rank")) for e in run.events] == [("nan", 1)]
+
+
+def test_two_rank_log_where_only_rank_1_goes_nan_end_to_end(tmp_path):
+    from analyzer.diagnose import diagnose_path
+    from analyzer.ingest import read_run
+
+    body = "".join(f"[default0]:{_nanogpt_line(s, _curve(s))}[default1]:{_nanogpt_line(s, _curve(s, 120))}"
+                   for s in range(200))
+    (tmp_path / "train.log").write_text(body)
+    diagnosis = diagnose_path(tmp_path)
+    onset = [f for f in diagnosis.findings if f.name == "nonfinite-onset"]
+    assert [(f.first_step, f.metrics["previous_clean_step"]) for f in onset] == [(120, 119)]
+    assert "loss is NaN on rank 1" in onset[0].message
+    assert read_run(tmp_path).series("loss").notna().all()  # rank 0, the series other detectors read, stays clean
+
+
+RANK_PREFIXES = st.sampled_from(["", "[default{r}]:", "[rank{r}]:", "[trainer{r}]:", "worker-{r}: ",
+                                 "worker-{r}: [default{r}]:", "[{r}]:", "[Rank {r}] "])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(RANK_PREFIXES, st.integers(0, 3), REPEATED_SHAPES, st.integers(0, 50), NUMBERS),
+                min_size=1, max_size=60))
+def test_fast_path_equals_line_by_line_with_ranks(monkeypatch, rows):
+    body = "".join(prefix.format(r=r) + shape.format(i=i, v=v) + "\n" for prefix, r, shape, i, v in rows)
+    fast = textlog.read_text(body)
+    with monkeypatch.context() as patch:
+        patch.setattr(textlog, "SMALL_GROUP", 10**9)
+        slow = textlog.read_text(body)
+    if fast.frame is None:
+        assert slow.frame is None
+    else:
+        assert fast.frame.astype({"name": str}).equals(slow.frame.astype({"name": str}))
+    assert fast.events == slow.events
