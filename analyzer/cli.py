@@ -244,8 +244,13 @@ def _write_index(entries, out: Path) -> None:
 
 def run_overview(run) -> str:
     """What ingest found, in a few lines: formats, metrics with point counts, steps, checkpoints, events."""
-    counts = run.scalars.groupby("metric", sort=True).size()
-    metrics = ", ".join(f"{name} ({count})" for name, count in counts.items())
+    counts = run.row_counts()  # every point, all ranks and segments
+    ranks = run.scalars["rank"].to_numpy()
+    several = {}
+    if len(ranks) and ranks.min() != ranks.max():  # say where a count adds up several processes' series
+        several = {m: int(n) for m, n in run.scalars.groupby("metric", sort=True)["rank"].nunique().items() if n > 1}
+    metrics = ", ".join(f"{name} ({count}" + (f" over {several[name]} ranks" if name in several else "") + ")"
+                        for name, count in sorted(counts.items()))
     kinds = {}
     for event in run.events:
         kinds[event.kind] = kinds.get(event.kind, 0) + 1

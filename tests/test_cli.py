@@ -102,3 +102,19 @@ def test_hydra_config_is_read(runner, tmp_path):
     (tmp_path / "metrics.csv").write_text("step,loss\n0,3.0\n1,2.9\n")
     doc = json.loads(runner.invoke(diagnose_command, ["--json", str(tmp_path)]).output)
     assert doc["run"]["hparams"]["lr"] == 0.0003 and doc["run"]["hparams"]["max_steps"] == 1000
+
+
+def test_the_run_overview_says_where_a_point_count_adds_up_several_ranks():
+    from pathlib import Path
+
+    import pandas as pd
+
+    from analyzer.cli import run_overview
+    from analyzer.run import Ingested, build_run
+
+    piece = Ingested("text")
+    piece.add_frame("train.log", pd.DataFrame({"step": [0, 0, 10, 10, 0], "name": ["loss"] * 4 + ["lr"],
+                                               "value": [4.0, 4.1, 3.0, 3.1, 1e-3], "line": [1, 2, 3, 4, 5],
+                                               "rank": [0, 1, 0, 1, 0]}))
+    overview = run_overview(build_run(Path("/r"), [piece]))
+    assert "metrics: loss (4 over 2 ranks), lr (1)" in overview
