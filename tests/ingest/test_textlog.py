@@ -574,11 +574,7 @@ REPEATED_SHAPES = st.sampled_from([
 NUMBERS = st.sampled_from(["1", "2.5", "-0.5", "1e-4", "3.", ".25", "12E+3", "007", "nan", "1.2.3", "4-5"])
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.tuples(REPEATED_SHAPES, st.integers(0, 50), NUMBERS), min_size=1, max_size=60))
-def test_fast_path_equals_line_by_line(monkeypatch, rows):
-    """The vectorised path (lines grouped by shape) reads exactly what parsing each line alone reads."""
-    body = "".join(shape.format(i=i, v=v) + "\n" for shape, i, v in rows)
+def assert_fast_path_reads_as_line_by_line(monkeypatch, body: str) -> None:
     fast = textlog.read_text(body)
     with monkeypatch.context() as patch:
         patch.setattr(textlog, "SMALL_GROUP", 10**9)
@@ -588,6 +584,14 @@ def test_fast_path_equals_line_by_line(monkeypatch, rows):
     else:
         assert fast.frame.astype({"name": str}).equals(slow.frame.astype({"name": str}))
     assert fast.events == slow.events
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(REPEATED_SHAPES, st.integers(0, 50), NUMBERS), min_size=1, max_size=60))
+def test_fast_path_equals_line_by_line(monkeypatch, rows):
+    """The vectorised path (lines grouped by shape) reads exactly what parsing each line alone reads."""
+    body = "".join(shape.format(i=i, v=v) + "\n" for shape, i, v in rows)
+    assert_fast_path_reads_as_line_by_line(monkeypatch, body)
 
 
 def test_hf_end_of_training_summary_is_no_step_value():
@@ -919,15 +923,7 @@ OTHER_TRAINER_SHAPES = st.sampled_from([
 @given(st.lists(st.tuples(OTHER_TRAINER_SHAPES, st.integers(0, 50), NUMBERS), min_size=1, max_size=60))
 def test_fast_path_equals_line_by_line_for_other_trainers(monkeypatch, rows):
     body = "".join(shape.format(i=i, v=v) + "\n" for shape, i, v in rows)
-    fast = textlog.read_text(body)
-    with monkeypatch.context() as patch:
-        patch.setattr(textlog, "SMALL_GROUP", 10**9)
-        slow = textlog.read_text(body)
-    if fast.frame is None:
-        assert slow.frame is None
-    else:
-        assert fast.frame.astype({"name": str}).equals(slow.frame.astype({"name": str}))
-    assert fast.events == slow.events
+    assert_fast_path_reads_as_line_by_line(monkeypatch, body)
 
 
 # --- multi-process logs: the rank that wrote a line -------------------------------------------------------------------
@@ -1081,12 +1077,4 @@ RANK_PREFIXES = st.sampled_from(["", "[default{r}]:", "[rank{r}]:", "[trainer{r}
                 min_size=1, max_size=60))
 def test_fast_path_equals_line_by_line_with_ranks(monkeypatch, rows):
     body = "".join(prefix.format(r=r) + shape.format(i=i, v=v) + "\n" for prefix, r, shape, i, v in rows)
-    fast = textlog.read_text(body)
-    with monkeypatch.context() as patch:
-        patch.setattr(textlog, "SMALL_GROUP", 10**9)
-        slow = textlog.read_text(body)
-    if fast.frame is None:
-        assert slow.frame is None
-    else:
-        assert fast.frame.astype({"name": str}).equals(slow.frame.astype({"name": str}))
-    assert fast.events == slow.events
+    assert_fast_path_reads_as_line_by_line(monkeypatch, body)
