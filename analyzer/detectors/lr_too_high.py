@@ -95,14 +95,9 @@ def check(run, params):
     if not symptoms:
         return []
 
-    ratio = None
-    if run.has("update_ratio"):
-        ur = stats.finite(run.series("update_ratio"))
-        ur = ur[(ur.index >= judged.index[0]) & (ur.index <= judged.index[-1]) & (ur > 0)]
-        if len(ur) >= 3:
-            ratio = float(np.median(ur.to_numpy()))
-            metrics["update_ratio"] = ratio
+    ratio = stats.median_update_ratio(run, judged)
     if ratio is not None:
+        metrics["update_ratio"] = ratio
         if ratio < params["active_ratio"]:
             return []
         confidence = Confidence.HIGH if ratio >= params["huge_ratio"] else Confidence.MEDIUM

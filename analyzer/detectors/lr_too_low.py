@@ -71,12 +71,7 @@ def check(run, params):
     late = judged.iloc[len(judged) // 2:]
     drop = 1.0 - float(np.median(late.tail(max(3, len(late) // 5)))) / float(
         np.median(late.head(max(3, len(late) // 5))))
-    ratio = None
-    if run.has("update_ratio"):
-        ur = stats.finite(run.series("update_ratio"))
-        ur = ur[(ur.index >= judged.index[0]) & (ur.index <= judged.index[-1]) & (ur > 0)]
-        if len(ur) >= 3:
-            ratio = float(np.median(ur.to_numpy()))
+    ratio = stats.median_update_ratio(run, judged)
     metrics = {"loss_drop": drop, "judged_from": int(judged.index[0]), "judged_to": int(judged.index[-1])}
     if sched.peak_lr:
         metrics["peak_lr"] = sched.peak_lr

@@ -147,6 +147,16 @@ def loss_while_learning(run: Run, detector: str, min_lr_fraction: float,
     return metric, loss, judged, sched
 
 
+def median_update_ratio(run: Run, judged: pd.Series) -> float | None:
+    """The median positive update-to-weight ratio over the judged steps' span; None with fewer than 3 such points
+    or none logged. How big the steps of an lr detector's judged stretch were."""
+    if not run.has("update_ratio"):
+        return None
+    ratios = finite(run.series("update_ratio"))
+    ratios = ratios[(ratios.index >= judged.index[0]) & (ratios.index <= judged.index[-1]) & (ratios > 0)]
+    return float(np.median(ratios.to_numpy())) if len(ratios) >= 3 else None
+
+
 def log_interval(series: pd.Series) -> float:
     """The typical number of steps between two logged points (median positive gap); 1.0 when unknown."""
     return cached(series, "log_interval", lambda: _log_interval(series))
