@@ -703,7 +703,8 @@ def _rank_column(columns: dict[str, Column], lower: dict[str, str], rank: int | 
 def _wide_metrics(columns: dict[str, Column], skip: set[str], file: str, notes: list[Note], parsed: Parsed):
     out = []
     for name, col in columns.items():
-        if name.strip().lower() in skip or name.strip().lower().startswith(CONFIG_PREFIX) or col.is_time:
+        key = name.strip().lower()
+        if key in skip or key.startswith(CONFIG_PREFIX) or col.is_time:
             continue
         if col.is_numeric:
             out.append((name, col.values, col.valid))
