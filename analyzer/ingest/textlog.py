@@ -37,7 +37,8 @@ values agree to the precision the coarser file printed (llm.c's main.log `%.4f` 
 Only step lines that log a value count: `Step 2: Create Text` in a generated sample does not.
 
 Multi-process runs: a line tagged with the process that wrote it (torchrun's and accelerate's `[default1]:`,
-PyTorch's own `[rank1]:`, DeepSpeed's `[Rank 1]`; see _RANK_LEAD) gives points of that rank, so the ranks of an
+PyTorch's own `[rank1]:`, DeepSpeed's `[Rank 1]`, Slurm's `srun --label` `1: `, Open MPI's `[1,1]<stdout>:`; see
+_RANK_LEADS) gives points of that rank, so the ranks of an
 interleaved log are separate series (Run.series reads the lowest rank); the tag is one more number of the line's
 shape, read with the others. A per-rank file (torchrun's --log-dir `attempt_0/1/stdout.log`, DeepSpeed's
 `..._rank1.log`) gives its rank to its untagged lines; in a tagged file an untagged point is the lowest tagged
@@ -123,6 +124,7 @@ _PREFIX_PARTS = (
     r"(?:[ \t>#*+|:\-\ufeff]"
     r"|\[(?!(?i:eval|evaluation|val|valid|validation{tags})\])[^\]\n]{{0,100}}\]:?"
     r"|\x1b\[[\x01;]*m"
+    r"|<std(?:out|err)>:"
     r"|\x01(?:[-/.:,T ]?\x01)*Z?"
     r"|(?:INFO|DEBUG|WARNING|WARN|ERROR|CRITICAL|NOTICE|TRACE)\b(?::[\w.<>]+)*:?"
     r"|[\w.<>]+:[\w.<>]+:\x01"
@@ -152,11 +154,19 @@ _HEAD = re.compile(_PREFIX)
 #   `[rank0]: Traceback ...` (torch/distributed/distributed_c10d.py, _distributed_excepthook: f"[rank{rank}]: {s}");
 # - DeepSpeed's log_dist (deepspeed/utils/logging.py): "[Rank {}] {}".format(my_rank, message), after the logger's
 #   own prefix; `[Rank -1]` before torch.distributed is set up (no rank).
+# - Slurm's `srun --label` (src/api/step_io.c, _build_label): "%*d: ", the task id (the global rank) padded to the
+#   width of the largest one (a heterogeneous job's "P%u %*d: " is not read);
+# - Open MPI's `mpirun --tag-output`: `[jobid,rank]<stdout>:` (or `<stderr>:`), and horovodrun's `[rank]<stdout>:`.
 # The first tag of a line wins (the launcher's header is outermost; its metric lines carry no other). A pdsh host
 # gives no rank: one host runs several ranks (DeepSpeed's launch.py starts them all behind the one `host: `) and
 # its name is no number of any of them.
-_RANK_LEAD = re.compile(rf"[ \t>]*(?:{_HOST})?\[(?:[A-Za-z_][\w\-]*?)?(?P<rank>\x01)\]:")
-_LAUNCHER_TAGS = rf"(?:{_HOST})?(?:\[(?:[A-Za-z_][\w\-]*?)?\x01\]:)*"  # as many as a line has
+_RANK_LEADS = (
+    re.compile(rf"[ \t>]*(?:{_HOST})?\[(?:[A-Za-z_][\w\-]*?)?(?P<rank>\x01)\]:"),
+    re.compile(r"[ \t>]*(?P<rank>\x01): "),
+    re.compile(r"[ \t>]*\[(?:\x01,)?(?P<rank>\x01)\]<std(?:out|err)>:"),
+)
+_LAUNCHER_TAGS = (rf"(?:{_HOST})?(?:\x01: )?(?:\[(?:\x01,)?\x01\]<std(?:out|err)>: ?)?"
+                  r"(?:\[(?:[A-Za-z_][\w\-]*?)?\x01\]:)*")  # as many as a line has
 _RANK_TAG = re.compile(r"\[(?i:rank)\s?(?P<rank>\x01)\]")
 MAX_RANK = 1 << 24  # a larger "rank" is no process number
 _ANCHOR = re.compile(
@@ -390,8 +400,8 @@ def plan_of(template: str) -> _Plan:
 
 
 def _rank_slot(template: str) -> int | None:
-    """Which number of a line is the rank its launcher tagged it with, if any (see _RANK_LEAD, _RANK_TAG)."""
-    m = _RANK_LEAD.match(template)
+    """Which number of a line is the rank its launcher tagged it with, if any (see _RANK_LEADS, _RANK_TAG)."""
+    m = next((m for lead in _RANK_LEADS if (m := lead.match(template))), None)
     if m is None:
         m = _RANK_TAG.search(template, 0, _HEAD.match(template).end())
     return None if m is None else _slot_index(template, m.start("rank"))

@@ -939,7 +939,10 @@ def test_fast_path_equals_line_by_line_for_other_trainers(monkeypatch, rows):
 #   torch.distributed is up), under the logger format "[%(asctime)s] [%(levelname)s] [%(filename)s:%(lineno)d:
 #   %(funcName)s] %(message)s"; the engine's _report_progress logs f"step={step}, skipped={self.skipped_steps},
 #   lr={lr}, mom={mom}" (deepspeed/runtime/engine.py);
-# - pdsh (chaos/pdsh src/pdsh/dsh.c): out("%S: %s", a->host, buf).
+# - pdsh (chaos/pdsh src/pdsh/dsh.c): out("%S: %s", a->host, buf);
+# - Slurm srun --label (SchedMD/slurm src/api/step_io.c, _build_label): xstrfmtcat(buf, "%*d: ", task_id_width,
+#   task_id), the task id padded to the width of the largest;
+# - Open MPI mpirun --tag-output: "[jobid,rank]<stdout>:" / "<stderr>:"; horovodrun (gloo): "[rank]<stdout>:".
 
 def _nanogpt_line(step: int, loss: float) -> str:
     # karpathy/nanoGPT train.py: print(f"iter {iter_num}: loss {lossf:.4f}, time {dt*1000:.2f}ms, mfu {mfu*100:.2f}%")
@@ -956,6 +959,8 @@ def ranks_of(result, name: str = "loss") -> dict[tuple[int, int], float]:
     ("[default1]:", 1), ("[default12]:", 12), ("[trainer3]:", 3), ("[5]:", 5), ("[rank2]:", 2),
     ("[rank2]:[default0]:", 2), ("[default0]:[rank2]:", 0),  # the outermost tag wins
     ("worker-1: [default3]:", 3), ("  [default7]:", 7),  # quoted with an indent (BigScience chronicles)
+    ("1: ", 1), (" 3: ", 3), ("12: ", 12),  # srun --label, padded to the widest task id
+    ("[1,2]<stdout>:", 2), ("[1,0]<stderr>:", 0), ("[3]<stdout>:", 3), ("[1,5]<stdout>: ", 5),  # mpirun, horovodrun
 ])
 def test_rank_prefix_forms(prefix, rank):
     result = text(prefix + _nanogpt_line(100, 4.2345))
@@ -989,6 +994,23 @@ def test_pdsh_host_is_read_past_and_gives_no_rank():
     assert points(result, "loss") == {1: 4.0, 2: 3.9, 3: 3.8} and "rank" not in result.frame
     head = "worker-1: [2023-07-24 13:21:21,248] [INFO] [logging.py:96:log_dist] [Rank 8] "
     assert ranks_of(text(head + "step=10, skipped=0, lr=[0.0001]\n"), "lr") == {(8, 10): 0.0001}
+
+
+def test_srun_labelled_ranks_are_separate_series_and_events_keep_their_rank():
+    body = "".join(f"{r:2d}: " + _nanogpt_line(s, 4.0 - s / 100 + r / 1000) for s in range(20) for r in (0, 10))
+    result = text(body + "10: WARNING: loss is nan\n")
+    run = build_run("run", [_piece(result)])
+    assert run.series("loss").to_dict() == {s: round(4.0 - s / 100, 4) for s in range(20)}
+    assert run.series("loss", rank=10).to_dict() == {s: round(4.01 - s / 100, 4) for s in range(20)}
+    assert [(e.kind, e.data.get("rank")) for e in result.events] == [("nan", 10)]
+    assert not run.events_of("restart")
+
+
+def test_mpirun_tagged_traceback_is_an_error_of_its_rank():
+    result = text("[1,1]<stdout>:" + _nanogpt_line(7, 3.0) + "[1,1]<stderr>:Traceback (most recent call last):\n"
+                  "[1,1]<stderr>:RuntimeError: NCCL error\n")
+    assert ranks_of(result) == {(1, 7): 3.0}
+    assert [(e.kind, e.data.get("rank")) for e in result.events] == [("error", 1), ("error", 1)]
 
 
 def test_a_key_is_no_host():
