@@ -98,7 +98,8 @@ class RecommendationRow:
 class Patch:
     json: str  # {"temperature": 2.0}
     overrides: str  # --set temperature=2.0
-    command: str  # reproduce-run RUN_DIR --set temperature=2.0
+    command: str  # reproduce-run RUN_DIR --set temperature=2.0; "" when the reference trainer cannot re-run this run
+    how: str  # how to apply the change when there is no command to run
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,8 @@ class Report:
     worst: str  # critical | warning | info | ok
     worst_label: str
     verdict: str
+    fix_label: str  # "Recommended change", or "Optional change" when only info-level findings suggest one
+    fix_note: str  # why a change is optional; "" when it is recommended
     fix: str  # "temperature 3.0 -> 2.0", or "" when nothing to change
     fix_items: tuple[str, ...]  # the same, one change each
     status: str
@@ -226,6 +229,7 @@ def build_report(diagnosis: Diagnosis, run=None, *, version: str = "", figures: 
     series = _SeriesCache(run, draw)
     facts = _facts(diagnosis, run)
     rec_rows, patch_values = recommendations(findings, first_anchor)
+    fix_label, fix_note = fix_heading(findings)
     views = tuple(
         _finding_view(i, f, findings, anchors[id(f)], roots, first_anchor, series, facts, run, figures,
                       (diagnosis.run.first_step, diagnosis.run.last_step))
@@ -238,14 +242,16 @@ def build_report(diagnosis: Diagnosis, run=None, *, version: str = "", figures: 
         worst=worst.value if worst else "ok",
         worst_label=SEVERITY_LABEL[worst.value] if worst else "OK",
         verdict=verdict(diagnosis),
+        fix_label=fix_label,
+        fix_note=fix_note,
         fix=fix_line(rec_rows),
-        fix_items=tuple(f"{r.hparam} {r.current} -> {r.suggested}" for r in rec_rows),
+        fix_items=tuple(change(r) for r in rec_rows),
         status=_status(diagnosis),
         counts=tuple(Row(s.value, str(sum(f.severity is s for f in findings))) for s in Severity),
         overview=_overview(diagnosis, series, facts, run) if figures else None,
         root_causes=_root_causes(diagnosis, first_anchor),
         recommendations=rec_rows,
-        patch=_patch(patch_values, diagnosis.run.path),
+        patch=_patch(patch_values, diagnosis.run.path, reference_trainer_run(diagnosis)),
         findings=views,
         blind_spots=tuple(Row(b.message, ", ".join(b.affects)) for b in diagnosis.blind_spots),
         skipped=tuple(Row(s.name, s.reason) for s in diagnosis.skipped),
@@ -297,10 +303,39 @@ def verdict(diagnosis: Diagnosis) -> str:
 
 
 def fix_line(rows: Sequence[RecommendationRow]) -> str:
-    return "; ".join(f"{r.hparam} {r.current} -> {r.suggested}" for r in rows)
+    return "; ".join(change(r) for r in rows)
+
+
+def change(row: RecommendationRow) -> str:
+    """One change as a reader scans it: `lr 0.3 -> 0.15`; `max_grad_norm (not recorded) -> 1.0`."""
+    current = f"({NOT_RECORDED})" if row.current == NOT_RECORDED else row.current
+    return f"{row.hparam} {current} -> {row.suggested}"
+
+
+OPTIONAL_FIX_NOTE = ("Only info-level findings suggest this: nothing at warning or critical level was found, so the "
+                     "run needs no fix; try the change if the finding behind it matters to you.")
+
+
+def fix_heading(findings: Sequence[Finding]) -> tuple[str, str]:
+    """"Recommended change", or "Optional change" (and why) when every finding that suggests one is only info:
+    a healthy run's report must not read as if something had to be fixed."""
+    recommending = [f for f in findings if f.recommendations]
+    if recommending and all(f.severity is Severity.INFO for f in recommending):
+        return "Optional change", OPTIONAL_FIX_NOTE
+    return "Recommended change", ""
+
+
+# The format the reference trainer's run dirs are read as; only such runs can be re-run by `reproduce-run`.
+REFERENCE_FORMAT = "postmortem-run"
+
+
+def reference_trainer_run(diagnosis: Diagnosis) -> bool:
+    """Whether `reproduce-run` can re-run this run: a run dir in the trainer's format with its run.json (status)."""
+    return REFERENCE_FORMAT in diagnosis.run.formats and diagnosis.run.status is not None
 
 
 VERDICT_CLAUSE = 160  # characters of the root cause's message the verdict quotes; the finding holds the rest
+MIN_DROPPED_ASIDE = 30  # a parenthesis this long is left out of a verdict that is too long; "(step 0)" stays
 
 
 def _sentence_body(message: str) -> str:
@@ -310,6 +345,9 @@ def _sentence_body(message: str) -> str:
         head = text.split(sep, 1)[0]
         if len(head) >= 20:
             text = head
+    if len(text) > VERDICT_CLAUSE:
+        # A long parenthesis (a list of tensor names, a quoted line) is detail: drop it before cutting words.
+        text = " ".join(re.sub(r"\s*\([^()]{%d,}\)" % MIN_DROPPED_ASIDE, "", text).split())
     if len(text) > VERDICT_CLAUSE:
         text = text[: VERDICT_CLAUSE - 3].rsplit(" ", 1)[0] + "..."
     return text[:1].lower() + text[1:] if text[:2].isalpha() and not text[:2].isupper() else text
@@ -448,25 +486,44 @@ def recommendations(findings: Sequence[Finding], anchors: Mapping[str, str] | No
             elif f.name != first[r.hparam][1].name and not _same(r.suggested, first[r.hparam][0].suggested):
                 also.setdefault(r.hparam, []).append(f"{f.name} suggests {fmt.number(r.suggested, fmt.PATCH_DIGITS)}")
     rows = tuple(
-        RecommendationRow(hparam=h, current=fmt.number(r.current, fmt.PATCH_DIGITS),
+        RecommendationRow(hparam=h, current=current_value(r.current, r.suggested),
                           suggested=fmt.number(r.suggested, fmt.PATCH_DIGITS), rationale=r.rationale, source=f.name,
                           source_anchor=(anchors or {}).get(f.name, ""), also="; ".join(also.get(h, [])))
         for h, (r, f) in first.items())
     return rows, {h: fmt.patch_value(r.suggested) for h, (r, _) in first.items()}
 
 
+NOT_RECORDED = "not recorded"  # a current value the run's files do not give
+
+
+def current_value(current: Any, suggested: Any) -> str:
+    """The current value as the suggested one is written: `5000 -> 1000`, not `5000.0 -> 1000`; unknown says so."""
+    if current is None:
+        return NOT_RECORDED
+    if (isinstance(suggested, int) and not isinstance(suggested, bool) and isinstance(current, float)
+            and current.is_integer()):
+        current = int(current)
+    return fmt.number(current, fmt.PATCH_DIGITS)
+
+
 def _same(a: Any, b: Any) -> bool:
     return fmt.number(a, fmt.PATCH_DIGITS) == fmt.number(b, fmt.PATCH_DIGITS)
 
 
-def _patch(values: Mapping[str, Any], run_path: str) -> Patch | None:
+APPLY_BY_HAND = ("Set these in your training configuration (the names are postmortem's: lr is the peak learning "
+                 "rate, grad_accum the gradient accumulation steps, max_grad_norm the clipping threshold) and re-run; "
+                 "reproduce-run re-runs only runs written by postmortem's reference trainer.")
+
+
+def _patch(values: Mapping[str, Any], run_path: str, reproducible: bool = True) -> Patch | None:
     if not values:
         return None
     overrides = " ".join(f"--set {h}={fmt.cli_value(v)}" for h, v in values.items())
     return Patch(
         json=json.dumps(dict(values), indent=2, ensure_ascii=False),
         overrides=overrides,
-        command=f"reproduce-run {fmt.shell_quote(run_path)} {overrides}",
+        command=f"reproduce-run {fmt.shell_quote(run_path)} {overrides}" if reproducible else "",
+        how="" if reproducible else APPLY_BY_HAND,
     )
 
 
@@ -483,7 +540,7 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
     metrics = tuple(r for r in numbers if len(r.value) <= MAX_NUMBER_TEXT)
     details = tuple(r for r in numbers if len(r.value) > MAX_NUMBER_TEXT)
     recs = tuple(
-        RecommendationRow(r.hparam, fmt.number(r.current, fmt.PATCH_DIGITS), fmt.number(r.suggested, fmt.PATCH_DIGITS),
+        RecommendationRow(r.hparam, current_value(r.current, r.suggested), fmt.number(r.suggested, fmt.PATCH_DIGITS),
                           r.rationale, f.name, anchor) for r in f.recommendations)
     cited = tuple(dict.fromkeys(  # a detector may cite one line twice (two signals on one record)
         EvidenceRow(f"{e.file}:{e.line}" if e.line is not None else e.file, e.text) for e in f.evidence))

@@ -60,7 +60,7 @@ class IndexRow:
 
 
 def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow, ...]:
-    from analyzer.report.model import fix_line, recommendations
+    from analyzer.report.model import change, fix_line, recommendations
 
     rows = []
     for name, diagnosis, link in entries:
@@ -73,7 +73,7 @@ def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow
             worst=worst.value if worst else "ok",
             worst_label=SEVERITY_LABEL[worst.value] if worst else "OK", counts=counts or "none",
             root_causes=", ".join(dict.fromkeys(diagnosis.root_causes)), fix=fix_line(changes),
-            fix_items=tuple(f"{r.hparam} {r.current} -> {r.suggested}" for r in changes),
+            fix_items=tuple(change(r) for r in changes),
         ))
     # Worst first, then by name: the runs that need a look lead the page.
     order = {"critical": 0, "warning": 1, "info": 2, "ok": 3}

@@ -6,7 +6,7 @@ import re
 import textwrap
 
 from analyzer.findings import Diagnosis
-from analyzer.report.model import fix_line, recommendations, verdict
+from analyzer.report.model import fix_heading, fix_line, recommendations, verdict
 
 STYLE = {"critical": "\033[1;31m", "warning": "\033[33m", "info": "\033[36m", "ok": "\033[32m", "dim": "\033[2m"}
 RESET = "\033[0m"
@@ -58,7 +58,9 @@ def summary(diagnosis: Diagnosis, color: bool, width: int = 100) -> str:
     lines.append(paint(level, "verdict: ") + clean(verdict(diagnosis)))
     rec_rows, _ = recommendations(diagnosis.findings)
     if rec_rows:
-        lines.append("fix: " + clean(fix_line(rec_rows)))
+        # A healthy run's info-level suggestions are not a fix: say they are optional.
+        label = "fix: " if fix_heading(diagnosis.findings)[1] == "" else "optional: "
+        lines.append(label + clean(fix_line(rec_rows)))
     if diagnosis.errors:
         names = ", ".join(e.name for e in diagnosis.errors)
         lines.append(paint("critical", "detector errors: ") + clean(f"{len(diagnosis.errors)} crashed ({names})"))

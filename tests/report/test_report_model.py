@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -96,6 +97,8 @@ def test_patch_is_json_and_reproduce_run_overrides():
     d = diagnosis([finding("x", recs=[Recommendation("lr", 1e-4, 2e-4, "r"),
                                       Recommendation("precision", "fp16", "bf16", "r"),
                                       Recommendation("betas", [0.9, 0.999], [0.9, 0.95], "r")])])
+    # A run the reference trainer wrote (its format, and the status from its run.json): reproduce-run can re-run it.
+    d = replace(d, run=replace(d.run, formats=("postmortem-run",), status="completed"))
     patch = build_report(d, figures=False).patch
     assert json.loads(patch.json) == {"lr": 0.0002, "precision": "bf16", "betas": [0.9, 0.95]}
     assert patch.overrides == "--set lr=0.0002 --set precision=bf16 --set betas='[0.9,0.95]'"

@@ -241,7 +241,7 @@ def test_html_shows_every_finding_and_the_recommended_change(seed002_outputs):
     out, _, d = seed002_outputs
     text = (out / "report.html").read_text()
     assert text.count('<article class="card') == len(d.findings)
-    assert '<td class="num new">2.0</td>' in text and "--set temperature=2.0" in text
+    assert '<td class="num new">2.0</td>' in text and '&#34;temperature&#34;: 2.0' in text
 
 
 def hostile():
@@ -366,7 +366,7 @@ def test_github_summary_has_the_verdict_table_patch_and_artifact():
     text = github_summary(d, artifact_hint="postmortem-report")
     assert "### Postmortem: test-run (Critical)" in text
     assert "| root cause | critical | D001 distill-temperature-blowup | 0-699 |" in text
-    assert "--set temperature=2.0" in text and "`postmortem-report`" in text
+    assert "| `temperature` | `3.0` | **`2.0`** |" in text and "`postmortem-report`" in text
 
 
 def test_github_summary_stays_under_the_limit_and_points_to_the_artifact():

@@ -1,0 +1,122 @@
+"""Regressions from a user's review of the reports: each test pins one defect that a real run's report showed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from analyzer.findings import Confidence, Diagnosis, Finding, Recommendation, RunSummary, Severity
+from analyzer.report import terminal_summary
+from analyzer.report.model import build_report, verdict
+from analyzer.report.render import render, tidy_markdown
+
+
+def summary(formats=("hf-trainer",), status=None):
+    return RunSummary("/runs/r", "r", formats, 0, 999, 1000, ("loss",), {}, (), status)
+
+
+def finding(name, severity, recs=(), message="m", first=0, last=10):
+    return Finding("X001", name, severity, Confidence.HIGH, message, first, last, recommendations=tuple(recs))
+
+
+def diagnosis(findings, formats=("hf-trainer",), status=None, roots=()):
+    return Diagnosis(summary(formats, status), tuple(findings), tuple(roots))
+
+
+def markdown(d: Diagnosis) -> str:
+    return tidy_markdown(render("report.md.j2", r=build_report(d, figures=False)))
+
+
+LR = Recommendation("lr", 3e-4, 1.5e-4, "halve it")
+
+
+# --- reproduce-run is offered only where it can run ---------------------------------------------------------------
+
+def test_a_run_not_written_by_the_reference_trainer_gets_no_reproduce_run_command():
+    # bloom104b_overflow (a Megatron log) was told to `reproduce-run` it, which fails: not a reference-trainer run.
+    d = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])], formats=("text",))
+    report = build_report(d, figures=False)
+    assert report.patch.command == ""
+    assert "reproduce-run /runs/r" not in markdown(d)
+    assert "re-runs only runs written by postmortem's reference trainer" in markdown(d)
+
+
+def test_a_reference_trainer_run_keeps_its_reproduce_run_command():
+    d = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])], formats=("postmortem-run",),
+                  status="completed")
+    assert build_report(d, figures=False).patch.command == "reproduce-run /runs/r --set lr=0.00015"
+
+
+# --- a healthy run's suggestions are optional -----------------------------------------------------------------------
+
+BATCH = Recommendation("batch_size", 2, 8, "less noise")
+
+
+def test_info_only_suggestions_are_an_optional_change_not_a_recommended_fix():
+    # hf_tinyllama_healthy: "No warning or critical finding", then "Recommended change: batch_size 2 -> 8".
+    d = diagnosis([finding("small-effective-batch", Severity.INFO, [BATCH])])
+    report = build_report(d, figures=False)
+    assert report.fix_label == "Optional change" and "needs no fix" in report.fix_note
+    text = markdown(d)
+    assert "Recommended change" not in text
+    assert "Optional change: `batch_size 2 -> 8`." in text
+    assert "optional: batch_size 2 -> 8" in terminal_summary(d, color=False)
+    assert "fix:" not in terminal_summary(d, color=False)
+
+
+def test_a_warning_with_a_suggestion_keeps_it_recommended():
+    d = diagnosis([finding("small-effective-batch", Severity.INFO, [BATCH]),
+                   finding("grad-explosion", Severity.WARNING, [LR])])
+    report = build_report(d, figures=False)
+    assert (report.fix_label, report.fix_note) == ("Recommended change", "")
+    assert "fix: batch_size 2 -> 8; lr 0.0003 -> 0.00015" in terminal_summary(d, color=False)
+
+
+# --- current values ---------------------------------------------------------------------------------------------------
+
+def test_an_unknown_current_value_reads_not_recorded_rather_than_a_dash():
+    # bloom runs: "max_grad_norm - -> 1.0".
+    d = diagnosis([finding("grad-explosion", Severity.WARNING, [Recommendation("max_grad_norm", None, 1.0, "clip")])])
+    report = build_report(d, figures=False)
+    assert report.recommendations[0].current == "not recorded"
+    assert report.fix_items == ("max_grad_norm (not recorded) -> 1.0",)
+    assert "| `max_grad_norm` | `not recorded` | **`1.0`** |" in markdown(d)
+    assert "fix: max_grad_norm (not recorded) -> 1.0" in terminal_summary(d, color=False)
+
+
+def test_a_whole_number_current_value_is_written_like_the_integer_suggestion():
+    # hf_whisper_overfit: "max_steps 5000.0 -> 1000" (trainer_state.json stores max_steps as a float).
+    d = diagnosis([finding("overfitting", Severity.WARNING, [Recommendation("max_steps", 5000.0, 1000, "stop")])])
+    assert build_report(d, figures=False).fix_items == ("max_steps 5000 -> 1000",)
+
+
+def test_a_float_suggestion_keeps_a_float_current_value():
+    d = diagnosis([finding("x", Severity.WARNING, [Recommendation("temperature", 3.0, 2.0, "t")])])
+    assert build_report(d, figures=False).fix_items == ("temperature 3.0 -> 2.0",)
+
+
+# --- the verdict --------------------------------------------------------------------------------------------------------
+
+def test_a_long_root_cause_clause_drops_its_long_aside_instead_of_stopping_mid_phrase():
+    # factorized-embedding-stall: "... each with std ~0.152 in..." (the tensor list took the room).
+    message = ("The input embedding is the sum of 3 tables (tok_emb.tables.0.weight, tok_emb.tables.1.weight, "
+               "tok_emb.tables.2.weight) each with std ~0.152 in checkpoints/step_000000.pt (step 0): the sum has "
+               "std 0.265")
+    d = diagnosis([finding("init-variance", Severity.WARNING, message=message)], roots=("init-variance",))
+    text = verdict(d)
+    assert text.startswith("The run is degraded: the input embedding is the sum of 3 tables each with std ~0.152 "
+                           "in checkpoints/step_000000.pt (step 0) (init-variance, from step 0)")
+    assert "..." not in text
+
+
+def test_the_github_summary_of_a_foreign_run_has_no_command_block():
+    from analyzer.report import github_summary
+
+    d = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])], formats=("text",))
+    text = github_summary(d, artifact_hint="postmortem-report")
+    assert "reproduce-run" not in text and "| `lr` | `0.0003` | **`0.00015`** |" in text
+
+
+def test_a_reference_trainer_run_needs_its_status_too():
+    # A folder in the canonical layout without run.json (status None) was not written by the trainer.
+    d = diagnosis([finding("x", Severity.WARNING, [LR])], formats=("postmortem-run",))
+    assert build_report(replace(d), figures=False).patch.command == ""
