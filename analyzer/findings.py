@@ -130,8 +130,12 @@ class Diagnosis:
 
 # --- findings.json ---------------------------------------------------------------------------------------------------
 
+EXACT_INTEGER = 2.0 ** 53  # whole floats below this are exact in JSON; rounding them to 6 digits would change them
+
+
 def _clean(value: Any) -> Any:
-    """JSON-safe and stable: non-finite floats become null, floats keep 6 significant digits, enums their value."""
+    """JSON-safe and stable: non-finite floats become null, floats keep 6 significant digits (whole ones all their
+    digits), enums their value."""
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, bool) or value is None or isinstance(value, str):
@@ -141,6 +145,8 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float):
         if not math.isfinite(value):
             return None
+        if value.is_integer() and abs(value) < EXACT_INTEGER:
+            return value  # a loss scale of 1048576 or a sample count must not become 1048580
         return float(f"{value:.6g}")
     if hasattr(value, "item") and callable(value.item):  # numpy scalars
         return _clean(value.item())

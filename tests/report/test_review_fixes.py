@@ -120,3 +120,15 @@ def test_a_reference_trainer_run_needs_its_status_too():
     # A folder in the canonical layout without run.json (status None) was not written by the trainer.
     d = diagnosis([finding("x", Severity.WARNING, [LR])], formats=("postmortem-run",))
     assert build_report(replace(d), figures=False).patch.command == ""
+
+
+# --- findings.json keeps whole numbers exact ---------------------------------------------------------------------------
+
+def test_findings_json_keeps_a_large_whole_number_exact():
+    # bloom104b_overflow: the message said "from 1048576", findings.json said "scale_from": 1048580.0.
+    from analyzer.findings import finding_to_dict
+
+    f = Finding("N002", "loss-scale-collapse", Severity.WARNING, Confidence.HIGH, "m", 1, 2,
+                metrics={"scale_from": 1048576.0, "samples": 7596256.0, "ratio": 1.23456789, "big": 1e300})
+    assert finding_to_dict(f)["metrics"] == {"scale_from": 1048576.0, "samples": 7596256.0, "ratio": 1.23457,
+                                             "big": 1e300}
