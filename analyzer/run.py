@@ -35,6 +35,7 @@ METRIC_ALIASES: Mapping[str, str] = {
     "learning_rate": "lr", "lr": "lr", "lr_adamw": "lr", "lr_adam": "lr", "lr_sgd": "lr", "lr_group_0": "lr",
     "grad_norm": "grad_norm", "gradient_norm": "grad_norm", "gnorm": "grad_norm", "grad_norm_before_clip": "grad_norm",
     "total_norm": "grad_norm", "norm": "grad_norm",
+    "xent": "loss",  # OpenNMT-py's per-token cross-entropy, its training loss
     "kd_loss": "kd_loss", "distill_loss": "kd_loss", "distillation_loss": "kd_loss",
     "kd_raw": "kd_raw", "kd_raw_loss": "kd_raw", "raw_kd": "kd_raw",  # not "kl": TRL/GRPO log a KL to the reference model under it
     "temperature": "temperature", "temp": "temperature", "kd_temperature": "temperature",
@@ -54,6 +55,11 @@ METRIC_ALIASES: Mapping[str, str] = {
 _EVAL_PREFIXES = ("eval/", "val/", "valid/", "validation/", "eval_", "val_", "valid_", "validation_", "dev_", "dev/")
 _TRAIN_PREFIXES = ("train/", "training/", "train_")
 _NAMESPACES = ("ray/tune/",)  # Ray Tune's TensorBoard tags: ray/tune/loss is the trial's loss
+# The split written after the name: torch.utils.tensorboard's own example tags `Loss/train` and `Loss/val`, and
+# `loss_train` / `loss_val` in hand-written loops (LitGPT prints `loss train: X, val: Y`). A `/` suffix is a
+# namespace whatever the name; an `_` suffix counts only after a known metric (`num_val` stays itself).
+_EVAL_SUFFIXES = ("eval", "val", "valid", "validation", "dev")
+_TRAIN_SUFFIXES = ("train", "training")
 # Metrics whose eval-split version has its own canonical name.
 _EVAL_NAMES = {"loss": "eval_loss", "ppl": "eval_ppl"}
 
@@ -73,6 +79,8 @@ def canonical_metric(name: str) -> tuple[str, str]:
             if key.startswith(prefix) and key[len(prefix):]:
                 key = key[len(prefix):]
                 break
+        else:
+            key, split = _split_suffix(key)
     if key.endswith("_step"):  # Lightning's on_step copy of a metric is the metric itself
         key = key[: -len("_step")]
     elif key.endswith("_epoch") and key != "epoch":  # Lightning's epoch mean is a different series
@@ -83,6 +91,16 @@ def canonical_metric(name: str) -> tuple[str, str]:
     if base in ("eval_loss", "eval_ppl"):
         return base, "eval"
     return base, split
+
+
+def _split_suffix(key: str) -> tuple[str, str]:
+    """The key without a trailing split name, and that split: `loss/val` -> ("loss", "eval"); else (key, "train")."""
+    base, sep, suffix = max(key.rpartition("/"), key.rpartition("_"), key=lambda parts: len(parts[0]))
+    if not base or not sep or (sep == "_" and base not in METRIC_ALIASES):
+        return key, "train"
+    if suffix in _EVAL_SUFFIXES:
+        return base, "eval"
+    return (base, "train") if suffix in _TRAIN_SUFFIXES else (key, "train")
 
 
 HPARAM_ALIASES: Mapping[str, str] = {

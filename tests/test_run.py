@@ -29,6 +29,13 @@ from tests.conftest import make_run
     ("rewards/mean", ("rewards/mean", "train")),
     ("ray/tune/loss", ("loss", "train")),
     ("ray/tune/val_loss", ("eval_loss", "eval")),
+    # the split after the name: torch.utils.tensorboard's example tags, hand-written loops, OpenNMT-py
+    ("Loss/train", ("loss", "train")), ("Loss/val", ("eval_loss", "eval")), ("Accuracy/valid", ("eval_accuracy", "eval")),
+    ("loss_train", ("loss", "train")), ("loss_val", ("eval_loss", "eval")), ("perplexity/val", ("eval_ppl", "eval")),
+    ("xent", ("loss", "train")),
+    ("num_val", ("num_val", "train")),  # `_val` after an unknown name is part of the name
+    ("Loss/test", ("loss/test", "train")),  # a test split is neither (logged once, at the end)
+    ("loss_val_epoch", ("loss_val_epoch", "train")),
 ])
 def test_canonical_metric(logged, expected):
     assert canonical_metric(logged) == expected
