@@ -109,6 +109,7 @@ MEGATRON_VALID_RENAMES = {"lmlossvalue": "loss", "lmlossppl": "ppl"}
 FAIRSEQ_RENAMES = {"wps": "tokens_per_s", "ups": "steps_per_s", "valid_wps": "eval_tokens_per_s"}
 FAIRSEQ_IGNORED = {"update", "wall", "train_wall", "gb_free", "num_updates", "valid_num_updates", "valid_wall"}
 HF_IGNORED = {"step", "global_step", "total_flos", "current_flos"}
+COUNTER_KEYS = {"step", "global_step", "iter", "iteration", "micro_step"}
 DICT_STEP_KEYS = ("num_updates", "valid_num_updates", "global_step", "step", "iteration", "iter")
 STEP_TIME_BASES = {"step_time", "dt", "time", "iter_time", "time_per_step", "batch_time", "time_per_iteration"}
 UNIT_SUFFIXES = {"ms": "_ms", "s": "_s", "gb": "_gb", "mb": "_mb", "%": ""}
@@ -265,6 +266,19 @@ _MM_FIELD = re.compile(r"(?<![^\s,])(?P<key>[A-Za-z_][\w./\-\x01]*):\s+(?:(?P<ti
 MM_SKIPPED = {"eta", "iter", "epoch"}  # eta is a duration; iteration and epoch are in the head
 MM_EVAL_SKIPPED = {"eta", "time", "data_time", "memory", "lr", "base_lr"}  # the validation pass's own timing
 
+# timm's train.py (huggingface/pytorch-image-models, train_one_epoch): _logger.info(f'Train: {epoch}
+# [{update_idx:>4d}/{updates_per_epoch} ({pct:>3.0f}%)]  ' f'Loss: {losses_m.val:#.3g} ({losses_m.avg:#.3g})  '
+# f'Time: {t:.3f}s, {rate:>7.2f}/s  ({t_avg:.3f}s, {rate_avg:>7.2f}/s)  ' f'LR: {lr:.3e}  ' f'Data: ...'), with
+# `Updates: {total_updates}  ` after the progress in recent versions and `CE:`/`KD:` after the loss when distilling.
+# Epochs count from 0: the step is epoch * updates_per_epoch + update_idx (the scheduler's num_updates). The value
+# before each parenthesis is this update's; the one inside, the running mean of the epoch, is not read. The
+# `Test: [ i/L]` lines are the validation pass's running means: summary.csv holds their result.
+_TIMM_HEAD = re.compile(_PREFIX + r"Train:\s*(?P<epoch>\x01)\s*\[\s*(?P<iter>\x01)\s*/\s*(?P<len>\x01)\s*"
+                        r"\(\s*\x01\s*%\)\]\s*(?:Updates:\s*\x01\s*)?(?P<rest>Loss:.*)\Z", re.S)
+_TIMM_FIELD = re.compile(r"(?P<key>[A-Za-z][\w@]*):\s*(?:(?P<num>\x01)|(?P<const>[-+]?(?i:nan|inf)))s?(?:,\s*\x01/s)?"
+                         r"(?:\s*\([^)]*\))?\s*")
+TIMM_RENAMES = {"ce": "lm_loss", "kd": "kd_loss", "time": "step_time_s", "data": "data_time_s"}  # CE + KD = loss
+
 # Per-trainer names, for keys that canonical_metric would not map or would map wrongly.
 TORCHTUNE_RENAMES = {"tokens_per_second_per_gpu": "tokens_per_s"}  # per device, as torchtitan's tps
 LLMC_RENAMES = {"trl": "loss", "tel": "eval_loss", "eval": "eval_hellaswag_acc", "norm": "grad_norm"}
@@ -333,8 +347,9 @@ class _Plan:
     family: str = ""  # "", "anchor", "megatron", "megatron_wrapped", "eval", "fairseq", "dict", "logtxt", ...
     step_slot: int | None = None
     step_offset: int = 0  # added to the step read (llm.c prints step + 1 where its main.log writes step)
-    epoch_slot: int | None = None  # with epoch_len_slot: the step is (epoch - 1) * epoch_len + step_slot's number
-    epoch_len_slot: int | None = None
+    epoch_slot: int | None = None  # with epoch_len_slot: the step is (epoch - epoch_base) * epoch_len + step_slot's
+    epoch_len_slot: int | None = None  # number
+    epoch_base: int = 1  # the number of the first epoch: 1 in MMEngine's logs, 0 in timm's
     context: str = "next"  # where a line without its own step takes one: "next", "prev" or "next_or_after" (the
     # next step line's step; after the last step line, that step + 1)
     fields: tuple[_Field, ...] = ()
@@ -447,7 +462,7 @@ def _shifted(plan: _Plan, offset: int) -> _Plan:
 def _points_plan(body: str) -> _Plan | None:
     if not _POINT_WORDS.search(body.lower()):
         return None
-    for shape in (_torchtune_plan, _llmc_log_plan, _llmc_stdout_plan, _torchtitan_plan, _mmengine_plan,
+    for shape in (_torchtune_plan, _llmc_log_plan, _llmc_stdout_plan, _torchtitan_plan, _mmengine_plan, _timm_plan,
                   _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan, _anchor_plan,
                   _bare_loss_plan, _hellaswag_plan):
         plan = shape(body)
@@ -513,6 +528,8 @@ def _metric_name(key: str, unit: str, family: str) -> str | None:
             return None
         normal = FAIRSEQ_RENAMES.get(normal, normal)
     if family == "dict" and normal in HF_IGNORED:
+        return None
+    if normal in COUNTER_KEYS:  # a second counter beside the line's step (LitGPT's `iter 8 step 2`) is no metric
         return None
     renamed = KEY_RENAMES.get(normal) or KEY_RENAMES.get(compact)
     if renamed is None and family == "megatron":
@@ -767,6 +784,32 @@ def _mmengine_plan(body: str) -> _Plan | None:
     fields.insert(0, _Field(epoch, "epoch"))
     return _Plan(family="mmengine", step_slot=step, epoch_slot=epoch, epoch_len_slot=_slot_index(body, m.start("len")),
                  fields=tuple(fields), constants=tuple(constants))
+
+
+def _timm_plan(body: str) -> _Plan | None:
+    m = _TIMM_HEAD.match(body)
+    if m is None:
+        return None
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    pos, end = m.start("rest"), m.end("rest")
+    while pos < end:
+        f = _TIMM_FIELD.match(body, pos, end)
+        if f is None:
+            break
+        key = f.group("key").lower()
+        name = TIMM_RENAMES.get(key, key)
+        if f.group("num") is not None:
+            fields.append(_Field(_slot_index(body, f.start("num")), name))
+        else:
+            constants.append((name, float(f.group("const"))))
+        pos = f.end()
+    epoch = _slot_index(body, m.start("epoch"))
+    fields.insert(0, _Field(epoch, "epoch"))
+    _add_speed(fields, constants)
+    return _Plan(family="timm", step_slot=_slot_index(body, m.start("iter")), epoch_slot=epoch,
+                 epoch_len_slot=_slot_index(body, m.start("len")), epoch_base=0, fields=tuple(fields),
+                 constants=tuple(constants))
 
 
 def _event_kind(body: str) -> str | None:
@@ -1521,10 +1564,11 @@ class _Chunk:
 
 
 def _step_values(plan: _Plan, values: dict[int, np.ndarray]) -> np.ndarray:
-    """The step of each line: its step number, or (epoch - 1) * epoch length + iteration in the epoch, plus offset."""
+    """The step of each line: its step number, or (epoch - first epoch) * epoch length + iteration in the epoch, plus
+    offset."""
     step = values[plan.step_slot]
     if plan.epoch_len_slot is not None:
-        step = (values[plan.epoch_slot] - 1) * values[plan.epoch_len_slot] + step
+        step = (values[plan.epoch_slot] - plan.epoch_base) * values[plan.epoch_len_slot] + step
     return step + plan.step_offset if plan.step_offset else step
 
 

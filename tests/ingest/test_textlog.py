@@ -693,6 +693,56 @@ def test_torchtune_nan_loss_end_to_end(tmp_path):
     assert ("nonfinite-onset", 120) in _findings(tmp_path, "log_1723844072.txt", body)
 
 
+# LitGPT (Lightning-AI/litgpt, litgpt/finetune/lora.py, fit()): fabric.print(f"Epoch {epoch+1} | iter {iter_num} step
+# {step_count} | loss train: {loss:.3f}, val: {val_loss} | iter time: {ms:.2f} ms{' (step)' ...}") and, after an
+# eval, fabric.print(f"iter {iter_num}: val loss {val_loss.item():.4f}, val time: {t1 * 1000:.2f} ms").
+def test_litgpt_lines():
+    result = text("Epoch 1 | iter 4 step 1 | loss train: 2.345, val: n/a | iter time: 120.52 ms (step)\n"
+                  "iter 4: val loss 2.4000, val time: 1000.00 ms\n"
+                  "Epoch 1 | iter 8 step 2 | loss train: 2.245, val: 2.400 | iter time: 119.98 ms (step)\n")
+    assert points(result, "loss_train") == {4: 2.345, 8: 2.245}  # canonical name: loss (run.canonical_metric)
+    assert points(result, "val_loss") == {4: 2.4}
+    assert "step" not in set(result.frame["name"])  # the optimizer step beside the iteration is no metric
+
+
+# timm (huggingface/pytorch-image-models, train.py, train_one_epoch): 'Train: {} [{:>4d}/{} ({:>3.0f}%)]  Loss: {:#.4g}
+# ({:#.3g})  Time: {:.3f}s, {:>7.2f}/s  ({:.3f}s, {:>7.2f}/s)  LR: {:.3e}  Data: {:.3f} ({:.3f})'; recent versions add
+# `Updates: N` after the progress and `CE:` / `KD:` after the loss; validate() logs 'Test: [{:>4d}/{}]  ...'.
+def _timm_line(epoch: int, idx: int, loss: float, per_epoch: int = 1251, extra: str = "") -> str:
+    return (f"Train: {epoch} [{idx:>4d}/{per_epoch} ({100 * idx / (per_epoch - 1):>3.0f}%)]  {extra}Loss: {loss:#.4g} "
+            f"({loss:#.3g})  Time: 0.412s,  621.11/s  (0.480s,  533.33/s)  LR: 1.000e-05  Data: 0.012 (0.052)\n")
+
+
+def test_timm_train_lines_step_is_epoch_times_updates_plus_index():
+    result = text(_timm_line(0, 0, 6.934) + _timm_line(0, 50, 6.883)
+                  + "Test: [   0/48]  Time: 1.234 (1.234)  Loss:  6.8000 (6.8000)  Acc@1:  0.1000 ( 0.1000)  "
+                    "Acc@5:  0.5000 ( 0.5000)\n"
+                  + _timm_line(1, 0, 6.5, extra="Updates: 1251  ").replace("Time:", "CE: 6.1 (6.1)  KD: 0.4 (0.4)  Time:"))
+    assert points(result, "loss") == {0: 6.934, 50: 6.883, 1251: 6.5}  # the update's value, not the epoch's mean
+    assert points(result, "lr") == {0: 1e-05, 50: 1e-05, 1251: 1e-05}
+    assert points(result, "lm_loss") == {1251: 6.1} and points(result, "kd_loss") == {1251: 0.4}
+    assert points(result, "step_time_s")[50] == 0.412 and points(result, "epoch") == {0: 0.0, 50: 0.0, 1251: 1.0}
+
+
+def test_timm_healthy_run_end_to_end(tmp_path):
+    body = "".join(_timm_line(s // 100, s % 100, _curve(s), per_epoch=100) for s in range(0, 200))
+    assert _findings(tmp_path, "train.log", body) == []
+
+
+def test_timm_diverging_run_end_to_end(tmp_path):
+    body = "".join(_timm_line(s // 100, s % 100, _curve(s, 150), per_epoch=100) for s in range(0, 300, 2))
+    assert ("nonfinite-onset", 150) in _findings(tmp_path, "train.log", body)
+
+
+# OpenNMT-py (onmt/utils/statistics.py, Statistics.output): logger.info(("Step %s; acc: %6.2f; ppl: %5.2f; xent:
+# %4.2f; " + "lr: %7.5f; %3.0f/%3.0f tok/s; %6.0f sec") % (step_fmt, ...)), step_fmt "%s/%5d" % (step, num_steps).
+def test_opennmt_step_lines():
+    result = text("[2024-01-01 10:00:00,000 INFO] Step 50/100000; acc: 30.50; ppl: 120.34; xent: 4.79; "
+                  "lr: 0.00070; 29850/30120 tok/s;     12 sec\n")
+    assert points(result, "xent") == {50: 4.79}  # canonical name: loss
+    assert points(result, "ppl") == {50: 120.34} and points(result, "lr") == {50: 0.0007}
+
+
 # llm.c (karpathy/llm.c). main.log: llmc/logger.h (046d0015) lines 37, 45, 53: "s:%d eval:%.4f\n",
 # "s:%d tel:%.4f\n", "s:%d trl:%.4f lr:%.6f norm:%.2f\n"; train_gpt2.py writes "s:%d trl:%f\n".
 LLMC_TRAIN, LLMC_VAL, LLMC_EVAL = "s:%d trl:%.4f lr:%.6f norm:%.2f\n", "s:%d tel:%.4f\n", "s:%d eval:%.4f\n"
