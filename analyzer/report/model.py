@@ -546,10 +546,10 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
         EvidenceRow(f"{e.file}:{e.line}" if e.line is not None else e.file, e.text) for e in f.evidence))
     evidence = cited[:MAX_EVIDENCE_ROWS]
     available = series.metrics
-    specs = plots.plots_for(f.name, available)
+    specs = plots.plots_for(f.name, available, f.message)
     missing = tuple(
         f"{plots.PLOTS[p].title.lower()}: the run logs no {_missing(plots.PLOTS[p], available)}"
-        for p in plots.FINDING_PLOTS.get(f.name, plots.DEFAULT_PLOTS)[:plots.MAX_PLOTS_PER_FINDING]
+        for p in plots.wanted_plots(f.name, f.message)[:plots.MAX_PLOTS_PER_FINDING]
         if not plots.PLOTS[p].available(available)) if run is not None else ()
     figs: tuple[FigureView, ...] = ()
     if figures and specs:

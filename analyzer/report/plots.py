@@ -21,6 +21,7 @@ FIGSIZE = (7.2, 2.5)  # inches; 720x250 px in SVG units, readable on a laptop an
 OVERVIEW_FIGSIZE = (7.2, 3.6)
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 0.75, 0.15, 0.5, 0.45  # inches: tick labels, title + legend
 PANEL_GAP = 0.55  # inches between stacked panels: the lower panel's title and legend
+LABEL_LEFT_OF = 0.9  # a marked step beyond this fraction of the x axis gets its label on the left of the line
 LEGEND_COLUMNS = 3  # more entries wrap to a second row rather than run into the title
 SVG_SALT = "postmortem"  # fixes matplotlib's SVG ids, so the same run renders byte-identical figures
 
@@ -146,10 +147,13 @@ def _incident(ax, data: PlotInput) -> None:
 
 
 def _marks(ax, data: PlotInput) -> None:
+    low, high = ax.get_xlim()
     for step, label in data.marks:
         ax.axvline(step, color=PURPLE, linewidth=1.0, linestyle=":")
-        ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(5, -11),
-                    textcoords="offset points", fontsize=7, color=PURPLE,
+        # A mark near the right edge is labelled on its left: on the right the label would run off the axes.
+        left = high > low and (step - low) / (high - low) > LABEL_LEFT_OF
+        ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(-5 if left else 5, -11),
+                    textcoords="offset points", fontsize=7, color=PURPLE, ha="right" if left else "left",
                     bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.75))
 
 
@@ -244,7 +248,9 @@ def draw_loss_scale(ax, data: PlotInput) -> None:
     _finish(ax, data, "loss scale")
 
 
-def _ppl_vs_loss(ax, data: PlotInput, ppl: str, loss: str, label: str) -> None:
+def _ppl_vs_loss(ax, data: PlotInput, ppl: str, losses: Sequence[str], label: str) -> None:
+    # The loss the perplexity belongs to: a distillation run's ppl is exp(lm_loss), not exp of the total loss.
+    loss = next(name for name in losses if name in data.series)
     _line(ax, data, ppl, f"logged {label}", RED, log=False)
     steps, values = data.series[loss]
     with np.errstate(over="ignore", invalid="ignore"):
@@ -258,12 +264,16 @@ def _ppl_vs_loss(ax, data: PlotInput, ppl: str, loss: str, label: str) -> None:
     _finish(ax, data, "perplexity")
 
 
+PPL_LOSSES = ("lm_loss", "loss")  # in order of preference, as perplexity-misreport pairs them
+EVAL_PPL_LOSSES = ("eval_lm_loss", "eval_loss")
+
+
 def draw_ppl(ax, data: PlotInput) -> None:
-    _ppl_vs_loss(ax, data, "ppl", "loss", "ppl")
+    _ppl_vs_loss(ax, data, "ppl", PPL_LOSSES, "ppl")
 
 
 def draw_eval_ppl(ax, data: PlotInput) -> None:
-    _ppl_vs_loss(ax, data, "eval_ppl", "eval_loss", "eval ppl")
+    _ppl_vs_loss(ax, data, "eval_ppl", EVAL_PPL_LOSSES, "eval ppl")
 
 
 def draw_mask_ratio(ax, data: PlotInput) -> None:
@@ -285,9 +295,9 @@ PLOTS: dict[str, PlotSpec] = {
     "kd": PlotSpec("kd", "Raw KL vs scaled KD loss", ("kd_raw", "kd_loss"), draw_kd),
     "throughput": PlotSpec("throughput", "Throughput", (SPEED,), draw_throughput),
     "loss_scale": PlotSpec("loss_scale", "Mixed-precision loss scale", ("loss_scale",), draw_loss_scale),
-    "ppl": PlotSpec("ppl", "Logged perplexity vs exp(loss)", ("ppl", "loss"), draw_ppl),
-    "eval_ppl": PlotSpec("eval_ppl", "Logged eval perplexity vs exp(eval loss)", ("eval_ppl", "eval_loss"),
-                         draw_eval_ppl),
+    "ppl": PlotSpec("ppl", "Logged perplexity vs exp(loss)", ("ppl",), draw_ppl, any_of=PPL_LOSSES),
+    "eval_ppl": PlotSpec("eval_ppl", "Logged eval perplexity vs exp(eval loss)", ("eval_ppl",), draw_eval_ppl,
+                         any_of=EVAL_PPL_LOSSES),
     "mask_ratio": PlotSpec("mask_ratio", "Share of tokens with a label", ("mask_ratio",), draw_mask_ratio),
     "update_ratio": PlotSpec("update_ratio", "Update-to-weight ratio", ("update_ratio",), draw_update_ratio),
 }
@@ -319,9 +329,22 @@ MAX_PLOTS_PER_FINDING = 2
 CHECKPOINT_FINDINGS = {"nonfinite-onset", "checkpoint-nonfinite", "loss-divergence"}
 
 
-def plots_for(finding_name: str, metrics: set[str] | Sequence[str]) -> tuple[PlotSpec, ...]:
+# A detector that reports once per metric (ppl, eval_ppl) names the metric first in its message; each of its findings
+# shows that metric's plot only, not its sibling's.
+SUBJECT_PLOTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "perplexity-misreport": {"ppl": ("ppl", "loss"), "eval_ppl": ("eval_ppl", "loss")},
+}
+
+
+def wanted_plots(finding_name: str, message: str = "") -> tuple[str, ...]:
+    """The plots a finding would show, in order of preference, whatever the run logs."""
+    subject = message.split(" ", 1)[0]
+    return SUBJECT_PLOTS.get(finding_name, {}).get(subject, FINDING_PLOTS.get(finding_name, DEFAULT_PLOTS))
+
+
+def plots_for(finding_name: str, metrics: set[str] | Sequence[str], message: str = "") -> tuple[PlotSpec, ...]:
     """The plots a finding gets on this run: its preferences, minus those whose metrics the run lacks."""
-    wanted = FINDING_PLOTS.get(finding_name, DEFAULT_PLOTS)
+    wanted = wanted_plots(finding_name, message)
     return tuple(PLOTS[name] for name in wanted if PLOTS[name].available(metrics))[:MAX_PLOTS_PER_FINDING]
 
 

@@ -132,3 +132,67 @@ def test_findings_json_keeps_a_large_whole_number_exact():
                 metrics={"scale_from": 1048576.0, "samples": 7596256.0, "ratio": 1.23456789, "big": 1e300})
     assert finding_to_dict(f)["metrics"] == {"scale_from": 1048576.0, "samples": 7596256.0, "ratio": 1.23457,
                                              "big": 1e300}
+
+
+# --- plots ---------------------------------------------------------------------------------------------------------------
+
+def _drawn_loss(marks):
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from analyzer.report import plots
+
+    steps = np.arange(1000)
+    fig = Figure(figsize=plots.FIGSIZE)
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    plots.draw_loss(ax, plots.PlotInput(series={"loss": (steps, 3 - steps / 1000)}, marks=marks))
+    fig.canvas.draw()
+    return fig, ax
+
+
+def test_a_mark_at_the_last_step_keeps_its_label_inside_the_axes():
+    # bloom104b_overflow's overview: "L001" at the last logged step was cut to "L00" at the figure's edge.
+    fig, ax = _drawn_loss(((999, "L001"),))
+    label = ax.texts[-1]
+    renderer = fig.canvas.get_renderer()
+    assert label.get_ha() == "right"
+    assert label.get_window_extent(renderer).x1 <= ax.get_window_extent(renderer).x1
+
+
+def test_a_mark_early_in_the_run_keeps_its_label_on_the_right():
+    _, ax = _drawn_loss(((100, "G001"),))
+    assert ax.texts[-1].get_ha() == "left"
+
+
+def _ppl_finding(metric):
+    return Finding("N003", "perplexity-misreport", Severity.INFO, Confidence.HIGH,
+                   f"{metric} is capped at exp(5) = 148 at 5 of 6 points from step 0: lm_loss is 5.566 there", 0, 5)
+
+
+def test_each_perplexity_finding_shows_the_plot_of_its_own_metric():
+    # kd-temperature-blowup: the eval_ppl finding showed the ppl plot too (and the ppl finding the eval_ppl one).
+    from analyzer.report.plots import plots_for
+
+    metrics = {"ppl", "eval_ppl", "loss", "lm_loss", "eval_loss"}
+    assert [p.name for p in plots_for("perplexity-misreport", metrics, _ppl_finding("eval_ppl").message)] == [
+        "eval_ppl", "loss"]
+    assert [p.name for p in plots_for("perplexity-misreport", metrics, _ppl_finding("ppl").message)] == [
+        "ppl", "loss"]
+
+
+def test_the_perplexity_plot_compares_with_exp_of_the_lm_loss_when_the_run_logs_one():
+    # The finding says "the true perplexity is exp(lm_loss)"; the plot drew exp(loss), the KD-weighted total.
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from analyzer.report import plots
+
+    steps = np.arange(10)
+    data = plots.PlotInput(series={"ppl": (steps, np.full(10, 148.0)), "loss": (steps, np.full(10, 9.0)),
+                                   "lm_loss": (steps, np.full(10, 5.5))})
+    ax = Figure().subplots()
+    plots.draw_ppl(ax, data)
+    implied = next(line for line in ax.get_lines() if line.get_label() == "exp(lm_loss)")
+    assert np.allclose(implied.get_ydata(), np.exp(5.5))
