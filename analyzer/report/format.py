@@ -94,14 +94,37 @@ def truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"
 
 
+# --- text from logs -------------------------------------------------------------------------------------------------
+
+# Invisible bidirectional controls (U+202A-U+202E embeddings and overrides, U+2066-U+2069 isolates, the LRM/RLM/ALM
+# marks) reorder the text around them: a log line carrying one could show a reader a different line than it holds
+# ("Trojan source"). Every renderer shows them as a visible code point instead; RTL letters themselves are kept.
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible_bidi(text: str) -> str:
+    """`text` with each bidirectional control character replaced by its code point, as `{U+202E}`."""
+    return _BIDI_CONTROLS.sub(lambda m: f"{{U+{ord(m.group()):04X}}}", text)
+
+
+def finalize(value: Any) -> Any:
+    """Applied by jinja2 to every value a template prints (before HTML escaping): bidi controls made visible.
+    Safe markup (an inlined figure, an escaped block) stays markup: the replacement is plain ASCII."""
+    if not isinstance(value, str) or not _BIDI_CONTROLS.search(value):
+        return value
+    return type(value)(visible_bidi(str(value)))
+
+
 # --- markdown ---------------------------------------------------------------------------------------------------
 
 # "<" and "&" are enough to stop raw HTML and entities; ">" alone is harmless mid-line and reads better raw.
-_MD_HTML = str.maketrans({"&": "&amp;", "<": "&lt;"})
+# "[" opens every link and image (`[x](javascript:...)`, `![x](https://tracker)`): escaped, no log text links out.
+_MD_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", "[": "\\["})
 
 
 def md_text(text: Any) -> str:
-    """Inline markdown text from an untrusted string: HTML-escaped (GitHub renders raw tags), on one line."""
+    """Inline markdown text from an untrusted string: HTML-escaped (GitHub renders raw tags), links and images
+    disarmed, on one line."""
     return " ".join(str(text).split()).translate(_MD_HTML)
 
 

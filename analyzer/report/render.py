@@ -52,6 +52,7 @@ def environment():
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
+        finalize=fmt.finalize,
     )
     env.filters.update({
         "md": fmt.md_text,

@@ -19,7 +19,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def clean(text: object) -> str:
-    return " ".join(_CONTROL.sub(" ", str(text)).split())
+    from analyzer.report.format import visible_bidi
+
+    return " ".join(visible_bidi(_CONTROL.sub(" ", str(text))).split())
 
 
 def clip(text: str, width: int) -> str:

@@ -196,3 +196,34 @@ def test_the_perplexity_plot_compares_with_exp_of_the_lm_loss_when_the_run_logs_
     plots.draw_ppl(ax, data)
     implied = next(line for line in ax.get_lines() if line.get_label() == "exp(lm_loss)")
     assert np.allclose(implied.get_ydata(), np.exp(5.5))
+
+
+# --- hostile strings --------------------------------------------------------------------------------------------------
+
+RLO = "\u202e"  # right-to-left override: "exe.txt" shows as "txt.exe"
+LINK = "[click](javascript:alert(1)) ![t](https://tracker.example/x.png)"
+
+
+def _hostile_diagnosis():
+    f = Finding("L001", "loss-spike", Severity.CRITICAL, Confidence.HIGH, f"spike in {RLO}evil {LINK}", 5, 6)
+    return diagnosis([f], roots=("loss-spike",))
+
+
+def test_bidi_controls_from_a_log_are_shown_not_obeyed_in_every_output():
+    d = _hostile_diagnosis()
+    report = build_report(d, figures=False)
+    html = render("report.html.j2", r=report)
+    md = markdown(d)
+    term = terminal_summary(d, color=False)
+    for text in (html, md, term):
+        assert RLO not in text
+        assert "{U+202E}evil" in text
+    assert "שלום" in terminal_summary(diagnosis([finding("x", Severity.WARNING, message="שלום")]), color=False)
+
+
+def test_markdown_never_turns_log_text_into_a_link_or_an_image():
+    import re
+
+    md = markdown(_hostile_diagnosis())
+    assert "\\[click](javascript:alert(1)) !\\[t](https://tracker.example/x.png)" in md
+    assert not re.search(r"(?<!\\)\[[^\]]*\]\((?:javascript|https://tracker)", md)
