@@ -22,6 +22,9 @@ FORMAT = "table"
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")  # a `.json` file counts only when it holds one object per line
 CSV_SUFFIXES = (".csv", ".tsv")
+# A table under a log's name: Keras' CSVLogger documents `CSVLogger("training.log")`. Claimed only when its first
+# line is a header with a step column and its second a row of numbers of the same width (see _text_is_table).
+TEXT_TABLE_SUFFIXES = (".log", ".txt")
 # Step columns by preference; `epoch` only when nothing finer is logged.
 STEP_COLUMNS = ("step", "global_step", "trainer/global_step", "train/global_step", "iteration", "iter", "_step",
                 "training_iteration", "epoch")  # training_iteration: Ray Tune's result.json / progress.csv
@@ -97,7 +100,28 @@ def sniff(path: Path) -> bool:
         return _csv_header_has_step(path)
     if suffix in JSONL_SUFFIXES:
         return _jsonl_head_has_step(path)
+    if suffix in TEXT_TABLE_SUFFIXES:
+        return _text_is_table(path)
     return False
+
+
+_HEADER_NAME = re.compile(r"[A-Za-z_][\w./\-@()]*")
+_CELL = re.compile(r"\s*(?:[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?i:nan|inf|infinity))?\s*")
+
+
+def _text_is_table(path: Path) -> bool:
+    """A text file whose first line is a delimited header naming a step column and whose second line is a row of
+    as many numbers (or empty cells): a table, not a log of sentences."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    lines = head.removeprefix(_BOM).decode("utf-8", "replace").splitlines()
+    if len(lines) < 2:
+        return False
+    delimiter = _delimiter(path, head.removeprefix(_BOM))
+    names = [n.strip().strip('"') for n in lines[0].split(delimiter)]
+    cells = lines[1].split(delimiter)
+    return (len(names) >= 2 and len(cells) == len(names) and all(_HEADER_NAME.fullmatch(n) for n in names)
+            and bool({n.lower() for n in names} & set(STEP_COLUMNS)) and all(_CELL.fullmatch(c) for c in cells))
 
 
 def _csv_header_has_step(path: Path) -> bool:
@@ -154,7 +178,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
 
 def read_file(path: Path, file: str, rank: int | None = None) -> Table:
     """Read one CSV/TSV or JSON-lines file into a tidy frame (step, name, value, line[, split][, rank])."""
-    if path.suffix.lower() in CSV_SUFFIXES:
+    if path.suffix.lower() in CSV_SUFFIXES + TEXT_TABLE_SUFFIXES:
         parsed = parse_csv(path, file)
     else:
         parsed = parse_jsonl(path, file)

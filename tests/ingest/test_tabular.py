@@ -53,6 +53,31 @@ def needs(path: Path) -> Path:
 
 # --- real framework output -------------------------------------------------------------------------------------------
 
+KERAS_LOG = FRAMEWORKS / "keras_csvlogger" / "training.log"
+
+
+def test_keras_csvlogger_training_log_is_a_table_by_epoch():
+    # keras.callbacks.CSVLogger("training.log"), the name in Keras' documentation: a CSV under a log's suffix
+    path = needs(KERAS_LOG)
+    assert tabular.sniff(path)
+    run = run_of(path)
+    assert run.metrics == ("accuracy", "eval_accuracy", "eval_loss", "loss")
+    loss = run.series("loss")
+    assert list(loss.index) == list(range(12)) and loss.iloc[0] == pytest.approx(0.8725617527961731)
+    assert run.series("eval_loss").iloc[0] == pytest.approx(0.7533072233200073)
+
+
+@pytest.mark.parametrize("body", [
+    "epoch, loss and lr looked fine\n12 apples\n",  # prose with commas
+    "iter 0: loss 4.2, time 12.3ms, mfu 35.12%\niter 1: loss 4.1, time 12.3ms, mfu 35.12%\n",  # nanoGPT
+    "step,loss\n",  # a header and nothing else yet
+    "step,loss\n1,2,3\n",  # a row of another width
+    "step,loss\n1,high\n",  # a word where a number should be
+])
+def test_text_that_is_no_table_is_left_to_the_text_reader(tmp_path, body):
+    assert not tabular.sniff(write(tmp_path, "train.log", body))
+
+
 def test_generic_csv_every_point_with_its_line():
     frame = table(needs(GENERIC_CSV)).frame
     loss = series(frame, "loss")
