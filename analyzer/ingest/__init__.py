@@ -74,6 +74,8 @@ def read_run(path: str | Path, scan_checkpoints: bool = True, progress: Progress
     root = Path(path)
     if not root.exists():
         raise InputError("no such file or directory", path=root)
+    if not root.is_dir() and not root.is_file():  # a FIFO or device: reading it could block forever
+        raise InputError("not a folder or a regular file", path=root)
     if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
         raise InputError("directory is not readable", path=root)
     files = walk(root)
@@ -83,12 +85,16 @@ def read_run(path: str | Path, scan_checkpoints: bool = True, progress: Progress
     claimed, ckpts, rest = claim(files)
 
     pieces: list[Ingested] = []
+    failed: list[InputError] = []  # a reader that could not use its files: fatal only when nothing else was read
     todo = [(reader, paths) for reader, paths in claimed.items() if paths]
     total = len(todo) + (1 if ckpts else 0)
     for done, (reader, paths) in enumerate(todo):
         if progress:
             progress(done, total)
-        pieces.append(reader.read(paths, base))
+        try:
+            pieces.append(reader.read(paths, base))
+        except InputError as exc:
+            failed.append(exc)
     if ckpts:
         if progress:
             progress(len(todo), total)
@@ -96,13 +102,47 @@ def read_run(path: str | Path, scan_checkpoints: bool = True, progress: Progress
     if progress:
         progress(total, total)
 
+    unreadable = [(p, reason) for p in rest if (reason := _unreadable(p))]
     if not any(p.frames or p.events or p.checkpoints for p in pieces):
+        if failed:
+            raise failed[0]
+        if unreadable:
+            raise InputError(f"cannot read file: {unreadable[0][1]}", path=unreadable[0][0])
+        first = next((n for p in pieces for n in p.notes), None)  # why a file of a known format gave nothing
+        why = f"; {_where(first)}: {first.message}" if first else ""
         raise InputError("no training log or checkpoint in a format postmortem reads "
-                         f"({len(files)} file(s) looked at; see `postmortem formats`)", path=root)
+                         f"({len(files)} file(s) looked at; see `postmortem formats`){why}", path=root)
+    if failed:
+        pieces.append(Ingested(format="unreadable", notes=[
+            Note(file=_relative_name(exc.path, base), message=f"{exc.message}; not read", line=exc.line)
+            for exc in failed]))
     if rest:
+        cannot = dict(unreadable)
         pieces.append(Ingested(format="unrecognised", notes=[
-            Note(file=str(p.relative_to(base)), message="not a format postmortem reads; ignored") for p in rest[:50]]))
+            Note(file=str(p.relative_to(base)),
+                 message=f"cannot read file: {cannot[p]}; ignored" if p in cannot
+                 else "not a format postmortem reads; ignored") for p in rest[:50]]))
     return build_run(root, pieces, status=_status(base))
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why a file no reader claimed cannot be opened (its sniff could not look inside), or None."""
+    try:
+        with open(path, "rb"):
+            return None
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
+def _where(note: Note) -> str:
+    return f"{note.file}:{note.line}" if note.line is not None else note.file
+
+
+def _relative_name(path: str | None, base: Path) -> str:
+    """A reader's error path as notes name files: relative to the run folder."""
+    if not path:
+        return ""
+    return relative(Path(path), base) if Path(path).is_absolute() else path
 
 
 def _status(base: Path) -> str | None:

@@ -22,6 +22,7 @@ STATE = "trainer_state.json"
 TRAINING_ARGS_PICKLE = "training_args.bin"
 JSON_ARGS = ("training_args.json", "args.json", "train_args.json")  # what configs.py reads instead
 CHECKPOINT_DIR = re.compile(r"checkpoint-(\d+)")
+STEP_LIMIT = 2 ** 63  # steps are int64
 # The final entry Trainer.train() appends: run facts, not a training step (its `train_loss` is the run's mean).
 SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
 # trainer_state.json top-level settings -> our hyperparameter names. `train_batch_size` there is the
@@ -129,8 +130,10 @@ def _common_prefix(a: list[str], b: list[str]) -> int:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) or (
+    """A whole number that fits a step (int64); a larger one is garbage, not a step."""
+    whole = isinstance(value, int) and not isinstance(value, bool) or (
         isinstance(value, float) and math.isfinite(value) and value.is_integer())
+    return whole and -STEP_LIMIT <= value < STEP_LIMIT
 
 
 def _is_summary(entry: dict) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from analyzer.errors import InputError
 from analyzer.ingest import configs, tabular
 from analyzer.ingest.paths import relative
 from analyzer.run import Event, Ingested, Note
@@ -50,7 +51,11 @@ def read(paths: list[Path], root: Path) -> Ingested:
             if metrics not in paths:
                 continue
             file = relative(metrics, root)
-            table = tabular.read_file(metrics, file)
+            try:
+                table = tabular.read_file(metrics, file)
+            except InputError as exc:  # one unreadable version does not hide the others
+                out.notes.append(Note(file, f"{exc.message}; not read", line=exc.line))
+                continue
             out.notes.extend(table.notes)
             if table.frame is None:
                 continue

@@ -1,0 +1,122 @@
+"""Bad input from a red-team pass: each case gets one line naming the file and exit 2, or is read with a note; never
+a traceback, a hang, a silent skip, or a change to the user's files."""
+
+from __future__ import annotations
+
+import builtins
+import io
+import json
+import os
+import threading
+
+import pytest
+
+from analyzer.errors import InputError
+from analyzer.ingest import read_run
+from tests.ingest.binary_writers import tb_event, tb_file, tb_simple
+
+METRICS = "".join(json.dumps({"step": s, "loss": 3.0 - 0.1 * s}) + "\n" for s in range(1, 11))
+
+
+@pytest.fixture
+def unreadable(monkeypatch):
+    """Make files unreadable for this test, as chmod 000 would for a user who is not root."""
+    denied: set[str] = set()
+    real_open = io.open
+
+    def guarded(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.realpath(file) in denied:
+            raise PermissionError(13, "Permission denied", os.fspath(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded)
+    monkeypatch.setattr(io, "open", guarded)
+    return lambda path: denied.add(os.path.realpath(path))
+
+
+# --- ingest: one broken file among good ones ------------------------------------------------------------------------
+
+def test_a_torn_trainer_state_beside_good_metrics_is_a_note(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(METRICS)
+    (tmp_path / "trainer_state.json").write_text("")  # killed as it was written
+    run = read_run(tmp_path)
+    assert len(run.series("loss")) == 10
+    assert any(n.file == "trainer_state.json" and "not valid JSON" in n.message for n in run.notes)
+
+
+def test_a_lone_torn_trainer_state_is_still_an_error_naming_file_and_line(tmp_path):
+    (tmp_path / "trainer_state.json").write_text('{\n  "log_history": [{"st')
+    with pytest.raises(InputError) as err:
+        read_run(tmp_path)
+    assert err.value.path == "trainer_state.json" and err.value.line == 2
+
+
+def test_an_unreadable_log_is_a_note_not_silently_skipped(tmp_path, unreadable):
+    (tmp_path / "metrics.jsonl").write_text(METRICS)
+    (tmp_path / "other.jsonl").write_text(METRICS)
+    unreadable(tmp_path / "metrics.jsonl")
+    run = read_run(tmp_path)
+    assert any(n.file == "metrics.jsonl" and "Permission denied" in n.message for n in run.notes)
+
+
+def test_only_unreadable_logs_name_the_file(tmp_path, unreadable):
+    (tmp_path / "metrics.jsonl").write_text(METRICS)
+    unreadable(tmp_path / "metrics.jsonl")
+    with pytest.raises(InputError) as err:
+        read_run(tmp_path)
+    assert err.value.path.endswith("metrics.jsonl") and "Permission denied" in str(err.value)
+
+
+def test_an_unreadable_lightning_version_does_not_hide_the_others(tmp_path, unreadable):
+    for version in (0, 1):
+        folder = tmp_path / "lightning_logs" / f"version_{version}"
+        folder.mkdir(parents=True)
+        (folder / "metrics.csv").write_text("epoch,step,train_loss\n" + "".join(
+            f"0,{s},{3.0 - 0.1 * s}\n" for s in range(10 * version, 10 * version + 10)))
+    unreadable(tmp_path / "lightning_logs" / "version_0" / "metrics.csv")
+    run = read_run(tmp_path)
+    assert run.last_step == 19
+    assert any(n.file == "lightning_logs/version_0/metrics.csv" and "Permission denied" in n.message
+               for n in run.notes)
+
+
+def test_a_cut_event_file_with_no_whole_record_says_so(tmp_path):
+    data = tb_file(tb_event(1, tb_simple("loss", 2.0)))
+    (tmp_path / "events.out.tfevents.1.host.1.0").write_bytes(data[:11])  # cut inside the first record's header
+    with pytest.raises(InputError) as err:
+        read_run(tmp_path)
+    assert "events.out.tfevents.1.host.1.0" in str(err.value) and "cut short" in str(err.value)
+
+
+def _within(seconds: float, func):
+    """func's result, failing (not hanging the suite) when it blocks longer than `seconds`."""
+    result = []
+    worker = threading.Thread(target=lambda: result.append(func()), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"still running after {seconds} s"
+    return result[0]
+
+
+def test_a_fifo_in_the_run_dir_does_not_hang(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(METRICS)
+    for name in ("train.log", "events.out.tfevents.1.host.1.0", "model.pt"):
+        os.mkfifo(tmp_path / name)
+    run = _within(30, lambda: read_run(tmp_path))
+    assert len(run.series("loss")) == 10
+
+
+def test_a_fifo_given_as_the_run_is_an_error(tmp_path):
+    os.mkfifo(tmp_path / "metrics.jsonl")
+    with pytest.raises(InputError) as err:
+        read_run(tmp_path / "metrics.jsonl")
+    assert "not a folder or a regular file" in str(err.value)
+
+
+def test_a_trainer_state_step_beyond_int64_is_ignored_with_a_note(tmp_path):
+    history = [{"step": 1, "loss": 2.0}, {"step": 2 ** 63, "loss": 1.0}, {"step": 1e30, "loss": 1.0}]
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history, "global_step": 2 ** 64}))
+    run = read_run(tmp_path)
+    assert run.series("loss").to_dict() == {1: 2.0}
+    assert any("without a step" in n.message for n in run.notes)
+
