@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sys
@@ -70,9 +71,11 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
 # --- diagnose ----------------------------------------------------------------------------------------------------
 
 @click.command(name="diagnose", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), help="Where reports go (default: RUN_DIR/postmortem/, or "
-              "./postmortem/NAME/ when RUN_DIR is read-only; one sub-folder per run when several).")
+# readable=False: an unreadable RUN_DIR or --out is ours to report in one line (click's check prints a usage block)
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(readable=False))
+@click.option("--out", type=click.Path(path_type=Path, readable=False),
+              help="Where reports go (default: RUN_DIR/postmortem/, or ./postmortem/NAME/ when RUN_DIR is read-only; "
+              "one sub-folder per run when several).")
 @click.option("--format", "formats", default="md,html,json", show_default=True,
               help="Comma-separated: md, html, json, junit.")
 @click.option("--json", "as_json", is_flag=True, help="Print findings.json to stdout and write nothing else.")
@@ -88,6 +91,9 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
 @reports_errors
 def diagnose_command(run_dirs, out, formats, as_json, fail_on, select, ignore, sets, recursive, jobs):
     """Diagnose the training run(s) in RUN_DIR: find what went wrong, from which step, why, and what to change."""
+    if "" in run_dirs:  # Path("") is ".": an unset shell variable must not diagnose the current folder
+        raise InputError("RUN_DIR is an empty string")
+    run_dirs = tuple(Path(p) for p in run_dirs)
     chosen = _split_list((formats,))
     unknown = sorted(set(chosen) - set(FORMATS))
     if unknown:
@@ -220,25 +226,40 @@ def _color() -> bool:
 def _write(run, diagnosis, target: Path, formats: list[str], fail_on: str) -> None:
     from analyzer.report import github_summary, terminal_summary, write_reports
 
+    if target.exists() and not target.is_dir():  # never replace a file of the user's with a report folder
+        raise InputError("cannot write reports here: a file of that name exists (choose a folder with --out)",
+                         path=target)
     click.echo(run_overview(run))
     import shutil
 
     width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 120  # CI logs are wide
     click.echo(terminal_summary(diagnosis, color=_color(), width=max(60, width)))
-    written = write_reports(run, diagnosis, target, formats, fail_on)
+    with _writing(target):
+        written = write_reports(run, diagnosis, target, formats, fail_on)
     if written:
         click.echo(f"reports: {', '.join(str(p) for p in written)}")
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         hint = str(target)
-        with open(summary_file, "a", encoding="utf-8") as fh:
+        with _writing(Path(summary_file)), open(summary_file, "a", encoding="utf-8") as fh:
             fh.write(github_summary(diagnosis, artifact_hint=hint))
+
+
+@contextlib.contextmanager
+def _writing(target: Path):
+    """An output folder or file we cannot write (read-only, under a file, gone) is bad usage: one line, exit 2."""
+    try:
+        yield
+    except OSError as exc:
+        raise InputError(f"cannot write reports: {exc.strerror or exc}", path=exc.filename or target) from None
 
 
 def _write_index(entries, out: Path) -> None:
     from analyzer.report import write_index
 
-    for path in write_index(entries, out):
+    with _writing(out):
+        written = write_index(entries, out)
+    for path in written:
         click.echo(f"index: {path}")
 
 

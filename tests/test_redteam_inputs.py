@@ -10,12 +10,28 @@ import os
 import threading
 
 import pytest
+from click.testing import CliRunner
 
+from analyzer.cli import diagnose_command
 from analyzer.errors import InputError
 from analyzer.ingest import read_run
 from tests.ingest.binary_writers import tb_event, tb_file, tb_simple
 
 METRICS = "".join(json.dumps({"step": s, "loss": 3.0 - 0.1 * s}) + "\n" for s in range(1, 11))
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def _one_line_error(result) -> str:
+    """The error on stderr: one line, exit 2 (stdout may already hold the run overview)."""
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+    return lines[0]
 
 
 @pytest.fixture
@@ -120,3 +136,58 @@ def test_a_trainer_state_step_beyond_int64_is_ignored_with_a_note(tmp_path):
     assert run.series("loss").to_dict() == {1: 2.0}
     assert any("without a step" in n.message for n in run.notes)
 
+
+# --- the command line: where reports go ------------------------------------------------------------------------------
+
+def _run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text(METRICS)
+    return run
+
+
+def test_out_naming_an_existing_file_is_exit_2_and_the_file_is_kept(runner, tmp_path):
+    run, out = _run_dir(tmp_path), tmp_path / "out"
+    out.write_text("keep me")
+    line = _one_line_error(runner.invoke(diagnose_command, [str(run), "--out", str(out)]))
+    assert str(out) in line and "a file of that name exists" in line
+    assert out.read_text() == "keep me"
+
+
+def test_out_under_a_file_is_exit_2_naming_it(runner, tmp_path):
+    run, blocker = _run_dir(tmp_path), tmp_path / "blocker"
+    blocker.write_text("keep me")
+    line = _one_line_error(runner.invoke(diagnose_command, [str(run), "--out", str(blocker / "reports")]))
+    assert str(blocker) in line and "cannot write reports" in line
+
+
+def test_default_out_that_is_a_users_file_is_exit_2_and_kept(runner, tmp_path):
+    run = _run_dir(tmp_path)
+    (run / "postmortem").write_text("the user's own notes")
+    line = _one_line_error(runner.invoke(diagnose_command, [str(run)]))
+    assert "postmortem" in line and "--out" in line
+    assert (run / "postmortem").read_text() == "the user's own notes"
+
+
+def test_an_unwritable_step_summary_is_exit_2_naming_it(runner, tmp_path, monkeypatch):
+    run = _run_dir(tmp_path)
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(tmp_path / "missing" / "summary.md"))
+    line = _one_line_error(runner.invoke(diagnose_command, [str(run), "--out", str(tmp_path / "r")]))
+    assert "summary.md" in line
+
+
+def test_an_empty_run_dir_argument_is_not_the_current_folder(runner, tmp_path, monkeypatch):
+    monkeypatch.chdir(_run_dir(tmp_path))
+    line = _one_line_error(runner.invoke(diagnose_command, ["", "--json"]))
+    assert "empty" in line
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any folder")
+def test_an_unreadable_run_dir_is_one_line(runner, tmp_path):
+    run = _run_dir(tmp_path)
+    run.chmod(0)
+    try:
+        line = _one_line_error(runner.invoke(diagnose_command, [str(run), "--json"]))
+    finally:
+        run.chmod(0o755)
+    assert "not readable" in line
