@@ -173,7 +173,7 @@ class RunFacts:
     steps: str
     n_points: str
     metrics: str
-    sources: tuple[str, ...]
+    sources: tuple[str, ...]  # the files the metrics came from (config, events and checkpoints are read too)
     hparams: tuple[Row, ...]
     checkpoints: tuple[CheckpointRow, ...]
     last_good: CheckpointRow | None
@@ -543,7 +543,8 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
         RecommendationRow(r.hparam, current_value(r.current, r.suggested), fmt.number(r.suggested, fmt.PATCH_DIGITS),
                           r.rationale, f.name, anchor) for r in f.recommendations)
     cited = tuple(dict.fromkeys(  # a detector may cite one line twice (two signals on one record)
-        EvidenceRow(f"{e.file}:{e.line}" if e.line is not None else e.file, e.text) for e in f.evidence))
+        EvidenceRow(f"{e.file}:{e.line}" if e.line is not None else e.file, _cited_text(e.text))
+        for e in f.evidence))
     evidence = cited[:MAX_EVIDENCE_ROWS]
     available = series.metrics
     specs = plots.plots_for(f.name, available, f.message)
@@ -574,6 +575,16 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
         evidence_more=max(0, len(cited) - MAX_EVIDENCE_ROWS), figures=figs, missing_plots=missing,
         table=table_builder(f, series, facts, run) if table_builder else None,
     )
+
+
+CUT_MARK = " …"
+
+
+def _cited_text(text: str) -> str:
+    """A cited line as diagnose kept it, marked where diagnose cut it short (findings.json keeps the cut text)."""
+    from analyzer.diagnose import MAX_EVIDENCE_LINE
+
+    return text + CUT_MARK if len(text) >= MAX_EVIDENCE_LINE else text
 
 
 def _covers_run(f: Finding, span: tuple[int | None, int | None]) -> bool:
@@ -677,6 +688,8 @@ class _SeriesCache:
 
 # --- tables that a detector's partial shows -----------------------------------------------------------------------
 
+SAME_KD_TERM = 0.01  # relative gap under which the logged KD median and raw KL x T^2 are the same number
+
 HIDDEN_KINDS = {"nan": "NaN reported in the log", "nan_clamp": "NaN clamped in the log",
                 "skipped_step": "step skipped in the log"}
 
@@ -700,6 +713,12 @@ def _temperature_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) -
         (fmt.number(t), fmt.number(t * t), fmt.number(raw * t * t) if raw is not None else "-") for t in temps)
     note = (f"KD loss = raw KL x T^2; raw KL median {fmt.number(raw)}." if raw is not None
             else "KD loss = raw KL x T^2 (the run logs no raw KL).")
+    logged = f.metrics.get("kd_term_median")
+    if raw is not None and current is not None and _is_number(logged) and _is_number(current) and not math.isclose(
+            logged, raw * current * current, rel_tol=SAME_KD_TERM):
+        # The message quotes the logged median; the row for the current T is computed: say why they differ.
+        note += (f" The logged KD term's median is {fmt.number(logged)}: the temperature changed during the run "
+                 f"and the raw KL varies from step to step, so it differs from the row for T = {fmt.number(current)}.")
     return Table("Temperature and the KD loss it produces", ("temperature", "T^2", "KD loss"), rows, note)
 
 

@@ -227,3 +227,47 @@ def test_markdown_never_turns_log_text_into_a_link_or_an_image():
     md = markdown(_hostile_diagnosis())
     assert "\\[click](javascript:alert(1)) !\\[t](https://tracker.example/x.png)" in md
     assert not re.search(r"(?<!\\)\[[^\]]*\]\((?:javascript|https://tracker)", md)
+
+
+# --- the temperature table agrees with the message --------------------------------------------------------------------
+
+def _kd_view(kd_term_median):
+    f = Finding("D001", "distill-temperature-blowup", Severity.CRITICAL, Confidence.HIGH,
+                "a raw KL of ~0.636 becomes ~5.58", 0, 249,
+                metrics={"temperature": 3.0, "kd_raw_median": 0.6358, "kd_term_median": kd_term_median},
+                recommendations=(Recommendation("temperature", 3.0, 2.0, "r"),))
+    return build_report(diagnosis([f]), figures=False).findings[0].table
+
+
+def test_the_temperature_table_explains_why_its_current_row_differs_from_the_logged_kd_term():
+    # kd-temperature-blowup: the message says ~5.58 (logged, T annealed to 2.9), the table's T = 3.0 row 5.722.
+    table = _kd_view(5.585)
+    assert table.rows[0] == ("3.0", "9.0", "5.722")
+    assert "The logged KD term's median is 5.585" in table.note
+
+
+def test_the_temperature_table_adds_nothing_when_the_logged_term_matches():
+    assert "logged KD term" not in _kd_view(0.6358 * 9).note
+
+
+# --- run facts and evidence ---------------------------------------------------------------------------------------------
+
+def test_the_facts_name_the_files_the_metrics_came_from_as_such():
+    # kd-temperature-blowup read config.json, train.log and checkpoints too, yet "files read" listed metrics.jsonl.
+    from tests.report.cases import seed002
+
+    run, d = seed002()
+    md = tidy_markdown(render("report.md.j2", r=build_report(d, run, figures=False)))
+    assert "| metrics read from |" in md and "files read" not in md
+
+
+def test_a_cited_line_cut_by_diagnose_is_marked_as_cut():
+    # Long metrics.jsonl records ended mid-token ('"loss_scale": 65536.0, "p') with nothing to say so.
+    from analyzer.diagnose import MAX_EVIDENCE_LINE
+    from analyzer.findings import Evidence
+
+    long, short = "x" * MAX_EVIDENCE_LINE, "step 5 loss 3.2"
+    f = replace(finding("loss-spike", Severity.WARNING),
+                evidence=(Evidence("metrics.jsonl", 2, long), Evidence("train.log", 3, short)))
+    rows = build_report(diagnosis([f]), figures=False).findings[0].evidence
+    assert [r.text for r in rows] == [long + " …", short]
