@@ -191,3 +191,55 @@ def test_an_unreadable_run_dir_is_one_line(runner, tmp_path):
     finally:
         run.chmod(0o755)
     assert "not readable" in line
+
+
+# --- MLflow SQLite ----------------------------------------------------------------------------------------------------
+
+def _mlflow_db(path):
+    import sqlite3
+
+    connection = sqlite3.connect(path)
+    connection.executescript(
+        "CREATE TABLE runs (run_uuid TEXT, name TEXT, status TEXT, start_time INTEGER, end_time INTEGER,"
+        " lifecycle_stage TEXT, experiment_id INTEGER);"
+        "CREATE TABLE metrics (key TEXT, value REAL, timestamp INTEGER, run_uuid TEXT, step INTEGER, is_nan INTEGER);"
+        "CREATE TABLE params (key TEXT, value TEXT, run_uuid TEXT);"
+        "INSERT INTO runs VALUES ('r1', 'x', 'FINISHED', 1, 2, 'active', 0);"
+        + "".join(f"INSERT INTO metrics VALUES ('loss', {3 - s / 10}, {s}, 'r1', {s}, 0);" for s in range(10)))
+    connection.commit()
+    connection.close()
+
+
+def test_a_damaged_mlflow_db_says_why_it_gave_nothing(tmp_path):
+    _mlflow_db(tmp_path / "mlflow.db")
+    data = (tmp_path / "mlflow.db").read_bytes()
+    (tmp_path / "mlflow.db").write_bytes(data[:100] + bytes(len(data) - 100))  # pages zeroed: malformed
+    with pytest.raises(InputError) as err:
+        read_run(tmp_path)
+    assert "mlflow.db: MLflow database unreadable" in str(err.value)
+
+
+def test_a_damaged_mlflow_db_beside_good_metrics_is_a_note(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(METRICS)
+    (tmp_path / "mlflow.db").write_bytes(b"SQLite format 3\x00" + b"\xff" * 2000)
+    run = read_run(tmp_path)
+    assert len(run.series("loss")) == 10
+    assert any(n.file == "mlflow.db" and "unreadable" in n.message for n in run.notes)
+
+
+def test_a_locked_mlflow_db_is_read_without_a_long_wait(tmp_path):
+    import sqlite3
+    import time
+
+    _mlflow_db(tmp_path / "mlflow.db")
+    writer = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None)
+    writer.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.monotonic()
+        run = read_run(tmp_path)
+        took = time.monotonic() - start
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert len(run.series("loss")) == 10
+    assert took < 4.0  # sqlite's default busy wait is 5 s per open

@@ -35,6 +35,7 @@ RUN_STATUS = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILL
 FAILED_STATUSES = {"FAILED", "KILLED"}
 MAX_NAMED_RUNS = 10  # runs named in the "not read" note
 MAX_STEP = 2**53  # a step beyond this is not exact as a float: damage, not a training step
+LOCK_WAIT_S = 1.0  # a writer holding the database locked longer than this: read it as it is on disk (immutable)
 
 
 def sniff(path: Path) -> bool:
@@ -65,14 +66,19 @@ def _is_mlflow_db(path: Path) -> bool:
         with open(path, "rb") as handle:
             if handle.read(len(SQLITE_MAGIC)) != SQLITE_MAGIC:
                 return False
+    except OSError:
+        return False
+    # a damaged database by MLflow's name is still claimed, so that the reader says why it gave nothing
+    damaged = path.stem.lower().startswith("mlflow")
+    try:
         connection = _connect(path)
         try:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         finally:
             connection.close()
-        return {"metrics", "params", "runs"} <= tables
-    except (OSError, sqlite3.Error):
-        return False
+    except sqlite3.Error:
+        return damaged
+    return {"metrics", "params", "runs"} <= tables or damaged
 
 
 def read(paths: list[Path], root: Path) -> Ingested:
@@ -224,12 +230,12 @@ def _connect(path: Path) -> sqlite3.Connection:
     wal = len(header) == 20 and header[18] == 2
     if not wal:
         try:
-            connection = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+            connection = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=LOCK_WAIT_S)
             connection.execute("SELECT 1 FROM sqlite_master LIMIT 1")
             return connection
         except sqlite3.OperationalError:
             connection.close()
-    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+    return sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True, timeout=LOCK_WAIT_S)
 
 
 def _read_db(path: Path, root: Path, out: Ingested) -> None:
