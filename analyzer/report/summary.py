@@ -57,10 +57,11 @@ class IndexRow:
     root_causes: str
     fix: str
     fix_items: tuple[str, ...]
+    fix_optional: bool = False  # only info-level findings suggest the change: the run needs no fix
 
 
 def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow, ...]:
-    from analyzer.report.model import change, fix_line, recommendations
+    from analyzer.report.model import change, fix_heading, fix_line, recommendations
 
     rows = []
     for name, diagnosis, link in entries:
@@ -73,7 +74,7 @@ def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow
             worst=worst.value if worst else "ok",
             worst_label=SEVERITY_LABEL[worst.value] if worst else "OK", counts=counts or "none",
             root_causes=", ".join(dict.fromkeys(diagnosis.root_causes)), fix=fix_line(changes),
-            fix_items=tuple(change(r) for r in changes),
+            fix_items=tuple(change(r) for r in changes), fix_optional=fix_heading(diagnosis.findings)[1] != "",
         ))
     # Worst first, then by name: the runs that need a look lead the page.
     order = {"critical": 0, "warning": 1, "info": 2, "ok": 3}

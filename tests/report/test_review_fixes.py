@@ -271,3 +271,17 @@ def test_a_cited_line_cut_by_diagnose_is_marked_as_cut():
                 evidence=(Evidence("metrics.jsonl", 2, long), Evidence("train.log", 3, short)))
     rows = build_report(diagnosis([f]), figures=False).findings[0].evidence
     assert [r.text for r in rows] == [long + " …", short]
+
+
+def test_the_sweep_index_marks_a_healthy_runs_change_as_optional():
+    # sample_runs --recursive: every *-fixed run's row read "grad_accum 1 -> 4" like a broken run's fix.
+    from pathlib import Path
+
+    from analyzer.report import index_page, index_page_html
+
+    healthy = diagnosis([finding("small-effective-batch", Severity.INFO, [BATCH])])
+    broken = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])])
+    entries = [("ok", healthy, Path("ok/report.md")), ("bad", broken, Path("bad/report.md"))]
+    md = index_page(entries)
+    assert "| optional: `batch_size 2 -> 8` |" in md and "| `lr 0.0003 -> 0.00015` |" in md
+    assert '<span class="note">optional:</span> <code>batch_size 2 -&gt; 8</code>' in index_page_html(entries)
