@@ -285,3 +285,10 @@ def test_the_sweep_index_marks_a_healthy_runs_change_as_optional():
     md = index_page(entries)
     assert "| optional: `batch_size 2 -> 8` |" in md and "| `lr 0.0003 -> 0.00015` |" in md
     assert '<span class="note">optional:</span> <code>batch_size 2 -&gt; 8</code>' in index_page_html(entries)
+
+
+def test_the_github_summary_of_a_foreign_run_has_no_double_blank_line():
+    from analyzer.report import github_summary
+
+    d = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])], formats=("text",))
+    assert "\n\n\n" not in github_summary(d, artifact_hint="postmortem-report")
