@@ -137,6 +137,35 @@ def test_a_trainer_state_step_beyond_int64_is_ignored_with_a_note(tmp_path):
     assert any("without a step" in n.message for n in run.notes)
 
 
+
+def test_a_very_deep_folder_tree_is_walked_not_a_recursion_error(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(METRICS)
+    deep = tmp_path
+    for _ in range(1100):  # deeper than Python's recursion limit (mkdir(parents=True) recurses too)
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "train.log").write_text("step 20 loss 1.0\n")
+    try:
+        assert read_run(tmp_path).last_step == 20
+    finally:  # from the bottom up: shutil.rmtree (pytest's clean-up) recurses as well
+        (deep / "train.log").unlink()
+        while deep != tmp_path:
+            deep.rmdir()
+            deep = deep.parent
+
+
+def test_the_walk_skips_links_to_folders_and_hidden_and_own_output(tmp_path):
+    from analyzer.ingest import walk
+
+    for name in ("a", "b/c", ".git", ".hydra", "postmortem"):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "f.log").write_text("x")
+    (tmp_path / "z.log").write_text("x")
+    (tmp_path / ".hidden.log").write_text("x")
+    (tmp_path / "loop").symlink_to(tmp_path)
+    assert [p.relative_to(tmp_path).as_posix() for p in walk(tmp_path)] == [
+        "z.log", ".hydra/f.log", "a/f.log", "b/c/f.log"]
+
 # --- the command line: where reports go ------------------------------------------------------------------------------
 
 def _run_dir(tmp_path):

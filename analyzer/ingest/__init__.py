@@ -35,14 +35,30 @@ def walk(root: Path) -> list[Path]:
     if root.is_file():
         return [root]
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames
-                             if d not in _SKIP_DIRS and (not d.startswith(".") or d in _HIDDEN_READ))
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            if path.is_file() and not name.startswith("."):
+    # an explicit stack, not os.walk: Python 3.11's os.walk recurses and a deep enough tree raises RecursionError
+    todo = [root]
+    while todo:
+        folder = todo.pop()
+        try:
+            with os.scandir(folder) as entries:
+                items = [(entry.name, _is_dir(entry), entry.is_symlink()) for entry in entries]
+        except OSError:  # unreadable or gone: os.walk skipped these too
+            continue
+        for name, is_dir, _ in sorted(i for i in items if not i[1]):
+            path = folder / name
+            if not name.startswith(".") and path.is_file():
                 found.append(path)
+        subfolders = sorted(name for name, is_dir, link in items if is_dir and not link  # links: not followed
+                            and name not in _SKIP_DIRS and (not name.startswith(".") or name in _HIDDEN_READ))
+        todo.extend(folder / name for name in reversed(subfolders))  # popped in name order: depth first
     return found
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
 
 
 def claim(files: list[Path]) -> tuple[dict, list[Path], list[Path]]:
