@@ -1,5 +1,5 @@
 """Plain-text training logs: nanoGPT, Megatron-LM/DeepSpeed, fairseq, HF stdout, torchtune, llm.c, torchtitan,
-MMEngine/mmcv and free-form `key: value` lines.
+MMEngine/mmcv, timm, LitGPT, OpenNMT-py, hand-written loops and free-form `key: value` lines.
 
 How a file is read, fast and without a Python loop per line:
 - the bytes become an Arrow array of physical lines (zero-copy) and each line a *skeleton*: the line with each run
@@ -14,6 +14,9 @@ Only lines that say what they are produce points: a step anchor at the start of 
 ` iteration 31219/ 115311 |`, `Epoch 3 Step 120:`, `step=10,`) followed by `key: value` fields, or a well-known shape
 (`[Eval] ...`, Megatron's `validation loss at iteration N | ...`, fairseq's JSON log lines, build-nanogpt's
 `0 train 10.955`). Prose numbers are never read; in markdown (and any file with ``` fences) only code blocks are.
+Hand-written loops: the tutorials' `Epoch [E/N], Step [i/L], Loss: X` (step (E - 1) * L + i), and a line per epoch
+(`Epoch 3: train loss X, val loss Y`, `Epoch 3/10 - loss: X - val_loss: Y`), whose epoch is the step only in a file
+with no step lines (beside them it is a summary, noted and not read).
 
 The shapes of other trainers are written from their own format strings (cited where each is defined), and their
 steps follow each trainer's numbering: torchtune's DiskLogger `Step N | loss:X lr:Y ` (tensor reprs read); llm.c's
@@ -109,7 +112,7 @@ MEGATRON_VALID_RENAMES = {"lmlossvalue": "loss", "lmlossppl": "ppl"}
 FAIRSEQ_RENAMES = {"wps": "tokens_per_s", "ups": "steps_per_s", "valid_wps": "eval_tokens_per_s"}
 FAIRSEQ_IGNORED = {"update", "wall", "train_wall", "gb_free", "num_updates", "valid_num_updates", "valid_wall"}
 HF_IGNORED = {"step", "global_step", "total_flos", "current_flos"}
-COUNTER_KEYS = {"step", "global_step", "iter", "iteration", "micro_step"}
+COUNTER_KEYS = {"step", "global_step", "iter", "iteration", "micro_step", "v_num"}  # v_num: Lightning's version
 DICT_STEP_KEYS = ("num_updates", "valid_num_updates", "global_step", "step", "iteration", "iter")
 STEP_TIME_BASES = {"step_time", "dt", "time", "iter_time", "time_per_step", "batch_time", "time_per_iteration"}
 UNIT_SUFFIXES = {"ms": "_ms", "s": "_s", "gb": "_gb", "mb": "_mb", "%": ""}
@@ -278,6 +281,18 @@ _TIMM_HEAD = re.compile(_PREFIX + r"Train:\s*(?P<epoch>\x01)\s*\[\s*(?P<iter>\x0
 _TIMM_FIELD = re.compile(r"(?P<key>[A-Za-z][\w@]*):\s*(?:(?P<num>\x01)|(?P<const>[-+]?(?i:nan|inf)))s?(?:,\s*\x01/s)?"
                          r"(?:\s*\([^)]*\))?\s*")
 TIMM_RENAMES = {"ce": "lm_loss", "kd": "kd_loss", "time": "step_time_s", "data": "data_time_s"}  # CE + KD = loss
+
+# Hand-written loops. The PyTorch tutorials' print(f'Epoch [{epoch+1}/{num_epochs}], Step [{i+1}/{total_step}], Loss:
+# {loss.item():.4f}') (yunjey/pytorch-tutorial, widely copied): the step counts batches within an epoch of
+# total_step, so the global step is (epoch - 1) * total_step + step.
+_EPOCH_BATCH_HEAD = re.compile(
+    _PREFIX + r"(?i:epoch)\s*\[\s*(?P<epoch>\x01)\s*/\s*\x01\s*\]\s*[,:|]?\s*(?i:step|iter|iteration|batch)\s*"
+    r"\[\s*(?P<iter>\x01)\s*/\s*(?P<len>\x01)\s*\]\s*[,:|]?(?P<rest>.*)\Z", re.S)
+# A line per epoch and nothing finer: `Epoch 3: train loss 0.51, val loss 0.62`, `Epoch 3/10 - loss: 0.51 - val_loss:
+# 0.62`, `Epoch 3 | Loss train: 0.51`. The epoch is the step, but only in a file with no step lines: beside them an
+# epoch line is a summary (Lightning's progress bar ends each epoch with one), and its epoch number no step.
+_EPOCH_HEAD = re.compile(_PREFIX + r"(?i:epoch)\s*[:#=]?\s*(?P<epoch>\x01)(?:\s*/\s*\x01)?\s*[:|,\-]?(?P<rest>.*)\Z",
+                         re.S)
 
 # Per-trainer names, for keys that canonical_metric would not map or would map wrongly.
 TORCHTUNE_RENAMES = {"tokens_per_second_per_gpu": "tokens_per_s"}  # per device, as torchtitan's tps
@@ -463,8 +478,8 @@ def _points_plan(body: str) -> _Plan | None:
     if not _POINT_WORDS.search(body.lower()):
         return None
     for shape in (_torchtune_plan, _llmc_log_plan, _llmc_stdout_plan, _torchtitan_plan, _mmengine_plan, _timm_plan,
-                  _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan, _anchor_plan,
-                  _bare_loss_plan, _hellaswag_plan):
+                  _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan, _epoch_batch_plan,
+                  _anchor_plan, _bare_loss_plan, _hellaswag_plan, _epoch_plan):
         plan = shape(body)
         if plan is not None:
             return plan
@@ -529,7 +544,7 @@ def _metric_name(key: str, unit: str, family: str) -> str | None:
         normal = FAIRSEQ_RENAMES.get(normal, normal)
     if family == "dict" and normal in HF_IGNORED:
         return None
-    if normal in COUNTER_KEYS:  # a second counter beside the line's step (LitGPT's `iter 8 step 2`) is no metric
+    if normal in COUNTER_KEYS:  # a second counter beside the line's step (LitGPT's `iter 8 step 2`): no metric
         return None
     renamed = KEY_RENAMES.get(normal) or KEY_RENAMES.get(compact)
     if renamed is None and family == "megatron":
@@ -812,6 +827,31 @@ def _timm_plan(body: str) -> _Plan | None:
                  constants=tuple(constants))
 
 
+def _epoch_batch_plan(body: str) -> _Plan | None:
+    m = _EPOCH_BATCH_HEAD.match(body)
+    if m is None:
+        return None
+    fields, constants, _ = _fields(body, m.start("rest"), m.end("rest"), "anchor")
+    if not fields and not constants:
+        return None
+    epoch = _slot_index(body, m.start("epoch"))
+    return _Plan(family="anchor", step_slot=_slot_index(body, m.start("iter")), epoch_slot=epoch,
+                 epoch_len_slot=_slot_index(body, m.start("len")), fields=(_Field(epoch, "epoch"), *fields),
+                 constants=tuple(constants))
+
+
+def _epoch_plan(body: str) -> _Plan | None:
+    m = _EPOCH_HEAD.match(body)
+    if m is None:
+        return None
+    # ` - ` separates fields as `,` and `|` do (Keras' progress line, and loops written after it)
+    fields, constants, _ = _fields(body.replace(" - ", " | "), m.start("rest"), m.end("rest"), "anchor")
+    if not fields and not constants:
+        return None
+    return _Plan(family="epoch", step_slot=_slot_index(body, m.start("epoch")), fields=tuple(fields),
+                 constants=tuple(constants))
+
+
 def _event_kind(body: str) -> str | None:
     """The most specific event a line reports, or None."""
     if not _EVENT_WORDS.search(body.lower()):  # most lines: no further regex needed
@@ -1058,6 +1098,7 @@ class _Scanner:
         self.names: dict[str, int] = {}
         self.a_line: list[np.ndarray] = []
         self.a_step: list[np.ndarray] = []
+        self.epoch_lines: list[tuple] = []  # _apply's arguments for lines of the "epoch" family, applied at the end
         self.line_rank: np.ndarray | None = None  # each line's rank tag (-1: none), once a line has one
         self.raw_events: list[tuple[int, int | None, str, str, dict]] = []  # line, own step, kind, text, data
         self.warnings = 0
@@ -1248,6 +1289,9 @@ class _Scanner:
     def _apply(self, plan: _Plan, line_idx: np.ndarray, values: dict[int, np.ndarray], chunk: "_Chunk | None" = None,
                lo: int = 0, texts: list[str] | None = None, sample: str | None = None) -> None:
         """`sample`: a line of the shape (every line's own text on the slow path), for numbers inside keys."""
+        if plan.family == "epoch":  # whether its epoch is a step depends on the whole file (see _EPOCH_HEAD)
+            self.epoch_lines.append((plan, line_idx, values, chunk, lo, texts, sample))
+            return
         n = len(line_idx)
         if plan.anchor:
             raw_step = _step_values(plan, values)
@@ -1345,6 +1389,14 @@ class _Scanner:
 
     # -- steps from context, the frame, the events --
     def _finish(self) -> FileResult:
+        if self.epoch_lines:
+            if self.a_line:
+                self.notes.append(Note(self.rel, "per-epoch summary lines not read: the file logs steps",
+                                       line=int(min(group[1].min() for group in self.epoch_lines)) + 1,
+                                       count=sum(len(group[1]) for group in self.epoch_lines)))
+            else:
+                for plan, *rest in self.epoch_lines:
+                    self._apply(replace(plan, family="epoch_steps"), *rest)
         a_line, a_step = _concat(self.a_line, np.int64), _concat(self.a_step, np.int64)
         order = np.argsort(a_line, kind="stable")
         a_line, a_step = a_line[order], a_step[order]

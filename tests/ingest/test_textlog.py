@@ -734,6 +734,52 @@ def test_timm_diverging_run_end_to_end(tmp_path):
     assert ("nonfinite-onset", 150) in _findings(tmp_path, "train.log", body)
 
 
+# Hand-written loops. yunjey/pytorch-tutorial (tutorials/01-basics/feedforward_neural_network/main.py):
+# print('Epoch [{}/{}], Step [{}/{}], Loss: {:.4f}'.format(epoch+1, num_epochs, i+1, total_step, loss.item()))
+def test_tutorial_epoch_and_step_in_brackets_give_the_global_step():
+    body = "".join(f"Epoch [{e + 1}/3], Step [{i}/600], Loss: {2.0 - e / 10 - i / 6000:.4f}\n"
+                   for e in range(3) for i in (100, 600))
+    loss = points(text(body), "loss")
+    assert loss == {100: 1.9833, 600: 1.9, 700: 1.8833, 1200: 1.8, 1300: 1.7833, 1800: 1.7}
+
+
+@pytest.mark.parametrize("line, names", [
+    ("Epoch {e}: train loss {a:.4f}, val loss {b:.4f}", ("train_loss", "val_loss")),
+    ("Epoch {e}/30 - loss: {a:.4f} - val_loss: {b:.4f}", ("loss", "val_loss")),
+    ("Epoch {e} | Loss train: {a:.4f}, Loss val: {b:.4f}", ("loss_train", "loss_val")),
+    ("epoch {e}, loss={a:.4f}, val_loss={b:.4f}", ("loss", "val_loss")),
+])
+def test_a_line_per_epoch_gives_a_point_per_epoch(line, names):
+    result = text("".join(line.format(e=e, a=2.0 - e / 100, b=2.1 - e / 100) + "\n" for e in range(1, 4)))
+    assert points(result, names[0]) == {1: 1.99, 2: 1.98, 3: 1.97}
+    assert points(result, names[1]) == {1: 2.09, 2: 2.08, 3: 2.07}
+
+
+def test_epoch_lines_beside_step_lines_are_summaries_not_steps():
+    result = text("".join(_nanogpt_line(s, 2.0 - s / 100) for s in range(10)) + "Epoch 1: train loss 1.5, val loss 1.6\n")
+    assert points(result, "loss") == {s: round(2.0 - s / 100, 4) for s in range(10)}
+    assert "train_loss" not in set(result.frame["name"])
+    assert [(n.message, n.line, n.count) for n in result.notes] == [
+        ("per-epoch summary lines not read: the file logs steps", 11, 1)]
+
+
+def test_lightning_progress_bar_log_gives_the_loss_of_each_epoch():
+    bar = "Epoch {e}: 100%|##########| 50/50 [00:01<00:00, 35.2it/s, loss={l}, v_num=0]\n"
+    result = text(bar.format(e=0, l=0.512) + bar.format(e=1, l=0.412))
+    assert points(result, "loss") == {0: 0.512, 1: 0.412} and set(result.frame["name"]) == {"loss"}
+
+
+def test_per_epoch_log_end_to_end(tmp_path):
+    healthy = "".join(f"Epoch {e}: train loss {_curve(e * 4):.4f}, val loss {_curve(e * 4) + 0.1:.4f}\n"
+                      for e in range(1, 51))
+    broken = "".join(f"Epoch {e}: train loss {_curve(e, 30):.4f}, val loss {_curve(e, 30) + 0.1:.4f}\n"
+                     for e in range(1, 51))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    assert _findings(tmp_path / "a", "train.log", healthy) == []
+    assert ("nonfinite-onset", 30) in _findings(tmp_path / "b", "train.log", broken)
+
+
 # OpenNMT-py (onmt/utils/statistics.py, Statistics.output): logger.info(("Step %s; acc: %6.2f; ppl: %5.2f; xent:
 # %4.2f; " + "lr: %7.5f; %3.0f/%3.0f tok/s; %6.0f sec") % (step_fmt, ...)), step_fmt "%s/%5d" % (step, num_steps).
 def test_opennmt_step_lines():
