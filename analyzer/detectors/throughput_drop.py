@@ -72,6 +72,7 @@ TIME_METRIC = re.compile(r"^(elapsed_time_per_iteration(_ms|_s)?|iteration_time|
                          r"iteration)(_ms|_s)?|step_time(_ms|_s)?|dt(_ms)?|train_step_time|time_this_iter_s)$")
 MIN_CLOCK_GAP = 0.05  # seconds: a 1 ms jitter or timestamp rounding is 2% of such a gap
 EVENT_NEAR = 2  # events within this many logging intervals before the shift are named
+MAX_QUOTE = 120  # characters of a log line quoted in the message; the finding's evidence cites the whole line
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,7 @@ def check(run, params):
     if spike is not None:
         context = f"; the loss jumped at step {spike} just before"
     if near:
-        context += f"; the log says at step {near[0].step}: {near[0].text[:120]}"
+        context += f"; the log says at step {near[0].step}: \"{_quoted(near[0].text)}\""
     if metric == CLOCK:
         change = (f"steps/s from the clock of the logged points (wall_time) fell from {stats.fmt_num(before)} to "
                   f"{stats.fmt_num(after)}")
@@ -237,6 +238,14 @@ def _drop(speed: pd.Series, params):
     if start < shift.index:
         shift = replace(shift, step=int(speed.index[start]), index=start)
     return shift, drop, noise, window
+
+
+def _quoted(text: str) -> str:
+    """A log line short enough for a message, cut at a word with a mark, never mid-word as if it ended there."""
+    text = " ".join(text.split())
+    if len(text) <= MAX_QUOTE:
+        return text
+    return text[:MAX_QUOTE].rsplit(" ", 1)[0] + " …"
 
 
 def _loss_jump_near(run, step: int, interval: float) -> int | None:

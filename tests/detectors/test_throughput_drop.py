@@ -248,3 +248,14 @@ def test_ray_tunes_time_per_iteration_is_a_step_time():
     seconds = np.r_[np.full(30, 1.5), np.full(30, 2.5)]
     [f] = check(make_run({"time_this_iter_s": seconds}))
     assert f.metrics["metric"] == "time_this_iter_s" and f.metrics["after"] == pytest.approx(2.5)
+
+
+def test_a_long_log_line_is_quoted_cut_at_a_word_with_a_mark():
+    # bloom104b_overflow: "... Rank 0 Skipping step. Attempted loss." read as if the line ended there.
+    from analyzer.detectors.throughput_drop import MAX_QUOTE, _quoted
+
+    line = "[INFO] [deepscale] OVERFLOW! Rank 0 Skipping step. " + "Attempted loss scale: 1048576.0, reducing " * 4
+    quoted = _quoted(line)
+    assert quoted.endswith(" …") and len(quoted) <= MAX_QUOTE + 2
+    assert line.startswith(quoted[:-2]) and line[len(quoted) - 2] == " "
+    assert _quoted("short line") == "short line"
