@@ -118,8 +118,9 @@ def finalize(value: Any) -> Any:
 # --- markdown ---------------------------------------------------------------------------------------------------
 
 # "<" and "&" are enough to stop raw HTML and entities; ">" alone is harmless mid-line and reads better raw.
-# "[" opens every link and image (`[x](javascript:...)`, `![x](https://tracker)`): escaped, no log text links out.
-_MD_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", "[": "\\["})
+# "[" opens every link and image (`[x](javascript:...)`, `![x](https://tracker)`) and "]" closes the text of a
+# template's own link (a run named `x](javascript:...) ` in the sweep index): both escaped, no log text links out.
+_MD_HTML = str.maketrans({"&": "&amp;", "<": "&lt;", "[": "\\[", "]": "\\]"})
 
 
 def md_text(text: Any) -> str:

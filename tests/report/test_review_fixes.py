@@ -225,7 +225,7 @@ def test_markdown_never_turns_log_text_into_a_link_or_an_image():
     import re
 
     md = markdown(_hostile_diagnosis())
-    assert "\\[click](javascript:alert(1)) !\\[t](https://tracker.example/x.png)" in md
+    assert "\\[click\\](javascript:alert(1)) !\\[t\\](https://tracker.example/x.png)" in md
     assert not re.search(r"(?<!\\)\[[^\]]*\]\((?:javascript|https://tracker)", md)
 
 
@@ -292,3 +292,16 @@ def test_the_github_summary_of_a_foreign_run_has_no_double_blank_line():
 
     d = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])], formats=("text",))
     assert "\n\n\n" not in github_summary(d, artifact_hint="postmortem-report")
+
+
+def test_a_run_name_cannot_close_the_index_link_and_open_its_own():
+    import re
+    from pathlib import Path
+
+    from analyzer.report import index_page
+
+    d = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])])
+    name = "x](javascript:alert(1)) [y"
+    md = index_page([(name, d, Path(name) / "report.md")])
+    assert "[x\\](javascript:alert(1)) \\[y](" in md
+    assert not re.search(r"\]\(javascript", md.replace("\\]", ""))
