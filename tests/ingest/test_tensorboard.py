@@ -53,6 +53,25 @@ def test_summarywriter_files_every_point_in_write_order():
     assert "weights/hist" not in set(first["name"])  # histograms are skipped
 
 
+def test_add_scalars_folders_name_their_series():
+    # SummaryWriter.add_scalars("Loss", {"train": ..., "val": ...}) writes both under the tag Loss, each key in a
+    # folder of its own: Loss_train/ and Loss_val/
+    run = build_run(FRAMEWORKS, [read_dir(FRAMEWORKS / "tensorboard_add_scalars")])
+    assert run.metrics == ("eval_loss", "loss", "lr", "wall_time")
+    assert len(run.series("loss")) == 60 and list(run.series("eval_loss").index) == [10, 20, 30, 40, 50, 60]
+    assert not run.events_of("restart")
+
+
+@pytest.mark.parametrize("folder, tag, name", [
+    ("Loss_val", "Loss", "Loss/val"), ("losses_val_loss", "losses", "val_loss"),  # a key that is a metric name
+    ("lr_group0", "lr", "lr/group0"), ("Loss_val", "Loss/val", "Loss/val"),  # "/" in the tag is "_" in the folder
+    ("seed_3", "loss", "loss"),  # a folder that is not the tag's
+])
+def test_add_scalars_key_from_the_folder_name(tmp_path, folder, tag, name):
+    write(tmp_path, tb_event(1, tb_simple(tag, 1.0)), name=f"{folder}/events.out.tfevents.1.h.1.0")
+    assert list(points(read_dir(tmp_path))) == [name]
+
+
 def test_summarywriter_nonfinite_values_kept():
     found = points(read_dir(SCALARS))
     assert math.isnan(dict(found["train/loss"])[137])
