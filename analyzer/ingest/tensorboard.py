@@ -16,7 +16,7 @@ import pandas as pd
 
 from analyzer.ingest import _protobuf as pb
 from analyzer.ingest import clock
-from analyzer.run import Ingested, Note
+from analyzer.run import CANONICAL_METRICS, Ingested, Note, canonical_metric
 from analyzer.ingest.paths import relative
 
 FORMAT = "tensorboard"
@@ -64,6 +64,8 @@ def read(paths: list[Path], root: Path) -> Ingested:
         frame, times, hparams = _read_events(data, rel, out.notes)
         if _is_eval_dir(path, root):
             frame["split"] = "eval"
+        else:
+            _name_add_scalars_series(frame, path.parent.name)
         read_files.append((rel, frame, times))
         if hparams:
             out.add_hparams(hparams, rel)
@@ -88,6 +90,23 @@ def _is_eval_dir(path: Path, root: Path) -> bool:
     except ValueError:
         parts = ()
     return bool(parts) and parts[-1].lower() in EVAL_DIRS
+
+
+def _name_add_scalars_series(frame: pd.DataFrame, folder: str) -> None:
+    """torch.utils.tensorboard's add_scalars(main_tag, {key: value}) writes each key's values under the tag main_tag
+    in a folder of its own, `<main_tag with "/" as "_">_<key>` (SummaryWriter.add_scalars): add_scalars("Loss",
+    {"train": ..., "val": ...}) gives two series both tagged Loss. Each is named by its key here: `Loss/val`, or the
+    key alone where it is a metric name of its own (`{"train_loss": ..., "val_loss": ...}`)."""
+    if not len(frame):
+        return
+    renames = {}
+    for tag in pd.unique(frame["name"]):
+        prefix = str(tag).replace("/", "_") + "_"
+        if folder.startswith(prefix) and len(folder) > len(prefix):
+            key = folder[len(prefix):]
+            renames[tag] = key if canonical_metric(key)[0] in CANONICAL_METRICS else f"{tag}/{key}"
+    if renames:
+        frame["name"] = frame["name"].map(lambda name: renames.get(name, name))
 
 
 # --- TFRecord framing -------------------------------------------------------------------------------------------------
