@@ -3,6 +3,13 @@
 TensorBoard's own EventAccumulator keeps a 10,000-point reservoir sample per tag and purges points after a restart,
 so it is not used: every record is decoded here (TFRecord framing + the Event protobuf, see `_protobuf`). Restarts
 are left to `build_run`, which sees the files in the order they were written.
+
+As in TensorBoard, a folder of event files is a run, with its split sub-folders (`train/`, `validation/`, as Keras
+writes) and add_scalars' per-key folders. Several runs in one run dir (`runs/<date>_<host>/` per launch, the
+SummaryWriter default) are one run only where each later one resumes the one before, starting at a later step
+(HF Trainer opens a new folder when it resumes; Lightning's `version_N` folders are one run's versions). Otherwise
+only the most recently started is read, as for W&B and MLflow, and the others are named in a note: merging two
+separate runs point by point would make a series of neither.
 """
 
 from __future__ import annotations
@@ -66,16 +73,63 @@ def read(paths: list[Path], root: Path) -> Ingested:
             frame["split"] = "eval"
         else:
             _name_add_scalars_series(frame, path.parent.name)
-        read_files.append((rel, frame, times))
+        read_files.append((_run_folder(path, root), rel, frame, times, hparams))
+    chosen = _chosen_runs(read_files, root, out)
+    read_files = [(rel, frame, times, hparams) for folder, rel, frame, times, hparams in read_files if folder in chosen]
+    for rel, _, _, hparams in read_files:
         if hparams:
             out.add_hparams(hparams, rel)
     # Every Event carries its wall time: the clock is that of the training loss's events, whichever file holds them
     # (one tag for all files, so a second writer's points never interleave with the loop's).
-    loop = clock.frames_loop_metric(frame for _, frame, _ in read_files)
-    for rel, frame, times in read_files:
+    loop = clock.frames_loop_metric(frame for _, frame, _, _ in read_files)
+    for rel, frame, times, _ in read_files:
         out.add_frame(rel, frame)
         out.add_clock(rel, clock.clock_rows(frame, times, loop))
     return out
+
+
+VERSION_DIR = re.compile(r"version_\d+")  # Lightning's TensorBoardLogger: versions of one run
+TRAIN_DIRS = {"train", "training"}
+
+
+def _run_folder(path: Path, root: Path) -> Path:
+    """The TensorBoard run an event file belongs to: its folder, or the folder above a split sub-folder or an
+    add_scalars key folder (whose parent holds the writer's own event file)."""
+    folder = path.parent
+    if folder == root or root not in folder.parents:
+        return folder
+    if folder.name.lower() in EVAL_DIRS | TRAIN_DIRS:
+        return folder.parent
+    if any("tfevents" in sibling.name for sibling in folder.parent.iterdir() if sibling.is_file()):
+        return folder.parent
+    return folder
+
+
+def _chosen_runs(files: list[tuple], root: Path, out: Ingested) -> set[Path]:
+    """The run folders to read: the most recently started run with the runs that resume it (see the module's
+    docstring); the others are named in a note."""
+    first_step: dict[Path, int] = {}
+    order: list[Path] = []  # run folders in the order they started (files come in write order)
+    for folder, _, frame, _, _ in files:
+        if folder not in first_step:
+            order.append(folder)
+            first_step[folder] = 1 << 62
+        if len(frame):
+            first_step[folder] = min(first_step[folder], int(frame["step"].min()))
+    runs: list[list[Path]] = []
+    for folder in order:
+        resumes = runs and (first_step[folder] > first_step[runs[-1][0]] or (
+            VERSION_DIR.fullmatch(folder.name) and VERSION_DIR.fullmatch(runs[-1][-1].name)))
+        if resumes:
+            runs[-1].append(folder)
+        else:
+            runs.append([folder])
+    if len(runs) > 1:
+        others = [relative(run[0], root) or "." for run in runs[:-1]]
+        out.notes.append(Note(relative(runs[-1][0], root) or ".",
+                              f"{len(runs)} TensorBoard runs found; only the most recent was read, not "
+                              + ", ".join(others), count=len(others)))
+    return set(runs[-1]) if runs else set()
 
 
 def _write_order(path: Path) -> tuple:

@@ -72,6 +72,41 @@ def test_add_scalars_key_from_the_folder_name(tmp_path, folder, tag, name):
     assert list(points(read_dir(tmp_path))) == [name]
 
 
+def _launch(tmp_path: Path, folder: str, started: int, steps) -> None:
+    write(tmp_path, *(tb_event(s, tb_simple("Loss/train", 10.0 - s / 100)) for s in steps),
+          name=f"{folder}/events.out.tfevents.{started}.host.1.0")
+
+
+def test_separate_runs_in_one_dir_only_the_newest_is_read(tmp_path):
+    # SummaryWriter() opens runs/<date>_<host>/ per launch; the second launch crashed at step 49. Merged, its 0-49
+    # would have been followed by the first launch's 50-99: a series of neither run
+    _launch(tmp_path, "runs/Nov22_04-00-00_host", 1700000000, range(100))
+    _launch(tmp_path, "runs/Nov22_05-00-00_host", 1700003600, range(50))
+    piece = read_dir(tmp_path)
+    assert [file.split("/")[1] for file, _ in piece.frames] == ["Nov22_05-00-00_host"]
+    assert [(n.file, n.message) for n in piece.notes] == [(
+        "runs/Nov22_05-00-00_host",
+        "2 TensorBoard runs found; only the most recent was read, not runs/Nov22_04-00-00_host")]
+
+
+def test_a_later_folder_that_starts_later_resumes_the_run(tmp_path):
+    # HF Trainer resumed from checkpoint-500 logs into a new runs/<date>_<host>/
+    _launch(tmp_path, "runs/Nov22_04-00-00_host", 1700000000, range(10, 510, 10))
+    _launch(tmp_path, "runs/Nov22_05-00-00_host", 1700003600, range(510, 1010, 10))
+    piece = read_dir(tmp_path)
+    assert len(piece.frames) == 2 and not piece.notes
+
+
+def test_lightning_versions_and_split_folders_are_one_run(tmp_path):
+    _launch(tmp_path, "lightning_logs/version_0", 1700000000, range(100))
+    _launch(tmp_path, "lightning_logs/version_1", 1700003600, range(50))
+    _launch(tmp_path, "keras/train", 1700000000, range(10))
+    _launch(tmp_path, "keras/validation", 1700000001, range(10))
+    assert len(read_dir(tmp_path / "lightning_logs").frames) == 2
+    piece = read_dir(tmp_path / "keras")
+    assert len(piece.frames) == 2 and not piece.notes
+
+
 def test_summarywriter_nonfinite_values_kept():
     found = points(read_dir(SCALARS))
     assert math.isnan(dict(found["train/loss"])[137])
