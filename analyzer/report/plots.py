@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 MAX_BUCKETS = 800  # min+max per bucket: <=1600 points per line, finer than the plot's pixel width
+GAP_FACTOR = 20.0  # a gap between logged steps this many times the usual spacing is not drawn across
 LOG_SPAN = 50.0  # a positive series whose max/min exceeds this reads better on a log axis
 FIGSIZE = (7.2, 2.5)  # inches; 720x250 px in SVG units, readable on a laptop and printed at page width
 OVERVIEW_FIGSIZE = (7.2, 3.6)
@@ -106,6 +107,25 @@ def nonfinite_steps(steps: np.ndarray, values: np.ndarray, buckets: int = MAX_BU
     return bad[first]
 
 
+def break_at_gaps(steps: np.ndarray, values: np.ndarray) -> Series:
+    """The series with a NaN in each gap far wider than its usual spacing, so the line stops there.
+
+    A log kept as excerpts (BLOOM's chronicles: a few steps around each incident, thousands of steps apart) would
+    otherwise be drawn as a straight line through steps nobody logged, a trend the run never showed.
+    """
+    steps = np.asarray(steps)
+    values = np.asarray(values, dtype="float64")
+    if len(steps) < 3:
+        return steps, values
+    spacing = np.diff(steps.astype("float64"))
+    usual = float(np.median(spacing))
+    gaps = np.flatnonzero(spacing > GAP_FACTOR * max(usual, 1.0))
+    if not len(gaps):
+        return steps, values
+    at = gaps + 1
+    return (np.insert(steps.astype("float64"), at, np.nan), np.insert(values, at, np.nan))
+
+
 def wants_log(values: np.ndarray) -> bool:
     finite = values[np.isfinite(values)]
     if len(finite) < 2 or (finite <= 0).any():
@@ -119,7 +139,11 @@ def _line(ax, data: PlotInput, metric: str, label: str, color: str, *, log: bool
           style: str = "-", marker: str | None = None) -> np.ndarray:
     steps, values = data.series[metric]
     xs, ys = downsample(steps, values)
-    ax.plot(xs, ys, style, color=color, linewidth=width, label=label, marker=marker, markersize=3 if marker else 0)
+    gapped_xs, gapped_ys = break_at_gaps(xs, ys)
+    if marker is None and len(gapped_xs) > len(xs):
+        marker = "."  # the log holds excerpts: a point between two gaps would draw no line, so mark every point
+    ax.plot(gapped_xs, gapped_ys, style, color=color, linewidth=width, label=label, marker=marker,
+            markersize=3 if marker else 0)
     bad = nonfinite_steps(steps, values)
     if len(bad):
         # On the top edge: axes coordinates in y, data coordinates in x.

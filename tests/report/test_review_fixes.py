@@ -305,3 +305,28 @@ def test_a_run_name_cannot_close_the_index_link_and_open_its_own():
     md = index_page([(name, d, Path(name) / "report.md")])
     assert "[x\\](javascript:alert(1)) \\[y](" in md
     assert not re.search(r"\]\(javascript", md.replace("\\]", ""))
+
+
+def test_a_log_kept_as_excerpts_is_not_drawn_as_a_line_through_unlogged_steps():
+    # bloom104b_overflow: a few steps around 6502, 8600, 12000, 17060, drawn as straight lines across thousands.
+    import numpy as np
+
+    from analyzer.report.plots import break_at_gaps
+
+    steps = np.array([6502, 6503, 6504, 8600, 8601, 12000, 12001])
+    xs, ys = break_at_gaps(steps, np.arange(7.0))
+    assert np.isnan(xs).sum() == 2 and np.isnan(ys[3]) and np.isnan(ys[6])
+    regular = np.arange(0, 1000, 10)
+    assert len(break_at_gaps(regular, np.ones(100))[0]) == 100  # a regular log, eval points included, is one line
+
+
+def test_points_between_gaps_are_marked():
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from analyzer.report import plots
+
+    steps = np.array([0, 1, 2, 5000, 9000, 9001])
+    ax = Figure().subplots()
+    plots.draw_loss(ax, plots.PlotInput(series={"loss": (steps, np.linspace(3, 2, 6))}))
+    assert ax.get_lines()[0].get_marker() == "."
