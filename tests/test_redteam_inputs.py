@@ -179,6 +179,38 @@ def test_a_zero_filled_event_file_tail_is_skipped_at_once(tmp_path):
     assert time.monotonic() - start < 1.0  # was a Python loop over two million empty "records"
     assert len(starts) == 6 and "not a valid record" in notes[0].message
 
+
+LOG = "".join(f"step {s} loss {3.0 - 0.1 * s:.1f}\n" for s in range(1, 11))
+
+
+def test_a_log_with_a_zero_filled_tail_is_read(tmp_path):
+    (tmp_path / "train.log").write_bytes(LOG.encode() + bytes(10_000))  # the crash left the file's end as NULs
+    run = read_run(tmp_path)
+    assert len(run.series("loss")) == 10
+
+
+def test_nul_bytes_inside_a_log_skip_only_their_line(tmp_path):
+    (tmp_path / "train.log").write_bytes(b"step 1 loss 3.0\n\x00\x00step 2 loss 2.9\nstep 3 loss 2.8\n")
+    run = read_run(tmp_path)
+    assert run.series("loss").to_dict() == {1: 3.0, 3: 2.8}
+    assert any(n.line == 2 for n in run.notes)
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_a_utf16_log_with_a_byte_order_mark_is_read(tmp_path, encoding):
+    (tmp_path / "train.log").write_bytes(("\ufeff" + LOG.replace("\n", "\r\n")).encode(encoding))
+    run = read_run(tmp_path)
+    assert run.series("loss").to_dict()[10] == pytest.approx(2.0)
+    assert any("UTF-16" in n.message for n in run.notes)
+
+
+def test_a_trainer_state_with_a_zero_filled_tail_is_read_with_a_note(tmp_path):
+    history = [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.5}]
+    (tmp_path / "trainer_state.json").write_bytes(json.dumps({"log_history": history}).encode() + bytes(4096))
+    run = read_run(tmp_path)
+    assert run.series("loss").to_dict() == {1: 2.0, 2: 1.5}
+    assert any("4096 NUL bytes" in n.message for n in run.notes)
+
 # --- the command line: where reports go ------------------------------------------------------------------------------
 
 def _run_dir(tmp_path):

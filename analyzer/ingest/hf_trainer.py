@@ -41,6 +41,7 @@ class _State:
     global_step: int
     in_checkpoint: bool
     checkpoint: int
+    zero_tail: int = 0  # NUL bytes after the JSON (a crash's zero-filled tail), not read
 
 
 def sniff(path: Path) -> bool:
@@ -59,6 +60,9 @@ def read(paths: list[Path], root: Path) -> Ingested:
         raise broken[0]
     for exc in broken:  # a corrupt copy in one checkpoint folder does not hide the others
         out.notes.append(Note(exc.path or "", f"{exc.message}; this copy was skipped", line=exc.line))
+    for st in states:
+        if st.zero_tail:
+            out.notes.append(Note(st.file, f"{st.zero_tail} NUL bytes after the JSON (a zero-filled tail) ignored"))
     # oldest first: by step reached, then by history length (the final state adds its summary), then a top-level
     # file after a checkpoint copy
     states.sort(key=lambda s: (s.global_step, _history_length(s.state), not s.in_checkpoint, s.checkpoint, s.file))
@@ -91,6 +95,8 @@ def _load(path: Path, file: str) -> _State:
         text = path.read_bytes().decode("utf-8", "replace")
     except OSError as exc:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path=file) from None
+    whole = len(text)
+    text = text.rstrip("\x00")
     try:
         state = json.loads(text)  # Python's json reads the bare NaN/Infinity tokens of diverged runs
     except json.JSONDecodeError as exc:
@@ -105,7 +111,7 @@ def _load(path: Path, file: str) -> _State:
         steps = [e.get("step") for e in state.get("log_history") or [] if isinstance(e, dict)]
         global_step = max((s for s in steps if _is_int(s)), default=0)
     return _State(path, file, text, state, int(global_step), folder is not None,
-                  int(folder.group(1)) if folder else -1)
+                  int(folder.group(1)) if folder else -1, whole - len(text))
 
 
 def _history_length(state: dict) -> int:

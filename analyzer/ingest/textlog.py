@@ -78,6 +78,7 @@ TEXT_SUFFIXES = frozenset({"", ".log", ".txt", ".out", ".err", ".md", ".markdown
 MARKDOWN_SUFFIXES = frozenset({".md", ".markdown"})
 SNIFF_BYTES = 256 * 1024  # a log shows a recognised line within this much (DeepSpeed's config dump is ~20 KB)
 BINARY_PROBE_BYTES = 4096  # a NUL byte here means a binary file, not a log
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 CHUNK_BYTES = 32 * 1024 * 1024  # lines are scanned in blocks of about this size, to bound memory
 MAX_LINE_CHARS = 1024 * 1024  # longer lines are no log records (a dumped tensor, a blob): skipped, counted
 # (a progress bar redrawn with `\r` between two log lines makes one physical line of many KB: that is still read)
@@ -914,8 +915,12 @@ def sniff(path: Path) -> bool:
             head = f.read(SNIFF_BYTES)
     except OSError:
         return False
-    if not head or b"\x00" in head[:BINARY_PROBE_BYTES]:
+    head = _from_utf16(head)
+    nul = head.find(b"\x00", 0, BINARY_PROBE_BYTES)
+    if not head or nul != -1 and b"\n" not in head[:nul]:  # binary from the start
         return False
+    if nul != -1:  # NUL bytes after whole lines: a crash's zero-filled tail, or garbage inside a log
+        head = head[:nul]
     text = head.decode("utf-8", errors="replace")
     lines = text.split("\n")
     if len(head) == SNIFF_BYTES and len(lines) > 1:
@@ -1070,6 +1075,15 @@ def _load(path: Path):
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
+def _from_utf16(raw) -> bytes:
+    """UTF-8 bytes of a text that starts with a UTF-16 byte order mark (PowerShell's `>` and Tee-Object write such
+    logs); other bytes as they are."""
+    if raw[:2] not in UTF16_BOMS:
+        return raw
+    data = bytes(raw)
+    return data[:len(data) - len(data) % 2].decode("utf-16", errors="replace").encode("utf-8")
+
+
 def _latin1_fallback(error: UnicodeDecodeError) -> tuple[str, int]:
     return error.object[error.start:error.end].decode("latin-1"), error.end
 
@@ -1110,6 +1124,9 @@ class _Scanner:
 
     # -- bytes and lines --
     def _utf8(self, raw):
+        if raw[:2] in UTF16_BOMS:
+            self.notes.append(Note(self.rel, "UTF-16 text (as Windows PowerShell writes it): read as such"))
+            return _from_utf16(raw)
         if _valid_utf8(raw):
             return raw
         data = bytes(raw)
