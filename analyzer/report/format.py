@@ -11,8 +11,12 @@ SIGNIFICANT_DIGITS = 4  # numbers in prose and tables; enough to tell 3.75 from 
 PATCH_DIGITS = 6  # numbers in a patch to paste: the value a user will actually set
 
 
+# Python writes 6e-05 and 4.85e+08; the findings' messages write 6.00e-5 and 4.85e8: one notation in one report.
+_EXPONENT = re.compile(r"e(-?)\+?0*(\d)")
+
+
 def number(value: Any, digits: int = SIGNIFICANT_DIGITS) -> str:
-    """A value as a reader wants it: 0.0002, 9, 4.85e+08, NaN, true, [0.9, 0.999]."""
+    """A value as a reader wants it: 0.0002, 9, 4.85e8, 6e-5, NaN, true, [0.9, 0.999]."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -31,7 +35,7 @@ def number(value: Any, digits: int = SIGNIFICANT_DIGITS) -> str:
             return "Inf" if value > 0 else "-Inf"
         if value.is_integer() and abs(value) < 1e7:
             return f"{int(value)}.0"  # 3.0 stays visibly a float, and a loss scale of 65536 keeps its digits
-        return f"{value:.{digits}g}"
+        return _EXPONENT.sub(r"e\1\2", f"{value:.{digits}g}")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(number(v, digits) for v in value) + "]"
     return str(value)
