@@ -6,10 +6,10 @@ are left to `build_run`, which sees the files in the order they were written.
 
 As in TensorBoard, a folder of event files is a run, with its split sub-folders (`train/`, `validation/`, as Keras
 writes) and add_scalars' per-key folders. Several runs in one run dir (`runs/<date>_<host>/` per launch, the
-SummaryWriter default) are one run only where each later one resumes the one before, starting at a later step
-(HF Trainer opens a new folder when it resumes; Lightning's `version_N` folders are one run's versions). Otherwise
-only the most recently started is read, as for W&B and MLflow, and the others are named in a note: merging two
-separate runs point by point would make a series of neither.
+SummaryWriter default; Lightning's `version_N`) are one run only where each later one resumes the one before,
+starting at a later step (HF Trainer opens a new folder when it resumes). Otherwise only the most recently started
+is read, as for W&B, MLflow and Lightning's CSV logs, and the others are named in a note: merging two separate runs
+point by point would make a series of neither.
 """
 
 from __future__ import annotations
@@ -88,7 +88,6 @@ def read(paths: list[Path], root: Path) -> Ingested:
     return out
 
 
-VERSION_DIR = re.compile(r"version_\d+")  # Lightning's TensorBoardLogger: versions of one run
 TRAIN_DIRS = {"train", "training"}
 
 
@@ -118,9 +117,7 @@ def _chosen_runs(files: list[tuple], root: Path, out: Ingested) -> set[Path]:
             first_step[folder] = min(first_step[folder], int(frame["step"].min()))
     runs: list[list[Path]] = []
     for folder in order:
-        resumes = runs and (first_step[folder] > first_step[runs[-1][0]] or (
-            VERSION_DIR.fullmatch(folder.name) and VERSION_DIR.fullmatch(runs[-1][-1].name)))
-        if resumes:
+        if runs and first_step[folder] > first_step[runs[-1][0]]:
             runs[-1].append(folder)
         else:
             runs.append([folder])

@@ -92,6 +92,19 @@ def test_versions_in_numeric_order_and_overlap_is_one_restart(tmp_path):
     assert run.hparam("lr") == 0.01  # version_10 is newer than version_2
 
 
+def test_a_version_that_starts_from_the_beginning_is_a_new_run(tmp_path):
+    # every trainer.fit opens a version: version_1 is a second experiment that crashed at step 10. Merged with
+    # version_0 it would have gone on with version_0's steps 15-20
+    version(tmp_path, 0, "step,train_loss_step,epoch\n0,5.0,0\n5,4.0,0\n10,3.0,1\n15,2.0,1\n20,1.0,2\n", "lr: 0.1\n")
+    version(tmp_path, 1, "step,train_loss_step,epoch\n0,5.0,0\n5,6.0,0\n10,9.0,1\n", "lr: 1.0\n")
+    version(tmp_path, 2, "step,train_loss_step,epoch\n15,8.0,1\n", None)  # resumes version_1
+    run = read_dir(tmp_path)
+    assert run.series("loss").to_dict() == {0: 5.0, 5: 6.0, 10: 9.0, 15: 8.0}
+    assert run.hparam("lr") == 1.0 and [e.step for e in run.events_of("restart")] == [15]
+    assert [(n.file, n.message) for n in run.notes] == [(
+        "lightning_logs/version_1", "2 Lightning runs found; only the most recent was read, not lightning_logs/version_0")]
+
+
 def test_python_tags_in_hparams_yaml_build_nothing(tmp_path):
     hparams = ("args: !!python/object:argparse.Namespace\n  lr: 3.0e-4\n  batch_size: 32\n"
                "optimizer: !!python/name:torch.optim.AdamW ''\n"

@@ -97,9 +97,9 @@ def test_a_later_folder_that_starts_later_resumes_the_run(tmp_path):
     assert len(piece.frames) == 2 and not piece.notes
 
 
-def test_lightning_versions_and_split_folders_are_one_run(tmp_path):
+def test_resumed_lightning_versions_and_split_folders_are_one_run(tmp_path):
     _launch(tmp_path, "lightning_logs/version_0", 1700000000, range(100))
-    _launch(tmp_path, "lightning_logs/version_1", 1700003600, range(50))
+    _launch(tmp_path, "lightning_logs/version_1", 1700003600, range(50, 150))  # resumed from step 50
     _launch(tmp_path, "keras/train", 1700000000, range(10))
     _launch(tmp_path, "keras/validation", 1700000001, range(10))
     assert len(read_dir(tmp_path / "lightning_logs").frames) == 2
