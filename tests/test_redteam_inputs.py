@@ -211,6 +211,25 @@ def test_a_trainer_state_with_a_zero_filled_tail_is_read_with_a_note(tmp_path):
     assert run.series("loss").to_dict() == {1: 2.0, 2: 1.5}
     assert any("4096 NUL bytes" in n.message for n in run.notes)
 
+
+def test_a_checkpoint_zip_bomb_is_refused_before_loading(tmp_path, monkeypatch):
+    import zipfile
+
+    import torch
+
+    from analyzer.ingest import checkpoints
+
+    (tmp_path / "metrics.jsonl").write_text(METRICS)
+    torch.save({"model": {"w": torch.zeros(4)}}, tmp_path / "plain.pt")
+    with zipfile.ZipFile(tmp_path / "plain.pt") as plain, \
+            zipfile.ZipFile(tmp_path / "step_10.pt", "w", compression=zipfile.ZIP_DEFLATED) as bomb:
+        for name in plain.namelist():  # data.pkl padded with zeros after its STOP: inflates far past its size
+            bomb.writestr(name, plain.read(name) + (bytes(100_000) if name.endswith("data.pkl") else b""))
+    monkeypatch.setattr(checkpoints, "MAX_INFLATED_BYTES", 50_000)
+    run = read_run(tmp_path)
+    errors = {c.path: c.error for c in run.checkpoints}
+    assert errors["plain.pt"] is None and errors["step_10.pt"].startswith("refused:")
+
 # --- the command line: where reports go ------------------------------------------------------------------------------
 
 def _run_dir(tmp_path):

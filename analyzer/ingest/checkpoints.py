@@ -34,6 +34,8 @@ MAX_CONFIG_ITEMS = 2000  # a stored config larger than this is cut (it is copied
 
 LFS_MAGIC = b"version https://git-lfs.github.com/spec/v1"
 ZIP_MAGIC = b"PK\x03\x04"
+# torch.save stores its zip entries uncompressed; compressed ones that inflate past this are a zip bomb, not weights
+MAX_INFLATED_BYTES = 256 << 20
 PICKLE_PROTO = b"\x80"  # the PROTO opcode that starts every pickle of protocol 2 or later
 # torch.save's legacy (non-zip) format starts with a protocol-2 pickle of this magic number.
 LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
@@ -352,6 +354,10 @@ def _load_torch(path: Path, deepspeed_objects: bool = False) -> tuple[Any, str |
         return None, "not a torch.save file (neither a zip archive nor a pickle)"
     # mmap needs torch.save's zip format; legacy files (and anything else) are read without it.
     mmap = head.startswith(ZIP_MAGIC)
+    inflated = _inflated_bytes(path) if mmap else 0
+    if inflated > MAX_INFLATED_BYTES:
+        return None, (f"refused: {path.name} has compressed entries that inflate to {inflated / 2**30:.1f} GiB "
+                      "(torch.save writes none; not loaded)")
     stand_ins = []
     if deepspeed_objects and mmap:
         try:  # a static listing of the pickle's GLOBAL opcodes: nothing is built
@@ -369,6 +375,18 @@ def _load_torch(path: Path, deepspeed_objects: bool = False) -> tuple[Any, str |
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap), None
     except Exception as error:  # noqa: BLE001 - torch raises many types for corrupt or hostile files
         return None, _load_failure(path, error)
+
+
+def _inflated_bytes(path: Path) -> int:
+    """What a zip archive's compressed entries declare they inflate to (the central directory only: nothing is
+    inflated); 0 where the archive cannot be listed (torch.load then says what is wrong)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return sum(i.file_size for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED)
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return 0
 
 
 def _read_loaded(obj: Any, parts: _Parts) -> None:
