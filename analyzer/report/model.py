@@ -335,6 +335,7 @@ def reference_trainer_run(diagnosis: Diagnosis) -> bool:
 
 
 VERDICT_CLAUSE = 160  # characters of the root cause's message the verdict quotes; the finding holds the rest
+SHORT_LEAD = 40  # a lead clause shorter than this says what happened but not how bad it is
 MIN_DROPPED_ASIDE = 30  # a parenthesis this long is left out of a verdict that is too long; "(step 0)" stays
 
 
@@ -342,8 +343,14 @@ def _sentence_body(message: str) -> str:
     """The lead clause of a finding's message: a verdict is one short sentence, the details come below it."""
     text = " ".join(message.split()).rstrip(".")
     for sep in ("; ", ": "):
-        head = text.split(sep, 1)[0]
+        parts = text.split(sep, 2)
+        head = parts[0]
         if len(head) >= 20:
+            # "eval_loss stopped improving" alone hides why it matters ("... at chance level ln(4)"): a short lead
+            # takes its next clause along where both still fit the verdict.
+            if sep == ": " and len(head) < SHORT_LEAD and len(parts) > 1 and len(head) + 2 + len(parts[1]) <= \
+                    VERDICT_CLAUSE:
+                head = f"{head}; {parts[1]}"
             text = head
     if len(text) > VERDICT_CLAUSE:
         # A long parenthesis (a list of tensor names, a quoted line) is detail: drop it before cutting words.

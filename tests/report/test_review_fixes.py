@@ -330,3 +330,20 @@ def test_points_between_gaps_are_marked():
     ax = Figure().subplots()
     plots.draw_loss(ax, plots.PlotInput(series={"loss": (steps, np.linspace(3, 2, 6))}))
     assert ax.get_lines()[0].get_marker() == "."
+
+
+def test_a_short_lead_clause_keeps_the_clause_that_says_how_bad_it_is():
+    # hf_lrqa_chance_plateau: "The run is broken: eval_loss stopped improving" lost "at chance level ln(4)".
+    message = ("eval_loss stopped improving: it stayed near 1.386 (no drop of more than 3.0%) from step 300 to 2300 "
+               "(66% of the logged steps), at chance level ln(4) = 1.386: the model predicts the uniform distribution "
+               "and learns nothing while the lr stayed at 30%-100% of its peak 4.94e-5, and the run ends on it.")
+    d = diagnosis([finding("loss-plateau", Severity.CRITICAL, message=message, first=300)], roots=("loss-plateau",))
+    assert verdict(d) == ("The run is broken: eval_loss stopped improving; it stayed near 1.386 (no drop of more than "
+                          "3.0%) from step 300 to 2300 (66% of the logged steps), at chance level ln(4) = 1.386 "
+                          "(loss-plateau, from step 300).")
+
+
+def test_a_short_lead_whose_next_clause_is_too_long_stays_short():
+    message = "loss stopped improving: " + "it stayed near 7.6 " * 12 + ": more"
+    d = diagnosis([finding("loss-plateau", Severity.WARNING, message=message, first=49)], roots=("loss-plateau",))
+    assert verdict(d) == "The run is degraded: loss stopped improving (loss-plateau, from step 49)."
