@@ -293,7 +293,14 @@ def run_overview(run) -> str:
         lines.append(f"  blind spot: {spot.message}")
     if run.notes:
         lines.append(f"  notes: {len(run.notes)} (e.g. {run.notes[0].file}: {run.notes[0].message})")
-    return "\n".join(lines)
+    return "\n".join(_terminal_safe(line) for line in lines)
+
+
+def _terminal_safe(line: str) -> str:
+    """A line of log-derived text that cannot drive the terminal (escape sequences, bidi overrides), indent kept."""
+    from analyzer.report.terminal import clean
+
+    return line[:len(line) - len(line.lstrip(" "))] + clean(line)
 
 
 def _short(value, limit: int = 40) -> str:

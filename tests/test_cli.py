@@ -118,3 +118,22 @@ def test_the_run_overview_says_where_a_point_count_adds_up_several_ranks():
                                                "rank": [0, 1, 0, 1, 0]}))
     overview = run_overview(build_run(Path("/r"), [piece]))
     assert "metrics: loss (4 over 2 ranks), lr (1)" in overview
+
+
+def test_the_run_overview_never_passes_log_text_to_the_terminal_raw():
+    # a run.json status or a metric name holding an escape sequence (set the window title, clear the screen) or a
+    # right-to-left override must not drive the terminal
+    from pathlib import Path
+
+    import pandas as pd
+
+    from analyzer.cli import run_overview
+    from analyzer.run import Ingested, build_run
+
+    piece = Ingested("text")
+    piece.add_frame("train.log", pd.DataFrame({"step": [0, 10], "name": ["loss\x1b[2J\u202e", "loss\x1b[2J\u202e"],
+                                               "value": [4.0, 3.0], "line": [1, 2]}))
+    overview = run_overview(build_run(Path("/r"), [piece], status="diverged \x1b]0;pwned\x07"))
+    assert "\x1b" not in overview and "\x07" not in overview and "\u202e" not in overview
+    assert "status diverged ]0;pwned" in overview and "{U+202E}" in overview
+    assert overview.splitlines()[1].startswith("  metrics: ")  # the indent is kept
