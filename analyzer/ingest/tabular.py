@@ -132,6 +132,10 @@ def _csv_header_has_step(path: Path) -> bool:
     return bool(names & set(STEP_COLUMNS)) or ("value" in names and bool(names & set(LONG_NAME_COLUMNS)))
 
 
+_LONG_RECORD_HEAD = re.compile(rb'\s*\{(?:[^\n]*?[,{]\s*)?"(?:' + b"|".join(re.escape(s.encode()) for s in STEP_COLUMNS)
+                               + rb')"\s*:\s*[-0-9]')
+
+
 def _jsonl_head_has_step(path: Path) -> bool:
     """True when one of the first complete lines is a JSON object with a step (a `.json` needs two such lines)."""
     with open(path, "rb") as fh:
@@ -139,6 +143,8 @@ def _jsonl_head_has_step(path: Path) -> bool:
     lines = [line.strip() for line in head.removeprefix(_BOM).split(b"\n")[:-1] if line.strip()]
     if not lines and len(head) < SNIFF_BYTES:  # one line without a newline at the end
         lines = [head.removeprefix(_BOM).strip()]
+    if not lines:  # a first record longer than the window: an object whose keys so far include a step
+        return path.suffix.lower() != ".json" and bool(_LONG_RECORD_HEAD.match(head.removeprefix(_BOM)))
     objects = 0
     for line in lines[:20]:
         try:
@@ -204,6 +210,24 @@ def _read_raw(path: Path, file: str) -> bytes:
         raise InputError(f"cannot read file: {exc.strerror or exc}", path=file) from None
 
 
+NUL_SCAN = 1 << 20
+
+
+def _without_nul_tail(buf: bytes, file: str, notes: list[Note]) -> bytes:
+    """The bytes before a zero-filled tail: a crash on some file systems leaves the file's last blocks as NUL bytes
+    (a 3 GB tail took 9 GB of memory to parse). Scanned from the end in blocks; copied only when there is a tail."""
+    end = len(buf)
+    while end and not buf[max(0, end - NUL_SCAN):end].strip(b"\x00"):
+        end = max(0, end - NUL_SCAN)
+    if end:
+        end -= len(buf[max(0, end - NUL_SCAN):end]) - len(buf[max(0, end - NUL_SCAN):end].rstrip(b"\x00"))
+    if end == len(buf):
+        return buf
+    notes.append(Note(file, f"the file ends in {len(buf) - end} zero bytes (left by a crash?); ignored",
+                      line=buf.count(b"\n", 0, end) + 1))
+    return buf[:end]
+
+
 # --- JSON lines ------------------------------------------------------------------------------------------------------
 
 def parse_jsonl(path: Path, file: str) -> Parsed:
@@ -211,8 +235,8 @@ def parse_jsonl(path: Path, file: str) -> Parsed:
     prefetched = prefetch.take(path)  # parsed in the background while the CLI imported the detectors
     raw = prefetched.raw if prefetched is not None else _read_raw(path, file)
     newlines = lineindex.remember(path, raw)  # counted once: lines up rows here, finds cited lines later
-    buf = raw.removeprefix(_BOM)
     notes: list[Note] = []
+    buf = _without_nul_tail(raw.removeprefix(_BOM), file, notes)
     buf, truncated = _drop_truncated_last_line(buf)
     if truncated is not None:
         notes.append(Note(file, "last line is cut short (the run was probably stopped mid-write); dropped",
@@ -460,8 +484,8 @@ def parse_csv(path: Path, file: str) -> Parsed:
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    buf = _read_bytes(path, file)
     notes: list[Note] = []
+    buf = _without_nul_tail(_read_bytes(path, file), file, notes)
     if not buf.strip():
         return Parsed({}, np.zeros(0, dtype="int64"), [Note(file, "no records in the file")])
     delimiter = _delimiter(path, buf)
@@ -547,6 +571,8 @@ def tidy(parsed: Parsed, file: str, rank: int | None = None) -> Table:
         lower.setdefault(name.strip().lower(), name)
     step_name = next((lower[s] for s in STEP_COLUMNS if s in lower and columns[lower[s]].is_numeric), None)
     if step_name is None:
+        step_name = _text_step_column(columns, lower, file, notes, parsed)
+    if step_name is None:
         notes.append(Note(file, f"no step column ({', '.join(STEP_COLUMNS[:4])}, ...): "
                                 f"{n_rows} record(s) are not metric records; ignored", count=n_rows))
         return Table(None, notes)
@@ -600,6 +626,20 @@ def tidy(parsed: Parsed, file: str, rank: int | None = None) -> Table:
     return Table(pd.DataFrame(frame, copy=False), notes)
 
 
+def _text_step_column(columns: dict[str, Column], lower: dict[str, str], file: str, notes: list[Note],
+                      parsed: Parsed) -> str | None:
+    """A step column that the parser left as text because a few records hold no number there (`"step": "x"`,
+    `"7"`): mostly numbers, it is the step column, and its numbers are used (numbers written as text too); the
+    records without one are counted as such."""
+    for key in STEP_COLUMNS:
+        if key in lower and not columns[lower[key]].is_numeric:
+            numbers, ok = _numeric_text(columns[lower[key]], lower[key], file, notes, parsed)
+            if numbers is not None:
+                columns[lower[key]] = Column(numbers, valid=ok)
+                return lower[key]
+    return None
+
+
 def _clock_column(columns: dict[str, Column], lower: dict[str, str]) -> tuple[str | None, np.ndarray | None]:
     """(column, each row's time in seconds since the epoch, NaN where none) of the first clock column whose values
     read as such (numbers in s/ms/us/ns, or date-time text), else (None, None)."""
@@ -650,9 +690,24 @@ def _names(pieces: list[tuple[Any, int]]) -> pd.Categorical:
     """The name column as a categorical: a few distinct names over millions of rows cost one string each."""
     if all(isinstance(name, str) for name, _ in pieces):
         codes = np.repeat(np.arange(len(pieces), dtype=np.int32), [n for _, n in pieces])
-        return pd.Categorical.from_codes(codes, categories=[name for name, _ in pieces])
-    return pd.Categorical(np.concatenate([np.full(n, name, dtype=object) if isinstance(name, str) else name
-                                          for name, n in pieces]))
+        uniques = [name for name, _ in pieces]
+    else:
+        codes, uniques = pd.factorize(np.concatenate([np.full(n, name, dtype=object) if isinstance(name, str)
+                                                      else name for name, n in pieces]))
+    names = [_unicode(str(name)) for name in uniques]
+    categories = list(dict.fromkeys(names))
+    if len(categories) < len(names):  # two names became one
+        codes = np.array([categories.index(name) for name in names], dtype=np.int32)[codes]
+    return pd.Categorical.from_codes(codes, categories=categories)
+
+
+def _unicode(text: str) -> str:
+    """`text`, with what cannot be UTF-8 (a lone surrogate from a JSON `\\ud800` escape) written as its escape."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _restore_nonfinite(values: np.ndarray) -> np.ndarray:

@@ -408,3 +408,46 @@ def test_a_ray_tune_trial_that_went_nan_is_diagnosed_at_its_iteration(tmp_path):
     diagnosis = diagnose_path(ray_tune_trial(tmp_path / "trial", nan_from=45))
     onset = next(f for f in diagnosis.findings if f.name == "nonfinite-onset")
     assert onset.first_step == 45 and "loss is NaN" in onset.message  # the loss, not accuracy, which went with it
+
+
+# --- found by the red-team pass (tests/test_redteam_inputs.py has the CLI-level cases) ----------------------------------
+
+def test_a_key_that_is_no_valid_unicode_is_kept_escaped(tmp_path):
+    # json.loads turns the escape \ud800 into a lone surrogate, which no UTF-8 text can hold
+    path = write(tmp_path, "metrics.jsonl", '{"step": 1, "loss": 3.0, "\\ud800": 1}\n{"step": 2, "loss": 2.9, "\\ud800": 1}\n')
+    frame = table(path).frame
+    assert series(frame, "\\ud800") == {1: 1.0, 2: 1.0} and series(frame, "loss") == {1: 3.0, 2: 2.9}
+
+
+@pytest.mark.parametrize("bad", ['"x"', "[1]", "null", '"seven"'])
+def test_a_record_whose_step_is_no_number_is_dropped_alone(tmp_path, bad):
+    path = write(tmp_path, "metrics.jsonl", '{"step": 1, "loss": 3}\n{"step": 2, "loss": 2.9}\n'
+                                            f'{{"step": {bad}, "loss": 2.8}}\n{{"step": 4, "loss": 2.7}}\n')
+    result = table(path)
+    assert series(result.frame, "loss") == {1: 3.0, 2: 2.9, 4: 2.7}
+    assert any("without a step" in n.message and n.line == 3 for n in result.notes)
+
+
+def test_steps_written_as_text_are_read(tmp_path):
+    path = write(tmp_path, "metrics.jsonl", '{"step": "1", "loss": 3}\n{"step": "2", "loss": 2.9}\n')
+    assert series(table(path).frame, "loss") == {1: 3.0, 2: 2.9}
+
+
+@pytest.mark.parametrize("name, body, tail_line", [
+    ("metrics.jsonl", '{"step": 1, "loss": 3.0}\n{"step": 2, "loss": 2.9}\n', 3),
+    ("metrics.csv", "step,loss\n1,3.0\n2,2.9\n", 4),
+])
+def test_a_zero_filled_tail_is_ignored_with_a_note(tmp_path, name, body, tail_line):
+    path = write(tmp_path, name, body.encode() + b"\x00" * (3 << 20))  # more than one scan block
+    result = table(path)
+    assert series(result.frame, "loss") == {1: 3.0, 2: 2.9}
+    assert [(n.message, n.line) for n in result.notes] == [
+        (f"the file ends in {3 << 20} zero bytes (left by a crash?); ignored", tail_line)]
+
+
+def test_a_first_record_longer_than_the_sniff_window_is_claimed(tmp_path):
+    wide = ", ".join(f'"k{i}": 1.0' for i in range(3000))  # ~40 KB per record
+    path = write(tmp_path, "metrics.jsonl", f'{{"step": 1, "loss": 3.0, {wide}}}\n{{"step": 2, "loss": 2.9, {wide}}}\n')
+    assert tabular.sniff(path)
+    assert series(table(path).frame, "loss") == {1: 3.0, 2: 2.9}
+    assert not tabular.sniff(write(tmp_path, "other.jsonl", f'{{"name": "x", {wide}, "step": 1}}\n'))
