@@ -26,7 +26,14 @@ class UserError(click.ClickException):
     exit_code = EXIT_BAD_INPUT
 
     def show(self, file=None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+        click.echo(f"error: {_visible(self.format_message())}", err=True)
+
+
+def _visible(text: object) -> str:
+    """Text for the terminal with a non-UTF-8 file name's bytes as `\\xNN` (see report.format.visible_bytes)."""
+    from analyzer.report.format import visible_bytes
+
+    return visible_bytes(str(text))
 
 
 def reports_errors(func: Callable) -> Callable:
@@ -185,13 +192,15 @@ def _print_json(diagnoses: list) -> None:
     """One findings.json document, or a JSON list of them when several runs were diagnosed."""
     from analyzer.findings import to_dict, to_json
 
-    if len(diagnoses) == 1:
-        click.echo(to_json(diagnoses[0], __version__), nl=False)
+    from analyzer.report.format import visible_bytes_json
+
+    if len(diagnoses) == 1:  # the same text as findings.json, non-UTF-8 file names included
+        click.echo(visible_bytes_json(to_json(diagnoses[0], __version__)), nl=False)
         return
     import json
 
     docs = [to_dict(d, __version__) for d in diagnoses]
-    click.echo(json.dumps(docs, indent=2, ensure_ascii=False, allow_nan=False))
+    click.echo(visible_bytes_json(json.dumps(docs, indent=2, ensure_ascii=False, allow_nan=False)))
 
 
 def _out_dir(run_dir: Path, out: Path | None, several: bool) -> Path:
@@ -237,12 +246,12 @@ def _write(run, diagnosis, target: Path, formats: list[str], fail_on: str) -> No
     with _writing(target):
         written = write_reports(run, diagnosis, target, formats, fail_on)
     if written:
-        click.echo(f"reports: {', '.join(str(p) for p in written)}")
+        click.echo(f"reports: {', '.join(_visible(p) for p in written)}")
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
         hint = str(target)
         with _writing(Path(summary_file)), open(summary_file, "a", encoding="utf-8") as fh:
-            fh.write(github_summary(diagnosis, artifact_hint=hint))
+            fh.write(_visible(github_summary(diagnosis, artifact_hint=hint)))
 
 
 @contextlib.contextmanager
@@ -260,7 +269,7 @@ def _write_index(entries, out: Path) -> None:
     with _writing(out):
         written = write_index(entries, out)
     for path in written:
-        click.echo(f"index: {path}")
+        click.echo(f"index: {_visible(path)}")
 
 
 def run_overview(run) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import xml.etree.ElementTree as ET
 
 import pytest
 from click.testing import CliRunner
@@ -116,3 +117,63 @@ def test_select_and_set_are_applied(runner):
     doc = json.loads(runner.invoke(diagnose_command, [str(BROKEN), "--json", "--select", "D001"]).output)
     assert {f["name"] for f in doc["findings"]} <= {"distill-temperature-blowup"}
     assert not doc["skipped"] or all(s["name"] == "distill-temperature-blowup" for s in doc["skipped"])
+
+
+def _jsonl_run(folder: bytes, file_name: bytes = b"metrics.jsonl") -> bytes:
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, file_name), "wb") as fh:
+        fh.write(b"".join(b'{"step": %d, "loss": %.3f}\n' % (i, 3 - i * 0.01) for i in range(50)))
+    return folder
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_as_escaped_bytes_in_every_output(runner, tmp_path, monkeypatch):
+    run_dir = os.fsdecode(_jsonl_run(os.path.join(os.fsencode(tmp_path), b"run"), b"metr\xe9\xff.jsonl"))
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    out = tmp_path / "out"
+    result = runner.invoke(diagnose_command, [run_dir, "--out", str(out), "--format", "md,html,json,junit"])
+    assert result.exit_code == 0, result.output
+    shown = r"metr\xe9\xff.jsonl"  # the bytes as Python and `ls -b` write them
+    for name in ("report.md", "report.html"):
+        assert shown in (out / name).read_text(encoding="utf-8"), name
+    assert json.loads((out / "findings.json").read_text(encoding="utf-8"))["run"]["name"] == "run"
+    ET.fromstring((out / "junit.xml").read_bytes())
+    summary.read_text(encoding="utf-8")
+
+
+def test_a_run_dir_named_in_bytes_that_are_not_utf8_is_diagnosed_and_named_visibly(runner, tmp_path, monkeypatch):
+    root = os.fsencode(tmp_path)
+    run_dir = os.fsdecode(_jsonl_run(os.path.join(root, b"nonutf8root\xff")))
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    out = tmp_path / "out"
+    result = runner.invoke(diagnose_command, [run_dir, "--out", str(out), "--format", "md,html,json,junit"])
+    assert result.exit_code == 0, result.output
+    shown = r"nonutf8root\xff"
+    assert f"run {shown}:" in result.output
+    for name in ("report.md", "report.html", "junit.xml"):
+        assert shown in (out / name).read_text(encoding="utf-8"), name
+    doc = json.loads((out / "findings.json").read_text(encoding="utf-8"))
+    assert doc["run"]["name"] == shown and doc["run"]["path"].endswith(shown)
+    assert shown in summary.read_text(encoding="utf-8")
+    printed = runner.invoke(diagnose_command, [run_dir, "--json"])
+    assert json.loads(printed.output)["run"]["name"] == shown  # --json prints what findings.json holds
+
+
+def test_a_sweep_index_links_a_run_folder_that_is_not_utf8_by_its_bytes(runner, tmp_path):
+    sweep = os.path.join(os.fsencode(tmp_path), b"sweep")
+    _jsonl_run(os.path.join(sweep, b"a"))
+    _jsonl_run(os.path.join(sweep, b"b\xff"))
+    out = tmp_path / "out"
+    result = runner.invoke(diagnose_command, [os.fsdecode(sweep), "--recursive", "--out", str(out), "--format", "md"])
+    assert result.exit_code == 0, result.output
+    assert "[b\\xff](b%FF/report.md)" in (out / "index.md").read_text(encoding="utf-8")
+    assert os.path.isfile(os.path.join(os.fsencode(out), b"b\xff", b"report.md"))
+
+
+def test_an_error_naming_a_folder_that_is_not_utf8_is_one_visible_line(runner, tmp_path):
+    empty = os.path.join(os.fsencode(tmp_path), b"empty\xff")
+    os.mkdir(empty)
+    result = runner.invoke(diagnose_command, [os.fsdecode(empty)])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [f"error: {tmp_path}/empty\\xff: the run directory is empty"]

@@ -212,8 +212,15 @@ def _relative_link(target: Path, out_dir: Path, preferred: Sequence[str]) -> Pat
 
 def write_atomic(path: Path, text: str) -> Path:
     """Write text to path through a temporary file in the same folder and os.replace, so a reader (or a crash)
-    never sees half a report."""
+    never sees half a report.
+
+    A file name that is not UTF-8 (os.fsdecode's surrogate escapes in a run's path, name or sources) is written as
+    a visible `\\xNN` per byte, JSON-escaped in a .json file: never an encoding error, never dropped.
+    """
+    from analyzer.report.format import visible_bytes, visible_bytes_json
+
     path = Path(path)
+    text = visible_bytes_json(text) if path.suffix == ".json" else visible_bytes(text)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:

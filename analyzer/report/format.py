@@ -111,12 +111,39 @@ def visible_bidi(text: str) -> str:
     return _BIDI_CONTROLS.sub(lambda m: f"{{U+{ord(m.group()):04X}}}", text)
 
 
+# A file or folder name that is not UTF-8 reaches us from os.fsdecode with each undecodable byte as a lone surrogate
+# (U+DC80-U+DCFF); such a string cannot be written as UTF-8 at all. Outputs show each byte as `\xNN`, the way Python
+# and `ls -b` write it; any other lone surrogate (from a JSON "\ud800" escape, say) as `\uXXXX`.
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogate(char: str, backslash: str) -> str:
+    code = ord(char)
+    return f"{backslash}x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"{backslash}u{code:04x}"
+
+
+def visible_bytes(text: str) -> str:
+    r"""`text` with each undecodable byte of a file name written as `\xNN` (and any other lone surrogate as
+    `\uXXXX`): what can be encoded as UTF-8 and read, unchanged where there is none."""
+    if not _SURROGATES.search(text):
+        return text
+    return _SURROGATES.sub(lambda m: _escape_surrogate(m.group(), "\\"), text)
+
+
+def visible_bytes_json(text: str) -> str:
+    r"""visible_bytes for a JSON document: the backslash is itself escaped, so each string decodes to `\xNN`."""
+    if not _SURROGATES.search(text):
+        return text
+    return _SURROGATES.sub(lambda m: _escape_surrogate(m.group(), "\\\\"), text)
+
+
 def finalize(value: Any) -> Any:
-    """Applied by jinja2 to every value a template prints (before HTML escaping): bidi controls made visible.
-    Safe markup (an inlined figure, an escaped block) stays markup: the replacement is plain ASCII."""
-    if not isinstance(value, str) or not _BIDI_CONTROLS.search(value):
+    """Applied by jinja2 to every value a template prints (before HTML escaping): bidi controls and undecodable
+    bytes of file names made visible. Safe markup (an inlined figure, an escaped block) stays markup: the
+    replacements are plain ASCII."""
+    if not isinstance(value, str) or not (_BIDI_CONTROLS.search(value) or _SURROGATES.search(value)):
         return value
-    return type(value)(visible_bidi(str(value)))
+    return type(value)(visible_bytes(visible_bidi(str(value))))
 
 
 # --- markdown ---------------------------------------------------------------------------------------------------

@@ -70,7 +70,8 @@ def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow
         counts = ", ".join(f"{n} {s.value}" for s in Severity
                            if (n := sum(f.severity is s for f in diagnosis.findings)))
         rows.append(IndexRow(
-            name=name, link=quote(Path(link).as_posix()), verdict=verdict(diagnosis),
+            # surrogateescape: a folder name that is not UTF-8 links to its own bytes (%FF), as it is on disk
+            name=name, link=quote(Path(link).as_posix(), errors="surrogateescape"), verdict=verdict(diagnosis),
             worst=worst.value if worst else "ok",
             worst_label=SEVERITY_LABEL[worst.value] if worst else "OK", counts=counts or "none",
             root_causes=", ".join(dict.fromkeys(diagnosis.root_causes)), fix=fix_line(changes),

@@ -19,9 +19,11 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 def clean(text: object) -> str:
-    from analyzer.report.format import visible_bidi
+    """Log-derived text for the terminal, on one line: control characters as spaces, bidi controls and the
+    undecodable bytes of a file name made visible (a terminal with a strict encoding cannot print them raw)."""
+    from analyzer.report.format import visible_bidi, visible_bytes
 
-    return " ".join(visible_bidi(_CONTROL.sub(" ", str(text))).split())
+    return " ".join(visible_bytes(visible_bidi(_CONTROL.sub(" ", str(text)))).split())
 
 
 def clip(text: str, width: int) -> str:
