@@ -1,8 +1,9 @@
 """Chain: link findings into causes and consequences, so a report leads with root causes.
 
 CAUSES is the one table of known mechanisms: (cause, consequence). A link is drawn when both findings are present
-and the consequence did not begin before the cause (within a tolerance: a cause that holds from the first step,
-such as a hyperparameter, precedes everything). Findings with no cause among the warnings and criticals are the
+and the consequence did not begin before the cause (the same logged step counts as not before; a cause that holds
+from the first step, such as a hyperparameter, precedes everything), and, for the few links in _CONDITIONS, when
+the two findings' numbers show the mechanism at work. Findings with no cause among the warnings and criticals are the
 root causes, and so are info findings that explain one of them.
 """
 
@@ -18,7 +19,7 @@ CAUSES: tuple[tuple[str, str], ...] = (
     ("distill-temperature-blowup", "loss-oscillation"),
     ("distill-temperature-blowup", "nonfinite-onset"),
     ("distill-temperature-blowup", "loss-scale-collapse"),
-    ("distill-temperature-blowup", "perplexity-misreport"),
+    ("distill-temperature-blowup", "perplexity-misreport"),  # only where the T^2 term lifted the loss to the cap
     ("distill-temperature-blowup", "loss-spike"),
     ("grad-explosion", "nonfinite-onset"),
     ("grad-explosion", "loss-spike"),
@@ -57,19 +58,35 @@ CAUSES: tuple[tuple[str, str], ...] = (
 # Findings that describe a setting of the run hold from its first step, whatever step they cite.
 _SETTINGS = {"distill-temperature-blowup", "lr-too-low", "lr-too-high", "small-effective-batch", "mlm-label-ratio",
              "init-variance"}
-_TOLERANCE = 0.02  # fraction of the run's length by which a consequence may seem to precede its cause
+
+
+def _blowup_reaches_the_cap(blowup: Finding, misreport: Finding) -> bool:
+    """A perplexity cap is a bug of the reporting code; the temperature only makes it show when the cap lies above
+    a fresh model's loss, which only an inflated loss reaches (seed 002: cap exp(20), fresh loss ~10). Below it,
+    any untrained model hits the cap (kd-temperature-blowup-fixed: cap exp(5) under ln(256) = 5.55, no blowup)."""
+    cap, fresh = misreport.metrics.get("cap_loss"), blowup.metrics.get("lm_reference")
+    return isinstance(cap, (int, float)) and isinstance(fresh, (int, float)) and cap > fresh
+
+
+# Links that hold only under a condition on the two findings: (cause, consequence) -> test(cause, consequence).
+_CONDITIONS = {
+    ("distill-temperature-blowup", "perplexity-misreport"): _blowup_reaches_the_cap,
+}
 
 
 def link(findings: tuple[Finding, ...], run_length: int) -> tuple[tuple[Finding, ...], tuple[str, ...]]:
-    """Fill `caused_by` and return (findings ordered root causes first, root cause names)."""
+    """Fill `caused_by` and return (findings ordered root causes first, root cause names).
+
+    `run_length` is no longer used (links need no step tolerance); it stays so that callers keep working.
+    """
     by_name = {f.name: f for f in findings}
-    slack = max(1, int(run_length * _TOLERANCE))
     linked = []
     for f in findings:
         causes = tuple(sorted(
             cause for cause, effect in CAUSES
-            if effect == f.name and cause in by_name and _precedes(by_name[cause], f, slack)
-            and not _cycle(cause, f.name, by_name, slack)
+            if effect == f.name and cause in by_name and _precedes(by_name[cause], f)
+            and _CONDITIONS.get((cause, effect), _always)(by_name[cause], f)
+            and not _cycle(cause, f.name, by_name)
         ))
         linked.append(replace(f, caused_by=causes) if causes else f)
     # An info finding is a root cause only when it explains a warning or a critical one.
@@ -80,13 +97,20 @@ def link(findings: tuple[Finding, ...], run_length: int) -> tuple[tuple[Finding,
     return tuple(ordered), roots
 
 
-def _precedes(cause: Finding, effect: Finding, slack: int) -> bool:
+def _always(cause: Finding, effect: Finding) -> bool:
+    return True
+
+
+def _precedes(cause: Finding, effect: Finding) -> bool:
+    """A cause may not start after its effect. No tolerance: both steps are logged steps of the same run, and a
+    consequence logged one step before its supposed cause (bloom104b_overflow: the throughput fell at 17061, the loss
+    spiked at 17062) has some other cause. Equal steps are allowed: one logged step cannot order two events in it."""
     if cause.name in _SETTINGS or cause.first_step is None or effect.first_step is None:
         return True
-    return cause.first_step <= effect.first_step + slack
+    return cause.first_step <= effect.first_step
 
 
-def _cycle(cause: str, effect: str, by_name: dict[str, Finding], slack: int) -> bool:
+def _cycle(cause: str, effect: str, by_name: dict[str, Finding]) -> bool:
     """True when the reverse link also holds and the effect began strictly earlier: then the effect is the cause."""
     if (effect, cause) not in CAUSES:
         return False

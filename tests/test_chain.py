@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from analyzer.chain import link
 from analyzer.findings import Confidence, Finding, Severity
 
@@ -39,3 +41,37 @@ def test_info_findings_are_root_causes_only_when_they_explain_something():
 def test_a_detector_reporting_twice_is_one_root_cause():
     _, roots = link((_f("loss-plateau", 300), _f("loss-plateau", 350)), 1000)
     assert roots == ("loss-plateau",)
+
+
+def test_a_consequence_one_step_before_its_cause_is_not_linked():
+    # bloom104b_overflow: the throughput fell at 17061, the loss spiked at 17062; 2% of the run was 341 steps of slack
+    ordered, _ = link((_f("loss-spike", 17062, Severity.CRITICAL), _f("throughput-drop", 17061, Severity.INFO)), 17068)
+    assert all(not f.caused_by for f in ordered)
+
+
+def test_events_at_the_same_logged_step_may_be_linked():
+    ordered, _ = link((_f("grad-explosion", 500), _f("loss-spike", 500)), 1000)
+    assert {f.name: f for f in ordered}["loss-spike"].caused_by == ("grad-explosion",)
+
+
+def _blowup_and_cap(cap_loss: float, fresh_loss: float) -> dict[str, Finding]:
+    blowup = replace(_f("distill-temperature-blowup", 0, Severity.CRITICAL), metrics={"lm_reference": fresh_loss})
+    cap = replace(_f("perplexity-misreport", 0, Severity.INFO), metrics={"cap_loss": cap_loss})
+    ordered, _ = link((blowup, cap), 250)
+    return {f.name: f for f in ordered}
+
+
+def test_a_perplexity_cap_under_a_fresh_models_loss_is_not_caused_by_the_temperature():
+    # kd-temperature-blowup-fixed: cap exp(5) under ln(256) = 5.55; any untrained model hits it, blowup or not
+    assert _blowup_and_cap(5.0, 5.545)["perplexity-misreport"].caused_by == ()
+
+
+def test_a_perplexity_cap_only_an_inflated_loss_reaches_is_caused_by_the_temperature():
+    # seed 002: cap exp(20), a fresh model's loss ~10; the T^2 term lifted the loss to 28.4
+    assert _blowup_and_cap(20.0, 10.0)["perplexity-misreport"].caused_by == ("distill-temperature-blowup",)
+
+
+def test_a_perplexity_misreport_without_a_cap_is_not_caused_by_the_temperature():
+    ordered, _ = link((_f("distill-temperature-blowup", 0, Severity.CRITICAL),
+                       _f("perplexity-misreport", 0, Severity.INFO)), 250)
+    assert {f.name: f for f in ordered}["perplexity-misreport"].caused_by == ()
