@@ -51,7 +51,8 @@ def seed002_findings() -> tuple[Finding, ...]:
     return (
         Finding("D001", "distill-temperature-blowup", Severity.CRITICAL, Confidence.HIGH,
                 "KD loss is 9.0x its raw KL because temperature 3.0 is squared into the loss", 0, 699,
-                {"temperature": 3.0, "t_squared": 9.0, "kd_raw_median": 4.2, "kd_loss_median": 37.8},
+                {"temperature": 3.0, "t_squared": 9.0, "kd_raw_median": 4.2, "kd_loss_median": 37.8,
+                 "lm_reference": 10.8},
                 (rec("temperature", 3.0, 2.0, "T^2 drops from 9.0 to 4.0; KD loss ~38 -> ~17"),
                  rec("min_temperature", 2.0, 1.5, "anneal to T^2 = 2.25 rather than 4.0")),
                 (Evidence("train.log", 12, "Step 0:   KD Raw: 38.0254, Temperature¬≤: 9.0"),
@@ -70,7 +71,7 @@ def seed002_findings() -> tuple[Finding, ...]:
                 {"low": 19.97, "high": 28.34, "swing_pct": 42.0}),
         Finding("N003", "perplexity-misreport", Severity.WARNING, Confidence.HIGH,
                 "eval perplexity printed as 485165195 is capped: exp(eval loss 21.3) is 1.8e9", 500, 600,
-                {"logged_ppl": 485165195.0, "exp_eval_loss": 1.8e9},
+                {"logged_ppl": 485165195.0, "exp_eval_loss": 1.8e9, "cap_loss": 20.0},
                 evidence=(Evidence("train.log", 1702, "Eval PPL: 485165195.41"),)),
     )
 
