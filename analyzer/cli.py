@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import click
 
@@ -116,7 +116,16 @@ def diagnose_command(run_dirs, out, formats, as_json, fail_on, select, ignore, s
     parse_overrides(options["overrides"])
 
     runs = _expand(run_dirs, recursive)
-    results = _diagnose_all(runs, options, jobs)
+    # In a sweep, a folder that is not a run (notes, a data folder) or whose input is broken must not stop the
+    # others: it is skipped, said on stderr and listed in the index. A run named on its own still fails with exit 2.
+    results = _diagnose_all(runs, options, jobs, skip_bad_input=recursive)
+    skipped = [(run_dir, result.reason) for run_dir, result in zip(runs, results) if isinstance(result, _Skip)]
+    for run_dir, reason in skipped:
+        click.echo(f"skipped {_visible(run_dir)}: {_visible(reason)}", err=True)
+    kept = [(run_dir, result) for run_dir, result in zip(runs, results) if not isinstance(result, _Skip)]
+    if not kept:
+        raise InputError("--recursive: no run folders inside", path=run_dirs[0])
+    runs, results = [run_dir for run_dir, _ in kept], [result for _, result in kept]
     diagnoses = [diagnosis for _, diagnosis in results]
     if as_json:
         _print_json(diagnoses)
@@ -128,7 +137,7 @@ def diagnose_command(run_dirs, out, formats, as_json, fail_on, select, ignore, s
             _write(run, diagnosis, target, chosen, fail_on)
             entries.append((run_dir.name, diagnosis, target))
         if several and out is not None:
-            _write_index(entries, out)
+            _write_index(entries, out, [(run_dir.name, reason) for run_dir, reason in skipped])
     failing = fail_on != "never" and any(_fails(d, fail_on) for d in diagnoses)
     sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
 
@@ -169,23 +178,47 @@ def _progress(label: str):
     return report
 
 
-def _diagnose_one(run_dir: Path, options: dict):
+class _Skip(NamedTuple):
+    """A sweep's folder that was not diagnosed, and why (the InputError, its path relative to the folder)."""
+
+    reason: str
+
+
+def _diagnose_one(run_dir: Path, options: dict, skip_bad_input: bool = False):
     from analyzer.diagnose import diagnose_run
     from analyzer.ingest import read_run
 
-    run = read_run(run_dir, progress=_progress(run_dir.name))
-    return run, diagnose_run(run, **options)
+    try:
+        run = read_run(run_dir, progress=_progress(run_dir.name))
+        return run, diagnose_run(run, **options)
+    except InputError as exc:
+        if not skip_bad_input:
+            raise
+        return _Skip(_reason(exc, run_dir))
 
 
-def _diagnose_all(runs: list[Path], options: dict, jobs: int):
+def _reason(exc: InputError, run_dir: Path) -> str:
+    """The error without the run folder's own path (the skip line names it): 'metrics.jsonl:3: ...', or the message."""
+    where = exc.path
+    if where is not None:
+        try:
+            where = Path(where).relative_to(run_dir).as_posix()
+        except ValueError:
+            pass
+        if where == ".":
+            where = None
+    return " ".join(str(InputError(exc.message, where, exc.line)).split())
+
+
+def _diagnose_all(runs: list[Path], options: dict, jobs: int, skip_bad_input: bool = False):
     if jobs <= 1 or len(runs) <= 1:
-        return [_diagnose_one(r, options) for r in runs]
+        return [_diagnose_one(r, options, skip_bad_input) for r in runs]
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     # spawn, not fork: forking a process that holds pyarrow/torch thread pools can deadlock the child.
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_diagnose_one, runs, [options] * len(runs)))
+        return list(pool.map(_diagnose_one, runs, [options] * len(runs), [skip_bad_input] * len(runs)))
 
 
 def _print_json(diagnoses: list) -> None:
@@ -263,11 +296,11 @@ def _writing(target: Path):
         raise InputError(f"cannot write reports: {exc.strerror or exc}", path=exc.filename or target) from None
 
 
-def _write_index(entries, out: Path) -> None:
+def _write_index(entries, out: Path, skipped=()) -> None:
     from analyzer.report import write_index
 
     with _writing(out):
-        written = write_index(entries, out)
+        written = write_index(entries, out, skipped)
     for path in written:
         click.echo(f"index: {_visible(path)}")
 

@@ -177,3 +177,56 @@ def test_an_error_naming_a_folder_that_is_not_utf8_is_one_visible_line(runner, t
     result = runner.invoke(diagnose_command, [os.fsdecode(empty)])
     assert result.exit_code == 2
     assert result.output.strip().splitlines() == [f"error: {tmp_path}/empty\\xff: the run directory is empty"]
+
+
+def _sweep_with_a_folder_that_is_not_a_run(tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(BROKEN, sweep / "a")
+    (sweep / "b").mkdir()
+    (sweep / "b" / "notes.txt").write_text("lr 3e-4 diverged, try 1e-4\n")
+    _jsonl_run(os.path.join(os.fsencode(sweep), b"c"))
+    return sweep
+
+
+@pytest.mark.parametrize("fail_on, code", [("critical", 1), ("never", 0)])
+def test_a_sweep_skips_a_folder_that_is_not_a_run_and_diagnoses_the_others(runner, tmp_path, fail_on, code):
+    sweep = _sweep_with_a_folder_that_is_not_a_run(tmp_path)
+    out = tmp_path / "out"
+    result = runner.invoke(diagnose_command, [str(sweep), "--recursive", "--out", str(out), "--format", "md",
+                                              "--fail-on", fail_on])
+    assert result.exit_code == code, result.output
+    assert result.stderr.splitlines() == [f"skipped {sweep / 'b'}: no training log or checkpoint in a format "
+                                          "postmortem reads (1 file(s) looked at; see `postmortem formats`)"]
+    assert (out / "a" / "report.md").is_file() and (out / "c" / "report.md").is_file() and not (out / "b").exists()
+    index = (out / "index.md").read_text()
+    assert "## Skipped" in index and "| b | no training log" in index
+    assert "<td>b</td><td>no training log" in (out / "index.html").read_text()
+
+
+def test_a_sweep_skips_a_run_whose_input_is_broken_naming_the_file(runner, tmp_path):
+    sweep = tmp_path / "sweep"
+    _jsonl_run(os.path.join(os.fsencode(sweep), b"good"))
+    (sweep / "cut").mkdir()
+    (sweep / "cut" / "trainer_state.json").write_text('{"log_history": [{"step": 1, "loss": 2.0}')
+    out = tmp_path / "out"
+    result = runner.invoke(diagnose_command, [str(sweep), "--recursive", "--jobs", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith(f"skipped {sweep / 'cut'}: trainer_state.json:1: not valid JSON")
+    assert "| cut | trainer_state.json:1: not valid JSON" in (out / "index.md").read_text()
+    assert json.loads((out / "good" / "findings.json").read_text())["run"]["name"] == "good"
+
+
+def test_a_sweep_without_any_run_is_still_exit_2(runner, tmp_path):
+    sweep = tmp_path / "sweep"
+    (sweep / "b").mkdir(parents=True)
+    (sweep / "b" / "notes.txt").write_text("nothing here\n")
+    result = runner.invoke(diagnose_command, [str(sweep), "--recursive"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines()[-1] == f"error: {sweep}: --recursive: no run folders inside"
+
+
+def test_a_run_named_on_its_own_with_broken_input_still_stops_with_exit_2(runner, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "notes.txt").write_text("nothing here\n")
+    result = runner.invoke(diagnose_command, [str(BROKEN), str(tmp_path / "notes"), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "no training log" in result.stderr

@@ -164,25 +164,28 @@ def github_summary(diagnosis: Diagnosis, artifact_hint: str) -> str:
     return build(diagnosis, artifact_hint)
 
 
-def index_page(entries: list[tuple[str, Diagnosis, Path]]) -> str:
+def index_page(entries: list[tuple[str, Diagnosis, Path]], skipped: Sequence[tuple[str, str]] = ()) -> str:
     """Markdown index of several runs (`diagnose --recursive`): name, verdict, worst severity, link to each report.
 
-    Each entry's path is the link, used as given (make it relative to where the index is written).
+    Each entry's path is the link, used as given (make it relative to where the index is written). `skipped` lists
+    the folders that were not diagnosed, as (name, reason).
     """
     from analyzer.report.summary import index
 
-    return index(entries, html=False)
+    return index(entries, html=False, skipped=skipped)
 
 
-def index_page_html(entries: list[tuple[str, Diagnosis, Path]]) -> str:
+def index_page_html(entries: list[tuple[str, Diagnosis, Path]], skipped: Sequence[tuple[str, str]] = ()) -> str:
     """The HTML variant of index_page: one self-contained file."""
     from analyzer.report.summary import index
 
-    return index(entries, html=True)
+    return index(entries, html=True, skipped=skipped)
 
 
-def write_index(entries: list[tuple[str, Diagnosis, Path]], out_dir: Path) -> list[Path]:
-    """Write index.md and index.html into out_dir, linking each run's report (entries give each run's report dir)."""
+def write_index(entries: list[tuple[str, Diagnosis, Path]], out_dir: Path,
+                skipped: Sequence[tuple[str, str]] = ()) -> list[Path]:
+    """Write index.md and index.html into out_dir, linking each run's report (entries give each run's report dir);
+    `skipped` (name, reason) are the sweep's folders that were not diagnosed."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -190,7 +193,7 @@ def write_index(entries: list[tuple[str, Diagnosis, Path]], out_dir: Path) -> li
         preferred = ("report.html", "report.md") if as_html else ("report.md", "report.html")
         linked = [(run_name, diagnosis, _relative_link(Path(target), out_dir, preferred))
                   for run_name, diagnosis, target in entries]
-        text = index_page_html(linked) if as_html else index_page(linked)
+        text = index_page_html(linked, skipped) if as_html else index_page(linked, skipped)
         written.append(write_atomic(out_dir / name, text))
     return written
 

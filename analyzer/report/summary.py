@@ -82,11 +82,22 @@ def index_rows(entries: Sequence[tuple[str, Diagnosis, Path]]) -> tuple[IndexRow
     return tuple(sorted(rows, key=lambda r: (order[r.worst], r.name)))
 
 
-def index(entries: Sequence[tuple[str, Diagnosis, Path]], html: bool) -> str:
+@dataclass(frozen=True)
+class SkippedRun:
+    """A folder of a sweep that was not diagnosed: it holds no training log, or its input is broken."""
+
+    name: str
+    reason: str
+
+
+def index(entries: Sequence[tuple[str, Diagnosis, Path]], html: bool,
+          skipped: Sequence[tuple[str, str]] = ()) -> str:
     from analyzer import __version__
 
     rows = index_rows(entries)
     tally = {label: sum(r.worst == key for r in rows) for key, label in
              (("critical", "critical"), ("warning", "warning"), ("info", "info only"), ("ok", "clean"))}
+    tally["skipped"] = len(skipped)
+    skipped_rows = tuple(SkippedRun(name, reason) for name, reason in sorted(skipped))
     return render("index.html.j2" if html else "index.md.j2", rows=rows, version=__version__,
-                  tally=tuple((label, n) for label, n in tally.items() if n))
+                  tally=tuple((label, n) for label, n in tally.items() if n), skipped=skipped_rows)
