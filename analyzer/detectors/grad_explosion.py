@@ -12,7 +12,9 @@ Why it matters:
 How it decides:
     On the log of the non-zero norm, each point is compared with the rolling median of the `window` points before
     it (robust: a spike never raises its own baseline). An excursion is a stretch of points above half `factor`
-    times their baseline that reaches `factor` times it somewhere; excursions during the lr warmup are left out.
+    times their baseline that reaches `factor` times it somewhere, and lasts until the norm is back under half
+    `factor` times the median before it; excursions during the lr warmup are left out. Messages and metrics quote
+    the peak against that median before the excursion (stats.median_before, which loss-spike quotes too).
     An excursion is harmful when at least `sustain_points` of its points are above `factor` times the baseline
     (sustained), when the norm has not come back by the end of the run, when the loss rises by `loss_jump` during
     it, or when at least `repeat_episodes` excursions fall within one window; such an excursion is a warning.
@@ -38,6 +40,7 @@ Parameters:
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -85,7 +88,10 @@ def _excursions(run, g, params):
     sched = stats.schedule(run)
     warm = g.index.to_numpy() < sched.warmup_end if sched.warmup_end is not None else np.zeros(len(g), dtype=bool)
     # gradients grow while the lr warms up (LoRA's zero-init B, say): not news
-    runs = [(a, b) for a, b in found.runs if (high[a:b] & ~warm[a:b]).any()]
+    # an excursion lasts until the norm is back near its level before it (a norm that stays up has raised its own
+    # rolling median and is no longer flagged, but it has not come back)
+    spans = stats.unhealed_spans(g, found, params["window"], params["factor"])
+    runs = [(a, b) for a, b in spans if (high[a:b] & ~warm[a:b]).any()]
     high &= ~warm
     if not runs:
         return None
@@ -93,14 +99,17 @@ def _excursions(run, g, params):
     loss_series = loss[1] if loss is not None else None
     steps = g.index.to_numpy()
     episodes = []
+    values = g.to_numpy(dtype="float64")
     for start, end in runs:
-        excess = found.excess_between(start, end)  # an excursion's own points: no running median elsewhere
-        peak = start + int(np.argmax(excess))
+        peak = start + int(np.argmax(values[start:end]))
+        # the baseline every message quotes: the running median before the excursion (loss-spike quotes the same)
+        baseline, baseline_points = stats.median_before(g, int(steps[start]), params["window"]) or (math.nan, 0)
         rise = stats.rise_during(loss_series, int(steps[start]), int(steps[end - 1]), LOOKBACK)
         episodes.append({
-            "start": start, "end": end, "peak": peak, "points": end - start,
-            "ratio": float(np.exp(excess[peak - start])), "jump": rise.ratio, "loss_peak_step": rise.peak_step,
-            "unhealed": end == len(g) and bool(high[end - 1]),
+            "start": start, "end": end, "peak": peak, "points": end - start, "baseline": baseline,
+            "baseline_points": baseline_points, "ratio": values[peak] / baseline if baseline > 0 else math.inf,
+            "jump": rise.ratio, "loss_peak_step": rise.peak_step,
+            "unhealed": end == len(g) and bool(values[end - 1] >= params["factor"] / 2 * baseline),
             "sustained": int(high[start:end].sum()) >= params["sustain_points"],
         })
     starts = np.array([e["start"] for e in episodes])
@@ -109,22 +118,19 @@ def _excursions(run, g, params):
         e["repeated"] = int(near.sum()) >= params["repeat_episodes"]
         e["harmful"] = (e["sustained"] or e["unhealed"] or e["repeated"] or e["jump"] >= params["loss_jump"])
     harmful = [e for e in episodes if e["harmful"]]
-    healthy_mask = np.ones(len(g), dtype=bool)
-    for e in episodes:
-        healthy_mask[e["start"]:e["end"]] = False
-    baseline = float(np.median(g[healthy_mask].to_numpy())) if healthy_mask.any() else float(np.median(g))
     healthy = stats.healthy_grad_norms(run)
 
     if not harmful:
         worst = max(episodes, key=lambda e: e["ratio"])
         return DETECTOR.finding(
             f"{len(episodes)} isolated gradient-norm spike(s) up to {worst['ratio']:.0f}x the running median "
-            f"(peak {stats.fmt_num(float(g.iloc[worst['peak']]))} at step {int(steps[worst['peak']])}), each back "
-            "to its level at the next point with no rise of the loss: normal outliers.",
+            f"(peak {stats.fmt_num(float(g.iloc[worst['peak']]))} at step {int(steps[worst['peak']])}, "
+            f"{_median_text(worst, steps)}), each back near its level within a few points, with no rise of the loss: "
+            "normal outliers.",
             int(steps[episodes[0]["start"]]), int(steps[episodes[-1]["end"] - 1]), severity=Severity.INFO,
             confidence=Confidence.MEDIUM,
             metrics={"episodes": len(episodes), "peak_ratio": round(worst["ratio"], 2),
-                     "baseline_median": baseline},
+                     "baseline_median": worst["baseline"], "baseline_points": worst["baseline_points"]},
             evidence=evidence_at(run, "grad_norm", [int(steps[e["peak"]]) for e in episodes]))
 
     first = harmful[0]
@@ -145,10 +151,11 @@ def _excursions(run, g, params):
     if jumps:
         how.append(f"the {loss[0]} rose {max(jumps):.2f}x with it")
     message = (f"The gradient norm rose to {stats.fmt_num(peak_value)} at step {peak_step}, "
-               f"{worst['ratio']:.0f}x its running median ({stats.fmt_num(peak_value / worst['ratio'])}), from step "
+               f"{worst['ratio']:.0f}x its running median ({_median_text(worst, steps)}), from step "
                f"{start_step}: {', '.join(how)}")
     metrics = {"peak": peak_value, "peak_step": peak_step, "peak_ratio": round(worst["ratio"], 2),
-               "baseline_median": baseline, "episodes": len(harmful), "isolated_spikes": len(episodes) - len(harmful),
+               "baseline_median": worst["baseline"], "baseline_points": worst["baseline_points"],
+               "episodes": len(harmful), "isolated_spikes": len(episodes) - len(harmful),
                "healthy_p99": remedies.healthy_p99(healthy)}
     layer_ratio = _layer_ratio(run, peak_step)
     if layer_ratio is not None:
@@ -165,6 +172,11 @@ def _excursions(run, g, params):
                             confidence=Confidence.HIGH if len(harmful) and (jumps or worst["sustained"])
                             else Confidence.MEDIUM,
                             metrics=metrics, recommendations=recs, evidence=evidence)
+
+
+def _median_text(episode, steps) -> str:
+    return (f"{stats.fmt_num(episode['baseline'])} over the {episode['baseline_points']} logged points before step "
+            f"{int(steps[episode['start']])}")
 
 
 def _above_clip(run, g, params):

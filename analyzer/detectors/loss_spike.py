@@ -30,9 +30,9 @@ How it decides:
     that can be <= 0 (RL objectives) are skipped.
 What it recommends:
     Restart from the last checkpoint saved before the spike (named when one exists) and skip the batches around it;
-    clip gradients near the pre-spike 99th percentile of the gradient norm (`max_grad_norm`, from the logged
-    grad_norm, when that is below the current clip or no clip is set; 1.0 by common practice when too few grad norms
-    are logged and no clipping is set; nothing when the current clip is unknown and the p99 is over 10); and lower
+    clip gradients as every stability detector suggests (remedies.clip: the p99 of the run's healthy gradient
+    norms, 1.0 when too few are logged or the current clip is unknown and the p99 is above 1; nothing when the
+    current clip is already that tight); and lower
     the peak `lr` (x0.5 for a persistent spike or a rise of 1.5x or more, else x0.7), as seed 003 (2e-5 -> 1e-5) and
     OPT-175B did.
 Parameters:
@@ -43,7 +43,8 @@ Parameters:
     min_rise (default 0.3): how far above the local level a spike must reach, relative (0.3 = +30%).
     noise_floor (default 0.01): smallest noise assumed, in log-loss units (1%), for very smooth or rounded logs.
     persist_points (default 3): logged points a non-recovered spike must last to be called persistent (critical).
-    grad_factor (default 5.0): a grad-norm point this many times its pre-spike median counts as a grad-norm spike.
+    grad_factor (default 5.0): a grad-norm point this many times its running median before the rise (the same
+        median grad-explosion quotes: stats.median_before) counts as a grad-norm spike.
     max_findings (default 5): most spikes reported (the largest, in step order).
     min_points (default 10): fewest finite loss points needed.
 """
@@ -51,12 +52,12 @@ Parameters:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from analyzer.detectors import stats
+from analyzer.detectors import remedies, stats
 from analyzer.detectors.base import Detector, evidence_at
 from analyzer.findings import Confidence, Recommendation, Severity, Skipped
 
@@ -77,12 +78,10 @@ GLOBAL_NOISE_POINTS = 20
 GLOBAL_NOISE_SHARE = 0.7  # a local noise estimate below 70% of the run's is more likely sampling luck than calm
 NOISE_WINDOW_FACTOR = 2
 QUANTA = 5  # a spike rises more than this many rounding steps of the logged values
-GRAD_P99_MIN_POINTS = 10  # fewest pre-spike grad-norm points for a percentile to mean anything
+MIN_GRAD_HISTORY = 3  # fewest grad-norm points before a rise for their median to be a level
 LR_FACTOR_LARGE = 0.5  # halve the lr after a persistent or large spike (seed 003, OPT-175B practice)
 LR_FACTOR_SMALL = 0.7
 LARGE_RATIO = 1.5
-DEFAULT_CLIP = 1.0  # the usual max_grad_norm (HF Trainer, Megatron, nanoGPT)
-LARGE_P99 = 10.0  # a pre-spike p99 over 10x the usual clip, with the run's own clip unknown: no clip advice
 
 
 @dataclass(frozen=True)
@@ -166,7 +165,8 @@ def check(run, params):
         return []
     largest = sorted(spikes, key=lambda ps: -ps[1].ratio(ps[0].to_numpy()))[: params["max_findings"]]
     chosen = sorted(largest, key=lambda ps: int(ps[0].index[ps[1].start]))
-    grad = stats.finite(run.series("grad_norm")) if run.has("grad_norm") else None
+    measured = stats.grad_norm(run)
+    grad = measured.values if measured is not None and not measured.unmeasured else None
     sched = stats.schedule(run)
     averaged = stats.window_averaged(run)
     return [_finding(run, metric, piece, sp, grad, sched, averaged, len(spikes), params) for piece, sp in chosen]
@@ -198,16 +198,19 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
     if grad is not None and len(grad):
         prev_step = int(steps[sp.before]) if sp.before is not None else onset - 1
         near = grad[(grad.index > prev_step - 1) & (grad.index <= peak_step)]
-        history = grad[grad.index < max(prev_step, int(grad.index[0]) + 1)].tail(
-            max(GRAD_P99_MIN_POINTS, 10 * params["max_window"]))
-        if len(near) and len(history) >= 3:
-            median = float(np.median(history.to_numpy()))
-            gmax = float(near.max())
-            if median > 0 and gmax >= params["grad_factor"] * median:
-                grad_peak_step = int(near.idxmax())
-                grad_text = (f"; grad_norm spiked to {stats.fmt_num(gmax)} ({gmax / median:.0f}x its median "
-                             f"{stats.fmt_num(median)}) at step {grad_peak_step}")
-                metrics.update(grad_norm_peak=gmax, grad_norm_median=median, grad_norm_step=grad_peak_step)
+        if len(near):
+            gmax, at = float(near.max()), int(near.idxmax())
+            since = _grad_rise_start(grad, at, prev_step)
+            level = stats.median_before(grad, since)
+            if level is not None and level[1] >= MIN_GRAD_HISTORY and level[0] > 0 \
+                    and gmax >= params["grad_factor"] * level[0]:
+                median, points = level
+                grad_peak_step = at
+                grad_text = (f"; grad_norm spiked to {stats.fmt_num(gmax)} at step {grad_peak_step}, "
+                             f"{gmax / median:.0f}x its running median ({stats.fmt_num(median)} over the {points} "
+                             f"logged points before step {since})")
+                metrics.update(grad_norm_peak=gmax, grad_norm_median=median, grad_norm_median_points=points,
+                               grad_norm_median_before=since, grad_norm_step=grad_peak_step)
 
     ckpt = stats.last_checkpoint_before(run, onset - 1)
     restart = ""
@@ -233,32 +236,26 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
                             recommendations=recs, evidence=evidence[:5])
 
 
+def _grad_rise_start(grad: pd.Series, at: int, prev_step: int) -> int:
+    """The step a grad-norm rise through `at` began: the start of grad-explosion's excursion that holds it, so both
+    findings quote the same median for the same event; else the loss's last point before the spike."""
+    position = int(np.searchsorted(grad.index.to_numpy(), at))
+    for start, end in stats.unhealed_spans(grad, stats.excursions(grad)):
+        if start <= position < end:
+            return int(grad.index[start])
+    return prev_step
+
+
 def _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt):
     recs = []
     where = (f"restart from {ckpt.path} (step {ckpt.step}) and skip the batches between it and step {onset} "
              "(PaLM skipped ~200-500 batches around spikes)" if ckpt is not None
              else "no checkpoint before the spike was found to restart from")
-    current_clip = stats.hparam_number(run, "max_grad_norm")
-    history = grad[grad.index < onset] if grad is not None else None
-    if history is not None and len(history) >= GRAD_P99_MIN_POINTS:
-        p99 = float(np.percentile(history.to_numpy(), 99))
-        suggested = stats.round_sig(p99, 2)
-        # with the current clip unknown, a p99 far above the usual 1.0 may be a scale the run already clips
-        unknown_and_large = current_clip is None and suggested > DEFAULT_CLIP * LARGE_P99
-        if not unknown_and_large and (current_clip is None or current_clip <= 0 or current_clip > suggested):
-            now = "unknown (not in the run's config)" if current_clip is None else (
-                "off" if current_clip <= 0 else stats.fmt_num(current_clip))
-            recs.append(Recommendation(
-                "max_grad_norm", current_clip, suggested,
-                f"99% of the {len(history)} grad-norm points before step {onset} are below {stats.fmt_num(p99)}; "
-                f"clipping there (current: {now}) caps a spike's update without touching ordinary steps; {where}"))
-    elif current_clip is None or current_clip <= 0:
-        have = "no grad norm is logged" if history is None else \
-            f"only {len(history)} grad-norm points precede the spike"
-        recs.append(Recommendation(
-            "max_grad_norm", current_clip, DEFAULT_CLIP,
-            f"{have}, too few to derive a threshold from, and clipping is "
-            f"{'unknown' if current_clip is None else 'off'}; 1.0 is the common default; {where}"))
+    # the clip value every detector suggests: the healthy p99 (else 1.0), derived once in remedies
+    clip = remedies.clip(run, stats.healthy_grad_norms(run) if grad is not None else None,
+                         f"the loss rose {ratio:.2f}x at step {onset}")
+    if clip is not None:
+        recs.append(replace(clip, rationale=f"{clip.rationale}; {where}"))
     lr = stats.hparam_number(run, "lr") or sched.peak_lr
     if lr:
         factor = LR_FACTOR_LARGE if persistent or ratio >= LARGE_RATIO else LR_FACTOR_SMALL

@@ -997,9 +997,39 @@ def _excursions(series: pd.Series, window: int, factor: float, min_periods: int)
     return Excursions(high=high, low=low, runs=runs, excess_of=full_excess, excess_in=excess_in)
 
 
+def median_before(series: pd.Series, step: int, window: int = GRAD_WINDOW) -> tuple[float, int] | None:
+    """The running median of a gradient norm at `step`: the median of the last `window` points logged strictly
+    before it, with their count. The one baseline that every message quoting "x its median" uses, taken before the
+    event starts (an excursion's start), so the event's own points never raise it."""
+    before = series.to_numpy(dtype="float64")[: int(np.searchsorted(series.index.to_numpy(), step, side="left"))]
+    before = before[np.isfinite(before)][-window:]
+    if not len(before):
+        return None
+    return float(np.median(before)), len(before)
+
+
+def unhealed_spans(series: pd.Series, found: Excursions, window: int = GRAD_WINDOW,
+                   factor: float = GRAD_FACTOR) -> list[tuple[int, int]]:
+    """`found.runs` with each run extended over the points after it that stay at least half `factor` above the
+    median before its start: a norm that stays up after an excursion has raised its own rolling median and is no
+    longer flagged, but it has not come back (bloom104b_overflow: 4.6e5-8.8e5 after a pre-excursion median of 3.5e3)."""
+    values = series.to_numpy(dtype="float64")
+    steps = series.index.to_numpy()
+    spans = []
+    for start, end in found.runs:
+        level = median_before(series, int(steps[start]), window)
+        if level is not None and level[0] > 0 and end < len(values):
+            with np.errstate(invalid="ignore"):
+                back = ~(values[end:] >= factor / 2 * level[0])
+            end = end + int(np.argmax(back)) if back.any() else len(values)
+        spans.append((start, end))
+    return spans
+
+
 def healthy_grad_norms(run: Run) -> pd.Series | None:
     """The gradient norms of the run's healthy stretch: finite and non-zero, before the first non-finite loss or
-    gradient norm, outside excursions. The reference for a clip threshold (its p99), the same for every detector."""
+    gradient norm, outside excursions and the high stretch an excursion leaves when it does not heal. The reference
+    for a clip threshold (its p99), the same for every detector."""
     return cached(run, "healthy_grad_norms", lambda: _healthy_grad_norms(run))
 
 
@@ -1019,8 +1049,7 @@ def _healthy_grad_norms(run: Run) -> pd.Series | None:
         values = values[values.index < first_bad]
     if not len(values):
         return None
-    found = excursions(values)
     keep = np.ones(len(values), dtype=bool)
-    for start, end in found.runs:
+    for start, end in unhealed_spans(values, excursions(values)):
         keep[start:end] = False
     return values[keep]

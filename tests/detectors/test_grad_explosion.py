@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from analyzer.detectors import grad_explosion
+from analyzer.detectors import grad_explosion, stats
 from analyzer.findings import Severity, Skipped
 from tests.conftest import make_run
 from tests.detectors import synth
@@ -96,3 +96,26 @@ def test_per_layer_ratio_is_reported_when_logged():
     [f] = run_check(make_run({"loss": loss, "grad_norm": grad, "grad_norm/layer_0": first,
                               "grad_norm/layer_11": last}))
     assert f.metrics["first_last_layer_ratio"] == 80.0
+
+
+def test_metrics_quote_the_median_the_message_quotes():
+    loss, grad = base_series()
+    grad[200:210] *= 40
+    loss[202:215] *= 1.5
+    [f] = run_check(make_run({"loss": loss, "grad_norm": grad}))
+    median = float(np.median(grad[150:200]))  # the 50 points before the excursion
+    assert f.metrics["baseline_median"] == pytest.approx(median) and f.metrics["baseline_points"] == 50
+    assert f"running median ({stats.fmt_num(median)} over the 50 logged points before step 200)" in f.message
+    assert f.metrics["peak_ratio"] == pytest.approx(grad.max() / median, rel=0.01)
+
+
+def test_a_norm_that_stays_up_after_an_excursion_is_neither_healthy_nor_a_healed_spike():
+    # bloom104b_overflow's shape: the norm jumps ~100x and stays up; the rolling median catches up and stops
+    # flagging it, but it is not back: the peak, the end and the healthy p99 must not come from that stretch
+    loss, grad = base_series()
+    grad[300:] *= 100
+    grad[380:] *= 2
+    [f] = run_check(make_run({"loss": loss, "grad_norm": grad}))
+    assert f.severity is Severity.WARNING and "not back to its level by the end of the run" in f.message
+    assert f.last_step == 399 and f.metrics["peak"] == pytest.approx(grad.max())
+    assert f.metrics["healthy_p99"] < 10  # the healthy norms are ~2, not the 200-400 of the stretch after the rise

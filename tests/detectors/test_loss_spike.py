@@ -112,3 +112,21 @@ def test_silent_on_healthy_real_logs(real_runs, case):
 
 def test_grpo_loss_by_design_is_skipped(real_runs):
     assert isinstance(check(read_run(real_runs / "hf_grpo_zero_loss_by_design")), Skipped)
+
+
+def test_grad_norm_median_and_clip_agree_with_grad_explosion():
+    # one event, one median and one clip value in both findings (gpt2-spike-plateau gave 2.9 and 2.3)
+    from analyzer.detectors import grad_explosion
+    rng = np.random.default_rng(5)
+    n = 400
+    loss = 3 + 0.01 * rng.standard_normal(n)
+    grad = np.exp(0.3 * rng.standard_normal(n)) * np.linspace(1, 3, n)  # a norm that grows: pre-spike p99 < run's
+    grad[200:203] *= 30
+    loss[200:203] *= 2
+    run = make_run({"loss": loss, "grad_norm": grad}, hparams={"learning_rate": 1e-3, "max_grad_norm": 0.0})
+    [spike] = check(run)
+    [explosion] = grad_explosion.DETECTOR.check(run, dict(grad_explosion.DETECTOR.params))
+    assert spike.metrics["grad_norm_median"] == explosion.metrics["baseline_median"]
+    clip = {f.name: next(r.suggested for r in f.recommendations if r.hparam == "max_grad_norm")
+            for f in (spike, explosion)}
+    assert clip["loss-spike"] == clip["grad-explosion"]

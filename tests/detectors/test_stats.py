@@ -108,3 +108,10 @@ def test_fmt_num_and_round_sig():
     assert stats.fmt_num(8.44e-5) == "8.44e-5"
     assert stats.fmt_num(6.65) == "6.65"
     assert stats.round_sig(1.234e-4) == 1.2e-4
+
+
+def test_median_before_takes_the_window_strictly_before_the_step():
+    series = pd.Series([1.0, 2.0, 3.0, 100.0, 5.0], index=[10, 20, 30, 40, 50])
+    assert stats.median_before(series, 40, window=2) == (2.5, 2)
+    assert stats.median_before(series, 40) == (2.0, 3)
+    assert stats.median_before(series, 10) is None
