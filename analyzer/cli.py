@@ -36,6 +36,41 @@ def _visible(text: object) -> str:
     return visible_bytes(str(text))
 
 
+class _OneLineUsage:
+    """Click's usage errors (a bad option value, an unknown option or command, a missing argument) as one line,
+    `error: <message>`, exit 2, like every other error; click would print a usage block around it. --help and a bare
+    `postmortem` (help, as click shows it) are unchanged."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        with _one_line_usage():
+            return super().make_context(info_name, args, parent=parent, **extra)
+
+
+@contextlib.contextmanager
+def _one_line_usage():
+    try:
+        yield
+    except click.UsageError as exc:
+        if isinstance(exc, _NO_ARGS_IS_HELP):  # click shows the help here: that is no error to shorten
+            raise
+        raise UserError(exc.format_message()) from None
+
+
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+class OneLineCommand(_OneLineUsage, click.Command):
+    pass
+
+
+class OneLineGroup(_OneLineUsage, click.Group):
+    command_class = OneLineCommand
+
+    def resolve_command(self, ctx, args):
+        with _one_line_usage():  # "No such command"
+            return super().resolve_command(ctx, args)
+
+
 def reports_errors(func: Callable) -> Callable:
     """Turn InputError into a one-line message with exit 2, and never show a traceback."""
 
@@ -77,7 +112,7 @@ def _parse_sets(values: tuple[str, ...]) -> dict[str, str]:
 
 # --- diagnose ----------------------------------------------------------------------------------------------------
 
-@click.command(name="diagnose", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="diagnose", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 # readable=False: an unreadable RUN_DIR or --out is ours to report in one line (click's check prints a usage block)
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(readable=False))
 @click.option("--out", type=click.Path(path_type=Path, readable=False),
@@ -352,7 +387,7 @@ def _short(value, limit: int = 40) -> str:
 
 # --- reproduce-run -------------------------------------------------------------------------------------------------
 
-@click.command(name="reproduce-run", context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(name="reproduce-run", cls=OneLineCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), help="New run dir (default: ./postmortem/reproduce/NAME, "
               "or NAME-fixed with --apply-fixes; never inside RUN_DIR).")
@@ -378,7 +413,7 @@ def reproduce_command(run_dir, out, apply_fixes, max_steps, nproc, sets):
 
 # --- postmortem group ----------------------------------------------------------------------------------------------
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=OneLineGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="postmortem")
 def postmortem():
     """Postmortem: incident reports for deep-learning training runs."""

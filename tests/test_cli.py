@@ -137,3 +137,25 @@ def test_the_run_overview_never_passes_log_text_to_the_terminal_raw():
     assert "\x1b" not in overview and "\x07" not in overview and "\u202e" not in overview
     assert "status diverged ]0;pwned" in overview and "{U+202E}" in overview
     assert overview.splitlines()[1].startswith("  metrics: ")  # the indent is kept
+
+
+@pytest.mark.parametrize("command, args, message", [
+    (diagnose_command, ["--jobs", "0", "run"], "error: Invalid value for '--jobs': 0 is not in the range 1<=x<=64."),
+    (diagnose_command, ["--no-such-option", "run"], "error: No such option '--no-such-option'."),
+    (diagnose_command, [], "error: Missing argument 'RUN_DIRS...'."),
+    (reproduce_command, [], "error: Missing argument 'RUN_DIR'."),
+    (reproduce_command, ["--nproc", "99", "run"],
+     "error: Invalid value for '--nproc': 99 is not in the range 1<=x<=16."),
+    (postmortem, ["no-such-command"], "error: No such command 'no-such-command'."),
+    (postmortem, ["--no-such-option"], "error: No such option '--no-such-option'."),
+    (postmortem, ["diagnose", "--jobs", "0", "run"],
+     "error: Invalid value for '--jobs': 0 is not in the range 1<=x<=64."),
+    (postmortem, ["explain"], "error: Missing argument 'NAME|CODE'."),
+])
+def test_click_usage_errors_are_one_line_without_the_usage_block(runner, command, args, message):
+    assert _one_line_error(runner.invoke(command, args)) == message
+
+
+def test_a_bare_postmortem_still_shows_its_help(runner):
+    result = runner.invoke(postmortem, [])
+    assert "Usage:" in result.output and "Commands:" in result.output
