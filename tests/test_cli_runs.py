@@ -230,3 +230,14 @@ def test_a_run_named_on_its_own_with_broken_input_still_stops_with_exit_2(runner
     (tmp_path / "notes" / "notes.txt").write_text("nothing here\n")
     result = runner.invoke(diagnose_command, [str(BROKEN), str(tmp_path / "notes"), "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "no training log" in result.stderr
+
+
+def test_the_reproduce_command_for_a_run_folder_that_is_not_utf8_quotes_its_bytes_for_the_shell(runner, tmp_path):
+    run_dir = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"kd\xfe"))
+    shutil.copytree(BROKEN, run_dir)
+    out = tmp_path / "out"
+    result = runner.invoke(diagnose_command, [run_dir, "--out", str(out), "--format", "md"])
+    assert result.exit_code == 1, result.output
+    command = next(line for line in (out / "report.md").read_text(encoding="utf-8").splitlines()
+                   if line.startswith("reproduce-run "))
+    assert command.startswith(f"reproduce-run $'{tmp_path}/kd\\xfe' ")  # bash's $'...' gives back the byte 0xfe

@@ -67,6 +67,8 @@ def cli_value(value: Any) -> str:
 
 
 def shell_quote(text: str) -> str:
+    if _SURROGATES.search(text):  # a path that is not UTF-8: bash's $'...' writes its bytes back as they are
+        return "$'" + visible_bytes(text.replace("\\", "\\\\").replace("'", "\\'")) + "'"
     if re.fullmatch(r"[\w.,:+\-/=@]+", text):
         return text
     return "'" + text.replace("'", "'\"'\"'") + "'"
