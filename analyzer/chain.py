@@ -68,9 +68,19 @@ def _blowup_reaches_the_cap(blowup: Finding, misreport: Finding) -> bool:
     return isinstance(cap, (int, float)) and isinstance(fresh, (int, float)) and cap > fresh
 
 
+def _batch_is_too_noisy(batch: Finding, effect: Finding) -> bool:
+    """A small batch explains an instability only where small-effective-batch found evidence for a larger one (it
+    suggests none when the loss is quiet and never spikes: then the batch's size is not what goes wrong)."""
+    now, suggested = batch.metrics.get("effective_batch"), batch.metrics.get("suggested_effective_batch")
+    return isinstance(now, (int, float)) and isinstance(suggested, (int, float)) and suggested > now
+
+
 # Links that hold only under a condition on the two findings: (cause, consequence) -> test(cause, consequence).
 _CONDITIONS = {
     ("distill-temperature-blowup", "perplexity-misreport"): _blowup_reaches_the_cap,
+    ("small-effective-batch", "loss-spike"): _batch_is_too_noisy,
+    ("small-effective-batch", "loss-oscillation"): _batch_is_too_noisy,
+    ("small-effective-batch", "lr-too-high"): _batch_is_too_noisy,
 }
 
 

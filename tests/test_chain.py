@@ -5,11 +5,17 @@ from __future__ import annotations
 from dataclasses import replace
 
 from analyzer.chain import link
-from analyzer.findings import Confidence, Finding, Severity
+from analyzer.findings import Confidence, Finding, Recommendation, Severity
 
 
 def _f(name: str, step: int, severity: Severity = Severity.WARNING) -> Finding:
     return Finding("X000", name, severity, Confidence.HIGH, name, step, step)
+
+
+def _batch(recommends: bool) -> Finding:
+    recs = (Recommendation("batch_size", 8, 32, "x4"),) if recommends else ()
+    metrics = {"effective_batch": 8, **({"suggested_effective_batch": 32} if recommends else {})}
+    return replace(_f("small-effective-batch", 0, Severity.INFO), recommendations=recs, metrics=metrics)
 
 
 def test_seed_002_chain_leads_with_temperature():
@@ -32,7 +38,7 @@ def test_a_later_event_cannot_cause_an_earlier_one():
 
 
 def test_info_findings_are_root_causes_only_when_they_explain_something():
-    _, roots = link((_f("small-effective-batch", 0, Severity.INFO), _f("loss-spike", 50)), 100)
+    _, roots = link((_batch(recommends=True), _f("loss-spike", 50)), 100)
     assert roots == ("small-effective-batch",)
     _, roots = link((_f("perplexity-misreport", 0, Severity.INFO), _f("loss-plateau", 50)), 100)
     assert roots == ("loss-plateau",)
@@ -75,3 +81,9 @@ def test_a_perplexity_misreport_without_a_cap_is_not_caused_by_the_temperature()
     ordered, _ = link((_f("distill-temperature-blowup", 0, Severity.CRITICAL),
                        _f("perplexity-misreport", 0, Severity.INFO)), 250)
     assert {f.name: f for f in ordered}["perplexity-misreport"].caused_by == ()
+
+
+def test_a_batch_with_no_evidence_against_it_causes_nothing():
+    # small-effective-batch suggests no larger batch when the loss is quiet and never spikes: it explains nothing
+    ordered, roots = link((_batch(recommends=False), _f("loss-oscillation", 50)), 100)
+    assert roots == ("loss-oscillation",) and all(not f.caused_by for f in ordered)

@@ -19,7 +19,10 @@ How it decides:
     enough.
 What it recommends:
     A larger effective batch, by a factor from the measured noise ((noise / `target_noise`)^2, since noise falls as
-    1/sqrt(batch)), else x4 (seeds 001 and 003: x3.6 and x4), rounded to a power of two: `batch_size` raised to the
+    1/sqrt(batch)); for a loss quiet between spikes (a few bad sequences weigh 1/batch of a step, seed 003) or with
+    no loss logged, x4 (seeds 001 and 003: x3.6 and x4); nothing when the loss is quiet and never spikes (no
+    evidence that the batch is too small) or the factor rounds back to the batch the run has. Rounded to a power of
+    two: `batch_size` raised to the
     next power of two (x4 for micro-batches under 16, up to 32) and `grad_accum` making up the rest. When only the
     micro-batch is small, the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4).
 Parameters:
@@ -38,6 +41,7 @@ import numpy as np
 
 from analyzer.detectors import stats
 from analyzer.detectors.base import Detector, evidence_at
+from analyzer.detectors.loss_spike import DETECTOR as SPIKE, find_spikes
 from analyzer.findings import Confidence, Recommendation, Severity, Skipped
 
 MIN_TOKENS = 65536  # BERT/GPT-2 pretraining used ~131k-524k tokens per step; fine-tunes rarely go below ~16k
@@ -70,25 +74,50 @@ def check(run, params):
     # a warning needs the whole product: with grad_accum unrecorded the true batch may be many times larger
     severity = Severity.WARNING if small and noisy and batch.grad_accum_known else Severity.INFO
     if small:
-        if noise is not None and noise > params["target_noise"]:
-            factor = (noise / params["target_noise"]) ** 2
-            basis = (f"measured per-step loss noise {noise:.1%} falls as 1/sqrt(batch): x{factor:.1f} reaches "
-                     f"~{params['target_noise']:.0%}")
-        else:
-            factor = DEFAULT_FACTOR
-            basis = "x4, as seeds 001 (72 -> 256) and 003 (8 -> 32) did"
-        factor = float(np.clip(factor, 2, MAX_FACTOR))
-        target = 2 ** round(math.log2(batch.sequences * factor))
         limit = (f"{params['min_tokens']} tokens" if batch.tokens else f"{params['min_sequences']} sequences")
-        message = (f"the effective batch is {batch.describe()} per optimizer step, under {limit}"
-                   + (f"; the loss moves {noise:.1%} from point to point" if noise is not None else "") + ".")
+        message = f"the effective batch is {batch.describe()} per optimizer step, under {limit}"
+        spikes = _spikes(loss) if noise is not None and noise <= params["target_noise"] else []
+        if noise is None:
+            factor = DEFAULT_FACTOR  # no loss to measure: the seeds' change, said to rest on them
+            basis = "no loss is logged to measure its noise; x4, as seeds 001 (72 -> 256) and 003 (8 -> 32) did"
+        elif noise > params["target_noise"]:
+            factor = (noise / params["target_noise"]) ** 2
+            basis = (f"measured per-step loss noise {_pct(noise)} falls as 1/sqrt(batch): x{factor:.1f} reaches "
+                     f"~{params['target_noise']:.0%}")
+            message += f"; the loss moves {_pct(noise)} from point to point"
+        elif spikes:
+            # quiet between spikes, but a few bad sequences weigh 1/batch of a step (seed 003: 2 of 8)
+            factor = DEFAULT_FACTOR
+            first = int(loss.index[spikes[0].start])
+            times = "once" if len(spikes) == 1 else f"{len(spikes)} times"
+            basis = (f"the loss is quiet ({_pct(noise)} from point to point) but spiked {times} (first at step "
+                     f"{first}): a few bad sequences weigh 1/{batch.sequences} of a step; x4, as seed 003 (8 -> 32) "
+                     "did")
+            message += f"; the loss moves {_pct(noise)} from point to point but spiked at step {first}"
+        else:
+            factor = 1.0  # the gradient noise already is what a larger batch would aim at: no evidence for one
+            basis = ""
+            message += (f"; the loss moves only {_pct(noise)} from point to point, within the "
+                        f"{params['target_noise']:.0%} a larger batch would aim at: no change needed")
+        factor = float(np.clip(factor, 1, MAX_FACTOR))
+        target = max(2 ** round(math.log2(batch.sequences * factor)), batch.sequences) if factor > 1 \
+            else batch.sequences
+        if factor > 1 and target == batch.sequences:  # the nearest power of two is the batch it has
+            message += f", close to the {params['target_noise']:.0%} a larger batch would aim at: no change needed"
+        message += "."
+        if target == batch.sequences and tiny_micro:  # the size is fine; how it is split is not (seed 004)
+            message = message[:-1].replace(": no change needed", ": no larger batch needed") + \
+                f"; micro-batch {batch.batch_size} runs many tiny forward/backward passes per optimizer step."
+            basis = "the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4)"
     else:
         factor, target = 1.0, batch.sequences
         basis = "the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4)"
         message = (f"micro-batch {batch.batch_size} with {batch.grad_accum} accumulation steps ({batch.describe()}) "
                    "runs many tiny forward/backward passes for each optimizer step.")
-    metrics["suggested_effective_batch"] = target
-    recs = _split(batch, target, basis)
+    recs = []
+    if target != batch.sequences or tiny_micro:
+        metrics["suggested_effective_batch"] = target
+        recs = _split(batch, target, basis)
     evidence = ()
     if loss is not None and len(loss) >= 3:
         evidence = evidence_at(run, metric, [int(s) for s in loss.index[:3]])
@@ -97,6 +126,18 @@ def check(run, params):
                              int(loss.index[-1]) if loss is not None and len(loss) else run.last_step,
                              severity=severity, confidence=confidence, metrics=metrics, recommendations=recs,
                              evidence=evidence)]
+
+
+def _pct(share: float) -> str:
+    """A relative noise as a percentage that never reads 0.0% for a small but measured one."""
+    return f"{share:.1%}" if share >= 0.001 else f"{share * 100:.2g}%"
+
+
+def _spikes(loss):
+    """The loss's spikes as loss-spike finds them (its default parameters)."""
+    if loss is None or len(loss) < SPIKE.params["min_points"]:
+        return []
+    return find_spikes(loss, SPIKE.params)
 
 
 def _noise(run):
@@ -126,7 +167,7 @@ def _split(batch: stats.EffectiveBatch, target: int, basis: str) -> list[Recomme
     reached = micro * accum * world
     recs = []
     why = f"{batch.describe()} -> {micro} x {accum}" + (f" x {world}" if world > 1 else "") + \
-          f" = {reached} sequences; {basis}"
+          f" = {stats.plural(reached, 'sequence')}; {basis}"
     if micro != batch.batch_size:
         recs.append(Recommendation("batch_size", batch.batch_size, micro, why))
     if accum != batch.grad_accum or not batch.grad_accum_known:

@@ -611,12 +611,17 @@ class EffectiveBatch:
             text = f"{self.batch_size} x {self.grad_accum}"
             if self.world_size > 1:
                 text += f" x {self.world_size}"
-            text += f" = {self.sequences} sequences"
+            text += f" = {plural(self.sequences, 'sequence')}"
             if not self.grad_accum_known:
                 text += " (grad_accum not recorded, 1 assumed)"
         if self.tokens:
             text += f" ({self.tokens} tokens)"
         return text
+
+
+def plural(count: int, noun: str) -> str:
+    """'1 sequence', '2 sequences'."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def effective_batch(run: Run) -> EffectiveBatch | None:

@@ -36,8 +36,10 @@ def test_seed001_lr_too_low_and_plateau():
     # the scenario scales the seed's 1e-4 -> 2e-4 by 5x (see its config comment): 5e-4 -> 1e-3, the control's lr
     assert recs(low)["lr"] == (5e-4, 1e-3) and recs(low)["warmup_ratio"] == (0.1, 0.06)
     assert found["loss-plateau"][0].severity is Severity.WARNING
+    # the seed also went 72 -> 256 sequences, but this run's loss moves 0.8% from point to point and never spikes:
+    # no evidence that the batch is too noisy, so no batch change (the plateau is the lr's)
     batch = found["small-effective-batch"][0]
-    assert recs(batch) == {"batch_size": (24, 32), "grad_accum": (3, 8)}
+    assert recs(batch) == {} and "no change needed" in batch.message
 
 
 def test_seed003_spike_and_throughput_drop():
