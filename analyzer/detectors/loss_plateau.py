@@ -3,7 +3,9 @@
 What it detects:
     A long stretch of training (at least `min_fraction` of the logged steps) over which the training loss (or,
     separately, the eval loss) never improves by more than `min_improvement` below where the stretch began, while
-    the learning rate is past its warmup and still at least `min_lr_fraction` of its peak. A plateau AT chance level
+    the learning rate is past its warmup and still at least `min_lr_fraction` of its peak; when the run ends on it,
+    it is reported to the last logged step (the decayed tail is not judged, but it did not improve). A plateau AT
+    chance level
     (ln of the number of classes or of the vocabulary: the loss of a uniform guess) means the model learns nothing
     at all.
 Why it matters:
@@ -84,6 +86,12 @@ class Plateau:
     threshold: float  # relative improvement that would have ended it
     lr_low: float | None  # lr over the stretch as a fraction of the peak (min, max)
     lr_high: float | None
+    run_end: int | None = None  # ongoing and logged past last_step (lr decayed below the judged range): last step
+
+    @property
+    def shown_last_step(self) -> int:
+        """Where the plateau ends in the report: the end of the log when the run ends on it."""
+        return self.run_end if self.run_end is not None else self.last_step
 
 
 def find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: int,
@@ -162,9 +170,11 @@ def _find_plateau(series: pd.Series, sched: stats.Schedule, params, min_points: 
     if fractions is not None:
         fr = fractions[eligible][in_stretch]
         lr_low, lr_high = float(fr.min()), float(fr.max())
+    # the run ends on it, logged past the judged steps (the lr decayed below min_lr_fraction): the plateau goes on
+    run_end = int(steps[-1]) if ongoing and len(tail) else None
     return Plateau(first_step=int(starts[a]), last_step=int(ends[b]), start_level=start_level, level=level,
                    ongoing=bool(ongoing), points=n_points, span=int(span), threshold=math.expm1(threshold),
-                   lr_low=lr_low, lr_high=lr_high)
+                   lr_low=lr_low, lr_high=lr_high, run_end=run_end)
 
 
 def is_stall(p: Plateau | None, params) -> bool:
@@ -213,9 +223,12 @@ def check(run, params):
 
 
 def _finding(run, metric, series, p: Plateau, chance, sched, params):
-    metrics = {"level": p.level, "start_level": p.start_level, "steps": p.last_step - p.first_step,
-               "fraction_of_run": (p.last_step - p.first_step) / p.span if p.span else None,
+    end = p.shown_last_step
+    metrics = {"level": p.level, "start_level": p.start_level, "steps": end - p.first_step,
+               "fraction_of_run": (end - p.first_step) / p.span if p.span else None,
                "threshold": p.threshold, "ongoing": p.ongoing}
+    if p.run_end is not None:
+        metrics["judged_to_step"] = p.last_step
     at_chance = chance is not None and abs(p.level / chance.value - 1.0) <= params["chance_tolerance"]
     chance_text = ""
     if chance is not None:
@@ -225,11 +238,13 @@ def _finding(run, metric, series, p: Plateau, chance, sched, params):
             chance_text = (f", at chance level {chance.describe()}: the model predicts the uniform distribution "
                            "and learns nothing")
         else:
-            chance_text = f" ({p.level / chance.value:.0%} of chance level {chance.describe()})"
+            chance_text = f" ({stats.share_of(p.level / chance.value)} chance level {chance.describe()})"
     lr_text = ""
     if p.lr_low is not None and sched.peak_lr:
         share = f"{p.lr_low:.0%}" if f"{p.lr_low:.0%}" == f"{p.lr_high:.0%}" else f"{p.lr_low:.0%}-{p.lr_high:.0%}"
         lr_text = f" while the lr stayed at {share} of its peak {stats.fmt_num(sched.peak_lr)}"
+        if p.run_end is not None:
+            lr_text += f" (judged to step {p.last_step}, where the lr fell below {params['min_lr_fraction']:.0%} of it)"
         metrics.update(lr_fraction_min=p.lr_low, lr_fraction_max=p.lr_high, peak_lr=sched.peak_lr)
     coarse = p.threshold > COARSE * params["min_improvement"]  # the log's noise hides slow progress
     short = p.last_step - p.first_step < params["min_steps"]
@@ -245,13 +260,13 @@ def _finding(run, metric, series, p: Plateau, chance, sched, params):
         metrics["noise_limited"] = True
     ending = "and the run ends on it" if p.ongoing else "before improving again"
     message = (f"{metric} stopped improving: it stayed near {stats.fmt_num(p.level, 4)} (no drop of more than "
-               f"{p.threshold:.1%}) from step {p.first_step} to {p.last_step} "
+               f"{p.threshold:.1%}) from step {p.first_step} to {end} "
                f"({metrics['fraction_of_run']:.0%} of the logged steps){chance_text}{lr_text}, {ending}.")
     confidence = Confidence.HIGH if sched.source != "unknown" else Confidence.MEDIUM
     steps = series.index.to_numpy()
-    inside = steps[(steps >= p.first_step) & (steps <= p.last_step)]
-    ev = [p.first_step, int(inside[len(inside) // 2]), p.last_step]
-    return DETECTOR.finding(message, p.first_step, p.last_step, severity=severity, confidence=confidence,
+    inside = steps[(steps >= p.first_step) & (steps <= end)]
+    ev = [p.first_step, int(inside[len(inside) // 2]), end]
+    return DETECTOR.finding(message, p.first_step, end, severity=severity, confidence=confidence,
                             metrics=metrics, evidence=evidence_at(run, metric, ev))
 
 

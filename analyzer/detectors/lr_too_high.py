@@ -75,7 +75,7 @@ def check(run, params):
             floor = chance.value * (1 - params["chance_margin"])
             if level >= floor and final >= floor:  # at chance after warmup AND still there at the end
                 symptoms.append(f"{ce_metric} stays at {stats.fmt_num(level)} after warmup, "
-                                f"{level / chance.value:.0%} of chance level {chance.describe()}")
+                                f"{stats.share_of(level / chance.value)} chance level {chance.describe()}")
                 ev_metric = ce_metric
     head = float(np.median(loss.head(HEAD_POINTS).to_numpy()))
     # the level just after warmup: a rise much later (a spike, a divergence) is not "from the start"

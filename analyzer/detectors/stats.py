@@ -713,6 +713,13 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
     return f"{value:.{digits}g}"
 
 
+def share_of(ratio: float) -> str:
+    """A ratio to a reference, worded to precede it: '92% of' below it, '7.1x' above (713% reads worse)."""
+    if ratio <= 1:
+        return f"{ratio:.0%} of"
+    return f"{ratio:.2f}x" if ratio < 2 else f"{ratio:.1f}x" if ratio < 10 else f"{ratio:.0f}x"
+
+
 def round_sig(value: float, digits: int = 2) -> float:
     """Round to `digits` significant digits (suggested hparam values read as a person would write them)."""
     if value == 0 or not math.isfinite(value):

@@ -95,3 +95,26 @@ def test_slm_plateau(real_runs):
 def test_no_warning_on_healthy_real_logs(real_runs, case):
     result = check(read_run(real_runs / case))
     assert isinstance(result, Skipped) or all(f.severity is Severity.INFO for f in result)
+
+
+def test_a_plateau_the_run_ends_on_reaches_the_last_step_past_the_decayed_lr():
+    # hf_lrqa_chance_plateau: eval_loss at ln 4 to step 3100, but the lr fell under 30% of its peak after 2300;
+    # the span stopped at 2300 while the message said "the run ends on it"
+    steps = np.arange(0, 3100, 10)
+    loss = math.log(4) * np.exp(np.random.default_rng(2).normal(0, 0.002, len(steps)))
+    lr = 1e-4 * np.clip(1 - steps / 3100, 0, 1)  # linear decay: under 30% of the peak from step 2170
+    [f] = check(make_run({"loss": (steps, loss), "lr": (steps, lr)}, hparams={"num_labels": 4}))
+    assert f.last_step == 3090 and f.metrics["ongoing"]
+    assert f.metrics["steps"] == 3090 - f.first_step and f.metrics["judged_to_step"] < 2200
+    assert f"to {f.last_step} " in f.message and "the run ends on it" in f.message
+
+
+def test_levels_above_chance_read_as_a_multiple_below_as_a_share():
+    rng = np.random.default_rng(3)
+    flat = np.exp(rng.normal(0, 0.003, 300))
+    [high] = check(make_run({"loss": 7.13 * math.log(256) * flat, "lr": np.full(300, 1e-5)},
+                            hparams={"vocab_size": 256}))
+    assert "(7.1x chance level ln(256)" in high.message
+    [low] = check(make_run({"loss": 0.92 * math.log(256) * flat, "lr": np.full(300, 1e-5)},
+                           hparams={"vocab_size": 256}))
+    assert "(92% of chance level ln(256)" in low.message
