@@ -217,10 +217,12 @@ def _without_nul_tail(buf: bytes, file: str, notes: list[Note]) -> bytes:
     """The bytes before a zero-filled tail: a crash on some file systems leaves the file's last blocks as NUL bytes
     (a 3 GB tail took 9 GB of memory to parse). Scanned from the end in blocks; copied only when there is a tail."""
     end = len(buf)
-    while end and not buf[max(0, end - NUL_SCAN):end].strip(b"\x00"):
-        end = max(0, end - NUL_SCAN)
-    if end:
-        end -= len(buf[max(0, end - NUL_SCAN):end]) - len(buf[max(0, end - NUL_SCAN):end].rstrip(b"\x00"))
+    while end:
+        start = max(0, end - NUL_SCAN)
+        kept = len(buf[start:end].rstrip(b"\x00"))
+        end = start + kept
+        if kept:
+            break
     if end == len(buf):
         return buf
     notes.append(Note(file, f"the file ends in {len(buf) - end} zero bytes (left by a crash?); ignored",

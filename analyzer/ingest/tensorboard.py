@@ -61,6 +61,7 @@ def sniff(path: Path) -> bool:
 def read(paths: list[Path], root: Path) -> Ingested:
     out = Ingested(FORMAT)
     read_files = []
+    event_folders = {path.parent for path in paths}
     for path in sorted(paths, key=_write_order):
         rel = relative(path, root)
         try:
@@ -73,7 +74,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
             frame["split"] = "eval"
         else:
             _name_add_scalars_series(frame, path.parent.name)
-        read_files.append((_run_folder(path, root), rel, frame, times, hparams))
+        read_files.append((_run_folder(path, root, event_folders), rel, frame, times, hparams))
     chosen = _chosen_runs(read_files, root, out)
     read_files = [(rel, frame, times, hparams) for folder, rel, frame, times, hparams in read_files if folder in chosen]
     for rel, _, _, hparams in read_files:
@@ -91,15 +92,13 @@ def read(paths: list[Path], root: Path) -> Ingested:
 TRAIN_DIRS = {"train", "training"}
 
 
-def _run_folder(path: Path, root: Path) -> Path:
+def _run_folder(path: Path, root: Path, event_folders: set[Path]) -> Path:
     """The TensorBoard run an event file belongs to: its folder, or the folder above a split sub-folder or an
-    add_scalars key folder (whose parent holds the writer's own event file)."""
+    add_scalars key folder (whose parent holds the writer's own event file: one of `event_folders`)."""
     folder = path.parent
     if folder == root or root not in folder.parents:
         return folder
-    if folder.name.lower() in EVAL_DIRS | TRAIN_DIRS:
-        return folder.parent
-    if any("tfevents" in sibling.name for sibling in folder.parent.iterdir() if sibling.is_file()):
+    if folder.name.lower() in EVAL_DIRS | TRAIN_DIRS or folder.parent in event_folders:
         return folder.parent
     return folder
 
@@ -157,7 +156,7 @@ def _name_add_scalars_series(frame: pd.DataFrame, folder: str) -> None:
             key = folder[len(prefix):]
             renames[tag] = key if canonical_metric(key)[0] in CANONICAL_METRICS else f"{tag}/{key}"
     if renames:
-        frame["name"] = frame["name"].map(lambda name: renames.get(name, name))
+        frame["name"] = frame["name"].replace(renames)
 
 
 # --- TFRecord framing -------------------------------------------------------------------------------------------------

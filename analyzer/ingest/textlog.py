@@ -112,7 +112,7 @@ MEGATRON_VALID_RENAMES = {"lmlossvalue": "loss", "lmlossppl": "ppl"}
 # fairseq logs words (= target tokens) and updates per second; its loss is in base 2 (recorded as hparam loss_base).
 FAIRSEQ_RENAMES = {"wps": "tokens_per_s", "ups": "steps_per_s", "valid_wps": "eval_tokens_per_s"}
 FAIRSEQ_IGNORED = {"update", "wall", "train_wall", "gb_free", "num_updates", "valid_num_updates", "valid_wall"}
-HF_IGNORED = {"step", "global_step", "total_flos", "current_flos"}
+HF_IGNORED = {"total_flos", "current_flos"}  # its step and global_step are COUNTER_KEYS
 COUNTER_KEYS = {"step", "global_step", "iter", "iteration", "micro_step", "v_num"}  # v_num: Lightning's version
 DICT_STEP_KEYS = ("num_updates", "valid_num_updates", "global_step", "step", "iteration", "iter")
 STEP_TIME_BASES = {"step_time", "dt", "time", "iter_time", "time_per_step", "batch_time", "time_per_iteration"}
@@ -279,8 +279,7 @@ MM_EVAL_SKIPPED = {"eta", "time", "data_time", "memory", "lr", "base_lr"}  # the
 # `Test: [ i/L]` lines are the validation pass's running means: summary.csv holds their result.
 _TIMM_HEAD = re.compile(_PREFIX + r"Train:\s*(?P<epoch>\x01)\s*\[\s*(?P<iter>\x01)\s*/\s*(?P<len>\x01)\s*"
                         r"\(\s*\x01\s*%\)\]\s*(?:Updates:\s*\x01\s*)?(?P<rest>Loss:.*)\Z", re.S)
-_TIMM_FIELD = re.compile(r"(?P<key>[A-Za-z][\w@]*):\s*(?:(?P<num>\x01)|(?P<const>[-+]?(?i:nan|inf)))s?(?:,\s*\x01/s)?"
-                         r"(?:\s*\([^)]*\))?\s*")
+_TIMM_FIELD = re.compile(r"(?P<key>[A-Za-z][\w@]*):\s*" + _value("value") + r"s?(?:,\s*\x01/s)?(?:\s*\([^)]*\))?\s*")
 TIMM_RENAMES = {"ce": "lm_loss", "kd": "kd_loss", "time": "step_time_s", "data": "data_time_s"}  # CE + KD = loss
 
 # Hand-written loops. The PyTorch tutorials' print(f'Epoch [{epoch+1}/{num_epochs}], Step [{i+1}/{total_step}], Loss:
@@ -814,11 +813,7 @@ def _timm_plan(body: str) -> _Plan | None:
         if f is None:
             break
         key = f.group("key").lower()
-        name = TIMM_RENAMES.get(key, key)
-        if f.group("num") is not None:
-            fields.append(_Field(_slot_index(body, f.start("num")), name))
-        else:
-            constants.append((name, float(f.group("const"))))
+        _value_field(body, f, "value", TIMM_RENAMES.get(key, key), fields, constants)
         pos = f.end()
     epoch = _slot_index(body, m.start("epoch"))
     fields.insert(0, _Field(epoch, "epoch"))
