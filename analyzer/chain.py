@@ -84,11 +84,8 @@ _CONDITIONS = {
 }
 
 
-def link(findings: tuple[Finding, ...], run_length: int) -> tuple[tuple[Finding, ...], tuple[str, ...]]:
-    """Fill `caused_by` and return (findings ordered root causes first, root cause names).
-
-    `run_length` is no longer used (links need no step tolerance); it stays so that callers keep working.
-    """
+def link(findings: tuple[Finding, ...]) -> tuple[tuple[Finding, ...], tuple[str, ...]]:
+    """Fill `caused_by` and return (findings ordered root causes first, root cause names)."""
     by_name = {f.name: f for f in findings}
     linked = []
     for f in findings:

@@ -44,8 +44,7 @@ def diagnose_run(run: Run, *, select: Iterable[str] = (), ignore: Iterable[str] 
         else:
             findings.extend(result)
     findings = fill_evidence_text(findings, run)
-    run_length = (run.last_step or 0) - (run.first_step or 0)
-    ordered, roots = link(tuple(findings), run_length)
+    ordered, roots = link(tuple(findings))
     return Diagnosis(
         run=summarize(run), findings=ordered, root_causes=roots,
         blind_spots=tuple(BlindSpotOut(b.message, b.affects) for b in (*run.blind_spots, *coverage_blind_spots(run))),

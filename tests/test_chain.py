@@ -23,7 +23,7 @@ def test_seed_002_chain_leads_with_temperature():
         _f("loss-oscillation", 200), _f("nonfinite-onset", 436, Severity.CRITICAL),
         _f("grad-explosion", 100), _f("distill-temperature-blowup", 0, Severity.CRITICAL),
     )
-    ordered, roots = link(findings, run_length=600)
+    ordered, roots = link(findings)
     assert roots == ("distill-temperature-blowup",)
     assert ordered[0].name == "distill-temperature-blowup"
     by = {f.name: f for f in ordered}
@@ -32,38 +32,38 @@ def test_seed_002_chain_leads_with_temperature():
 
 
 def test_a_later_event_cannot_cause_an_earlier_one():
-    ordered, roots = link((_f("grad-explosion", 900), _f("nonfinite-onset", 100, Severity.CRITICAL)), 1000)
+    ordered, roots = link((_f("grad-explosion", 900), _f("nonfinite-onset", 100, Severity.CRITICAL)))
     assert set(roots) == {"grad-explosion", "nonfinite-onset"}
     assert all(not f.caused_by for f in ordered)
 
 
 def test_info_findings_are_root_causes_only_when_they_explain_something():
-    _, roots = link((_batch(recommends=True), _f("loss-spike", 50)), 100)
+    _, roots = link((_batch(recommends=True), _f("loss-spike", 50)))
     assert roots == ("small-effective-batch",)
-    _, roots = link((_f("perplexity-misreport", 0, Severity.INFO), _f("loss-plateau", 50)), 100)
+    _, roots = link((_f("perplexity-misreport", 0, Severity.INFO), _f("loss-plateau", 50)))
     assert roots == ("loss-plateau",)
 
 
 def test_a_detector_reporting_twice_is_one_root_cause():
-    _, roots = link((_f("loss-plateau", 300), _f("loss-plateau", 350)), 1000)
+    _, roots = link((_f("loss-plateau", 300), _f("loss-plateau", 350)))
     assert roots == ("loss-plateau",)
 
 
 def test_a_consequence_one_step_before_its_cause_is_not_linked():
     # bloom104b_overflow: the throughput fell at 17061, the loss spiked at 17062; 2% of the run was 341 steps of slack
-    ordered, _ = link((_f("loss-spike", 17062, Severity.CRITICAL), _f("throughput-drop", 17061, Severity.INFO)), 17068)
+    ordered, _ = link((_f("loss-spike", 17062, Severity.CRITICAL), _f("throughput-drop", 17061, Severity.INFO)))
     assert all(not f.caused_by for f in ordered)
 
 
 def test_events_at_the_same_logged_step_may_be_linked():
-    ordered, _ = link((_f("grad-explosion", 500), _f("loss-spike", 500)), 1000)
+    ordered, _ = link((_f("grad-explosion", 500), _f("loss-spike", 500)))
     assert {f.name: f for f in ordered}["loss-spike"].caused_by == ("grad-explosion",)
 
 
 def _blowup_and_cap(cap_loss: float, fresh_loss: float) -> dict[str, Finding]:
     blowup = replace(_f("distill-temperature-blowup", 0, Severity.CRITICAL), metrics={"lm_reference": fresh_loss})
     cap = replace(_f("perplexity-misreport", 0, Severity.INFO), metrics={"cap_loss": cap_loss})
-    ordered, _ = link((blowup, cap), 250)
+    ordered, _ = link((blowup, cap))
     return {f.name: f for f in ordered}
 
 
@@ -79,11 +79,11 @@ def test_a_perplexity_cap_only_an_inflated_loss_reaches_is_caused_by_the_tempera
 
 def test_a_perplexity_misreport_without_a_cap_is_not_caused_by_the_temperature():
     ordered, _ = link((_f("distill-temperature-blowup", 0, Severity.CRITICAL),
-                       _f("perplexity-misreport", 0, Severity.INFO)), 250)
+                       _f("perplexity-misreport", 0, Severity.INFO)))
     assert {f.name: f for f in ordered}["perplexity-misreport"].caused_by == ()
 
 
 def test_a_batch_with_no_evidence_against_it_causes_nothing():
     # small-effective-batch suggests no larger batch when the loss is quiet and never spikes: it explains nothing
-    ordered, roots = link((_batch(recommends=False), _f("loss-oscillation", 50)), 100)
+    ordered, roots = link((_batch(recommends=False), _f("loss-oscillation", 50)))
     assert roots == ("loss-oscillation",) and all(not f.caused_by for f in ordered)

@@ -78,7 +78,7 @@ def seed002_findings() -> tuple[Finding, ...]:
 
 def diagnose_inline(run: Run, findings: tuple[Finding, ...], skipped: tuple[Skipped, ...] = ()) -> Diagnosis:
     """A Diagnosis as diagnose_run builds it (chain and blind spots included) from hand-made findings."""
-    ordered, roots = link(findings, (run.last_step or 0) - (run.first_step or 0))
+    ordered, roots = link(findings)
     return Diagnosis(
         run=summarize(run), findings=ordered, root_causes=roots,
         blind_spots=tuple(BlindSpotOut(b.message, b.affects) for b in (*run.blind_spots, *coverage_blind_spots(run))),
