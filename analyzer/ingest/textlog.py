@@ -294,6 +294,31 @@ _EPOCH_BATCH_HEAD = re.compile(
 _EPOCH_HEAD = re.compile(_PREFIX + r"(?i:epoch)\s*[:#=]?\s*(?P<epoch>\x01)(?:\s*/\s*\x01)?\s*[:|,\-]?(?P<rest>.*)\Z",
                          re.S)
 
+# Keras' model.fit console output. keras-team/keras, keras/src/callbacks/progbar_logger.py (Keras 3), on_epoch_begin:
+# io_utils.print_msg(f"Epoch {epoch + 1}/{self.epochs}") (only when epochs > 1; Keras 2: print('Epoch %d/%d' % (epoch
+# + 1, self.epochs))), then the epoch's progress bar (keras/src/utils/progbar.py, Progbar.update):
+# - verbose=1: each redraw is "\b" * previous width + "\r" + f"\x1b[1m{current:>n}/{target}\x1b[0m " + green and
+#   white "━" bars in colour codes + f" \x1b[1m{eta}\x1b[0m" (the elapsed f"{t:.0f}s" once final) + f" {t:.0f}ms/step"
+#   (or s/step, us/step) + f" - {name}: {avg:.4f}" ({avg:.4e} below 1e-3) per metric, and "\n" once final. The
+#   dynamic display is on whenever "posix" is in sys.modules, so a redirected log holds the backspaces and carriage
+#   returns too: an epoch is one physical line, whose text after its last "\r" is the epoch's result (val_ metrics
+#   included). Keras 2 (keras/utils/generic_utils.py) draws `32/32 [==============================] - 1s 10ms/step -
+#   loss: 0.6931 - acc: 0.5000` the same way;
+# - verbose=2: once per epoch, f"{current}/{target} - {t:.0f}s -" + f" {t:.0f}ms/step" + the metrics (Keras 3);
+#   `32/32 - 1s - loss: ... - 53ms/epoch - 2ms/step` in tf.keras 2.x, ` - 1s - loss: ...` in Keras 2.2.
+# The epoch (as printed, from 1) is the step, as for the other per-epoch lines (_EPOCH_HEAD); its bar is the first
+# finished bar after its header (model.evaluate after fit draws another one, under no header of its own).
+_KERAS_EPOCH = re.compile(_PREFIX + r"Epoch (?P<epoch>\x01)/\x01\s*\Z")
+_KERAS_BAR = re.compile(
+    r"[ \t]*(?:" + _ANSI + r")*(?:(?P<done>\x01)/(?P<total>\x01)(?:" + _ANSI + r")*)?"
+    r"(?: \[[=>.]*\]|(?:\s|\u2501|" + _ANSI + r")*)"
+    r"(?: - |\s)(?:" + _ANSI + r")*\x01s(?:" + _ANSI + r")*"
+    r"(?:(?: - | )(?P<time>\x01)(?P<unit>s|ms|us)/step)?"
+    r"(?P<rest>(?: - [A-Za-z_][^:\n]*?: " + _VALUE + r")+)"
+    r"(?: - \x01(?:s|ms|us)/epoch - (?P<time2>\x01)(?P<unit2>s|ms|us)/step)?\s*\Z", re.S)
+_KERAS_FIELD = re.compile(r" - (?P<key>[A-Za-z_][^:\n]*?): (?P<value>" + _VALUE + r")")
+KERAS_RENAMES = {"learning_rate": "lr"}
+
 # Per-trainer names, for keys that canonical_metric would not map or would map wrongly.
 TORCHTUNE_RENAMES = {"tokens_per_second_per_gpu": "tokens_per_s"}  # per device, as torchtitan's tps
 LLMC_RENAMES = {"trl": "loss", "tel": "eval_loss", "eval": "eval_hellaswag_acc", "norm": "grad_norm"}
@@ -377,6 +402,8 @@ class _Plan:
     ends_with_number: bool = False  # the last number runs to the end of the line (cut in an unterminated line)
     n_slots: int = 0
     rank_slot: int | None = None  # the number of a launcher's rank tag (`[default1]:`, `[rank1]:`, `[Rank 1]`)
+    header: bool = False  # a step line that logs nothing itself: the lines after it log for it (Keras' `Epoch 2/5`)
+    progress_slots: tuple[int, int] | None = None  # (done, total) of a progress bar: the line counts only when equal
 
     @property
     def points(self) -> bool:
@@ -389,7 +416,7 @@ class _Plan:
     @property
     def useful(self) -> bool:
         return self.points or self.anchor or self.event is not None or self.dict_without_step \
-            or self.family == "megatron_wrapped"
+            or self.family in ("megatron_wrapped", "fastai_header")
 
     @property
     def slots(self) -> tuple[int, ...]:
@@ -399,6 +426,7 @@ class _Plan:
             needed.update(f.key_slots)
         needed.update(s for s in (self.step_slot, self.nan_slot, self.skipped_slot, self.epoch_slot,
                                   self.epoch_len_slot, self.rank_slot) if s is not None)
+        needed.update(self.progress_slots or ())
         return tuple(sorted(needed))
 
     @property
@@ -407,7 +435,9 @@ class _Plan:
 
 
 _NOTHING = _Plan()
-CONTEXT_CODES = {"next": 1, "prev": 2, "next_or_after": 3}
+CONTEXT_CODES = {"next": 1, "prev": 2, "next_or_after": 3, "first_after": 4}  # first_after: the previous step
+# line's step, for the first such line after it only (a Keras epoch's bar; a later bar is model.evaluate's)
+SECOND_AFTER = -2  # the step of a "first_after" line that is not the first after its step line: not read
 _PLANS: dict[str, _Plan] = {}
 
 
@@ -470,15 +500,17 @@ def _shifted(plan: _Plan, offset: int) -> _Plan:
     return replace(plan, step_slot=move(plan.step_slot), nan_slot=move(plan.nan_slot),
                    skipped_slot=move(plan.skipped_slot), epoch_slot=move(plan.epoch_slot),
                    epoch_len_slot=move(plan.epoch_len_slot), n_slots=plan.n_slots + offset,
+                   progress_slots=None if plan.progress_slots is None else moved(plan.progress_slots),
                    fields=tuple(replace(f, slot=f.slot + offset, more=moved(f.more), key_slots=moved(f.key_slots))
                                 for f in plan.fields))
 
 
 def _points_plan(body: str) -> _Plan | None:
     if not _POINT_WORDS.search(body.lower()):
-        return None
+        return _keras_epoch_plan(body)
     for shape in (_torchtune_plan, _llmc_log_plan, _llmc_stdout_plan, _torchtitan_plan, _mmengine_plan, _timm_plan,
-                  _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan, _epoch_batch_plan,
+                  _keras_plan, _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan,
+                  _epoch_batch_plan,
                   _anchor_plan, _bare_loss_plan, _hellaswag_plan, _epoch_plan):
         plan = shape(body)
         if plan is not None:
@@ -823,6 +855,36 @@ def _timm_plan(body: str) -> _Plan | None:
                  constants=tuple(constants))
 
 
+def _keras_epoch_plan(body: str) -> _Plan | None:
+    m = _KERAS_EPOCH.match(body)
+    if m is None:
+        return None
+    return _Plan(family="epoch", step_slot=_slot_index(body, m.start("epoch")), header=True)
+
+
+def _keras_plan(body: str) -> _Plan | None:
+    m = _KERAS_BAR.match(body)
+    if m is None:
+        return _keras_epoch_plan(body)
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    for f in _KERAS_FIELD.finditer(body, m.start("rest"), m.end("rest")):
+        key, value = f.group("key"), f.group("value")
+        name = _framework_name(key, "", KERAS_RENAMES)
+        if value == SLOT:
+            fields.append(_keyed_field(body, f.start("key"), key, f.start("value"), name))
+        elif SLOT not in key:
+            constants.append((name, float(value)))
+    for time, unit in (("time", "unit"), ("time2", "unit2")):
+        if m.group(time) is not None:
+            fields.append(_Field(_slot_index(body, m.start(time)), "step_time_" + m.group(unit)))
+    _add_speed(fields, constants)
+    done = m.group("done")
+    progress = None if done is None else (_slot_index(body, m.start("done")), _slot_index(body, m.start("total")))
+    return _Plan(family="epoch", context="first_after", fields=tuple(fields), constants=tuple(constants),
+                 progress_slots=progress)
+
+
 def _epoch_batch_plan(body: str) -> _Plan | None:
     m = _EPOCH_BATCH_HEAD.match(body)
     if m is None:
@@ -1097,6 +1159,7 @@ class _Scanner:
         self.n_lines = len(self.starts) - 1
         self.terminated = self.buf[len(self.buf) - 1:len(self.buf)] == b"\n"
         self.skip = np.zeros(self.n_lines, dtype=bool)  # lines not to read: prose, garbage, continuations
+        self.redraw_tails: dict[int, str] = {}  # overlong lines of a redrawn progress bar: the text after the last \r
         self._mark_scope(markdown)
         # collected
         self.p_line: list[np.ndarray] = []
@@ -1135,10 +1198,14 @@ class _Scanner:
     def _mark_scope(self, markdown: bool) -> None:
         lengths = np.diff(self.starts)
         overlong = lengths > MAX_LINE_CHARS
-        if overlong.any():
-            self.notes.append(Note(self.rel, f"lines longer than {MAX_LINE_CHARS} characters skipped",
-                                   line=int(np.flatnonzero(overlong)[0]) + 1, count=int(overlong.sum())))
         self.skip |= overlong
+        if overlong.any():
+            self._redraw_tails(np.flatnonzero(overlong))
+            left = overlong.copy()
+            left[list(self.redraw_tails)] = False
+            if left.any():
+                self.notes.append(Note(self.rel, f"lines longer than {MAX_LINE_CHARS} characters skipped",
+                                       line=int(np.flatnonzero(left)[0]) + 1, count=int(left.sum())))
         head = bytes(self.buf[:SNIFF_BYTES]).decode("utf-8", errors="replace").split("\n")
         if markdown or sum(_is_fence(line) for line in head) >= 2:
             fences = self._fence_lines()
@@ -1147,6 +1214,16 @@ class _Scanner:
             in_code = (np.cumsum(inside)[:-1] % 2 == 1)
             in_code[fences] = False
             self.skip |= ~in_code
+
+    def _redraw_tails(self, lines: np.ndarray) -> None:
+        """A progress bar redrawn with \r makes one physical line per epoch (Keras' verbose=1), of many MB in a long
+        epoch: its last drawing, after the last \r, is what it says. One overlong line at most per MB of file."""
+        for line in lines.tolist():
+            start, end = int(self.starts[line]), int(self.starts[line + 1])
+            tail = bytes(self.buf[max(start, end - MAX_LINE_CHARS):end])
+            cr = tail.rstrip(b"\r\n").rfind(b"\r")
+            if cr != -1:
+                self.redraw_tails[line] = tail[cr + 1:].decode("utf-8", errors="replace")
 
     def _fence_lines(self) -> np.ndarray:
         buf = bytes(self.buf)
@@ -1177,6 +1254,8 @@ class _Scanner:
                                    count=self.garbage))
         if not self.terminated and not self.skip[last]:
             self._parse_rows([last], truncated=True)
+        for line, text in self.redraw_tails.items():
+            self._parse_line(line, text, truncated=line == last and not self.terminated)
         return self._finish()
 
     def _scan_chunk(self, lo: int, hi: int) -> None:
@@ -1244,18 +1323,20 @@ class _Scanner:
         """The slow path: each line parsed on its own (small groups, misfits, the last line of a cut file)."""
         for line in line_indices:
             line = int(line)
-            text = chunk.text(line - lo) if chunk is not None else self._text(line)
-            template, numbers = _template(text)
-            plan = plan_of(template)
-            if plan.family == "megatron_wrapped":
-                self._join_wrapped(np.array([line]))
-                continue
-            if not plan.useful:
-                continue
-            values = {s: np.array([float(numbers[s])]) for s in plan.slots}
-            if truncated and plan.ends_with_number and plan.n_slots:
-                plan = self._without_last_number(plan)
-            self._apply(plan, np.array([line]), values, texts=[text], sample=text)
+            self._parse_line(line, chunk.text(line - lo) if chunk is not None else self._text(line), truncated)
+
+    def _parse_line(self, line: int, text: str, truncated: bool = False) -> None:
+        template, numbers = _template(text)
+        plan = plan_of(template)
+        if plan.family == "megatron_wrapped":
+            self._join_wrapped(np.array([line]))
+            return
+        if not plan.useful:
+            return
+        values = {s: np.array([float(numbers[s])]) for s in plan.slots}
+        if truncated and plan.ends_with_number and plan.n_slots:
+            plan = self._without_last_number(plan)
+        self._apply(plan, np.array([line]), values, texts=[text], sample=text)
 
     def _without_last_number(self, plan: _Plan) -> _Plan:
         last = plan.n_slots - 1
@@ -1301,6 +1382,15 @@ class _Scanner:
     def _apply(self, plan: _Plan, line_idx: np.ndarray, values: dict[int, np.ndarray], chunk: "_Chunk | None" = None,
                lo: int = 0, texts: list[str] | None = None, sample: str | None = None) -> None:
         """`sample`: a line of the shape (every line's own text on the slow path), for numbers inside keys."""
+        if plan.progress_slots is not None:  # a progress bar counts once finished
+            done, total = plan.progress_slots
+            finished = values[done] == values[total]
+            if not finished.all():
+                line_idx = line_idx[finished]
+                values = {k: v[finished] for k, v in values.items()}
+                texts = [t for t, f in zip(texts, finished) if f] if texts is not None else None
+                if not len(line_idx):
+                    return
         if plan.family == "epoch":  # whether its epoch is a step depends on the whole file (see _EPOCH_HEAD)
             self.epoch_lines.append((plan, line_idx, values, chunk, lo, texts, sample))
             return
@@ -1318,7 +1408,7 @@ class _Scanner:
                 raw_step = _step_values(plan, values)
             steps = raw_step.astype(np.int64)
             ctx = 0
-            if plan.points:  # a step line logging nothing (`Step 2: Create Text` in a text sample) sets no context
+            if plan.points or plan.header:  # a step line logging nothing (`Step 2: Create Text`) sets no context
                 self.a_line.append(line_idx)
                 self.a_step.append(steps)
         else:
@@ -1424,9 +1514,15 @@ class _Scanner:
             if needs.any():
                 step[needs] = _context_steps(line[needs], ctx[needs], a_line, a_step, ranked)
                 missing = step < 0
-                if missing.any():
+                later = step == SECOND_AFTER
+                if later.any():
+                    notes.append(Note(self.rel, "progress bars after an epoch's own (model.evaluate after fit) not "
+                                                "read", line=int(line[later].min()) + 1,
+                                      count=int(np.unique(line[later]).size)))
+                if (missing & ~later).any():
                     notes.append(Note(self.rel, "values on lines with no step line before or after them not read",
-                                      line=int(line[missing][0]) + 1, count=int(missing.sum())))
+                                      line=int(line[missing & ~later][0]) + 1, count=int((missing & ~later).sum())))
+                if missing.any():
                     keep = ~missing
                     line, step, name, value = line[keep], step[keep], name[keep], value[keep]
             del ctx
@@ -1519,7 +1615,8 @@ class _Scanner:
 _OTHER, _DIGIT, _CONTROL = 0, 1, 2
 _BYTE_CLASS = np.zeros(256, dtype=np.uint8)
 _BYTE_CLASS[np.frombuffer(b"0123456789", dtype=np.uint8)] = _DIGIT
-_BYTE_CLASS[[b for b in range(32) if b not in b"\t\n\r\x0c\x1b"] + [127]] = _CONTROL  # NUL, BEL, ...: not text
+_BYTE_CLASS[[b for b in range(32) if b not in b"\t\n\r\x08\x0c\x1b"] + [127]] = _CONTROL  # NUL, BEL, ...: not
+# text. A backspace is: Keras' progress bar erases its last drawing with them before each "\r" (Progbar.update)
 _DIGITS = re.compile(r"[0-9]+")
 
 
@@ -1672,6 +1769,11 @@ def _nearest_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_ste
     prev = np.where(has_prev, a_step[np.maximum(at - 1, 0)], -1)
     after_last = np.where((ctx == 3) & has_prev, prev + 1, prev)
     out = np.where((ctx == 1) | (ctx == 3), np.where(has_next, nxt, after_last), prev)
+    first_after = (ctx == 4) & has_prev
+    if first_after.any():  # only the first line after its step line takes that step
+        first = np.full(len(a_line) + 1, np.iinfo(np.int64).max)
+        np.minimum.at(first, at[first_after], lines[first_after])
+        out[first_after & (lines != first[at])] = SECOND_AFTER
     return out.astype(np.int64)
 
 

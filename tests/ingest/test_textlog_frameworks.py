@@ -1,0 +1,137 @@
+"""Console output of Keras, fastai and detectron2 read as text logs: the real fixtures (tests/fixtures/frameworks/),
+the shapes from each framework's own format strings, and cut or broken variants."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from analyzer.diagnose import diagnose_path
+from analyzer.findings import Severity
+from analyzer.ingest import textlog
+
+FRAMEWORKS = Path(__file__).resolve().parents[1] / "fixtures" / "frameworks"
+
+
+def points(result, name: str) -> dict[int, float]:
+    frame = result.frame
+    rows = frame[frame["name"] == name]
+    return dict(zip(rows["step"].tolist(), rows["value"].tolist()))
+
+
+def text(body: str | bytes, **kw):
+    return textlog.read_text(body, **kw)
+
+
+def fixture(case: str, name: str = "train.log") -> Path:
+    path = FRAMEWORKS / case / name
+    if not path.is_file():
+        pytest.fail(f"framework fixture missing (see {path.parent / 'README.md'})")
+    return path
+
+
+def notes(result) -> list[str]:
+    return [n.message for n in result.notes]
+
+
+def assert_healthy(case: str) -> None:
+    diagnosis = diagnose_path(FRAMEWORKS / case)
+    bad = [(f.detector, f.severity) for f in diagnosis.findings if f.severity in (Severity.WARNING, Severity.CRITICAL)]
+    assert bad == []
+
+
+# --- Keras model.fit ----------------------------------------------------------------------------------------------
+
+KERAS_LOSS = [0.7768, 0.5936, 0.5036, 0.4392, 0.3884, 0.3459, 0.3093, 0.2784]
+KERAS_VAL_LOSS = [0.6513, 0.5651, 0.4973, 0.4418, 0.3936, 0.3513, 0.3168, 0.2872]
+
+
+@pytest.mark.parametrize("case", ["keras_fit_verbose1", "keras_fit_verbose2"])
+def test_keras_fit_epochs_are_the_steps(case):
+    result = textlog.read_file(fixture(case))
+    assert points(result, "loss") == dict(zip(range(1, 9), KERAS_LOSS))
+    assert points(result, "val_loss") == dict(zip(range(1, 9), KERAS_VAL_LOSS))
+    assert points(result, "accuracy")[8] == 0.9401 and points(result, "val_accuracy")[8] == 0.9062
+    assert set(points(result, "step_time_ms")) == set(range(1, 9))
+
+
+@pytest.mark.parametrize("case", ["keras_fit_verbose1", "keras_fit_verbose2"])
+def test_keras_evaluate_bar_after_fit_is_not_the_last_epoch(case):
+    result = textlog.read_file(fixture(case))
+    assert 0.2977 not in points(result, "loss").values()  # model.evaluate's loss
+    assert "progress bars after an epoch's own (model.evaluate after fit) not read" in notes(result)
+
+
+def test_keras_verbose1_backspaces_are_not_garbage():
+    result = textlog.read_file(fixture("keras_fit_verbose1"))
+    assert not any("control bytes" in n for n in notes(result))
+
+
+@pytest.mark.parametrize("case", ["keras_fit_verbose1", "keras_fit_verbose2"])
+def test_keras_fit_fixture_is_healthy(case):
+    assert_healthy(case)
+
+
+def test_keras_run_killed_mid_epoch_keeps_the_finished_epochs():
+    raw = fixture("keras_fit_verbose1").read_bytes()
+    cut = raw.index(b"Epoch 5/8\n") + len(b"Epoch 5/8\n")
+    cut = raw.index(b"\r", raw.index(b"\r", cut) + 1) + 40  # inside the 2nd redraw of epoch 5's bar
+    result = text(raw[:cut])
+    assert points(result, "loss") == dict(zip(range(1, 5), KERAS_LOSS[:4]))  # epoch 5's unfinished bar: no point
+
+
+def test_keras_verbose2_cut_in_its_last_number():
+    raw = fixture("keras_fit_verbose2").read_text()
+    body = raw[:raw.index("val_loss: 0.5651") + len("val_loss: 0.5")]
+    result = text(body)
+    assert points(result, "val_loss") == {1: 0.6513}
+    assert points(result, "loss") == {1: 0.7768, 2: 0.5936}
+
+
+def test_keras_progress_line_over_the_line_limit_is_read_from_its_last_redraw(monkeypatch):
+    monkeypatch.setattr(textlog, "MAX_LINE_CHARS", 2000)
+    redraw = "\x08" * 60 + "\r\x1b[1m{i}/100\x1b[0m \x1b[32m\u2501\u2501\x1b[0m \x1b[1m3s\x1b[0m 30ms/step - loss: {l:.4f}"
+    bar = "".join(redraw.format(i=i, l=2.0 - i / 100) for i in range(1, 101))
+    assert len(bar) > 2000
+    body = f"Epoch 1/2\n{bar} - val_loss: 1.5000\nEpoch 2/2\n{bar.replace('loss: 1.0000', 'loss: 0.9000')}\n"
+    result = text(body)
+    assert points(result, "loss") == {1: 1.0, 2: 0.9} and points(result, "val_loss") == {1: 1.5}
+    assert not any("longer than" in n for n in notes(result))
+
+
+# Keras 2 / tf.keras (keras-team/keras, keras/utils/generic_utils.py, Progbar.update): verbose=1 draws
+# '%{n}d/%d [' + '=' * ... + ']' then ' - %.0fs' + ' %.0fms/step' + ' - %s: %.4f' per metric; tf.keras 2.x verbose=2
+# ends its line with ' - %.0fms/epoch - %.0fms/step'.
+def test_keras2_bar_and_tf_keras_verbose2_lines():
+    v1 = ("Epoch 1/2\n\r 1/32 [..............................] - ETA: 3s - loss: 0.7000\r32/32 "
+          "[==============================] - 1s 10ms/step - loss: 0.6931 - acc: 0.5000 - val_loss: 0.6900 - "
+          "val_acc: 0.5100\nEpoch 2/2\n\r32/32 [==============================] - 0s 9ms/step - loss: 0.6000 - acc: "
+          "0.6000 - val_loss: 0.6100 - val_acc: 0.6200\n")
+    result = text(v1)
+    assert points(result, "loss") == {1: 0.6931, 2: 0.6} and points(result, "val_acc") == {1: 0.51, 2: 0.62}
+    assert points(result, "step_time_ms") == {1: 10.0, 2: 9.0}
+    v2 = ("Epoch 1/2\n32/32 - 1s - loss: 0.6931 - accuracy: 0.5000 - val_loss: 0.6900 - 651ms/epoch - 20ms/step\n"
+          "Epoch 2/2\n32/32 - 0s - loss: 0.6000 - accuracy: 0.6000 - val_loss: 0.6100 - 60ms/epoch - 2ms/step\n")
+    result = text(v2)
+    assert points(result, "loss") == {1: 0.6931, 2: 0.6} and points(result, "step_time_ms") == {1: 20.0, 2: 2.0}
+
+
+def test_keras_nan_loss_is_read_as_nan():
+    result = text("Epoch 1/2\n4/4 - 0s - 3ms/step - loss: 0.6931\nEpoch 2/2\n4/4 - 0s - 3ms/step - loss: nan\n")
+    loss = points(result, "loss")
+    assert loss[1] == 0.6931 and math.isnan(loss[2])
+
+
+def test_keras_epochs_beside_step_lines_are_not_steps():
+    body = ("Epoch 1/2\n4/4 - 0s - 3ms/step - loss: 0.6931\n"
+            "step 10 | loss 3.2 | lr 1e-4\nstep 20 | loss 3.1 | lr 1e-4\n")
+    result = text(body)
+    assert points(result, "loss") == {10: 3.2, 20: 3.1}
+    assert "per-epoch summary lines not read: the file logs steps" in notes(result)
+
+
+def test_keras_bar_without_a_header_is_not_read():
+    result = text("4/4 - 0s - 3ms/step - loss: 0.6931\n")  # epochs=1 prints no header: no step to give it
+    assert result.frame is None or not len(result.frame)
