@@ -319,6 +319,23 @@ _KERAS_BAR = re.compile(
 _KERAS_FIELD = re.compile(r" - (?P<key>[A-Za-z_][^:\n]*?): (?P<value>" + _VALUE + r")")
 KERAS_RENAMES = {"learning_rate": "lr"}
 
+# detectron2's CommonMetricPrinter (facebookresearch/detectron2, detectron2/utils/events.py, write()): " {eta}iter:
+# {iter}  {losses}  {non_losses}  {avg_time}{last_time}{avg_data_time}{last_data_time} lr: {lr}  {memory}" with
+# eta=f"eta: {str(timedelta)}  " ("0:10:33", "1 day, 2:03:04"), each loss and "[metric]" value "{}: {:.4g}" joined by
+# two spaces, "time: {:.4f}  " (the mean iteration time since the start), "last_time: {:.4f}  " (the last
+# iteration's), "data_time: {:.4f}  " (mean of the last 20), "last_data_time: {:.4f}  ", lr "{:.5g}" or "N/A", and
+# "max_mem: {:.0f}M" (CUDA max allocated, MiB) on a GPU; older versions print " {eta}iter: {iter}  {losses}
+# {time}{data_time}lr: {lr}  {memory}" with "{:.3f}" losses. `iter` is storage.iter, the iteration just done (from 0),
+# as its metrics.json numbers it. The logger (detectron2/utils/logger.py, setup_logger) starts each console line with
+# colored("[%(asctime)s %(name)s]: ") (`[11/22 07:50:00 d2.utils.events]: `) and each log.txt line with
+# "[%(asctime)s] %(name)s %(levelname)s: " (`[11/22 07:50:00] d2.utils.events INFO: `).
+_D2_HEAD = re.compile(_PREFIX + r"(?:[\w.\x01]+ (?:INFO|WARNING|DEBUG):\s+)?(?:eta: (?:\x01 days?, )?\x01(?::\x01)+\s+)?"
+                      r"iter: (?P<step>\x01)(?P<rest>  .*)\Z", re.S)
+_D2_FIELD = re.compile(r"(?<!\S)(?P<key>(?:\[metric\])?[A-Za-z_][\w./\-\x01]*): (?:(?P<num>\x01)(?P<unit>M)?"
+                       r"|(?P<const>[-+]?(?i:nan|inf))|\S+)(?=\s|\Z)")
+D2_RENAMES = {"time": "avg_time_s", "last_time": "step_time_s", "data_time": "data_time_s",
+              "last_data_time": "last_data_time_s", "max_mem": "max_memory_mb"}  # seconds; MiB
+
 # Per-trainer names, for keys that canonical_metric would not map or would map wrongly.
 TORCHTUNE_RENAMES = {"tokens_per_second_per_gpu": "tokens_per_s"}  # per device, as torchtitan's tps
 LLMC_RENAMES = {"trl": "loss", "tel": "eval_loss", "eval": "eval_hellaswag_acc", "norm": "grad_norm"}
@@ -509,7 +526,7 @@ def _points_plan(body: str) -> _Plan | None:
     if not _POINT_WORDS.search(body.lower()):
         return _keras_epoch_plan(body)
     for shape in (_torchtune_plan, _llmc_log_plan, _llmc_stdout_plan, _torchtitan_plan, _mmengine_plan, _timm_plan,
-                  _keras_plan, _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan,
+                  _keras_plan, _detectron2_plan, _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan,
                   _epoch_batch_plan,
                   _anchor_plan, _bare_loss_plan, _hellaswag_plan, _epoch_plan):
         plan = shape(body)
@@ -852,6 +869,26 @@ def _timm_plan(body: str) -> _Plan | None:
     _add_speed(fields, constants)
     return _Plan(family="timm", step_slot=_slot_index(body, m.start("iter")), epoch_slot=epoch,
                  epoch_len_slot=_slot_index(body, m.start("len")), epoch_base=0, fields=tuple(fields),
+                 constants=tuple(constants))
+
+
+def _detectron2_plan(body: str) -> _Plan | None:
+    m = _D2_HEAD.match(body)
+    if m is None:
+        return None
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    for f in _D2_FIELD.finditer(body, m.start("rest"), m.end("rest")):
+        key = f.group("key")
+        name = _framework_name(key.replace("[metric]", ""), "", D2_RENAMES)
+        if f.group("num") is not None:
+            fields.append(_keyed_field(body, f.start("key"), key, f.start("num"), name))
+        elif f.group("const") is not None and SLOT not in key:
+            constants.append((name, float(f.group("const"))))
+    if not any(f.name.endswith("loss") for f in fields) and not any(n.endswith("loss") for n, _ in constants):
+        return None
+    _add_speed(fields, constants)
+    return _Plan(family="detectron2", step_slot=_slot_index(body, m.start("step")), fields=tuple(fields),
                  constants=tuple(constants))
 
 

@@ -135,3 +135,52 @@ def test_keras_epochs_beside_step_lines_are_not_steps():
 def test_keras_bar_without_a_header_is_not_read():
     result = text("4/4 - 0s - 3ms/step - loss: 0.6931\n")  # epochs=1 prints no header: no step to give it
     assert result.frame is None or not len(result.frame)
+
+
+# --- detectron2 CommonMetricPrinter ---------------------------------------------------------------------------------
+
+D2_LINE = ("{prefix} eta: 0:10:33  iter: {it}  total_loss: {loss}  loss_cls: 0.6932  loss_box_reg: 0.5108    "
+           "time: 0.3512  last_time: 0.3398  data_time: 0.0271  last_data_time: 0.0042   lr: 0.00025  max_mem: 2596M\n")
+
+
+def test_detectron2_log_txt_fixture():
+    result = textlog.read_file(fixture("detectron2_log", "log.txt"))
+    loss = points(result, "total_loss")
+    assert sorted(loss) == list(range(19, 600, 20))
+    assert loss[19] == 1.422 and loss[599] == 0.4026
+    assert points(result, "loss_rpn_loc")[19] == 0.09434
+    assert points(result, "lr")[19] == 4.7703e-05 and points(result, "max_memory_mb")[599] == 1834.0
+    assert points(result, "step_time_s")[39] == 0.3555 and points(result, "avg_time_s")[39] == 0.3604
+    assert points(result, "steps_per_s")[39] == pytest.approx(1 / 0.3555)
+    assert not result.events
+
+
+def test_detectron2_fixture_is_healthy():
+    assert_healthy("detectron2_log")
+
+
+def test_detectron2_console_prefix_with_colours_and_a_day_long_eta():
+    prefix = "\x1b[32m[11/22 07:50:07 d2.utils.events]: \x1b[0m"
+    body = D2_LINE.format(prefix=prefix, it=19, loss="1.534") + D2_LINE.format(
+        prefix=prefix, it=39, loss="1.434").replace("eta: 0:10:33", "eta: 1 day, 2:03:04")
+    result = text(body)
+    assert points(result, "total_loss") == {19: 1.534, 39: 1.434}
+    assert points(result, "loss_box_reg") == {19: 0.5108, 39: 0.5108}
+
+
+# the format before last_time existed: " {eta}iter: {iter}  {losses}  {time}{data_time}lr: {lr}  {memory}", "{:.3f}"
+def test_detectron2_older_line_and_lr_not_available():
+    body = (" eta: 0:00:10  iter: 19  total_loss: 1.534  loss_cls: 0.693  time: 0.3512  data_time: 0.0271  lr: N/A  \n"
+            " eta: 0:00:05  iter: 39  total_loss: 1.434  loss_cls: 0.650  time: 0.3500  data_time: 0.0270  "
+            "lr: 0.000250  \n")
+    result = text(body)
+    assert points(result, "total_loss") == {19: 1.534, 39: 1.434}
+    assert points(result, "lr") == {39: 0.00025}
+    assert "steps_per_s" not in set(result.frame["name"])  # `time` is a mean since the start: no speed per step
+
+
+def test_detectron2_nan_loss_and_cut_last_line():
+    body = D2_LINE.format(prefix="", it=19, loss="nan") + D2_LINE.format(prefix="", it=39, loss="1.434")[:60]
+    result = text(body)
+    assert math.isnan(points(result, "total_loss")[19])
+    assert points(result, "total_loss")[39] == 1.434 and 39 not in points(result, "loss_box_reg")
