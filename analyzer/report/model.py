@@ -24,6 +24,7 @@ MAX_NOTES = 20  # ingest notes shown in the run facts
 MAX_NUMBER_TEXT = 24  # a finding value longer than this is text, not a number: shown on its own line
 MAX_HPARAM_TEXT = 160  # a free-text hparam (a comment, a path) is cut in the facts; findings.json keeps it whole
 MAX_VERDICT_NAMES = 4  # consequences named in the verdict; a sentence, not a list
+MAX_VERDICT_ROOTS = 3  # root causes the verdict describes; more are only named
 MAX_MARKS = 4  # root-cause / critical onsets marked on the overview plot
 WHOLE_RUN = 0.8  # a finding spanning more of the run than this is not shaded on its plots
 
@@ -267,7 +268,7 @@ def _anchor(index: int, finding: Finding) -> str:
 # --- verdict ------------------------------------------------------------------------------------------------------
 
 def verdict(diagnosis: Diagnosis) -> str:
-    """The whole diagnosis in one sentence."""
+    """The whole diagnosis in a sentence or two: what went wrong, with its numbers, when, and what followed."""
     findings = diagnosis.findings
     run = diagnosis.run
     span = fmt.steps(run.first_step, run.last_step)
@@ -289,14 +290,20 @@ def verdict(diagnosis: Diagnosis) -> str:
     consequences = sorted((f for name, f in by_name.items() if name not in diagnosis.root_causes
                            and f.severity is not Severity.INFO), key=_step_key)
     led = ""
+    named: list[str] = []
     if consequences:
         named = [_named_at(f) for f in consequences[:MAX_VERDICT_NAMES]]
         if len(consequences) > MAX_VERDICT_NAMES:
             named.append(f"{len(consequences) - MAX_VERDICT_NAMES} more")
         led = ", which led to " + _and(named)
     if len(roots) == 1:
-        root = roots[0]
-        return f"{lead}: {_sentence_body(root.message)} ({root.name}, {_from(root)}){led}."
+        return f"{lead}: {_root_clause(roots[0], VERDICT_CLAUSE)}{led}."
+    if len(roots) <= MAX_VERDICT_ROOTS:
+        # Each root cause says what happened, with its numbers: a list of names tells a reader nothing.
+        # Numbered, because a clause may hold a semicolon of its own ("lr 1e-5 is too low; the median update ...").
+        clauses = "; ".join(f"({i}) {_root_clause(r, ROOT_CLAUSE)}" for i, r in enumerate(roots, start=1))
+        led = f". These led to {_and(named)}" if consequences else ""
+        return f"{lead} by {len(roots)} root causes: {clauses}{led}."
     if roots:
         return f"{lead} by {len(roots)} root causes: {_and([_named_from(r) for r in roots])}{led}."
     return f"{lead}: {_and([_named_at(f) for f in findings if f.severity is not Severity.INFO])}."
@@ -335,28 +342,51 @@ def reference_trainer_run(diagnosis: Diagnosis) -> bool:
 
 
 VERDICT_CLAUSE = 160  # characters of the root cause's message the verdict quotes; the finding holds the rest
+ROOT_CLAUSE = 110  # the same for each of several root causes: the verdict stays one readable sentence
 SHORT_LEAD = 40  # a lead clause shorter than this says what happened but not how bad it is
 MIN_DROPPED_ASIDE = 30  # a parenthesis this long is left out of a verdict that is too long; "(step 0)" stays
+MIN_KEPT_CLAUSE = 0.5  # a clause cut at a phrase boundary keeps at least this share of the room, else words are cut
+# Where a clause may end early without leaving half a phrase: before an aside, a comma or a "while"/"and" clause.
+_PHRASE_BOUNDARY = re.compile(r" \(|, | while | and | but ")
 
 
-def _sentence_body(message: str) -> str:
+def _root_clause(root: Finding, limit: int) -> str:
+    """`what happened (name, from step N)`; a clause that already says from which step leaves that out."""
+    body = _sentence_body(root.message, limit)
+    if root.first_step is not None and re.search(rf"\bsteps? {root.first_step}\b", body):
+        return f"{body} ({root.name})"
+    return f"{body} ({root.name}, {_from(root)})"
+
+
+def _sentence_body(message: str, limit: int = VERDICT_CLAUSE) -> str:
     """The lead clause of a finding's message: a verdict is one short sentence, the details come below it."""
     text = " ".join(message.split()).rstrip(".")
     for sep in ("; ", ": "):
         parts = text.split(sep, 2)
         head = parts[0]
         if len(head) >= 20:
-            # "eval_loss stopped improving" alone hides why it matters ("... at chance level ln(4)"): a short lead
-            # takes its next clause along where both still fit the verdict.
-            if sep == ": " and len(head) < SHORT_LEAD and len(parts) > 1 and len(head) + 2 + len(parts[1]) <= \
-                    VERDICT_CLAUSE:
+            # "loss stopped improving" alone hides how bad it is ("it stayed near 7.6 ... at chance level"): a short
+            # lead always takes its next clause along, shortened below like any long clause.
+            if sep == ": " and len(head) < SHORT_LEAD and len(parts) > 1:
                 head = f"{head}; {parts[1]}"
             text = head
-    if len(text) > VERDICT_CLAUSE:
+    return _lower_first(_shorten(text, limit))
+
+
+def _shorten(text: str, limit: int) -> str:
+    """At most `limit` characters: long asides go first, then the clause ends at a phrase boundary (or a word)."""
+    if len(text) > limit:
         # A long parenthesis (a list of tensor names, a quoted line) is detail: drop it before cutting words.
         text = " ".join(re.sub(r"\s*\([^()]{%d,}\)" % MIN_DROPPED_ASIDE, "", text).split())
-    if len(text) > VERDICT_CLAUSE:
-        text = text[: VERDICT_CLAUSE - 3].rsplit(" ", 1)[0] + "..."
+    if len(text) <= limit:
+        return text
+    ends = [m.start() for m in _PHRASE_BOUNDARY.finditer(text, 0, limit + 1) if m.start() >= MIN_KEPT_CLAUSE * limit]
+    if ends:
+        return text[: ends[-1]].rstrip(" ,;:")
+    return text[: limit - 3].rsplit(" ", 1)[0] + "..."
+
+
+def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:] if text[:2].isalpha() and not text[:2].isupper() else text
 
 

@@ -55,7 +55,7 @@ def test_verdict_with_only_info_findings_is_not_alarming():
 def test_verdict_with_several_roots_names_each_with_its_first_step():
     d = diagnosis([finding("lr-too-high", first=0), finding("small-effective-batch", Severity.WARNING, first=0)],
                   roots=("lr-too-high", "small-effective-batch"))
-    assert "by 2 root causes: lr-too-high (from step 0) and small-effective-batch (from step 0)" in verdict(d)
+    assert "by 2 root causes: (1) m (lr-too-high, from step 0); (2) m (small-effective-batch, from step 0)." in verdict(d)
 
 
 # --- chains -----------------------------------------------------------------------------------------------------

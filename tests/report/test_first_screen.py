@@ -1,0 +1,53 @@
+"""What the first screen says after a run went wrong: the verdict's numbers, a narrow terminal, the plots' evidence."""
+
+from __future__ import annotations
+
+from analyzer.findings import Confidence, Diagnosis, Finding, RunSummary, Severity
+from analyzer.report.model import verdict
+
+
+def summary():
+    return RunSummary("/runs/r", "r", ("postmortem-run",), 0, 299, 300, ("loss", "grad_norm"), {}, ())
+
+
+def finding(name, severity, message, first, last=None, caused_by=()):
+    return Finding("X001", name, severity, Confidence.HIGH, message, first, last, caused_by=tuple(caused_by))
+
+
+# gpt2-spike-plateau's two root causes, as the detectors word them.
+GRAD = ("The gradient norm rose to 10.4 at step 151, 14x its running median (0.718 over the 50 logged points before "
+        "step 150), from step 150: the loss rose 2.65x with it.")
+BATCH = ("the effective batch is 8 x 1 = 8 sequences (2048 tokens) per optimizer step, under 65536 tokens; the loss "
+         "moves 1.8% from point to point but spiked at step 150.")
+SPIKE = "loss jumped from a level of 1.15 to 3.18 (2.76x) at step 150 and was back near its level at step 152"
+
+
+def two_roots() -> Diagnosis:
+    findings = (finding("grad-explosion", Severity.WARNING, GRAD, 150, 151),
+                finding("small-effective-batch", Severity.INFO, BATCH, 0, 299),
+                finding("loss-spike", Severity.WARNING, SPIKE, 150, 152, caused_by=("grad-explosion",)))
+    return Diagnosis(summary(), findings, ("grad-explosion", "small-effective-batch"))
+
+
+# --- the verdict ------------------------------------------------------------------------------------------------
+
+def test_a_verdict_with_several_root_causes_says_what_each_did_with_its_numbers():
+    # It read "degraded by 2 root causes: grad-explosion (from step 150) and small-effective-batch (from step 0)".
+    assert verdict(two_roots()) == (
+        "The run is degraded by 2 root causes: (1) the gradient norm rose to 10.4 at step 151, 14x its running "
+        "median, from step 150 (grad-explosion); (2) the effective batch is 8 x 1 = 8 sequences (2048 tokens) per "
+        "optimizer step, under 65536 tokens (small-effective-batch, from step 0). These led to loss-spike (step 150).")
+
+
+def test_a_verdict_does_not_repeat_the_first_step_its_clause_already_gives():
+    # bloom104b_overflow: "..., from step 12000 (grad-explosion, from step 12000)".
+    d = Diagnosis(summary(), (finding("grad-explosion", Severity.WARNING, GRAD, 150, 151),), ("grad-explosion",))
+    text = verdict(d)
+    assert text.count("from step 150") == 1 and text.endswith("(grad-explosion).")
+
+
+def test_many_root_causes_are_named_not_described():
+    names = ("a-one", "b-two", "c-three", "d-four")
+    d = Diagnosis(summary(), tuple(finding(n, Severity.WARNING, GRAD, 0) for n in names), names)
+    assert verdict(d) == ("The run is degraded by 4 root causes: a-one (from step 0), b-two (from step 0), "
+                          "c-three (from step 0) and d-four (from step 0).")
