@@ -162,9 +162,15 @@ _HEAD = re.compile(_PREFIX)
 # - Slurm's `srun --label` (src/api/step_io.c, _build_label): "%*d: ", the task id (the global rank) padded to the
 #   width of the largest one (a heterogeneous job's "P%u %*d: " is not read);
 # - Open MPI's `mpirun --tag-output`: `[jobid,rank]<stdout>:` (or `<stderr>:`), and horovodrun's `[rank]<stdout>:`.
-# The first tag of a line wins (the launcher's header is outermost; its metric lines carry no other). A pdsh host
-# gives no rank: one host runs several ranks (DeepSpeed's launch.py starts them all behind the one `host: `) and
-# its name is no number of any of them.
+# torchrun under `srun --label` (one torchrun per node) tags each line twice: `1: [default3]:`, srun's task (the node)
+# outside torchrun's local rank. The local ranks of every node are 0..n-1, so the pair names the process: its rank
+# is task * (the largest local rank + 1) + local rank (the global rank when the tasks are numbered as the nodes
+# rank), or, where PyTorch's own `[rankN]:` tags a line of that task, N - that line's local rank + local rank. A
+# line with srun's label alone in such a file is a launcher agent's, of no trainer rank.
+# Otherwise the first tag of a line wins (the launcher's header is outermost; its metric lines carry no other). A
+# pdsh host gives no rank: one host runs several ranks (DeepSpeed's launch.py starts them all behind the one
+# `host: `) and its name is no number of any of them.
+_SRUN_TORCHRUN = re.compile(rf"[ \t>]*(?P<rank>\x01): (?:{_HOST})?\[(?:[A-Za-z_][\w\-]*?)?(?P<local>\x01)\]:")
 _RANK_LEADS = (
     re.compile(rf"[ \t>]*(?:{_HOST})?\[(?:[A-Za-z_][\w\-]*?)?(?P<rank>\x01)\]:"),
     re.compile(r"[ \t>]*(?P<rank>\x01): "),
@@ -419,6 +425,8 @@ class _Plan:
     ends_with_number: bool = False  # the last number runs to the end of the line (cut in an unterminated line)
     n_slots: int = 0
     rank_slot: int | None = None  # the number of a launcher's rank tag (`[default1]:`, `[rank1]:`, `[Rank 1]`)
+    local_rank_slot: int | None = None  # torchrun's local rank inside srun's label (`1: [default3]:`; see
+    global_rank_slot: int | None = None  # _SRUN_TORCHRUN), and PyTorch's `[rankN]:` after both
     header: bool = False  # a step line that logs nothing itself: the lines after it log for it (Keras' `Epoch 2/5`)
     progress_slots: tuple[int, int] | None = None  # (done, total) of a progress bar: the line counts only when equal
 
@@ -442,7 +450,8 @@ class _Plan:
             needed.update(f.more)
             needed.update(f.key_slots)
         needed.update(s for s in (self.step_slot, self.nan_slot, self.skipped_slot, self.epoch_slot,
-                                  self.epoch_len_slot, self.rank_slot) if s is not None)
+                                  self.epoch_len_slot, self.rank_slot, self.local_rank_slot,
+                                  self.global_rank_slot) if s is not None)
         needed.update(self.progress_slots or ())
         return tuple(sorted(needed))
 
@@ -471,9 +480,21 @@ def plan_of(template: str) -> _Plan:
             _PLANS.clear()
         plan = _make_plan(template)
         if plan.useful:
-            plan = replace(plan, rank_slot=_rank_slot(template))
+            rank, local, global_rank = _rank_slots(template)
+            plan = replace(plan, rank_slot=rank, local_rank_slot=local, global_rank_slot=global_rank)
         _PLANS[template] = plan
     return plan
+
+
+def _rank_slots(template: str) -> tuple[int | None, int | None, int | None]:
+    """Which numbers of a line are the rank its launcher tagged it with, if any (see _RANK_LEADS, _RANK_TAG), and
+    under srun's label, torchrun's local rank and PyTorch's global rank tag (see _SRUN_TORCHRUN)."""
+    m = _SRUN_TORCHRUN.match(template)
+    if m is not None:
+        tag = _RANK_TAG.search(template, m.end(), _HEAD.match(template).end())
+        return (_slot_index(template, m.start("rank")), _slot_index(template, m.start("local")),
+                None if tag is None else _slot_index(template, tag.start("rank")))
+    return _rank_slot(template), None, None
 
 
 def _rank_slot(template: str) -> int | None:
@@ -1209,6 +1230,8 @@ class _Scanner:
         self.a_step: list[np.ndarray] = []
         self.epoch_lines: list[tuple] = []  # _apply's arguments for lines of the "epoch" family, applied at the end
         self.line_rank: np.ndarray | None = None  # each line's rank tag (-1: none), once a line has one
+        self.line_local: np.ndarray | None = None  # torchrun's local rank under srun's label (-1: none)
+        self.line_global: np.ndarray | None = None  # PyTorch's `[rankN]` on such a line (-1: none)
         self.raw_events: list[tuple[int, int | None, str, str, dict]] = []  # line, own step, kind, text, data
         self.warnings = 0
         self.garbage = 0
@@ -1456,6 +1479,12 @@ class _Scanner:
             if self.line_rank is None:
                 self.line_rank = np.full(self.n_lines, -1, dtype=np.int32)
             self.line_rank[line_idx] = np.where(np.isfinite(rank) & (rank >= 0) & (rank < MAX_RANK), rank, -1)
+        for slot, attr in ((plan.local_rank_slot, "line_local"), (plan.global_rank_slot, "line_global")):
+            if slot is not None:
+                if getattr(self, attr) is None:
+                    setattr(self, attr, np.full(self.n_lines, -1, dtype=np.int32))
+                rank = values[slot]
+                getattr(self, attr)[line_idx] = np.where(np.isfinite(rank) & (rank >= 0) & (rank < MAX_RANK), rank, -1)
         if plan.family == "fairseq":
             self.fairseq = True
         if plan.dict_without_step:
@@ -1539,6 +1568,8 @@ class _Scanner:
         a_line, a_step = _concat(self.a_line, np.int64), _concat(self.a_step, np.int64)
         order = np.argsort(a_line, kind="stable")
         a_line, a_step = a_line[order], a_step[order]
+        if self.line_local is not None:
+            self.line_rank = _process_ranks(self.line_rank, self.line_local, self.line_global)
         ranked = _LineRanks(self.line_rank, a_line) if self.line_rank is not None else None
 
         events = self._events(a_line, a_step, ranked)
@@ -1812,6 +1843,23 @@ def _nearest_steps(lines: np.ndarray, ctx: np.ndarray, a_line: np.ndarray, a_ste
         np.minimum.at(first, at[first_after], lines[first_after])
         out[first_after & (lines != first[at])] = SECOND_AFTER
     return out.astype(np.int64)
+
+
+def _process_ranks(task: np.ndarray, local: np.ndarray, global_rank: np.ndarray | None) -> np.ndarray:
+    """Each line's process under srun --label over torchrun (see _SRUN_TORCHRUN): first rank of its task + local
+    rank, the task's first rank read from PyTorch's `[rankN]` tag (global rank - local rank) on a line of that task,
+    else task * width; -1 for lines with srun's label alone (an agent's)."""
+    both = (local >= 0) & (task >= 0)
+    width = int(local[both].max()) + 1 if both.any() else 1
+    rank = np.where(both, task.astype(np.int64) * width + local, -1)
+    named = both & (global_rank >= 0) if global_rank is not None else None
+    if named is None or not named.any():
+        return rank
+    tasks, first = np.unique(task[named], return_index=True)  # a few tasks: one per node
+    bases = (global_rank[named] - local[named])[first].astype(np.int64)
+    at = np.minimum(np.searchsorted(tasks, task), len(tasks) - 1)
+    known = both & (tasks[at] == task)
+    return np.where(known, bases[at] + local, rank)
 
 
 class _LineRanks:

@@ -184,3 +184,64 @@ def test_detectron2_nan_loss_and_cut_last_line():
     result = text(body)
     assert math.isnan(points(result, "total_loss")[19])
     assert points(result, "total_loss")[39] == 1.434 and 39 not in points(result, "loss_box_reg")
+
+
+# --- torchrun under srun --label: `1: [default3]:` -----------------------------------------------------------------
+
+def ranked_points(result, name: str) -> dict[int, dict[int, float]]:
+    frame = result.frame[result.frame["name"] == name]
+    return {int(r): dict(zip(g["step"].tolist(), g["value"].tolist())) for r, g in frame.groupby("rank")}
+
+
+def test_srun_torchrun_fixture_gives_each_process_its_rank():
+    path = fixture("torchrun_srun_label", "slurm-1234.out")
+    result = textlog.read_file(path)
+    loss = ranked_points(result, "loss")
+    assert sorted(loss) == [0, 1, 2, 3] and all(sorted(series) == list(range(40)) for series in loss.values())
+    raw = path.read_text().splitlines()
+    for task, local, rank in ((0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3)):  # train.py prints its global rank
+        assert f"{task}: [default{local}]:rank {rank} (local {local}) done" in raw
+        first = next(line for line in raw if line.startswith(f"{task}: [default{local}]:iter 0: "))
+        assert loss[rank][0] == float(first.split("loss ")[1].split(",")[0])
+
+
+def test_srun_torchrun_fixture_is_healthy():
+    assert_healthy("torchrun_srun_label")
+
+
+def _srun_line(task: int, local: int, step: int, loss: float) -> str:
+    return f"{task}: [default{local}]:iter {step}: loss {loss:.4f}, time 100.00ms\n"
+
+
+def test_srun_torchrun_interleaved_local_ranks_do_not_collide():
+    body = "".join(_srun_line(t, l, s, 4 - s / 100 + t + l / 10) for s in range(6) for l in range(4) for t in (1, 0))
+    loss = ranked_points(text(body), "loss")
+    assert sorted(loss) == list(range(8))
+    assert loss[5] == {s: pytest.approx(4 - s / 100 + 1 + 0.1) for s in range(6)}  # task 1, local rank 1
+
+
+def test_srun_torchrun_global_rank_tag_names_the_process():
+    # PyTorch's `[rankN]:` (c10/util/Logging.cpp) on a line of task 0 says its workers are global ranks 4 and 5
+    body = ("".join(_srun_line(t, l, s, 3.0 + t + l / 10) for s in range(4) for t in (0, 1) for l in (0, 1))
+            + "0: [default1]:[rank5]:[W1122 08:00:00.000000000 ProcessGroupGloo.cpp:1] Warning: slow\n"
+            + "0: [default1]:[rank5]: Traceback (most recent call last):\n")
+    result = text(body)
+    loss = ranked_points(result, "loss")
+    assert sorted(loss) == [2, 3, 4, 5]  # task 1 keeps task * 2 + local
+    assert loss[4][0] == 3.0 and loss[5][0] == 3.1 and loss[2][0] == 4.0
+    assert [e.data.get("rank") for e in result.events if e.kind == "error"] == [5]
+
+
+def test_srun_label_alone_beside_torchrun_tags_is_no_trainer_rank():
+    body = (_srun_line(0, 0, 0, 3.0) + _srun_line(0, 1, 0, 3.1)
+            + "1: Traceback (most recent call last):\n1: torch.distributed.elastic.multiprocessing.errors."
+              "ChildFailedError: train.py FAILED\n" + _srun_line(0, 0, 1, 2.9))
+    result = text(body)
+    assert sorted(ranked_points(result, "loss")) == [0, 1]
+    errors = [e for e in result.events if e.kind == "error"]
+    assert errors and all("rank" not in e.data for e in errors)
+
+
+def test_srun_label_alone_still_names_the_rank():
+    result = text("".join(f"{t}: iter {s}: loss {3 - s / 10 + t:.4f}\n" for s in range(3) for t in (0, 1)))
+    assert sorted(ranked_points(result, "loss")) == [0, 1]
