@@ -11,12 +11,24 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import threading
+from collections import Counter
 from pathlib import Path
 
 MIN_BYTES = 8 << 20  # a smaller file parses in a few tens of milliseconds: not worth a thread
 MAX_FILES = 2
 SUFFIXES = (".jsonl", ".ndjson")
+
+# A JSON-lines file whose records each bring keys of their own (`{"step": 7, "metric_7": 1.0}`) parses into one mostly
+# empty column per key: 20000 such records (700 kB) took pyarrow 5.6 GB. `may_be_too_wide` says from a sample whether
+# a file may be one; the tabular reader then counts its keys exactly and reads only those that repeat.
+MAX_KEYS = 1000  # more distinct keys than this are not metrics: a real logger writes hundreds at most
+MAX_TABLE_BYTES = 1 << 30  # the most a parsed table may take: records x columns x 8 bytes
+KEY_SAMPLE_BYTES = 1 << 17  # bytes of the file whose keys are counted (a few milliseconds)
+KEY_SAMPLE_WINDOWS = 8  # spread over the file, so that keys that start late are seen
+MIN_KEY_BYTES = 6  # `"a":1,`: a file smaller than MAX_KEYS keys of this size cannot hold too many
+KEY = re.compile(rb'"((?:[^"\\\n]|\\.)*)"\s*:')  # a JSON key: a string followed by a colon
 
 _lock = threading.Lock()
 _jobs: dict[str, "_Job"] = {}  # started and not yet taken
@@ -58,6 +70,8 @@ class _Job:
         finally:
             self.read.set()
         # the reader can count the lines of `raw` meanwhile (see take)
+        if may_be_too_wide(raw, raw.count(b"\n")):
+            return  # the reader reads only the keys that repeat
         import pyarrow as pa
         import pyarrow.json as pj
 
@@ -126,3 +140,35 @@ def _key(path: str | os.PathLike) -> str:
 
 def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def may_be_too_wide(buf: bytes, newlines: int) -> bool:
+    """Whether the JSON-lines `buf` (`newlines` line ends) may hold more than MAX_KEYS distinct keys, or keys so
+    sparse that a table of them would take more than MAX_TABLE_BYTES. Estimated from a sample of whole lines: keys
+    seen once in it are extrapolated by how many each window brings per line (the median window, so that one config
+    record at the top is not mistaken for a key per record). A yes is checked exactly by the reader."""
+    if len(buf) <= MIN_KEY_BYTES * MAX_KEYS:
+        return False
+    windows = [buf] if len(buf) <= KEY_SAMPLE_BYTES else _windows(buf)
+    counts = [Counter(KEY.findall(window)) for window in windows]
+    total: Counter = Counter()
+    for count in counts:
+        total.update(count)
+    once = {key for key, n in total.items() if n == 1}
+    rates = sorted(sum(1 for key in count if key in once) / max(1, window.count(b"\n"))
+                   for count, window in zip(counts, windows))
+    distinct = len(total) + rates[len(rates) // 2] * newlines
+    return distinct > MAX_KEYS or (newlines + 1) * distinct * 8 > MAX_TABLE_BYTES
+
+
+def _windows(buf: bytes) -> list[bytes]:
+    """KEY_SAMPLE_WINDOWS stretches of whole lines, evenly spread from the start of `buf` to its end."""
+    size = KEY_SAMPLE_BYTES // KEY_SAMPLE_WINDOWS
+    out = []
+    for i in range(KEY_SAMPLE_WINDOWS):
+        start = (len(buf) - size) * i // (KEY_SAMPLE_WINDOWS - 1)
+        window = buf[start:start + size]
+        if start:
+            window = window[window.find(b"\n") + 1:]
+        out.append(window[:window.rfind(b"\n") + 1])
+    return out

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -245,11 +246,149 @@ def parse_jsonl(path: Path, file: str) -> Parsed:
                           line=truncated))
     if not buf or buf.isspace():
         return Parsed({}, np.zeros(0, dtype="int64"), notes + [Note(file, "no records in the file")])
+    if prefetch.may_be_too_wide(buf, newlines):
+        keys = _keys_worth_reading(buf, newlines, file, notes)
+        if keys is not None:
+            return _jsonl_keeping(buf, keys, file, notes, newlines)
     fast = _jsonl_with_arrow(buf, prefetched, newlines)  # neither the BOM nor a cut last line holds a line end
     if fast is not None:
         fast.notes[:0] = notes
         return fast
     return _jsonl_line_by_line(buf, file, notes)
+
+
+# --- JSON lines with too many keys -----------------------------------------------------------------------------------
+
+CENSUS_BLOCK = 1 << 20  # keys are counted block by block: where a key first occurs is known to a block
+MAX_CENSUS_KEYS = 1 << 20  # distinct keys held while counting; beyond it keys seen once are let go
+MIN_KEY_RECORDS = 2  # a key logged once is a value, not a series a detector can read
+TYPE_SAMPLE_LINES = 500  # the first lines whose parse gives the kept keys their types
+TYPE_SAMPLE_BYTES = 1 << 18
+
+
+@dataclass(frozen=True)
+class _Keys:
+    """The keys to read from a file with too many (bytes, as written), each with the start of the block it first
+    occurs in."""
+
+    names: list[bytes]
+    first_block: dict[bytes, int]
+
+
+def _keys_worth_reading(buf: bytes, newlines: int, file: str, notes: list[Note]) -> _Keys | None:
+    """Count every key of a JSON-lines file that may hold too many (prefetch.may_be_too_wide); None when it holds no
+    more than MAX_KEYS and a table of them fits in MAX_TABLE_BYTES. Otherwise the keys logged in MIN_KEY_RECORDS or
+    more records, the most logged first, as many as fit (a step key always), with Notes on the rest."""
+    counts: Counter = Counter()
+    first_block: dict[bytes, int] = {}
+    let_go = 0
+    start = 0
+    while start < len(buf):
+        end = buf.find(b"\n", start + CENSUS_BLOCK) + 1 or len(buf)
+        found = Counter(prefetch.KEY.findall(buf, start, end))
+        counts.update(found)
+        for key in found:
+            first_block.setdefault(key, start)
+        if len(counts) > MAX_CENSUS_KEYS:  # bounded memory, whatever the file: keys seen once go
+            once = [key for key, n in counts.items() if n == 1]
+            let_go += len(once)
+            for key in once:
+                del counts[key], first_block[key]
+        start = end
+    distinct, rows = len(counts) + let_go, newlines + (not buf.endswith(b"\n"))
+    if distinct <= prefetch.MAX_KEYS and rows * distinct * 8 <= prefetch.MAX_TABLE_BYTES:
+        return None
+    kept = _most_logged(counts, distinct, rows, file, notes, "key")
+    return _Keys(kept, {key: first_block[key] for key in kept})
+
+
+def _most_logged(counts: Counter, distinct: int, rows: int, file: str, notes: list[Note], noun: str) -> list:
+    """Of a file with too many keys (columns), those logged in MIN_KEY_RECORDS records or more, the most logged first
+    (ties in file order), as many as MAX_KEYS and MAX_TABLE_BYTES allow, its step key first; Notes on the rest.
+    `counts`: records holding each key (bytes or str); `distinct` may exceed len(counts) by keys let go."""
+    fit = min(prefetch.MAX_KEYS, max(1, prefetch.MAX_TABLE_BYTES // (8 * rows)))
+    repeated = [key for key, n in counts.most_common() if n >= MIN_KEY_RECORDS]
+    kept = [key for key in repeated if _shown(key).strip().lower() in STEP_COLUMNS][:1]
+    kept += [key for key in repeated if key not in kept][:fit - len(kept)]
+    once = distinct - len(repeated)
+    if once:
+        examples = ", ".join(repr(_shown(k)) for k in [k for k, n in counts.items() if n < MIN_KEY_RECORDS][:3])
+        notes.append(Note(file, f"{once} {noun}(s) hold a value in at most one record each ({examples}, ...): "
+                                f"with {distinct} {noun}s in all, too many to be metrics; not read", count=once))
+    left = len(repeated) - len(kept)
+    if left:
+        need = rows * len(repeated) * 8
+        why = (f"more than {prefetch.MAX_KEYS} are not metrics" if need <= prefetch.MAX_TABLE_BYTES
+               else f"a table of all {len(repeated)} over {rows} records would take {need / 1e9:.1f} GB")
+        notes.append(Note(file, f"{len(repeated)} {noun}s hold values in several records; the {len(kept)} most "
+                                f"logged are read and {left} are not ({why})", count=left))
+    return kept
+
+
+def _shown(key: bytes | str) -> str:
+    return _unicode(key.decode("utf-8", "replace") if isinstance(key, bytes) else key)
+
+
+def _jsonl_keeping(buf: bytes, keys: _Keys, file: str, notes: list[Note], newlines: int) -> Parsed:
+    """Parse only `keys` (the others are skipped by pyarrow, never stored), with types from a sample of lines."""
+    names = {_unicode(k.decode("utf-8", "replace")) for k in keys.names}
+    schema = _schema_of(buf, keys, names)
+    if schema is not None:
+        fast = _jsonl_with_arrow(buf, newlines=newlines, schema=schema)
+        if fast is not None:
+            fast.notes[:0] = notes
+            return fast
+    return _jsonl_line_by_line(buf, file, notes, schema=schema, keep=names)
+
+
+def _schema_of(buf: bytes, keys: _Keys, names: set[str]):
+    """A pyarrow schema for the kept top-level keys, their types read from the file's first lines and the first
+    line of each kept key not among them; numbers as float64, which takes ints and floats alike. None when the
+    sample does not parse (the slow path reads the file then)."""
+    import pyarrow as pa
+    import pyarrow.json as pj
+
+    end = 0
+    for _ in range(TYPE_SAMPLE_LINES):
+        end = buf.find(b"\n", end, TYPE_SAMPLE_BYTES) + 1
+        if not end:
+            end = min(len(buf), TYPE_SAMPLE_BYTES)
+            break
+    head = buf[:buf.rfind(b"\n", 0, end) + 1] if end < len(buf) else buf
+    seen = set(prefetch.KEY.findall(head))
+    lines = head.split(b"\n")
+    for key in keys.names:
+        if key in seen:
+            continue
+        found = re.compile(b'"' + re.escape(key) + rb'"\s*:').search(buf, keys.first_block[key])
+        if found:
+            start = buf.rfind(b"\n", 0, found.start()) + 1
+            stop = buf.find(b"\n", found.end())
+            lines.append(buf[start:stop if stop >= 0 else len(buf)])
+    objects = [line for line in map(bytes.strip, lines) if line[:1] == b"{" and line[-1:] == b"}"]
+    sample, _ = _swap_tokens(b"\n".join(objects) + b"\n")
+    try:
+        table = pj.read_json(pa.BufferReader(sample))
+    except (pa.ArrowException, ValueError):
+        return None
+    fields = [pa.field(f.name, _widened(f.type)) for f in table.schema if f.name in names]
+    return pa.schema([f for f in fields if f.type is not None])
+
+
+def _widened(kind):
+    """The type a kept key is read as: numbers (and keys so far only null) as float64, structs field by field;
+    None for lists and other values that are never metrics."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind):
+        return pa.float64()
+    if pa.types.is_struct(kind):
+        fields = [pa.field(kind.field(i).name, _widened(kind.field(i).type)) for i in range(kind.num_fields)]
+        fields = [f for f in fields if f.type is not None]
+        return pa.struct(fields) if fields else None
+    if pa.types.is_string(kind) or pa.types.is_timestamp(kind) or pa.types.is_boolean(kind):
+        return kind
+    return None
 
 
 def _drop_truncated_last_line(buf: bytes) -> tuple[bytes, int | None]:
@@ -307,19 +446,23 @@ def _sentinels_match(columns: dict[str, Column], written: dict[float, int]) -> b
 
 
 def _jsonl_with_arrow(buf: bytes, prefetched: prefetch.Prefetched | None = None,
-                      newlines: int | None = None) -> Parsed | None:
-    """The fast path: pyarrow over the whole buffer. None when it refuses the file or rows cannot be lined up."""
+                      newlines: int | None = None, schema=None) -> Parsed | None:
+    """The fast path: pyarrow over the whole buffer. None when it refuses the file or rows cannot be lined up.
+    With a `schema`, only its keys are read (as its types) and the others are skipped."""
     import pyarrow as pa
     import pyarrow.json as pj
 
     swapped, written = _swap_tokens(buf)
     try:
-        if prefetched is not None and swapped is prefetched.raw:  # these very bytes were parsed in the background
+        table = None
+        if prefetched is not None and swapped is prefetched.raw and schema is None:  # parsed in the background
             table, error = prefetched.parsed()
             if error is not None:
                 raise error
-        else:
-            table = pj.read_json(pa.BufferReader(swapped))
+        if table is None:
+            options = (pj.ParseOptions() if schema is None
+                       else pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore"))
+            table = pj.read_json(pa.BufferReader(swapped), parse_options=options)
         columns = _arrow_columns(table)
     except (pa.ArrowException, UnicodeDecodeError, ValueError, TypeError):
         return None
@@ -360,16 +503,18 @@ def _content_lines(buf: bytes, any_whitespace: bool) -> np.ndarray:
     return np.flatnonzero(counts > 0).astype("int64") + 1
 
 
-def _jsonl_line_by_line(buf: bytes, file: str, notes: list[Note]) -> Parsed:
-    """The tolerant path: drop lines that are not JSON objects (counted), then parse the rest."""
+def _jsonl_line_by_line(buf: bytes, file: str, notes: list[Note], schema=None,
+                        keep: set[str] | None = None) -> Parsed:
+    """The tolerant path: drop lines that are not JSON objects (counted), then parse the rest (only the keys in
+    `keep`, when given, read as `schema` on the fast try)."""
     raw_lines = buf.split(b"\n")
     numbered = [(i + 1, line.strip()) for i, line in enumerate(raw_lines) if line.strip()]
     candidates = [(n, line) for n, line in numbered if line[:1] == b"{" and line[-1:] == b"}"]
     garbage_lines = [n for n, line in numbered if not (line[:1] == b"{" and line[-1:] == b"}")]
     parsed = None
-    if candidates:
+    if candidates and (keep is None or schema is not None):
         joined = b"\n".join(line for _, line in candidates) + b"\n"
-        parsed = _jsonl_with_arrow(joined)
+        parsed = _jsonl_with_arrow(joined, schema=schema)
         if parsed is not None and len(parsed.lines) == len(candidates):
             parsed.lines = np.array([n for n, _ in candidates], dtype="int64")
         else:
@@ -383,7 +528,7 @@ def _jsonl_line_by_line(buf: bytes, file: str, notes: list[Note]) -> Parsed:
                 garbage_lines.append(n)
                 continue
             if isinstance(obj, dict):
-                records.append(obj)
+                records.append(obj if keep is None else {k: v for k, v in obj.items() if k in keep})
                 kept.append(n)
             else:
                 garbage_lines.append(n)
@@ -497,7 +642,7 @@ def parse_csv(path: Path, file: str) -> Parsed:
         bad.append(row.text)
         return "skip"
 
-    def parse(data: bytes, threads: bool):
+    def parse(data: bytes, threads: bool, columns: list[str] | None = None):
         bad.clear()
         return pcsv.read_csv(
             pa.BufferReader(data),
@@ -505,7 +650,7 @@ def parse_csv(path: Path, file: str) -> Parsed:
             parse_options=pcsv.ParseOptions(delimiter=delimiter, invalid_row_handler=skip, newlines_in_values=False),
             # Only an empty field is "no value": "nan" and "inf" are values, and evidence.
             convert_options=pcsv.ConvertOptions(null_values=[""], strings_can_be_null=True,
-                                                quoted_strings_can_be_null=True))
+                                                quoted_strings_can_be_null=True, include_columns=columns))
 
     cut = buf.rfind(b"\n") + 1
     if not buf.endswith(b"\n") and cut and buf[cut:].strip():
@@ -519,7 +664,10 @@ def parse_csv(path: Path, file: str) -> Parsed:
     except UnicodeDecodeError:  # pyarrow cannot hand a row of invalid UTF-8 to the skip handler
         buf = buf.decode("utf-8", "replace").encode("utf-8")
     try:
-        table = parse(buf, threads=True)
+        columns = None
+        if buf[:buf.find(b"\n")].count(delimiter.encode()) >= prefetch.MAX_KEYS:  # a header of too many names?
+            columns = _csv_columns_worth_reading(buf, delimiter, file, notes)
+        table = parse(buf, threads=True, columns=columns)
     except (pa.ArrowException, UnicodeDecodeError) as exc:
         from analyzer.errors import InputError
 
@@ -537,6 +685,53 @@ def parse_csv(path: Path, file: str) -> Parsed:
         lines = np.arange(2, table.num_rows + 2, dtype="int64")
         notes.append(Note(file, "line numbers are row numbers (the file has quoted line breaks or odd rows)"))
     return Parsed(columns, lines, notes)
+
+
+def _csv_columns_worth_reading(buf: bytes, delimiter: str, file: str, notes: list[Note]) -> list[str] | None:
+    """The columns to read of a CSV whose header names more than MAX_KEYS (see _most_logged); None when all of them
+    are to be read. Its cells are counted on the bytes: pyarrow takes ~8 kB per column only to look at a header (400
+    MB for 50000 columns), and reading the chosen ones (include_columns) costs little."""
+    import csv
+    import io
+
+    header_end = buf.find(b"\n") + 1
+    names = next(csv.reader(io.StringIO(buf[:header_end].decode("utf-8", "replace").rstrip("\r\n")),
+                            delimiter=delimiter), [])
+    if len(set(names)) <= prefetch.MAX_KEYS or len(set(names)) < len(names):  # duplicates: pyarrow's names differ
+        return None
+    if b'"' in buf[header_end:]:  # quoted cells may hold the delimiter: no byte count; pyarrow reads them all
+        return None
+    filled, rows = np.zeros(len(names), dtype="int64"), 0
+    start = header_end
+    while start < len(buf):
+        end = buf.find(b"\n", start + CENSUS_BLOCK) + 1 or len(buf)
+        block_filled, block_rows = _csv_filled(buf[start:end], delimiter, len(names))
+        filled += block_filled
+        rows += block_rows
+        start = end
+    if len(names) <= prefetch.MAX_KEYS and rows * len(names) * 8 <= prefetch.MAX_TABLE_BYTES:
+        return None
+    counts = Counter(dict(zip(names, filled.tolist())))  # ties keep the header's order
+    return _most_logged(counts, len(counts), max(rows, 1), file, notes, "column")
+
+
+def _csv_filled(block: bytes, delimiter: str, width: int) -> tuple[np.ndarray, int]:
+    """(cells holding something per column, rows) of whole CSV lines without quotes; rows of another width, which
+    the parser skips, and blank lines are not counted."""
+    if not block.endswith(b"\n"):
+        block += b"\n"
+    a = np.frombuffer(block, dtype=np.uint8)
+    ends = np.flatnonzero((a == ord(delimiter)) | (a == 10))  # where each field ends
+    ink = np.concatenate(([0], np.cumsum(a != 13, dtype=np.int64)))  # a `\r` before a line end is no content
+    begins = np.concatenate(([0], ends[:-1] + 1))
+    has_value = ink[ends] - ink[begins] > 0
+    line_end = a[ends] == 10
+    row = np.concatenate(([0], np.cumsum(line_end)[:-1]))  # the row each field belongs to
+    per_row = np.bincount(row)
+    row_start = np.concatenate(([0], np.cumsum(per_row)[:-1]))
+    column = np.arange(len(ends)) - row_start[row]
+    good = per_row[row] == width
+    return np.bincount(column[good & has_value], minlength=width)[:width], int((per_row == width).sum())
 
 
 def _delimiter(path: Path, buf: bytes) -> str:
