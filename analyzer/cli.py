@@ -306,11 +306,13 @@ def _write(run, diagnosis, target: Path, formats: list[str], fail_on: str) -> No
     if target.exists() and not target.is_dir():  # never replace a file of the user's with a report folder
         raise InputError("cannot write reports here: a file of that name exists (choose a folder with --out)",
                          path=target)
-    click.echo(run_overview(run))
     import shutil
 
-    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 120  # CI logs are wide
-    click.echo(terminal_summary(diagnosis, color=_color(), width=max(60, width)))
+    tty = sys.stdout.isatty()
+    width = max(MIN_WIDTH, shutil.get_terminal_size().columns if tty else 120)  # CI logs are wide
+    # On a terminal every line fits its width (a split pane is narrow); a log file keeps each fact on one line.
+    click.echo(run_overview(run, width if tty else None))
+    click.echo(terminal_summary(diagnosis, color=_color(), width=width, wrap=tty))
     with _writing(target):
         written = write_reports(run, diagnosis, target, formats, fail_on)
     if written:
@@ -340,8 +342,14 @@ def _write_index(entries, out: Path, skipped=()) -> None:
         click.echo(f"index: {_visible(path)}")
 
 
-def run_overview(run) -> str:
-    """What ingest found, in a few lines: formats, metrics with point counts, steps, checkpoints, events."""
+MIN_WIDTH = 60  # narrower terminals wrap our lines themselves
+OVERVIEW_INDENT = "      "  # continuation lines of an overview fact sit under its text, not under its label
+
+
+def run_overview(run, width: int | None = None) -> str:
+    """What ingest found, in a few lines: formats, metrics with point counts, steps, checkpoints, events.
+
+    With a width, each line is wrapped to it; without, each fact stays on one line (a log file, grep)."""
     counts = run.row_counts()  # every point, all ranks and segments
     ranks = run.scalars["rank"].to_numpy()
     several = {}
@@ -370,7 +378,14 @@ def run_overview(run) -> str:
         lines.append(f"  blind spot: {spot.message}")
     if run.notes:
         lines.append(f"  notes: {len(run.notes)} (e.g. {run.notes[0].file}: {run.notes[0].message})")
-    return "\n".join(_terminal_safe(line) for line in lines)
+    lines = [_terminal_safe(line) for line in lines]
+    if width is not None:
+        import textwrap
+
+        lines = [wrapped for line in lines for wrapped in textwrap.wrap(
+            line, width, subsequent_indent=OVERVIEW_INDENT, break_on_hyphens=False, drop_whitespace=True,
+            initial_indent="") or [line]]
+    return "\n".join(lines)
 
 
 def _terminal_safe(line: str) -> str:

@@ -150,11 +150,12 @@ def html(report) -> str:
     return render("report.html.j2", r=report)
 
 
-def terminal_summary(diagnosis: Diagnosis, color: bool, width: int = 100) -> str:
-    """A compact table (severity, finding, steps, message), root causes first, and a one-line verdict."""
+def terminal_summary(diagnosis: Diagnosis, color: bool, width: int = 100, wrap: bool = False) -> str:
+    """A compact table (severity, finding, steps, message), root causes first, and the verdict (wrapped to `width`
+    when `wrap`: a terminal, not a log file)."""
     from analyzer.report.terminal import summary
 
-    return summary(diagnosis, color=color, width=width)
+    return summary(diagnosis, color=color, width=width, wrap=wrap)
 
 
 def github_summary(diagnosis: Diagnosis, artifact_hint: str) -> str:

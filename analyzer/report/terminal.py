@@ -12,7 +12,7 @@ STYLE = {"critical": "\033[1;31m", "warning": "\033[33m", "info": "\033[36m", "o
 RESET = "\033[0m"
 MAX_FINDING = 34  # "D001 distill-temperature-blowup" fits
 MAX_STEPS = 13
-MIN_MESSAGE = 24
+MIN_MESSAGE = 40  # a narrower message column reads as a ribbon of words: findings are stacked instead
 ROOT_MARK = "*"
 # Log text must not drive the terminal: escape sequences and other control characters become spaces.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -30,7 +30,9 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 3)].rstrip() + "..."
 
 
-def summary(diagnosis: Diagnosis, color: bool, width: int = 100) -> str:
+def summary(diagnosis: Diagnosis, color: bool, width: int = 100, wrap: bool = False) -> str:
+    """The findings table, the verdict and the fix. wrap=True (a terminal) also wraps the verdict and fix lines to
+    `width`; a log file keeps each on one line, so `grep verdict:` finds all of it."""
     def paint(style: str, text: str) -> str:
         return f"{STYLE[style]}{text}{RESET}" if color and style in STYLE else text
 
@@ -39,33 +41,53 @@ def summary(diagnosis: Diagnosis, color: bool, width: int = 100) -> str:
     roots = set(diagnosis.root_causes)
     rows = [(f.severity.value, clean(f"{f.code} {f.name}"), fmt.steps(f.first_step, f.last_step), clean(f.message),
              f.name in roots) for f in diagnosis.findings]
+    phrases = [fmt.steps_phrase(f.first_step, f.last_step) for f in diagnosis.findings]
     lines = []
     if rows:
         name_w = min(MAX_FINDING, max(len("FINDING"), *(len(r[1]) for r in rows)))
         steps_w = min(MAX_STEPS, max(len("STEPS"), *(len(r[2]) for r in rows)))
         sev_w = len("critical")
-        message_w = max(MIN_MESSAGE, width - (1 + sev_w + 2 + name_w + 2 + steps_w + 2))
-        header = f" {'SEVERITY':<{sev_w}}  {'FINDING':<{name_w}}  {'STEPS':<{steps_w}}  MESSAGE"
-        lines.append(paint("dim", header))
-        indent = " " * (width - message_w)
-        for severity, name, steps, message, is_root in rows:
-            mark = ROOT_MARK if is_root else " "
-            # The message is what the user came for: wrap it under its column rather than cut it.
-            first, *rest = textwrap.wrap(message, message_w) or [""]
-            lines.append(f"{mark}{paint(severity, f'{severity:<{sev_w}}')}  {clip(name, name_w):<{name_w}}  "
-                         f"{clip(steps, steps_w):<{steps_w}}  {first}")
-            lines.extend(indent + more for more in rest)
+        message_at = 1 + sev_w + 2 + name_w + 2 + steps_w + 2
+        if width - message_at >= MIN_MESSAGE:
+            message_w = width - message_at
+            header = f" {'SEVERITY':<{sev_w}}  {'FINDING':<{name_w}}  {'STEPS':<{steps_w}}  MESSAGE"
+            lines.append(paint("dim", header))
+            for severity, name, steps, message, is_root in rows:
+                mark = ROOT_MARK if is_root else " "
+                # The message is what the user came for: wrap it under its column rather than cut it.
+                first, *rest = textwrap.wrap(message, message_w, break_on_hyphens=False) or [""]
+                lines.append(f"{mark}{paint(severity, f'{severity:<{sev_w}}')}  {clip(name, name_w):<{name_w}}  "
+                             f"{clip(steps, steps_w):<{steps_w}}  {first}")
+                lines.extend(" " * message_at + more for more in rest)
+        else:
+            # Too narrow for a message column (a split pane): each finding on its own line, its message below.
+            indent = " " * (1 + sev_w + 2)
+            for (severity, name, _, message, is_root), when in zip(rows, phrases):
+                mark = ROOT_MARK if is_root else " "
+                lines.append(f"{mark}{paint(severity, f'{severity:<{sev_w}}')}  {name}, {when}")
+                lines.extend(textwrap.wrap(message, max(MIN_MESSAGE + len(indent), width), initial_indent=indent,
+                                           subsequent_indent=indent, break_on_hyphens=False))
         if roots:
             lines.append(paint("dim", f"{ROOT_MARK} root cause"))
     worst = diagnosis.worst()
     level = worst.value if worst else "ok"
-    lines.append(paint(level, "verdict: ") + clean(verdict(diagnosis)))
+
+    def labelled(label: str, style: str, text: str) -> None:
+        if not wrap:
+            lines.append(paint(style, label) + text)
+            return
+        first, *rest = textwrap.wrap(label + text, max(MIN_MESSAGE, width), subsequent_indent="  ",
+                                     break_on_hyphens=False)
+        lines.append(paint(style, label) + first[len(label):])
+        lines.extend(rest)
+
+    labelled("verdict: ", level, clean(verdict(diagnosis)))
     rec_rows, _ = recommendations(diagnosis.findings)
     if rec_rows:
         # A healthy run's info-level suggestions are not a fix: say they are optional.
         label = "fix: " if fix_heading(diagnosis.findings)[1] == "" else "optional: "
-        lines.append(label + clean(fix_line(rec_rows)))
+        labelled(label, "", clean(fix_line(rec_rows)))
     if diagnosis.errors:
         names = ", ".join(e.name for e in diagnosis.errors)
-        lines.append(paint("critical", "detector errors: ") + clean(f"{len(diagnosis.errors)} crashed ({names})"))
+        labelled("detector errors: ", "critical", clean(f"{len(diagnosis.errors)} crashed ({names})"))
     return "\n".join(lines)

@@ -51,3 +51,37 @@ def test_many_root_causes_are_named_not_described():
     d = Diagnosis(summary(), tuple(finding(n, Severity.WARNING, GRAD, 0) for n in names), names)
     assert verdict(d) == ("The run is degraded by 4 root causes: a-one (from step 0), b-two (from step 0), "
                           "c-three (from step 0) and d-four (from step 0).")
+
+
+# --- a narrow terminal ------------------------------------------------------------------------------------------
+
+def test_on_a_narrow_terminal_every_line_of_the_summary_fits():
+    # At 60 columns the message column was forced to 24 characters past the edge, its continuation lines under
+    # nothing (the row ran to column 73; the wrapped lines started at column 36).
+    from analyzer.report import terminal_summary
+    from tests.report.cases import seed002
+
+    _, d = seed002()
+    lines = terminal_summary(d, color=False, width=60, wrap=True).splitlines()
+    assert max(len(line) for line in lines) <= 60
+    assert lines[0].startswith("*critical  D001 distill-temperature-blowup, steps 0-")
+    assert lines[1].startswith(" " * 11) and not lines[1].startswith(" " * 12)
+
+
+def test_a_log_file_keeps_the_verdict_on_one_line():
+    from analyzer.report import terminal_summary
+    from tests.report.cases import seed002
+
+    _, d = seed002()
+    lines = terminal_summary(d, color=False, width=60).splitlines()
+    assert [line for line in lines if line.startswith("verdict: ")] == ["verdict: " + verdict(d)]
+
+
+def test_the_run_overview_wraps_to_the_terminal_and_stays_whole_in_a_log():
+    from analyzer.cli import run_overview
+    from tests.conftest import make_run
+
+    run = make_run({f"metric_with_a_long_name_{i}": [1.0, 2.0] for i in range(12)},
+                   hparams={f"hparam_{i}": i for i in range(12)})
+    assert max(len(line) for line in run_overview(run, 60).splitlines()) <= 60
+    assert len(run_overview(run).splitlines()) == 3  # run, metrics, hparams: one line each for grep
