@@ -64,6 +64,8 @@ class _Job:
                 raw = fh.read()
             if _identity(os.stat(self.path)) != _identity(self.stat) or len(raw) != self.stat.st_size:
                 return  # written to while we read: let the reader read it itself
+            if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                return  # UTF-16: the reader transcodes it first
             self.raw = raw
         except Exception:  # unreadable here: the reader reads it and reports the problem as usual
             return

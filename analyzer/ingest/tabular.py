@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import math
@@ -59,6 +60,8 @@ _TOKENS = (b"-Infinity", b"Infinity", b"NaN")  # "-Infinity" first: it contains 
 _SENTINELS = {b"-Infinity": NEG_INF_SENTINEL, b"Infinity": POS_INF_SENTINEL, b"NaN": NAN_SENTINEL}
 _SEPARATORS = (b": ", b":")  # json.dumps' default and compact separators; other spellings take the slow path
 _BOM = b"\xef\xbb\xbf"
+# Windows PowerShell's `>` and Out-File write UTF-16 (little-endian) with a byte order mark; so may .NET and Excel
+UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 
 
 @dataclass
@@ -113,12 +116,11 @@ _CELL = re.compile(r"\s*(?:[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9
 def _text_is_table(path: Path) -> bool:
     """A text file whose first line is a delimited header naming a step column and whose second line is a row of
     as many numbers (or empty cells): a table, not a log of sentences."""
-    with open(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-    lines = head.removeprefix(_BOM).decode("utf-8", "replace").splitlines()
+    head, _ = _head(path)
+    lines = head.decode("utf-8", "replace").splitlines()
     if len(lines) < 2:
         return False
-    delimiter = _delimiter(path, head.removeprefix(_BOM))
+    delimiter = _delimiter(path, head)
     names = [n.strip().strip('"') for n in lines[0].split(delimiter)]
     cells = lines[1].split(delimiter)
     return (len(names) >= 2 and len(cells) == len(names) and all(_HEADER_NAME.fullmatch(n) for n in names)
@@ -126,9 +128,8 @@ def _text_is_table(path: Path) -> bool:
 
 
 def _csv_header_has_step(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-    header = head.removeprefix(_BOM).split(b"\n", 1)[0].decode("utf-8", "replace")
+    head, _ = _head(path)
+    header = head.split(b"\n", 1)[0].decode("utf-8", "replace")
     names = {n.strip().strip('"').lower() for n in re.split(r"[,\t;]", header)}
     return bool(names & set(STEP_COLUMNS)) or ("value" in names and bool(names & set(LONG_NAME_COLUMNS)))
 
@@ -139,13 +140,12 @@ _LONG_RECORD_HEAD = re.compile(rb'\s*\{(?:[^\n]*?[,{]\s*)?"(?:' + b"|".join(re.e
 
 def _jsonl_head_has_step(path: Path) -> bool:
     """True when one of the first complete lines is a JSON object with a step (a `.json` needs two such lines)."""
-    with open(path, "rb") as fh:
-        head = fh.read(SNIFF_BYTES)
-    lines = [line.strip() for line in head.removeprefix(_BOM).split(b"\n")[:-1] if line.strip()]
-    if not lines and len(head) < SNIFF_BYTES:  # one line without a newline at the end
-        lines = [head.removeprefix(_BOM).strip()]
+    head, whole = _head(path)
+    lines = [line.strip() for line in head.split(b"\n")[:-1] if line.strip()]
+    if not lines and whole:  # one line without a newline at the end
+        lines = [head.strip()]
     if not lines:  # a first record longer than the window: an object whose keys so far include a step
-        return path.suffix.lower() != ".json" and bool(_LONG_RECORD_HEAD.match(head.removeprefix(_BOM)))
+        return path.suffix.lower() != ".json" and bool(_LONG_RECORD_HEAD.match(head))
     objects = 0
     for line in lines[:20]:
         try:
@@ -198,8 +198,34 @@ def rank_from_name(name: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _read_bytes(path: Path, file: str) -> bytes:
-    return _read_raw(path, file).removeprefix(_BOM)
+def _head(path: Path) -> tuple[bytes, bool]:
+    """The first SNIFF_BYTES of a file as UTF-8 without a byte order mark, and whether that is the whole file."""
+    with open(path, "rb") as fh:
+        head = fh.read(SNIFF_BYTES)
+    whole = len(head) < SNIFF_BYTES
+    if head[:2] in UTF16_BOMS:
+        return _utf8_of_utf16(head)[0], whole
+    return head.removeprefix(_BOM), whole
+
+
+def _text_bytes(raw: bytes, file: str, notes: list[Note]) -> bytes:
+    """A file's text as UTF-8 without a byte order mark: UTF-16 (with its mark) is transcoded, with Notes; line
+    numbers stay those of the file, as the two hold the same line ends."""
+    if raw[:2] not in UTF16_BOMS:
+        return raw.removeprefix(_BOM)
+    notes.append(Note(file, "UTF-16 text (as Windows PowerShell writes it): read as such"))
+    text, odd = _utf8_of_utf16(raw)
+    if odd:
+        notes.append(Note(file, "the file ends in half a UTF-16 character (the run was probably stopped "
+                                "mid-write); ignored", line=text.count(b"\n") + 1))
+    return text
+
+
+def _utf8_of_utf16(raw: bytes) -> tuple[bytes, bool]:
+    """UTF-8 of UTF-16 bytes that start with a byte order mark (which goes), and whether an odd last byte was
+    dropped; a character that cannot be decoded (half a surrogate pair) becomes U+FFFD."""
+    odd = len(raw) % 2
+    return raw[:len(raw) - odd].decode("utf-16", errors="replace").encode("utf-8"), bool(odd)
 
 
 def _read_raw(path: Path, file: str) -> bytes:
@@ -237,8 +263,12 @@ def parse_jsonl(path: Path, file: str) -> Parsed:
     """Parse a JSON-lines file with pyarrow; fall back to per-line parsing only when the fast path refuses it."""
     prefetched = prefetch.take(path)  # parsed in the background while the CLI imported the detectors
     raw = prefetched.raw if prefetched is not None else _read_raw(path, file)
-    newlines = lineindex.remember(path, raw)  # counted once: lines up rows here, finds cited lines later
     notes: list[Note] = []
+    if raw[:2] in UTF16_BOMS:  # not the file's bytes: its line ends are counted again where a line is cited
+        raw = _text_bytes(raw, file, notes)
+        newlines = raw.count(b"\n")
+    else:
+        newlines = lineindex.remember(path, raw)  # counted once: lines up rows here, finds cited lines later
     buf = _without_nul_tail(raw.removeprefix(_BOM), file, notes)
     buf, truncated = _drop_truncated_last_line(buf)
     if truncated is not None:
@@ -632,7 +662,7 @@ def parse_csv(path: Path, file: str) -> Parsed:
     import pyarrow.csv as pcsv
 
     notes: list[Note] = []
-    buf = _without_nul_tail(_read_bytes(path, file), file, notes)
+    buf = _without_nul_tail(_text_bytes(_read_raw(path, file), file, notes), file, notes)
     if not buf.strip():
         return Parsed({}, np.zeros(0, dtype="int64"), [Note(file, "no records in the file")])
     delimiter = _delimiter(path, buf)
