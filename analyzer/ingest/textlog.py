@@ -335,12 +335,27 @@ KERAS_RENAMES = {"learning_rate": "lr"}
 # as its metrics.json numbers it. The logger (detectron2/utils/logger.py, setup_logger) starts each console line with
 # colored("[%(asctime)s %(name)s]: ") (`[11/22 07:50:00 d2.utils.events]: `) and each log.txt line with
 # "[%(asctime)s] %(name)s %(levelname)s: " (`[11/22 07:50:00] d2.utils.events INFO: `).
-_D2_HEAD = re.compile(_PREFIX + r"(?:[\w.\x01]+ (?:INFO|WARNING|DEBUG):\s+)?(?:eta: (?:\x01 days?, )?\x01(?::\x01)+\s+)?"
+_D2_HEAD = re.compile(_PREFIX + r"(?:[\w.\x01]+ (?:INFO|WARNING|DEBUG):\s+)?"
+                      r"(?:eta: (?:\x01 days?, )?\x01(?::\x01)+\s+)?"
                       r"iter: (?P<step>\x01)(?P<rest>  .*)\Z", re.S)
 _D2_FIELD = re.compile(r"(?<!\S)(?P<key>(?:\[metric\])?[A-Za-z_][\w./\-\x01]*): (?:(?P<num>\x01)(?P<unit>M)?"
                        r"|(?P<const>[-+]?(?i:nan|inf))|\S+)(?=\s|\Z)")
 D2_RENAMES = {"time": "avg_time_s", "last_time": "step_time_s", "data_time": "data_time_s",
               "last_data_time": "last_data_time_s", "max_mem": "max_memory_mb"}  # seconds; MiB
+
+# fastai's console table (fastai/callback/progress.py, ProgressCallback: mbar.write(recorder.metric_names, table=True)
+# once, then mbar.write([f'{l:.6f}' if isinstance(l, float) else str(l) for l in log], table=True) per epoch;
+# fastprogress/fastprogress.py, ConsoleMasterBar.write: the header names padded to 8 characters and joined by two
+# spaces, each row's values padded to their column's width + 2). The columns (fastai/learner.py, Recorder.before_fit):
+# `epoch` (from 0, each fit), `train_loss` (the smoothed loss), `valid_loss`, the metrics (computed on the
+# validation set; `train_`/`valid_` prefixed when train_metrics is on), `time` (fastprogress format_time: mm:ss or
+# h:mm:ss). fastprogress redraws its bars with "\r" before the row, on the same physical line. A row has no words:
+# its names are its header's, the last one above it. The epoch is the step; a later table (fine_tune's second fit)
+# whose epochs would go back continues after the last step before it.
+_FASTAI_HEAD = re.compile(r"[ \t]*epoch(?P<names>(?:  +[A-Za-z_][^\s]*)+) *\Z")
+_FASTAI_ROW = re.compile(r"[ \t]*(?P<epoch>\x01)(?P<cells>(?:  +(?:\x01|[-+]?(?i:nan|inf)|None|#na#))*)  +(?:\x01:)?"
+                         r"\x01:\x01 *\Z")
+_FASTAI_CELL = re.compile(r"  +(?P<cell>\x01|[-+]?(?i:nan|inf)|None|#na#)")
 
 # Per-trainer names, for keys that canonical_metric would not map or would map wrongly.
 TORCHTUNE_RENAMES = {"tokens_per_second_per_gpu": "tokens_per_s"}  # per device, as torchtitan's tps
@@ -429,6 +444,7 @@ class _Plan:
     global_rank_slot: int | None = None  # _SRUN_TORCHRUN), and PyTorch's `[rankN]:` after both
     header: bool = False  # a step line that logs nothing itself: the lines after it log for it (Keras' `Epoch 2/5`)
     progress_slots: tuple[int, int] | None = None  # (done, total) of a progress bar: the line counts only when equal
+    n_columns: int = 0  # a table row's number of columns (fastai), to match its header's
 
     @property
     def points(self) -> bool:
@@ -545,11 +561,11 @@ def _shifted(plan: _Plan, offset: int) -> _Plan:
 
 def _points_plan(body: str) -> _Plan | None:
     if not _POINT_WORDS.search(body.lower()):
-        return _keras_epoch_plan(body)
-    for shape in (_torchtune_plan, _llmc_log_plan, _llmc_stdout_plan, _torchtitan_plan, _mmengine_plan, _timm_plan,
-                  _keras_plan, _detectron2_plan, _megatron_valid_plan, _eval_plan, _logtxt_plan, _fairseq_plan, _dict_plan,
-                  _epoch_batch_plan,
-                  _anchor_plan, _bare_loss_plan, _hellaswag_plan, _epoch_plan):
+        return _keras_epoch_plan(body) or _fastai_row_plan(body)
+    for shape in (_fastai_head_plan, _torchtune_plan, _llmc_log_plan, _llmc_stdout_plan, _torchtitan_plan,
+                  _mmengine_plan, _timm_plan, _keras_plan, _detectron2_plan, _megatron_valid_plan, _eval_plan,
+                  _logtxt_plan, _fairseq_plan, _dict_plan, _epoch_batch_plan, _anchor_plan, _bare_loss_plan,
+                  _hellaswag_plan, _epoch_plan):
         plan = shape(body)
         if plan is not None:
             return plan
@@ -893,6 +909,42 @@ def _timm_plan(body: str) -> _Plan | None:
                  constants=tuple(constants))
 
 
+def _fastai_head_plan(body: str) -> _Plan | None:
+    m = _FASTAI_HEAD.match(body)
+    if m is None or not m.group("names").rstrip().endswith("time"):
+        return None
+    return _Plan(family="fastai_header", n_columns=1 + len(m.group("names").split()))
+
+
+def _fastai_row_plan(body: str) -> _Plan | None:
+    m = _FASTAI_ROW.match(body)
+    if m is None:
+        return None
+    fields: list[_Field] = []
+    constants: list[tuple[str, float]] = []
+    cells = list(_FASTAI_CELL.finditer(body, m.start("cells"), m.end("cells")))
+    for column, cell in enumerate(cells, start=1):  # named by column number until its header is known
+        if cell.group("cell") == SLOT:
+            fields.append(_Field(_slot_index(body, cell.start("cell")), str(column)))
+        elif cell.group("cell") not in ("None", "#na#"):
+            constants.append((str(column), float(cell.group("cell"))))
+    return _Plan(family="fastai_row", epoch_slot=_slot_index(body, m.start("epoch")), fields=tuple(fields),
+                 constants=tuple(constants), n_columns=len(cells) + 2)
+
+
+def _fastai_names(header: str) -> list[str]:
+    """A fastai header's metric names, epoch and time left out: metrics after `valid_loss` are the validation set's
+    (Recorder.before_fit names them so only when train_metrics is on too)."""
+    names, valid = [], False
+    for name in header.split()[1:-1]:
+        if name == "valid_loss":
+            valid = True
+        elif valid and not name.startswith(("train_", "valid_")):
+            name = "valid_" + name
+        names.append(name)
+    return names
+
+
 def _detectron2_plan(body: str) -> _Plan | None:
     m = _D2_HEAD.match(body)
     if m is None:
@@ -1048,7 +1100,8 @@ def sniff(path: Path) -> bool:
             continue
         plan = plan_of(_NUM.sub(SLOT, line))
         # warnings and errors alone do not make a file a training log (a README says "Error" too)
-        if plan.points or plan.dict_without_step or plan.event in ("overflow", "nan_clamp", "nan") \
+        if plan.points or plan.dict_without_step or plan.family == "fastai_header" \
+                or plan.event in ("overflow", "nan_clamp", "nan") \
                 or _TRACEBACK.search(line):
             return True
     return False
@@ -1229,6 +1282,8 @@ class _Scanner:
         self.a_line: list[np.ndarray] = []
         self.a_step: list[np.ndarray] = []
         self.epoch_lines: list[tuple] = []  # _apply's arguments for lines of the "epoch" family, applied at the end
+        self.table_heads: list[tuple[int, int, list[str]]] = []  # fastai: (line, columns, metric names) per header
+        self.table_rows: list[tuple[_Plan, np.ndarray, dict[int, np.ndarray]]] = []  # fastai rows, named at the end
         self.line_rank: np.ndarray | None = None  # each line's rank tag (-1: none), once a line has one
         self.line_local: np.ndarray | None = None  # torchrun's local rank under srun's label (-1: none)
         self.line_global: np.ndarray | None = None  # PyTorch's `[rankN]` on such a line (-1: none)
@@ -1451,6 +1506,16 @@ class _Scanner:
                 texts = [t for t, f in zip(texts, finished) if f] if texts is not None else None
                 if not len(line_idx):
                     return
+        if plan.family == "fastai_row":
+            self.table_rows.append((plan, line_idx, values))
+            return
+        if plan.family == "fastai_header":
+            if texts is None:
+                texts = [chunk.text(int(i) - lo) for i in line_idx] if chunk is not None else [sample] * len(line_idx)
+            for line, body in zip(line_idx.tolist(), texts):
+                names = _fastai_names(body.rstrip("\r\n").rpartition("\r")[2])
+                self.table_heads.append((line, plan.n_columns, names))
+            return
         if plan.family == "epoch":  # whether its epoch is a step depends on the whole file (see _EPOCH_HEAD)
             self.epoch_lines.append((plan, line_idx, values, chunk, lo, texts, sample))
             return
@@ -1557,8 +1622,16 @@ class _Scanner:
 
     # -- steps from context, the frame, the events --
     def _finish(self) -> FileResult:
+        has_steps = bool(self.a_line)
+        if self.table_rows:
+            if has_steps:
+                self.notes.append(Note(self.rel, "per-epoch table rows (fastai) not read: the file logs steps",
+                                       line=int(min(rows.min() for _, rows, _ in self.table_rows)) + 1,
+                                       count=sum(len(rows) for _, rows, _ in self.table_rows)))
+            else:
+                self._table_points()
         if self.epoch_lines:
-            if self.a_line:
+            if has_steps:
                 self.notes.append(Note(self.rel, "per-epoch summary lines not read: the file logs steps",
                                        line=int(min(group[1].min() for group in self.epoch_lines)) + 1,
                                        count=sum(len(group[1]) for group in self.epoch_lines)))
@@ -1617,6 +1690,51 @@ class _Scanner:
         hparams = [("loss_base", 2, self.rel, "fairseq logs its loss in base 2 (ppl = 2**loss)")] if self.fairseq \
             else []
         return FileResult(frame, events, notes, hparams)
+
+    def _table_points(self) -> None:
+        """fastai table rows as points: named by the header above each, the epoch (continued across tables) as the
+        step. A row with no header above it, or with another number of columns, is not read."""
+        heads = sorted(self.table_heads)
+        head_line = np.array([h[0] for h in heads], dtype=np.int64)
+        head_columns = np.array([h[1] for h in heads], dtype=np.int64)
+        rows = [(plan, line, values, np.searchsorted(head_line, line, side="right") - 1)
+                for plan, line, values in self.table_rows]
+        kept, unread = [], 0
+        for plan, line, values, table in rows:
+            ok = np.zeros(len(line), dtype=bool)
+            if heads:
+                ok = (table >= 0) & (head_columns[np.maximum(table, 0)] == plan.n_columns)
+            unread += int((~ok).sum())
+            epoch = values[plan.epoch_slot]
+            ok &= np.isfinite(epoch) & (epoch >= 0) & (epoch == np.floor(epoch))
+            if ok.any():
+                kept.append((plan, line[ok], {k: v[ok] for k, v in values.items()}, table[ok]))
+        if unread:
+            self.notes.append(Note(self.rel, "table rows without a header of as many columns above them not read",
+                                   count=unread))
+        if not kept:
+            return
+        table = np.concatenate([k[3] for k in kept])
+        epoch = np.concatenate([k[2][k[0].epoch_slot] for k in kept]).astype(np.int64)
+        offsets = np.zeros(len(heads), dtype=np.int64)
+        last = -1
+        for t in range(len(heads)):  # one per fit() call: a few
+            mine = epoch[table == t]
+            if len(mine):
+                offsets[t] = max(0, last + 1 - int(mine.min()))
+                last = int(mine.max()) + offsets[t]
+        for plan, line, values, table in kept:
+            steps = values[plan.epoch_slot].astype(np.int64) + offsets[table]
+            self.a_line.append(line)
+            self.a_step.append(steps)
+            for t in np.unique(table).tolist():  # a few tables
+                mine = table == t
+                names = heads[t][2]
+                for f in plan.fields:
+                    self._add_points(line[mine], steps[mine], 0, names[int(f.name) - 1], values[f.slot][mine])
+                for column, constant in plan.constants:
+                    self._add_points(line[mine], steps[mine], 0, names[int(column) - 1],
+                                     np.full(int(mine.sum()), constant))
 
     def _rank_column(self, lines: np.ndarray, ranked: "_LineRanks | None") -> np.ndarray | None:
         """Each line's rank: its tag's, else the one its path names, else the lowest rank whose step lines are tagged

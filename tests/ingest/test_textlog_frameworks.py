@@ -92,7 +92,8 @@ def test_keras_verbose2_cut_in_its_last_number():
 
 def test_keras_progress_line_over_the_line_limit_is_read_from_its_last_redraw(monkeypatch):
     monkeypatch.setattr(textlog, "MAX_LINE_CHARS", 2000)
-    redraw = "\x08" * 60 + "\r\x1b[1m{i}/100\x1b[0m \x1b[32m\u2501\u2501\x1b[0m \x1b[1m3s\x1b[0m 30ms/step - loss: {l:.4f}"
+    redraw = ("\x08" * 60 + "\r\x1b[1m{i}/100\x1b[0m \x1b[32m\u2501\u2501\x1b[0m \x1b[1m3s\x1b[0m 30ms/step - "
+              "loss: {l:.4f}")
     bar = "".join(redraw.format(i=i, l=2.0 - i / 100) for i in range(1, 101))
     assert len(bar) > 2000
     body = f"Epoch 1/2\n{bar} - val_loss: 1.5000\nEpoch 2/2\n{bar.replace('loss: 1.0000', 'loss: 0.9000')}\n"
@@ -245,3 +246,63 @@ def test_srun_label_alone_beside_torchrun_tags_is_no_trainer_rank():
 def test_srun_label_alone_still_names_the_rank():
     result = text("".join(f"{t}: iter {s}: loss {3 - s / 10 + t:.4f}\n" for s in range(3) for t in (0, 1)))
     assert sorted(ranked_points(result, "loss")) == [0, 1]
+
+
+# --- fastai's console table -----------------------------------------------------------------------------------------
+
+FASTAI_HEAD = "epoch     train_loss  valid_loss  accuracy  time    \n"
+
+
+def _fastai_row(epoch: int, *values: str, time: str = "00:01") -> str:
+    return f"{epoch:<10}" + "".join(f"{v:<12}" for v in values) + f"{time}     \n"
+
+
+def test_fastai_fine_tune_fixture_two_tables_continue_the_epochs():
+    result = textlog.read_file(fixture("fastai_console"))
+    loss = points(result, "train_loss")
+    assert loss == {0: 0.794381, 1: 0.515192, 2: 0.443563, 3: 0.370172, 4: 0.318367, 5: 0.283933}
+    assert points(result, "valid_loss")[5] == 0.223228
+    assert points(result, "valid_accuracy")[2] == 0.915179 and points(result, "valid_error_rate")[2] == 0.084821
+    assert not result.notes
+
+
+def test_fastai_fixture_is_healthy():
+    assert_healthy("fastai_console")
+
+
+def test_fastai_run_cut_in_its_last_row_keeps_the_rows_before():
+    raw = fixture("fastai_console").read_text()
+    result = text(raw[:raw.rindex("0.283933") + 5])
+    assert sorted(points(result, "train_loss")) == [0, 1, 2, 3, 4]
+
+
+def test_fastai_row_values_nan_and_missing():
+    body = (FASTAI_HEAD + _fastai_row(0, "0.693147", "0.690000", "0.500000")
+            + _fastai_row(1, "nan", "#na#", "None") + _fastai_row(2, "0.5", "0.6", "0.7", time="1:02:03"))
+    result = text(body)
+    loss = points(result, "train_loss")
+    assert loss[0] == 0.693147 and math.isnan(loss[1]) and loss[2] == 0.5
+    assert points(result, "valid_loss") == {0: 0.69, 2: 0.6} and points(result, "valid_accuracy") == {0: 0.5, 2: 0.7}
+
+
+def test_fastai_train_metrics_header_names_its_columns():
+    head = "epoch     train_loss  train_accuracy  valid_loss  valid_accuracy  time    \n"
+    body = head + "0         0.700000    0.510000        0.690000    0.520000        00:00     \n"
+    result = text(body)
+    assert points(result, "train_accuracy") == {0: 0.51} and points(result, "valid_accuracy") == {0: 0.52}
+
+
+def test_fastai_rows_without_a_matching_header_are_not_read():
+    rows = _fastai_row(0, "0.7", "0.6", "0.5") + _fastai_row(1, "0.6", "0.5", "0.6")
+    result = text(rows)  # no header: a bare row of numbers says nothing
+    assert result.frame is None or not len(result.frame)
+    result = text("epoch     train_loss  time    \n" + rows)  # two columns named, four given
+    assert result.frame is None or not len(result.frame)
+    assert any("without a header" in n for n in notes(result))
+
+
+def test_fastai_rows_beside_step_lines_are_not_steps():
+    body = FASTAI_HEAD + _fastai_row(0, "0.7", "0.6", "0.5") + "step 10 | loss 3.2\nstep 20 | loss 3.1\n"
+    result = text(body)
+    assert points(result, "loss") == {10: 3.2, 20: 3.1} and not points(result, "train_loss")
+    assert any("fastai" in n for n in notes(result))
