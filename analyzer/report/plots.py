@@ -211,9 +211,32 @@ def _finish(ax, data: PlotInput, ylabel: str) -> None:
     handles, _ = ax.get_legend_handles_labels()
     if handles:
         # Above the axes, right of the title: inside, a legend hides exactly the late steps a reader looks at.
-        columns = len(handles) if len(handles) <= LEGEND_COLUMNS else (2 if len(handles) == 4 else LEGEND_COLUMNS)
-        ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=columns, fontsize=7, frameon=False,
-                  borderaxespad=0.1, handlelength=1.5, columnspacing=1.2)
+        _legend(ax, _legend_columns(len(handles)))
+
+
+def _legend_columns(entries: int) -> int:
+    return entries if entries <= LEGEND_COLUMNS else (2 if entries == 4 else LEGEND_COLUMNS)
+
+
+def _legend(ax, columns: int):
+    return ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=columns, fontsize=7, frameon=False,
+                     borderaxespad=0.1, handlelength=1.5, columnspacing=1.2)
+
+
+def _clear_title(fig, axes, titles) -> None:
+    """A legend that runs into its panel's title (a long title, three long entries) takes fewer columns, so it
+    grows upwards instead of leftwards; the title and the legend are both text a reader needs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    for ax, title in zip(axes, titles):
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        columns = _legend_columns(len(legend.get_texts()))
+        while columns > 1 and title.get_window_extent(renderer).overlaps(legend.get_window_extent(renderer)):
+            columns -= 1
+            legend = _legend(ax, columns)
 
 
 # --- the plots ----------------------------------------------------------------------------------------------------
@@ -389,11 +412,13 @@ def render_svg(specs: Sequence[PlotSpec], data: PlotInput, figsize: tuple[float,
         axes = fig.subplots(len(specs), 1, sharex=True, squeeze=False, gridspec_kw=dict(
             left=MARGIN_LEFT / width, right=1 - MARGIN_RIGHT / width, bottom=MARGIN_BOTTOM / height,
             top=1 - MARGIN_TOP / height, hspace=PANEL_GAP / panel))[:, 0]
+        titles = []
         for ax, spec in zip(axes, specs):
             spec.draw(ax, data)
-            ax.set_title(spec.title)
+            titles.append(ax.set_title(spec.title))
         for ax in axes[:-1]:
             ax.set_xlabel("")
+        _clear_title(fig, axes, titles)
         out = io.StringIO()
         fig.savefig(out, format="svg", metadata={"Date": None, "Creator": None})
     return _strip_svg_prolog(out.getvalue())

@@ -85,3 +85,41 @@ def test_the_run_overview_wraps_to_the_terminal_and_stays_whole_in_a_log():
                    hparams={f"hparam_{i}": i for i in range(12)})
     assert max(len(line) for line in run_overview(run, 60).splitlines()) <= 60
     assert len(run_overview(run).splitlines()) == 3  # run, metrics, hparams: one line each for grep
+
+
+# --- plots ------------------------------------------------------------------------------------------------------
+
+def _overlaps_when_saved(monkeypatch, specs, data) -> list[str]:
+    """render_svg's figures, checked as they are saved: the panels whose legend runs into their title."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from analyzer.report import plots
+
+    hits: list[str] = []
+    save = Figure.savefig
+
+    def checked(fig, *args, **kwargs):
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        for ax in fig.axes:
+            title, legend = ax._left_title, ax.get_legend()  # plots set titles on the left (axes.titlelocation)
+            if legend is not None and title.get_text() and title.get_window_extent(renderer).overlaps(
+                    legend.get_window_extent(renderer)):
+                hits.append(title.get_text())
+        return save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", checked)
+    plots.render_svg(specs, data)
+    return hits
+
+
+def test_a_legend_never_runs_into_its_panel_title(monkeypatch):
+    # kd-temperature-blowup: "Logged eval perplexity vs exp(eval loss)" was drawn over by "logged eval ppl".
+    import numpy as np
+
+    from analyzer.report import plots
+
+    steps = np.arange(0, 251, 50)
+    data = plots.PlotInput(series={"eval_ppl": (steps, np.full(6, 148.4)), "eval_loss": (steps, np.full(6, 5.6))},
+                           window=(0, 200), window_label="perplexity-misreport (steps 0-200)")
+    assert _overlaps_when_saved(monkeypatch, [plots.PLOTS["eval_ppl"]], data) == []
