@@ -597,7 +597,7 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
             window, note = None, f"{f.name} spans the whole run ({when})"
         data = series.plot_input(
             [m for s in specs for m in s.metrics] + ["eval_loss"], window=window, window_label=f"{f.name} ({when})",
-            with_checkpoints=f.name in plots.CHECKPOINT_FINDINGS, facts=facts)
+            with_checkpoints=f.name in plots.CHECKPOINT_FINDINGS, facts=facts, references=_chance_line([f], run))
         figs = tuple(
             FigureView(id=f"{index:02d}-{f.name}-{spec.name}", title=spec.title, caption=f"{spec.title}; {note}",
                        svg=series.svg([spec], data))
@@ -657,12 +657,30 @@ def _overview(diagnosis: Diagnosis, series: "_SeriesCache", facts: RunFacts, run
         if f.first_step != diagnosis.run.first_step and all(step != f.first_step for step, _ in marked):
             marked.append((f.first_step, f.code))
     marked = sorted(marked)[:MAX_MARKS]
+    leading = [f for f in diagnosis.findings if f.name in diagnosis.root_causes or f.severity is Severity.CRITICAL]
     data = series.plot_input([m for s in specs for m in s.metrics] + ["eval_loss"], marks=tuple(marked),
-                             with_checkpoints=True, facts=facts)
+                             with_checkpoints=True, facts=facts, references=_chance_line(leading, run))
     caption = "The whole run" + (": dotted lines mark where " + ", ".join(
         f"{code} began (step {step})" for step, code in marked) if marked else "")
     return FigureView(id="00-overview", title="Run overview", caption=caption,
                       svg=series.svg(specs, data))
+
+
+def _chance_line(findings: Sequence[Finding], run) -> tuple[tuple[float, str], ...]:
+    """The chance level the loss plot shows, as the findings state it ("at chance level ln(4) = 1.386", implied by
+    the loss where no hparam gives the classes), else as the detectors derive it from the run's hparams."""
+    for f in findings:
+        value, classes = f.metrics.get("chance_level"), f.metrics.get("chance_classes", f.metrics.get("classes"))
+        if _is_number(value) and _is_number(classes) and classes >= 2:
+            unit = "log2" if math.isclose(value, math.log2(classes), rel_tol=1e-6) else "ln"
+            return ((float(value), f"chance level {unit}({int(classes)}) = {value:.3f}"),)
+    if run is not None:
+        from analyzer.detectors.stats import chance_level
+
+        found = chance_level(run)
+        if found is not None:
+            return ((found.value, f"chance level {found.describe()}"),)
+    return ()
 
 
 class _SeriesCache:
@@ -701,13 +719,13 @@ class _SeriesCache:
         if not self.draw:
             return ""
         key = (tuple(s.name for s in specs), data.window, data.window_label if data.window else "", data.marks,
-               data.checkpoints)
+               data.checkpoints, data.references)
         if key not in self._svgs:
             self._svgs[key] = render_svg(specs, data)
         return self._svgs[key]
 
     def plot_input(self, metrics: Sequence[str], *, window=None, window_label: str = "", marks=(),
-                   with_checkpoints: bool = False, facts: RunFacts | None = None):
+                   with_checkpoints: bool = False, facts: RunFacts | None = None, references=()):
         from analyzer.report.plots import PlotInput
 
         data = {m: self.get(m) for m in dict.fromkeys(metrics) if m in self.metrics}
@@ -720,7 +738,8 @@ class _SeriesCache:
         hparams = {k: h.value for k, h in run.hparams.items()} if run is not None else {}
         return PlotInput(series=data, hparams=hparams,
                          window=window, window_label=window_label, marks=tuple(marks), checkpoints=checkpoints,
-                         overflow_steps=overflow, labels={m: self.labels[m] for m in data if m in self.labels})
+                         overflow_steps=overflow, labels={m: self.labels[m] for m in data if m in self.labels},
+                         references=tuple(references))
 
 
 # --- tables that a detector's partial shows -----------------------------------------------------------------------

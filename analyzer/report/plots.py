@@ -49,6 +49,8 @@ class PlotInput:
     checkpoints: tuple[tuple[int, bool], ...] = ()  # (step, good?) ticks along the bottom edge
     overflow_steps: tuple[int, ...] = ()  # fp16 overflow events (skipped steps)
     labels: Mapping[str, str] = field(default_factory=dict)  # what a derived series is (SPEED: "tokens/s", ...)
+    # Horizontal lines on the loss plot: (value, label), e.g. the chance level a finding compares the loss with.
+    references: tuple[tuple[float, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -245,9 +247,13 @@ def draw_loss(ax, data: PlotInput) -> None:
     _line(ax, data, "loss", "train loss", BLUE)
     if "eval_loss" in data.series:
         _line(ax, data, "eval_loss", "eval loss", ORANGE, log=ax.get_yscale() == "log", marker="o", width=1.2)
-    vocab = data.hparams.get("vocab_size")
-    if isinstance(vocab, (int, float)) and not isinstance(vocab, bool) and vocab > 1:
-        _hline(ax, math.log(vocab), f"ln(vocab) = {math.log(vocab):.2f}")
+    if data.references:
+        for value, label in data.references:
+            _hline(ax, value, label)
+    else:
+        vocab = data.hparams.get("vocab_size")
+        if isinstance(vocab, (int, float)) and not isinstance(vocab, bool) and vocab > 1:
+            _hline(ax, math.log(vocab), f"ln(vocab) = {math.log(vocab):.2f}")
     _checkpoints(ax, data)
     _finish(ax, data, "loss")
 

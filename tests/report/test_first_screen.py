@@ -123,3 +123,42 @@ def test_a_legend_never_runs_into_its_panel_title(monkeypatch):
     data = plots.PlotInput(series={"eval_ppl": (steps, np.full(6, 148.4)), "eval_loss": (steps, np.full(6, 5.6))},
                            window=(0, 200), window_label="perplexity-misreport (steps 0-200)")
     assert _overlaps_when_saved(monkeypatch, [plots.PLOTS["eval_ppl"]], data) == []
+
+
+def _plot_inputs(monkeypatch, diagnosis, run) -> list:
+    from analyzer.report import plots
+    from analyzer.report.model import build_report
+
+    seen = []
+    monkeypatch.setattr(plots, "render_svg", lambda specs, data, figsize=None: seen.append(data) or "<svg/>")
+    build_report(diagnosis, run)
+    return seen
+
+
+def test_the_loss_plots_show_the_chance_level_a_finding_compares_the_loss_with(monkeypatch):
+    # hf_lrqa_chance_plateau: "at chance level ln(4) = 1.386" (implied by the loss: no hparam names 4 classes), and
+    # no plot drew that level, so the report's main claim had no line to check it against.
+    import math
+
+    from tests.conftest import make_run
+
+    run = make_run({"loss": [1.39, 1.387, 1.386, 1.3863], "lr": [1e-5] * 4})
+    plateau = Finding("L002", "loss-plateau", Severity.CRITICAL, Confidence.HIGH, "eval_loss stopped improving", 1,
+                      3, metrics={"chance_level": math.log(4), "chance_classes": 4})
+    d = Diagnosis(RunSummary("/r", "r", ("test",), 0, 3, 8, ("loss", "lr"), {}, ()), (plateau,), ("loss-plateau",))
+    inputs = _plot_inputs(monkeypatch, d, run)
+    assert inputs and all(data.references == ((math.log(4), "chance level ln(4) = 1.386"),) for data in inputs)
+
+
+def test_without_a_finding_that_names_it_the_chance_level_comes_from_the_hparams_as_the_detectors_read_it(
+        monkeypatch):
+    # A classifier with num_classes 10 and a vocab_size: the detectors compare with ln(10), the plot drew ln(vocab).
+    import math
+
+    from tests.conftest import make_run
+
+    run = make_run({"loss": [2.5, 2.4, 2.3]}, hparams={"num_classes": 10, "vocab_size": 30522})
+    spike = Finding("L001", "loss-spike", Severity.WARNING, Confidence.HIGH, "loss jumped", 1, 2)
+    d = Diagnosis(RunSummary("/r", "r", ("test",), 0, 2, 3, ("loss",), {}, ()), (spike,), ("loss-spike",))
+    inputs = _plot_inputs(monkeypatch, d, run)
+    assert inputs and all(data.references == ((math.log(10), "chance level ln(10) = 2.303"),) for data in inputs)
