@@ -592,7 +592,9 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
     figs: tuple[FigureView, ...] = ()
     if figures and specs:
         when = fmt.steps_phrase(f.first_step, f.last_step)
-        window, note = (f.first_step, f.last_step), f"shaded: {f.name} ({when})"
+        # One step is drawn as a dashed line, a span as a shaded band: the caption says which the reader sees.
+        single = f.first_step is None or f.last_step is None or f.last_step <= f.first_step
+        window, note = (f.first_step, f.last_step), f"{'dashed line' if single else 'shaded'}: {f.name} ({when})"
         if _covers_run(f, facts_span):
             window, note = None, f"{f.name} spans the whole run ({when})"
         data = series.plot_input(
@@ -651,17 +653,19 @@ def _overview(diagnosis: Diagnosis, series: "_SeriesCache", facts: RunFacts, run
     if not specs:
         return None
     marked = []
+    names: dict[str, str] = {}
     for f in diagnosis.findings:
         if f.first_step is None or not (f.name in diagnosis.root_causes or f.severity is Severity.CRITICAL):
             continue
         if f.first_step != diagnosis.run.first_step and all(step != f.first_step for step, _ in marked):
             marked.append((f.first_step, f.code))
+            names[f.code] = f.name
     marked = sorted(marked)[:MAX_MARKS]
     leading = [f for f in diagnosis.findings if f.name in diagnosis.root_causes or f.severity is Severity.CRITICAL]
     data = series.plot_input([m for s in specs for m in s.metrics] + ["eval_loss"], marks=tuple(marked),
                              with_checkpoints=True, facts=facts, references=_chance_line(leading, run))
     caption = "The whole run" + (": dotted lines mark where " + ", ".join(
-        f"{code} began (step {step})" for step, code in marked) if marked else "")
+        f"{names[code]} ({code}) began (step {step})" for step, code in marked) if marked else "")
     return FigureView(id="00-overview", title="Run overview", caption=caption,
                       svg=series.svg(specs, data))
 

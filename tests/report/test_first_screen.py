@@ -162,3 +162,38 @@ def test_without_a_finding_that_names_it_the_chance_level_comes_from_the_hparams
     d = Diagnosis(RunSummary("/r", "r", ("test",), 0, 2, 3, ("loss",), {}, ()), (spike,), ("loss-spike",))
     inputs = _plot_inputs(monkeypatch, d, run)
     assert inputs and all(data.references == ((math.log(10), "chance level ln(10) = 2.303"),) for data in inputs)
+
+
+def test_a_one_step_finding_s_caption_says_dashed_line_as_drawn_not_shaded():
+    # kd-temperature-blowup: "Training loss; shaded: nonfinite-onset (step 220)" over a plot with no shading.
+    from analyzer.report.model import build_report
+    from tests.report.cases import seed002
+
+    run, d = seed002()
+    view = next(f for f in build_report(d, run, draw=False).findings if f.name == "nonfinite-onset")
+    assert view.figures and all(fig.caption.endswith("; dashed line: nonfinite-onset (step 436)")
+                                for fig in view.figures)
+
+
+def test_the_overview_caption_names_the_findings_its_marks_stand_for():
+    # "dotted lines mark where N001 began (step 220)": the code alone means nothing to a reader.
+    from analyzer.report.model import build_report
+    from tests.report.cases import seed002
+
+    run, d = seed002()
+    assert "nonfinite-onset (N001) began (step 436)" in build_report(d, run, draw=False).overview.caption
+
+
+# --- markdown ---------------------------------------------------------------------------------------------------
+
+def test_the_markdown_root_cause_section_gives_the_root_cause_message_once():
+    # The root cause's message was printed as its heading and again as the first line of its chain.
+    from analyzer.report import markdown
+    from analyzer.report.model import build_report
+    from tests.report.cases import seed002
+
+    run, d = seed002()
+    text = markdown(build_report(d, run, draw=False))
+    section = text[text.index("## Root causes"):text.index("## Recommended change")]
+    root = next(f for f in d.findings if f.name == d.root_causes[0])
+    assert section.count(root.message[:60]) == 1
