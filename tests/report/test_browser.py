@@ -96,3 +96,15 @@ def test_sample_run_report_renders_cleanly(browser, tmp_path):
     page, problems = open_report(browser, html, sample.name)
     check_page(page, problems, len(d.findings))
     page.close()
+
+
+def test_printed_headings_stay_with_what_they_introduce(browser, tmp_path):
+    # Printed, "Re-run with the change (reference trainer)" ended a page and its command began the next.
+    run, d = seed002()
+    html = write_reports(run, d, tmp_path, ["html"], "critical")[0]
+    page = browser.new_page(viewport=LAPTOP)
+    page.goto(html.as_uri())
+    page.emulate_media(media="print")
+    breaks = page.evaluate("[...document.querySelectorAll('h2, h3, h4')].map(h => getComputedStyle(h).breakAfter)")
+    page.close()
+    assert breaks and set(breaks) == {"avoid"}
