@@ -1,5 +1,5 @@
 """Plain-text training logs: nanoGPT, Megatron-LM/DeepSpeed, fairseq, HF stdout, torchtune, llm.c, torchtitan,
-MMEngine/mmcv, timm, LitGPT, OpenNMT-py, hand-written loops and free-form `key: value` lines.
+MMEngine/mmcv, timm, LitGPT, OpenNMT-py, Keras, fastai, detectron2, hand-written loops and free-form `key: value` lines.
 
 How a file is read, fast and without a Python loop per line:
 - the bytes become an Arrow array of physical lines (zero-copy) and each line a *skeleton*: the line with each run
@@ -16,7 +16,9 @@ Only lines that say what they are produce points: a step anchor at the start of 
 `0 train 10.955`). Prose numbers are never read; in markdown (and any file with ``` fences) only code blocks are.
 Hand-written loops: the tutorials' `Epoch [E/N], Step [i/L], Loss: X` (step (E - 1) * L + i), and a line per epoch
 (`Epoch 3: train loss X, val loss Y`, `Epoch 3/10 - loss: X - val_loss: Y`), whose epoch is the step only in a file
-with no step lines (beside them it is a summary, noted and not read).
+with no step lines (beside them it is a summary, noted and not read). So are Keras' `Epoch E/N` header with its
+progress bar on the next line (verbose=1 redraws it with backspaces and `\r` on one physical line: the text after the
+last `\r` counts) and fastai's console table, whose rows of bare numbers take their names from the header above.
 
 The shapes of other trainers are written from their own format strings (cited where each is defined), and their
 steps follow each trainer's numbering: torchtune's DiskLogger `Step N | loss:X lr:Y ` (tensor reprs read); llm.c's
@@ -41,9 +43,9 @@ Only step lines that log a value count: `Step 2: Create Text` in a generated sam
 
 Multi-process runs: a line tagged with the process that wrote it (torchrun's and accelerate's `[default1]:`,
 PyTorch's own `[rank1]:`, DeepSpeed's `[Rank 1]`, Slurm's `srun --label` `1: `, Open MPI's `[1,1]<stdout>:`; see
-_RANK_LEADS) gives points of that rank, so the ranks of an
-interleaved log are separate series (Run.series reads the lowest rank); the tag is one more number of the line's
-shape, read with the others. A per-rank file (torchrun's --log-dir `attempt_0/1/stdout.log`, DeepSpeed's
+_RANK_LEADS; torchrun's tag inside srun's, `1: [default3]:`, gives a rank per (task, local rank): _SRUN_TORCHRUN)
+gives points of that rank, so the ranks of an interleaved log are separate series (Run.series reads the lowest
+rank); the tag is one more number of the line's shape, read with the others. A per-rank file (torchrun's --log-dir `attempt_0/1/stdout.log`, DeepSpeed's
 `..._rank1.log`) gives its rank to its untagged lines; in a tagged file an untagged point is the lowest tagged
 trainer rank's (an excerpt that lost its tag), else rank 0. A pdsh `host: ` prefix is read past and gives no rank.
 A line that takes its step from the context takes it from its own rank's step lines where that rank prints any.
@@ -91,6 +93,8 @@ MAX_PRINTED_DECIMALS = 9  # ... or values equal to the precision the coarser fil
 PRINTED_RTOL = 1e-11  # a float is a short decimal when scaling it by 10**d leaves a whole number within this
 LATIN1_MAX_BAD_CHARS = 100_000  # beyond this many invalid UTF-8 sequences a file is garbage, decoded with U+FFFD
 PLAN_CACHE_SIZE = 50_000
+PLAN_CACHE_MAX_CHARS = 4096  # longer templates (a progress bar redrawn with \r: one line per Keras epoch, of up to
+# MBs, each of its own shape) are planned without being kept, so the cache stays small
 
 SLOT = "\x01"  # stands for one number in a line's template
 NUM = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # ASCII digits only, as numpy sees them
@@ -498,7 +502,8 @@ def plan_of(template: str) -> _Plan:
         if plan.useful:
             rank, local, global_rank = _rank_slots(template)
             plan = replace(plan, rank_slot=rank, local_rank_slot=local, global_rank_slot=global_rank)
-        _PLANS[template] = plan
+        if len(template) <= PLAN_CACHE_MAX_CHARS:
+            _PLANS[template] = plan
     return plan
 
 
@@ -1361,6 +1366,9 @@ class _Scanner:
 
     # -- the scan --
     def run(self) -> FileResult:
+        if not self.n_lines:  # a byte order mark and nothing else
+            self.notes.append(Note(self.rel, "empty file"))
+            return self._finish()
         last = self.n_lines - 1
         for lo, hi in _chunks(self.starts, CHUNK_BYTES):
             self._scan_chunk(lo, hi)

@@ -505,6 +505,11 @@ def test_unreadable_file_is_an_input_error(tmp_path):
     assert str(tmp_path) in str(error.value)
 
 
+def test_a_byte_order_mark_alone_is_an_empty_file():
+    result = text(b"\xfe\xff")  # found by test_arbitrary_bytes_never_raise
+    assert result.frame is None and "empty file" in [n.message for n in result.notes]
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=600) | st.text(max_size=600).map(str.encode))
 def test_arbitrary_bytes_never_raise(data):
@@ -1012,7 +1017,11 @@ OTHER_TRAINER_SHAPES = st.sampled_from([
     "s:{i} tel:{v}", "step {i}/{i} | loss {v} (+{v}z)| norm {v} (-{v}z)| lr {v} | {v} ms | {v}% bf16 MFU | {v} tok/s",
     "val loss {v}", "HellaSwag: {i}/{i} = {v}", "\x1b[31mstep: {i}  \x1b[32mloss: {v}  \x1b[34mtps: {i},{i}\x1b[39m",
     "x - INFO - Epoch(train)  [{i}][{i}/{i}]  lr: {v}  eta: {i}:{i}:{i}  loss: {v}",
-    "Epoch(val) [{i}][{i}/{i}]  acc/top{i}: {v}  d{i}.loss: {v}", "Iter(train) [{i}/{i}]  loss: {v}"])
+    "Epoch(val) [{i}][{i}/{i}]  acc/top{i}: {v}  d{i}.loss: {v}", "Iter(train) [{i}/{i}]  loss: {v}",
+    "Epoch {i}/{i}", "{i}/{i} - {i}s - {i}ms/step - loss: {v} - val_loss: {v}",
+    " eta: {i}:{i}:{i}  iter: {i}  total_loss: {v}  loss_cls: {v}    time: {v}  last_time: {v}   lr: {v}  max_mem: {i}M",
+    "epoch     train_loss  valid_loss  accuracy  time    ", "{i}         {v}    {v}    {v}  {i}:{i}     ",
+    "{i}: [default{i}]:iter {i}: loss {v}, time {v}ms"])
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
