@@ -1,12 +1,13 @@
-"""Benchmark: the plain-text log reader on a 1M-line Megatron-style log and a 1M-line nanoGPT-style log.
+"""Benchmark: the plain-text log reader on 1M-line Megatron, nanoGPT, detectron2 and srun+torchrun logs.
 
 Run: python tests/perf/bench_textlog.py [--lines 1000000] [--repeat 3] [--keep DIR] [--min-mbps 50]
 (--keep DIR keeps the generated logs there and reuses them on the next run.)
 
-It writes both logs in a temporary folder (Megatron-DeepSpeed iteration lines of ~390 bytes with an fp16 OVERFLOW
+It writes the logs in a temporary folder (Megatron-DeepSpeed iteration lines of ~390 bytes with an fp16 OVERFLOW
 line and a validation line now and then; nanoGPT `iter N: loss X, time Yms, mfu Z%` lines with a
-`step N: train loss X, val loss Y` line every 250 iterations), then reads each with `textlog.read_file` in a fresh
-process, --repeat times, and prints the median time, MB/s and the peak RSS of the reading process (and its RSS after
+`step N: train loss X, val loss Y` line every 250 iterations; detectron2's CommonMetricPrinter lines of ~290 bytes;
+nanoGPT lines of 8 interleaved processes tagged `<task>: [default<local>]:`), then reads each with
+`textlog.read_file` in a fresh process, --repeat times, and prints the median time, MB/s and the peak RSS of the reading process (and its RSS after
 imports, before reading). Exit status 1 when a log reads slower than --min-mbps.
 """
 
@@ -69,6 +70,34 @@ def write_nanogpt(path: Path, lines: int) -> None:
     path.write_text("".join(rows.tolist()))
 
 
+def write_detectron2(path: Path, lines: int) -> None:
+    """detectron2's CommonMetricPrinter lines in its log.txt (detectron2/utils/events.py, detectron2/utils/logger.py)."""
+    rng = np.random.default_rng(2)
+    it = np.arange(lines) * 20 + 19
+    loss = 0.4 + np.exp(-np.arange(lines) / (lines / 5)) + 0.02 * rng.standard_normal(lines)
+    rows = ("[11/22 07:50:07] d2.utils.events INFO:  eta: 1 day, 2:03:04  iter: " + _text(it, "%d") + "  total_loss: "
+            + _text(loss, "%.4g") + "  loss_cls: " + _text(loss * 0.4, "%.4g") + "  loss_box_reg: "
+            + _text(loss * 0.4, "%.4g") + "  loss_rpn_cls: " + _text(loss * 0.1, "%.4g") + "  loss_rpn_loc: "
+            + _text(loss * 0.1, "%.4g") + "    time: " + _text(0.35 + 0.01 * rng.random(lines), "%.4f")
+            + "  last_time: " + _text(0.35 + 0.02 * rng.random(lines), "%.4f") + "  data_time: "
+            + _text(0.02 + 0.01 * rng.random(lines), "%.4f") + "  last_data_time: "
+            + _text(0.02 + 0.01 * rng.random(lines), "%.4f") + "   lr: 0.00025  max_mem: 2596M\n")
+    path.write_text("".join(rows.tolist()))
+
+
+def write_srun_torchrun(path: Path, lines: int) -> None:
+    """nanoGPT lines of 2 nodes x 4 torchrun workers, interleaved, tagged `<task>: [default<local>]:`."""
+    rng = np.random.default_rng(3)
+    row = np.arange(lines)
+    process = row % 8
+    it = row // 8
+    loss = 1.0 + 3.5 * np.exp(-it / (lines / 64)) + 0.02 * rng.standard_normal(lines)
+    rows = (_text(process // 4, "%d") + ": [default" + _text(process % 4, "%d") + "]:iter " + _text(it, "%d")
+            + ": loss " + _text(loss, "%.4f") + ", time " + _text(30 + 3 * rng.standard_normal(lines), "%.2f")
+            + "ms\n")
+    path.write_text("".join(rows.tolist()))
+
+
 CHILD = """
 import json, sys, time
 from pathlib import Path
@@ -116,7 +145,8 @@ def main() -> int:
     folder.mkdir(parents=True, exist_ok=True)
     failed = False
     try:
-        for name, writer in (("megatron.log", write_megatron), ("nanogpt.log", write_nanogpt)):
+        for name, writer in (("megatron.log", write_megatron), ("nanogpt.log", write_nanogpt),
+                             ("detectron2.log", write_detectron2), ("srun_torchrun.log", write_srun_torchrun)):
             path = folder / f"{args.lines}-{name}"
             start = time.perf_counter()
             if not path.exists():  # a --keep folder from an earlier run is reused
