@@ -7,8 +7,8 @@ It writes the logs in a temporary folder (Megatron-DeepSpeed iteration lines of 
 line and a validation line now and then; nanoGPT `iter N: loss X, time Yms, mfu Z%` lines with a
 `step N: train loss X, val loss Y` line every 250 iterations; detectron2's CommonMetricPrinter lines of ~290 bytes;
 nanoGPT lines of 8 interleaved processes tagged `<task>: [default<local>]:`), then reads each with
-`textlog.read_file` in a fresh process, --repeat times, and prints the median time, MB/s and the peak RSS of the reading process (and its RSS after
-imports, before reading). Exit status 1 when a log reads slower than --min-mbps.
+`textlog.read_file` in a fresh process, --repeat times, and prints the median time, MB/s and the peak RSS of the
+reading process (and its RSS after imports, before reading). Exit status 1 when a log reads slower than --min-mbps.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def write_nanogpt(path: Path, lines: int) -> None:
 
 
 def write_detectron2(path: Path, lines: int) -> None:
-    """detectron2's CommonMetricPrinter lines in its log.txt (detectron2/utils/events.py, detectron2/utils/logger.py)."""
+    """detectron2's CommonMetricPrinter lines in its log.txt (detectron2/utils/events.py, utils/logger.py)."""
     rng = np.random.default_rng(2)
     it = np.arange(lines) * 20 + 19
     loss = 0.4 + np.exp(-np.arange(lines) / (lines / 5)) + 0.02 * rng.standard_normal(lines)
