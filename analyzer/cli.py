@@ -169,10 +169,16 @@ def diagnose_command(run_dirs, out, formats, as_json, fail_on, select, ignore, s
         entries = []
         for run_dir, (run, diagnosis) in zip(runs, results):
             target = _out_dir(run_dir, out, several)
-            _write(run, diagnosis, target, chosen, fail_on)
+            _write(run, diagnosis, target, chosen, fail_on, step_summary=not several)
             entries.append((run_dir.name, diagnosis, target))
+        skipped_names = [(run_dir.name, reason) for run_dir, reason in skipped]
         if several and out is not None:
-            _write_index(entries, out, [(run_dir.name, reason) for run_dir, reason in skipped])
+            _write_index(entries, out, skipped_names)
+        if several:
+            from analyzer.report.summary import sweep_summary
+
+            _append_step_summary(lambda: sweep_summary(
+                [(name, diagnosis, str(target)) for name, diagnosis, target in entries], skipped_names))
     failing = fail_on != "never" and any(_fails(d, fail_on) for d in diagnoses)
     sys.exit(EXIT_FINDINGS if failing else EXIT_OK)
 
@@ -300,7 +306,7 @@ def _color() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ and os.environ.get("TERM") != "dumb"
 
 
-def _write(run, diagnosis, target: Path, formats: list[str], fail_on: str) -> None:
+def _write(run, diagnosis, target: Path, formats: list[str], fail_on: str, step_summary: bool = True) -> None:
     from analyzer.report import github_summary, terminal_summary, write_reports
 
     if target.exists() and not target.is_dir():  # never replace a file of the user's with a report folder
@@ -317,11 +323,16 @@ def _write(run, diagnosis, target: Path, formats: list[str], fail_on: str) -> No
         written = write_reports(run, diagnosis, target, formats, fail_on)
     if written:
         click.echo(f"reports: {', '.join(_visible(p) for p in written)}")
+    if step_summary:  # a sweep writes one summary for all its runs, at the end
+        _append_step_summary(lambda: github_summary(diagnosis, artifact_hint=str(target)))
+
+
+def _append_step_summary(text: Callable[[], str]) -> None:
+    """Append markdown to the file $GITHUB_STEP_SUMMARY names (GitHub Actions shows it on the run's page)."""
     summary_file = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary_file:
-        hint = str(target)
         with _writing(Path(summary_file)), open(summary_file, "a", encoding="utf-8") as fh:
-            fh.write(_visible(github_summary(diagnosis, artifact_hint=hint)))
+            fh.write(_visible(text()))
 
 
 @contextlib.contextmanager

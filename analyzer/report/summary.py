@@ -36,14 +36,47 @@ def github_summary(diagnosis: Diagnosis, artifact_hint: str, limit: int = SUMMAR
                 high = mid - 1
         text = attempt(low)
     if _size(text) > limit:  # even the frame is too big (a huge verdict or recommendation table): cut by bytes
-        pointer = f"\n\n... cut to fit GitHub's summary limit; the full report is in {artifact_hint}\n"
-        budget = limit - _size(pointer)
-        text = text.encode("utf-8")[:budget].decode("utf-8", "ignore").rsplit("\n", 1)[0] + pointer
+        text = _cut_to(text, limit, artifact_hint)
     return text
 
 
 def _size(text: str) -> int:
     return len(text.encode("utf-8"))
+
+
+def _cut_to(text: str, limit: int, artifact_hint: str) -> str:
+    pointer = f"\n\n... cut to fit GitHub's summary limit; the full report is in {artifact_hint}\n"
+    budget = limit - _size(pointer)
+    return text.encode("utf-8")[:budget].decode("utf-8", "ignore").rsplit("\n", 1)[0] + pointer
+
+
+def sweep_summary(entries: Sequence[tuple[str, Diagnosis, str]], skipped: Sequence[tuple[str, str]] = (),
+                  limit: int = SUMMARY_LIMIT) -> str:
+    """One step summary for several runs (name, diagnosis, where its reports are): a table of every run, worst
+    first, then each run's own summary in that order, as many as fit GitHub's limit together.
+
+    Appended one by one, a sweep's summaries had no overview, left out the folders it skipped, and could add up
+    past the 1 MiB that GitHub accepts for a step."""
+    order = {"critical": 0, "warning": 1, "info": 2, "ok": 3}
+
+    def rank(entry: tuple[str, Diagnosis, str]) -> tuple:
+        worst = entry[1].worst()
+        return (order[worst.value if worst else "ok"], entry[0])
+
+    ordered = sorted(entries, key=rank)
+    rows = index_rows([(name, diagnosis, Path(hint)) for name, diagnosis, hint in ordered])
+    skipped_rows = tuple(SkippedRun(name, reason) for name, reason in sorted(skipped))
+    sections = [github_summary(diagnosis, hint, limit) for _, diagnosis, hint in ordered]
+
+    def head(cut: int) -> str:
+        return render("sweep_summary.md.j2", rows=rows, tally=_tally(rows, skipped_rows), skipped=skipped_rows,
+                      cut=cut)
+
+    shown = len(sections)
+    while shown and _size(head(len(sections) - shown)) + sum(_size(t) for t in sections[:shown]) > limit:
+        shown -= 1
+    text = head(len(sections) - shown) + "".join(f"\n{t}" for t in sections[:shown])
+    return text if _size(text) <= limit else _cut_to(text, limit, "each run's report folder")
 
 
 @dataclass(frozen=True)
@@ -95,9 +128,14 @@ def index(entries: Sequence[tuple[str, Diagnosis, Path]], html: bool,
     from analyzer import __version__
 
     rows = index_rows(entries)
+    skipped_rows = tuple(SkippedRun(name, reason) for name, reason in sorted(skipped))
+    return render("index.html.j2" if html else "index.md.j2", rows=rows, version=__version__,
+                  tally=_tally(rows, skipped_rows), skipped=skipped_rows)
+
+
+def _tally(rows: Sequence[IndexRow], skipped: Sequence[SkippedRun]) -> tuple[tuple[str, int], ...]:
+    """("critical", 1), ("info only", 2), ("skipped", 1): the runs by their worst finding, zero counts left out."""
     tally = {label: sum(r.worst == key for r in rows) for key, label in
              (("critical", "critical"), ("warning", "warning"), ("info", "info only"), ("ok", "clean"))}
     tally["skipped"] = len(skipped)
-    skipped_rows = tuple(SkippedRun(name, reason) for name, reason in sorted(skipped))
-    return render("index.html.j2" if html else "index.md.j2", rows=rows, version=__version__,
-                  tally=tuple((label, n) for label, n in tally.items() if n), skipped=skipped_rows)
+    return tuple((label, n) for label, n in tally.items() if n)

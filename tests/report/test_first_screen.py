@@ -197,3 +197,57 @@ def test_the_markdown_root_cause_section_gives_the_root_cause_message_once():
     section = text[text.index("## Root causes"):text.index("## Recommended change")]
     root = next(f for f in d.findings if f.name == d.root_causes[0])
     assert section.count(root.message[:60]) == 1
+
+
+# --- the GitHub step summary of a sweep ---------------------------------------------------------------------------
+
+def _sweep_entries(n: int):
+    from tests.report.cases import healthy, seed002
+
+    (_, broken), (_, fine) = seed002(), healthy()
+    return [(f"run-{i:03d}", broken if i % 2 else fine, f"out/run-{i:03d}") for i in range(n)]
+
+
+def test_a_sweep_step_summary_opens_with_a_table_of_every_run_and_the_folders_it_skipped():
+    from analyzer.report.summary import sweep_summary
+
+    text = sweep_summary(_sweep_entries(2), skipped=[("notes", "the run directory is empty")])
+    head = text[:text.index("\n### Postmortem: ", 1)]
+    assert head.startswith("### Postmortem: 2 runs\n")
+    assert "| run-001 | Critical |" in head and "| run-000 | OK |" in head
+    assert head.index("run-001") < head.index("run-000")  # worst first
+    assert "`notes` (the run directory is empty)" in head
+
+
+def test_a_large_sweep_step_summary_stays_under_github_s_limit_and_says_what_it_left_out():
+    # Each run's summary kept itself under the limit, but a sweep appended them all: 200 runs went past 1 MiB.
+    from analyzer.report.summary import github_summary, sweep_summary
+
+    entries = _sweep_entries(40)
+    one = len(github_summary(entries[1][1], "out/run-001").encode("utf-8"))
+    limit = 10 * one
+    text = sweep_summary(entries, limit=limit)
+    assert len(text.encode("utf-8")) <= limit
+    assert text.count("| Critical |") == 20  # the table still lists every run
+    assert "not detailed below, to stay within GitHub's summary limit" in text
+
+
+def test_diagnose_recursive_writes_one_step_summary_for_the_sweep(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from analyzer.cli import diagnose_command
+
+    sweep = tmp_path / "sweep"
+    for name in ("a", "b"):
+        (sweep / name).mkdir(parents=True)
+        (sweep / name / "metrics.jsonl").write_text(
+            "".join(f'{{"step": {i}, "loss": {3 - i * 0.01:.3f}}}\n' for i in range(50)))
+    (sweep / "notes").mkdir()
+    summary = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = CliRunner().invoke(diagnose_command, [str(sweep), "--recursive", "--out", str(tmp_path / "out"),
+                                                   "--format", "md"])
+    assert result.exit_code == 0, result.output
+    text = summary.read_text(encoding="utf-8")
+    assert text.startswith("### Postmortem: 2 runs\n") and "`notes`" in text
+    assert text.count("### Postmortem: a ") == 1 and text.count("### Postmortem: b ") == 1
