@@ -148,6 +148,7 @@ class FindingView:
     figures: tuple[FigureView, ...]
     missing_plots: tuple[str, ...]  # plots this finding would show, and the metric the run lacks for each
     table: Table | None = None
+    brief: str = ""  # the message cut to a table cell (the CI summary); the report gives it whole
 
     @property
     def evidence_block(self) -> str:
@@ -612,8 +613,17 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
         is_root=f.name in roots, caused_by=tuple(f.caused_by),
         leads_to=leads_to, metrics=metrics, details=details, recommendations=recs, evidence=evidence,
         evidence_more=max(0, len(cited) - MAX_EVIDENCE_ROWS), figures=figs, missing_plots=missing,
-        table=table_builder(f, series, facts, run) if table_builder else None,
+        table=table_builder(f, series, facts, run) if table_builder else None, brief=brief_message(f.message),
     )
+
+
+BRIEF_MESSAGE = 300  # characters of a finding's message in a summary table cell
+
+
+def brief_message(message: str, limit: int = BRIEF_MESSAGE) -> str:
+    """The message cut at a word (not inside one) to fit a table cell, marked where it was cut."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 4].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
 
 
 CUT_MARK = " …"

@@ -251,3 +251,15 @@ def test_diagnose_recursive_writes_one_step_summary_for_the_sweep(tmp_path, monk
     text = summary.read_text(encoding="utf-8")
     assert text.startswith("### Postmortem: 2 runs\n") and "`notes`" in text
     assert text.count("### Postmortem: a ") == 1 and text.count("### Postmortem: b ") == 1
+
+
+def test_the_step_summary_cuts_a_long_message_between_words():
+    # hf_lrqa_chance_plateau's cell ended "(judged to step 2300, wh...": cut inside a word, by the template.
+    from analyzer.report.summary import github_summary
+
+    message = "eval_loss stopped improving: " + "it stayed near 1.386 while the lr stayed at its peak, " * 8
+    d = Diagnosis(summary(), (finding("loss-plateau", Severity.CRITICAL, message, 300, 3100),), ("loss-plateau",))
+    cell = next(line for line in github_summary(d, "out").splitlines() if "L002" in line or "X001" in line)
+    kept = cell.split(" | ")[-1].rstrip(" |")
+    assert kept.endswith(" ...") and message.startswith(kept[: -len(" ...")] + " ")
+    assert len(kept) <= 300
