@@ -15,7 +15,9 @@ How it decides:
     Chance level is ln(num_classes) or ln(vocab_size) from the hparams (base 2 where the log reports base-2 loss);
     without them the detector is skipped. The initial loss is the median of the logged points in the first
     `initial_steps` steps (at most 5 points); if the log's first point comes later than that, the start is not
-    visible and the detector is skipped. Above: initial loss more than `above` (relative) over chance; the excess
+    visible and the detector is skipped. The first logged point must be off by the same margin as that median:
+    a loss that starts at chance and climbs within those steps was moved by the updates (too high an lr), not by
+    the init. Above: initial loss more than `above` (relative) over chance; the excess
     also gives the implied standard deviation of the initial logits, s = sqrt(2 x excess) (for Gaussian logits the
     expected cross-entropy is about ln V + s^2 / 2). Below: more than `below` under chance, judged only when the run
     is known to train from scratch (the reference trainer, or an `init_std` with no pretrained model path in the
@@ -69,10 +71,13 @@ def check(run, params):
     early = loss[loss.index <= first_step + params["initial_steps"]].head(INITIAL_POINTS)
     initial = float(np.median(early.to_numpy()))
     ratio = initial / chance.value
+    # the very first point must agree: a median over points the updates already moved (a loss that climbs from
+    # chance under too high an lr) says nothing about the init (hf_lr_too_high: 4.72 at step 5, median 5.41)
+    first_ratio = float(early.iloc[0]) / chance.value
     metrics = {"initial_loss": initial, "chance_level": chance.value, "classes": chance.classes,
                "ratio": ratio, "points": len(early)}
     evidence = evidence_at(run, metric, list(early.index[:3]))
-    if ratio > 1 + params["above"]:
+    if ratio > 1 + params["above"] and first_ratio > 1 + params["above"]:
         mismatch = _normalisation_mismatch(run, ratio)
         if mismatch is not None:
             labelled, expected = mismatch
@@ -97,7 +102,7 @@ def check(run, params):
                    f"init scale is off.")
         return [DETECTOR.finding(message, first_step, int(early.index[-1]), confidence=Confidence.HIGH,
                                  metrics=metrics, recommendations=_init_recs(run, logit_std), evidence=evidence)]
-    if ratio < 1 - params["below"] and _from_scratch(run):
+    if ratio < 1 - params["below"] and first_ratio < 1 - params["below"] and _from_scratch(run):
         message = (f"the first {metric} values (median {stats.fmt_num(initial)}) are only {ratio:.0%} of chance "
                    f"level {chance.describe()} in a run trained from scratch: before any learning the model "
                    "cannot beat chance, so labels leak into the inputs or the loss is not the full cross-entropy.")

@@ -13,14 +13,16 @@ How it decides:
     - at chance: the median cross-entropy loss there, and over its last fifth, is above chance level or less than
       `chance_margin` (relative) below it (chance from vocab_size / num_classes);
     - rising: the loss level over the first fifth of those steps is more than `rise` (relative) above the first
-      losses;
+      losses (the median of the first 5 points, or of the first tenth of a short, smooth log -- point-to-point
+      noise under 5%, as in per-epoch means -- at least 3 points);
     - oscillating from the start: loss-oscillation's test finds swings that begin in the first 20% of steps.
     The rising and oscillating symptoms need the log to start at the run's start (first point by step 50 or two
     logging intervals). Then the update size decides: with `update_ratio` logged, its median must be at least
     `active_ratio` (1e-3, the size at which healthy runs learn: the steps are not too small, so the lack of
     progress is not lr-too-low's), and above `huge_ratio` (1e-2) the confidence is high; without update_ratio,
-    the at-chance and rising symptoms alone give a warning at medium confidence. A run with a tiny update ratio is
-    never flagged here (lr-too-low covers it).
+    the at-chance and rising symptoms alone give a warning at medium confidence, except that a loss at chance
+    under an lr more than 10x below lr-too-low's typical_lr (1e-5 and less) is left to lr-too-low. A run with a
+    tiny update ratio is never flagged here (lr-too-low covers it).
 What it recommends:
     Lower the peak `lr` by a factor from the data: towards an update ratio of 1e-3 (1e-3 / ratio, between x0.1 and
     x0.5), else x0.5 (seed 004: 1e-4 -> 5e-5).
@@ -40,6 +42,7 @@ import numpy as np
 from analyzer.detectors import stats
 from analyzer.detectors.base import Detector, evidence_at
 from analyzer.detectors.loss_oscillation import DETECTOR as OSCILLATION, find_oscillation
+from analyzer.detectors.lr_too_low import DETECTOR as LR_TOO_LOW
 from analyzer.findings import Confidence, Recommendation, Severity, Skipped
 
 CHANCE_MARGIN = 0.02
@@ -53,6 +56,8 @@ FACTOR_RANGE = (0.1, 0.5)
 DEFAULT_FACTOR = 0.5
 EARLY = 0.2  # an oscillation that begins in the first 20% of the steps is "from the start"
 HEAD_POINTS = 5
+MIN_HEAD_POINTS = 3  # a median of three still ignores one noisy point
+SMOOTH_NOISE = 0.05  # point-to-point noise of the log-loss under which a short log's head may shrink (epoch means)
 START_STEPS = 50  # a log whose first point is later than this (and than two logging intervals) misses the start
 
 
@@ -62,7 +67,7 @@ def check(run, params):
         return found
     metric, loss, judged, sched = found
     steps = loss.index.to_numpy()
-    symptoms, metrics, ev_metric = [], {}, metric
+    symptoms, metrics, ev_metric, at_chance = [], {}, metric, None
     chance = stats.chance_level(run)
     ce = stats.cross_entropy_loss(run)
     if chance is not None and ce is not None:
@@ -74,10 +79,16 @@ def check(run, params):
             metrics.update(loss_level=level, final_level=final, chance_level=chance.value)
             floor = chance.value * (1 - params["chance_margin"])
             if level >= floor and final >= floor:  # at chance after warmup AND still there at the end
-                symptoms.append(f"{ce_metric} stays at {stats.fmt_num(level)} after warmup, "
-                                f"{stats.share_of(level / chance.value)} chance level {chance.describe()}")
+                at_chance = (f"{ce_metric} stays at {stats.fmt_num(level)} after warmup, "
+                             f"{stats.share_of(level / chance.value)} chance level {chance.describe()}")
+                symptoms.append(at_chance)
                 ev_metric = ce_metric
-    head = float(np.median(loss.head(HEAD_POINTS).to_numpy()))
+    # "the start" is the first few points, at most a tenth of a smooth log: in a per-epoch log (Keras' CSVLogger,
+    # 20 points) five points are a quarter of the run and already hold the climb (keras_lr_too_high: 0.85, 1.27,
+    # 1.96, 2.15); a noisy short log keeps five (lightning_tb's 12 per-batch MSEs swing 2.8..11.7)
+    log_loss = stats.log_values(loss)  # None for a loss that reaches 0 (RL): then no shrinking
+    smooth = log_loss is not None and stats.noise_std(log_loss.to_numpy()) < SMOOTH_NOISE
+    head = float(np.median(loss.head(head_points(len(loss)) if smooth else HEAD_POINTS).to_numpy()))
     # the level just after warmup: a rise much later (a spike, a divergence) is not "from the start"
     after = float(np.median(judged.head(max(HEAD_POINTS, len(judged) // 5)).to_numpy()))
     metrics.update(first_losses=head, level_after_warmup=after)
@@ -105,6 +116,13 @@ def check(run, params):
         basis = f"update ratio {stats.fmt_num(ratio)} towards ~{stats.fmt_num(TARGET_RATIO)}"
         size = f"while each step moves the weights by {stats.fmt_num(ratio)} of their norm"
     else:
+        if at_chance and _far_too_small(run, sched):
+            # no step size to tell them apart, and an lr 10x under any usual one: a loss stuck at chance is
+            # lr-too-low's (an lr of 1e-6 was called too high for never leaving ln V)
+            symptoms.remove(at_chance)
+            ev_metric = metric
+            if not symptoms:
+                return []
         if oscillating and len(symptoms) == 1:
             return []  # swings alone, with no update size: loss-oscillation reports them
         confidence = Confidence.MEDIUM
@@ -125,6 +143,18 @@ def check(run, params):
                                       int(judged.index[-1])])
     return [DETECTOR.finding(message, int(steps[0]), int(steps[-1]), confidence=confidence, metrics=metrics,
                              recommendations=recs, evidence=ev)]
+
+
+def _far_too_small(run, sched) -> bool:
+    """The lr is known and more than lr-too-low's far_below times under its typical_lr (1e-5 and less)."""
+    lr = stats.hparam_number(run, "lr") or sched.peak_lr
+    low = LR_TOO_LOW.params
+    return bool(lr) and lr * low["far_below"] < low["typical_lr"]
+
+
+def head_points(n: int) -> int:
+    """Points that make "the first losses": HEAD_POINTS, but no more than a tenth of a short log (at least 3)."""
+    return max(MIN_HEAD_POINTS, min(HEAD_POINTS, n // 10))
 
 
 DETECTOR = Detector(

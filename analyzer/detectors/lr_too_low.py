@@ -18,10 +18,13 @@ How it decides:
       rising (a loss that went up is not short of lr): warning, medium confidence.
     Without update_ratio, a plateau to the end of the run whose loss is smooth (point-to-point noise under
     `smooth_noise`, i.e. steps are small rather than noisy) at a peak lr below `typical_lr` gives an info finding,
-    low confidence: a loss can also stall for reasons the lr does not cure.
+    low confidence: a loss can also stall for reasons the lr does not cure. It is a warning, medium confidence,
+    when that plateau is a cross-entropy at `at_chance` of chance level or above (the model has learned nothing)
+    and the lr is more than `far_below` times under `typical_lr`.
 What it recommends:
     Raise the peak `lr` by a factor from the data: towards an update ratio of 1e-3 (1e-3 / ratio, between x2 and
-    x10), else x2 (a loss that falls linearly with small steps falls about twice as fast at twice the lr). With a
+    x10), else x2 (a loss that falls linearly with small steps falls about twice as fast at twice the lr), or
+    towards `typical_lr` (at most x10) for a loss stuck at chance under a far too small lr. With a
     long warmup (over `long_warmup` of the steps), `warmup_ratio` 0.06 so the peak lr is reached sooner (seed 001:
     0.1 -> 0.06).
 Parameters:
@@ -33,6 +36,9 @@ Parameters:
     typical_lr (default 0.0001): without update_ratio, only a peak lr below this is suspected (AdamW pretraining
         uses 1e-4..1e-3).
     long_warmup (default 0.08): warmup longer than this fraction of the run is called long.
+    far_below (default 10.0): without update_ratio, an lr this many times under typical_lr that leaves the loss
+        at chance gives a warning.
+    at_chance (default 0.9): a cross-entropy plateau at this fraction of chance level or above counts as at chance.
     min_points (default 10): fewest judged points.
 """
 
@@ -55,6 +61,8 @@ TYPICAL_LR = 1e-4  # the low end of AdamW pretraining lrs (BERT 1e-4, RoBERTa 6e
 LONG_WARMUP = 0.08
 SHORT_WARMUP = 0.06  # the warmup_ratio seed 001 moved to, common for BERT-style pretraining (RoBERTa: 6%)
 MIN_POINTS = 10
+FAR_BELOW = 10.0  # an lr 10x under typical_lr (1e-5 and less) is rare outside fine-tuning, which starts below chance
+AT_CHANCE = 0.9  # a cross-entropy plateau at 90% of ln(classes) or above: the model predicts almost uniformly
 TINY_FACTOR = (2.0, 10.0)
 PLATEAU_FACTOR = (2.0, 10.0)
 DEFAULT_FACTOR = 2.0
@@ -80,6 +88,7 @@ def check(run, params):
     if plateau is not None:
         metrics.update(plateau_level=plateau.level, plateau_from=plateau.first_step)
 
+    source = "from the data"
     if ratio is not None and ratio < params["tiny_ratio"] and drop < params["fast_progress"]:
         factor = float(np.clip(TARGET_RATIO / ratio, *TINY_FACTOR))
         why = (f"the median update ratio {stats.fmt_num(ratio)} is below {stats.fmt_num(params['tiny_ratio'])}: "
@@ -103,6 +112,17 @@ def check(run, params):
                "smooth, small steps (no update ratio is logged to confirm)")
         severity, confidence = Severity.INFO, Confidence.LOW
         basis = "the slope of a loss limited by step size grows about linearly with the lr"
+        stuck = _stuck_at_chance(run, metric, plateau, sched, params)
+        if stuck is not None:
+            # nothing learned at an lr orders of magnitude under any usual one: the lr is the suspect, not a maybe
+            chance, lr_now = stuck
+            factor = float(np.clip(params["typical_lr"] / lr_now, *PLATEAU_FACTOR))
+            why += (f", {stats.share_of(plateau.level / chance.value)} chance level {chance.describe()}: the model "
+                    "has learned nothing")
+            severity, confidence = Severity.WARNING, Confidence.MEDIUM
+            source = "from usual practice"
+            basis = (f"lr {stats.fmt_num(lr_now)} is {params['typical_lr'] / lr_now:.0f}x under "
+                     f"{stats.fmt_num(params['typical_lr'])}, the low end of usual AdamW lrs; x10 at most at once")
     else:
         return []
     lr = stats.hparam_number(run, "lr") or sched.peak_lr
@@ -111,14 +131,14 @@ def check(run, params):
     if at_peak and lr and abs(at_peak / lr - 1) > 0.05:
         lr_text += f" ({stats.fmt_num(at_peak)} effective after warmup)"
         metrics["effective_lr"] = at_peak
-    message = (f"{lr_text} is too low: {why}; the loss fell only {drop:.1%} from step {int(late.index[0])} to "
+    message = (f"{lr_text} is too low: {why}; the loss {_moved(drop)} from step {int(late.index[0])} to "
                f"{int(late.index[-1])}.")
     recs = []
     if lr:
         recs.append(Recommendation(
             "lr", lr, stats.round_sig(lr * factor, 2),
-            f"x{factor:.1f} from the data ({basis}); the loss fell {drop:.1%} over steps {int(late.index[0])}-"
-            f"{int(late.index[-1])}"))
+            f"x{factor:.1f} {source} ({basis}); the loss {_moved(drop, only='')} over steps "
+            f"{int(late.index[0])}-{int(late.index[-1])}"))
     warm_recs = _warmup_rec(run, sched, params)
     recs.extend(warm_recs)
     metrics["lr_factor"] = factor
@@ -129,6 +149,26 @@ def check(run, params):
     first = plateau.first_step if stalled else int(judged.index[0])
     return [DETECTOR.finding(message, first, int(judged.index[-1]), severity=severity, confidence=confidence,
                              metrics=metrics, recommendations=recs, evidence=evidence)]
+
+
+def _moved(drop: float, only: str = "only ") -> str:
+    """'fell only 1.2%', 'rose 0.3%' or 'did not move' (not 'fell only -0.0%')."""
+    if round(drop, 3) > 0:
+        return f"fell {only}{drop:.1%}"
+    return f"rose {-drop:.1%}" if round(drop, 3) < 0 else "did not move"
+
+
+def _stuck_at_chance(run, metric, plateau, sched, params):
+    """(chance level, lr) when a cross-entropy loss sits at `at_chance` of chance level or above with an lr more
+    than `far_below` times under typical_lr (hf_lr_too_low: lr 1e-6, 4.715 = 97% of ln 128); else None."""
+    chance = stats.chance_level(run)
+    ce = stats.cross_entropy_loss(run)
+    lr = stats.hparam_number(run, "lr") or sched.peak_lr
+    if chance is None or ce is None or ce[0] != metric or not lr or plateau is None:
+        return None
+    if plateau.level < params["at_chance"] * chance.value or lr * params["far_below"] >= params["typical_lr"]:
+        return None
+    return chance, lr
 
 
 def lr_known_low(run, sched, params) -> bool:
@@ -160,6 +200,6 @@ DETECTOR = Detector(
     doc=__doc__,
     params={"tiny_ratio": TINY_RATIO, "low_ratio": LOW_RATIO, "fast_progress": FAST_PROGRESS,
             "smooth_noise": SMOOTH_NOISE, "min_lr_fraction": MIN_LR_FRACTION, "typical_lr": TYPICAL_LR,
-            "long_warmup": LONG_WARMUP, "min_points": MIN_POINTS},
+            "long_warmup": LONG_WARMUP, "far_below": FAR_BELOW, "at_chance": AT_CHANCE, "min_points": MIN_POINTS},
     check=check, requires=("loss", "lm_loss"),
 )

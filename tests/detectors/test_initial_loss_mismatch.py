@@ -63,3 +63,18 @@ def test_skips_without_vocab_late_start_or_loss():
 def test_nan_first_point_does_not_crash():
     loss = np.r_[np.nan, np.full(9, 11.1)]
     assert check(make_run({"loss": loss}, hparams={"vocab_size": 65536})) == []
+
+
+def climbing_from(first, vocab=128):
+    """HF-style 5-step means: the first window at `first`, then a climb under too high an lr (hf_lr_too_high)."""
+    loss = np.r_[first, 5.3, 5.7, 6.4, 7.1, np.full(55, 6.5)]
+    return make_run({"loss": (np.arange(5, 5 * 61, 5), loss)}, hparams={"vocab_size": vocab, "init_std": 0.02})
+
+
+def test_a_loss_that_climbs_from_chance_is_not_blamed_on_the_init():
+    assert check(climbing_from(4.72)) == []  # 97% of ln 128 at step 5: the init was fine, the lr was not
+
+
+def test_a_first_point_above_chance_still_fires():
+    [f] = check(climbing_from(5.6))
+    assert f.metrics["initial_loss"] == pytest.approx(5.7)

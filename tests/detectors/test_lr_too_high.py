@@ -76,3 +76,49 @@ def test_skips_short_missing_nonpositive():
 def test_silent_on_real_logs(real_runs, case):
     result = check(read_run(real_runs / case))
     assert result == [] or isinstance(result, Skipped)
+
+
+def per_epoch(loss, peak_lr, warmup_epochs=5):
+    """A Keras CSVLogger-style log: one mean loss per epoch, the lr warmed up per epoch (keras_lr_too_high)."""
+    epochs = np.arange(len(loss))
+    return make_run({"loss": loss, "lr": peak_lr * np.minimum(1.0, (epochs + 1) / warmup_epochs)})
+
+
+def test_a_per_epoch_log_that_climbs_in_its_first_epochs_rises_from_the_start():
+    loss = np.r_[0.85, 1.27, 2.15, np.full(17, 2.11)]
+    [f] = check(per_epoch(loss, 0.3))
+    assert "rose from 1.27" in f.message
+    assert f.first_step == 0 and f.metrics["first_losses"] == pytest.approx(1.27)
+    [rec] = f.recommendations
+    assert (rec.current, rec.suggested) == (0.3, 0.15)
+
+
+def test_healthy_per_epoch_logs_do_not_rise():
+    rng = np.random.default_rng(0)
+    for noise in (0.0, 0.02, 0.05):
+        for n in (15, 20, 40):
+            loss = (0.4 + 1.7 * np.exp(-np.arange(n) / 2.0)) * np.exp(rng.normal(0, noise, n))
+            assert check(per_epoch(loss, 1e-3)) == [], (noise, n)
+
+
+def test_head_points_shrink_only_for_short_logs():
+    assert [lr_too_high.head_points(n) for n in (10, 30, 40, 50, 300)] == [3, 3, 4, 5, 5]
+
+
+def test_a_far_too_small_lr_at_chance_is_left_to_lr_too_low():
+    # without an update size, a loss stuck at ln V under lr 1e-6 is the lr being too LOW (hf_lr_too_low)
+    [f] = check(at_chance(lr=1e-4))
+    assert f.severity is Severity.WARNING
+    assert check(at_chance(lr=1e-6)) == []
+    assert check(at_chance(lr=1e-6, update_ratio=2e-2))  # a measured big step still says too high
+
+
+def test_a_noisy_short_log_keeps_five_head_points():
+    # lightning_tb: 12 per-batch MSEs of a tiny regression; a median of three would read 4.92 as "the start"
+    loss = np.array([11.65, 2.79, 4.92, 6.06, 7.62, 2.84, 7.48, 8.44, 3.1, 6.2, 5.0, 7.7])
+    assert check(per_epoch(loss, 0.05, warmup_epochs=1)) == []
+
+
+def test_a_loss_that_touches_zero_does_not_crash():
+    loss = np.r_[0.0, np.linspace(0.5, 2.0, 10), np.full(19, 2.0)]
+    assert isinstance(check(per_epoch(loss, 0.3)), (list, Skipped))

@@ -70,3 +70,33 @@ def test_nan_in_update_ratio_does_not_crash():
     scalars = run.scalars.copy()
     scalars.loc[scalars.index[-5:], "value"] = np.nan
     assert len(check(replace(run, scalars=scalars))) == 1
+
+
+def at_chance(lr, level_share=1.0, classes=128, steps=300, warmup=30):
+    """hf_lr_too_low's shape: a GPT-2 whose loss never leaves ln V under a far too small lr, no update ratio."""
+    rng = np.random.default_rng(1)
+    t = np.arange(5, steps + 1, 5)
+    loss = level_share * np.log(classes) * np.exp(rng.normal(0, 0.001, len(t)))
+    return make_run({"loss": (t, loss), "lr": (t, lr * np.minimum(1.0, t / warmup))},
+                    hparams={"vocab_size": classes})
+
+
+def test_stuck_at_chance_under_a_far_too_small_lr_is_a_warning():
+    [f] = check(at_chance(1e-6))
+    assert f.severity is Severity.WARNING and f.confidence is Confidence.MEDIUM
+    assert "100% of chance level ln(128)" in f.message and "learned nothing" in f.message
+    [rec] = [r for r in f.recommendations if r.hparam == "lr"]
+    assert (rec.current, rec.suggested) == (1e-6, 1e-5)  # towards typical_lr, at most x10 at once
+    assert "usual practice" in rec.rationale
+
+
+def test_a_loss_that_did_not_fall_is_not_said_to_fall_by_minus_zero():
+    assert [lr_too_low._moved(d) for d in (0.012, 0.0004, -0.0004, -0.02)] == [
+        "fell only 1.2%", "did not move", "did not move", "rose 2.0%"]
+
+
+def test_stuck_at_chance_needs_both_chance_and_a_far_too_small_lr():
+    [f] = check(at_chance(5e-5))  # under typical_lr, but not 10x under it
+    assert f.severity is Severity.INFO
+    [f] = check(at_chance(1e-6, level_share=0.5))  # a plateau well below chance: something was learned
+    assert f.severity is Severity.INFO
