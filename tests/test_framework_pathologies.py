@@ -1,0 +1,172 @@
+"""Diagnoses of real framework runs with one induced pathology each (tests/fixtures/pathologies), and their controls."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import lru_cache
+
+import pytest
+from click.testing import CliRunner
+
+from analyzer.cli import diagnose_command
+from tests.conftest import FIXTURES
+
+PATHOLOGIES = FIXTURES / "pathologies"
+TRUTH = json.loads((PATHOLOGIES / "truth.json").read_text())
+CASES = sorted(TRUTH)
+HEALTHY = [name for name in CASES if name.endswith("_healthy")]
+ALARMS = ("warning", "critical")
+MAX_CASE_BYTES = 300 * 1024
+HF_WARMUP_END = 30  # generate.py: warmup_steps = HF_STEPS // 10 = 30
+HF_LOG_INTERVAL = 5  # logging_steps
+
+
+@lru_cache(maxsize=None)
+def diagnosis(name: str) -> dict:
+    """`diagnose --json` on one fixture, as a user runs it (exit 0 or 1 by severity, never 2), once per process."""
+    result = CliRunner().invoke(diagnose_command, ["--json", str(PATHOLOGIES / name)])
+    assert result.exit_code in (0, 1), result.output
+    return json.loads(result.stdout)
+
+
+def finding(name: str, detector: str) -> dict:
+    found = [f for f in diagnosis(name)["findings"] if f["name"] == detector]
+    assert len(found) == 1, [(f["name"], f["severity"]) for f in diagnosis(name)["findings"]]
+    return found[0]
+
+
+def alarms(name: str) -> list[tuple[str, str]]:
+    return [(f["name"], f["severity"]) for f in diagnosis(name)["findings"] if f["severity"] in ALARMS]
+
+
+def lr_recommendation(f: dict) -> dict:
+    (rec,) = [r for r in f["recommendations"] if r["hparam"] == "lr"]
+    return rec
+
+
+# --- the fixtures themselves -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", CASES)
+def test_each_fixture_is_small_and_documented(name):
+    folder = PATHOLOGIES / name
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    assert size < MAX_CASE_BYTES
+    readme = (folder / "README.md").read_text()
+    assert "Induced cause:" in readme and f"generate.py {name}" in readme and "Versions: torch 2.13.0" in readme
+
+
+@pytest.mark.parametrize("name, formats", [("hf_healthy", {"hf-trainer", "tensorboard"}),
+                                           ("lightning_healthy", {"lightning"}),
+                                           ("keras_healthy", {"table"})])
+def test_the_frameworks_own_files_are_what_is_read(name, formats):
+    assert formats <= set(diagnosis(name)["run"]["formats"])
+    assert diagnosis(name)["run"]["last_step"] == TRUTH[name]["last_step"]
+
+
+# --- healthy controls: no alarm --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_run_raises_no_warning_or_critical(name):
+    assert alarms(name) == []
+
+
+# --- HF Trainer ------------------------------------------------------------------------------------------------------
+
+def test_hf_lr_too_high_is_diagnosed_from_the_start():
+    f = finding("hf_lr_too_high", "lr-too-high")
+    assert (f["severity"], f["confidence"]) == ("warning", "medium")
+    # the trouble starts at the first logged points: the loss is >10% above its first value from step 10 on
+    assert TRUTH["hf_lr_too_high"]["first_rise_step"] == 10
+    assert f["first_step"] <= TRUTH["hf_lr_too_high"]["first_rise_step"]
+    assert f["metrics"]["chance_level"] == pytest.approx(math.log(128), rel=1e-4)
+    assert f["metrics"]["loss_level"] > 1.2 * math.log(128)  # above chance after warmup: updates too big
+    rec = lr_recommendation(f)
+    assert rec["current"] == pytest.approx(1.0, rel=1e-2)
+    assert rec["suggested"] == pytest.approx(0.5)  # x0.5, down
+
+
+def test_hf_lr_too_high_is_not_blamed_on_the_init():
+    # the first logged loss 4.72 is 97% of ln 128: the climb to 5.7 by step 20 comes from the lr, not init_std
+    assert TRUTH["hf_lr_too_high"]["first_loss"] < math.log(128)
+    assert "initial-loss-mismatch" not in {name for name, _ in alarms("hf_lr_too_high")}
+
+
+def test_hf_lr_too_high_raises_no_other_alarm():
+    assert alarms("hf_lr_too_high") == [("lr-too-high", "warning")]
+
+
+def test_hf_lr_too_low_is_diagnosed_as_the_root_cause():
+    f = finding("hf_lr_too_low", "lr-too-low")
+    assert (f["severity"], f["confidence"]) == ("warning", "medium")
+    # the stall starts where warmup ends (step 30) and the loss never moves (4.721 -> 4.712 over 300 steps)
+    assert abs(f["first_step"] - HF_WARMUP_END) <= 2 * HF_LOG_INTERVAL
+    assert TRUTH["hf_lr_too_low"]["first_loss"] - TRUTH["hf_lr_too_low"]["last_loss"] < 0.02
+    rec = lr_recommendation(f)
+    assert rec["current"] == pytest.approx(1e-6, rel=1e-2)
+    assert rec["suggested"] == pytest.approx(1e-5)  # up, x10: the most taken at once
+    assert diagnosis("hf_lr_too_low")["root_causes"] == ["lr-too-low"]
+
+
+def test_hf_lr_too_low_plateau_is_explained_by_the_lr():
+    plateau = finding("hf_lr_too_low", "loss-plateau")
+    assert plateau["severity"] == "warning"
+    assert plateau["caused_by"] == ["lr-too-low"]
+    assert abs(plateau["first_step"] - HF_WARMUP_END) <= 2 * HF_LOG_INTERVAL
+    assert plateau["last_step"] == TRUTH["hf_lr_too_low"]["last_step"]
+
+
+def test_hf_lr_too_low_is_not_called_too_high():
+    assert {name for name, _ in alarms("hf_lr_too_low")} == {"lr-too-low", "loss-plateau"}
+
+
+# --- Lightning -------------------------------------------------------------------------------------------------------
+
+def test_lightning_nan_onset_is_the_first_nonfinite_step():
+    f = finding("lightning_nan", "nonfinite-onset")
+    assert (f["severity"], f["confidence"]) == ("critical", "high")
+    assert f["first_step"] == TRUTH["lightning_nan"]["first_nonfinite_step"] == 50  # logged every step: exact
+    recs = {r["hparam"]: r for r in f["recommendations"]}
+    assert recs["lr"]["current"] == pytest.approx(0.3)
+    assert recs["lr"]["suggested"] < recs["lr"]["current"]
+    assert recs["max_grad_norm"]["current"] is None and recs["max_grad_norm"]["suggested"] == pytest.approx(1.0)
+
+
+def test_lightning_nan_checkpoint_is_flagged():
+    f = finding("lightning_nan", "checkpoint-nonfinite")
+    assert f["severity"] == "critical"
+    assert f["first_step"] > TRUTH["lightning_nan"]["first_nonfinite_step"]
+
+
+def test_lightning_nan_divergence_starts_before_the_nan():
+    # the loss falls to its best at step 4 under the still small warmup lr, then climbs until it overflows at 50
+    f = finding("lightning_nan", "loss-divergence")
+    assert f["severity"] == "critical"
+    assert f["first_step"] < TRUTH["lightning_nan"]["first_nonfinite_step"]
+    assert f["last_step"] == TRUTH["lightning_nan"]["last_finite_step"]
+    rec = lr_recommendation(f)
+    assert rec["suggested"] == pytest.approx(rec["current"] / 2)
+
+
+def test_lightning_nan_chain_leads_from_the_divergence_to_the_nan_checkpoint():
+    d = diagnosis("lightning_nan")
+    assert "loss-divergence" in d["root_causes"]
+    assert finding("lightning_nan", "nonfinite-onset")["caused_by"] == ["loss-divergence"]
+    assert finding("lightning_nan", "checkpoint-nonfinite")["caused_by"] == ["nonfinite-onset"]
+
+
+# --- Keras -----------------------------------------------------------------------------------------------------------
+
+def test_keras_lr_too_high_is_diagnosed_in_a_per_epoch_log():
+    f = finding("keras_lr_too_high", "lr-too-high")
+    assert (f["severity"], f["confidence"]) == ("warning", "medium")
+    # epoch 0 loss 0.85, epoch 1 already 2.16 (chance ln 8 = 2.08) as the warmup raises the lr
+    assert f["first_step"] <= TRUTH["keras_lr_too_high"]["first_rise_step"] == 1
+    assert f["metrics"]["level_after_warmup"] > 2.0 > 1.5 > f["metrics"]["first_losses"]
+    rec = lr_recommendation(f)
+    assert rec["current"] == pytest.approx(0.3)
+    assert rec["suggested"] == pytest.approx(0.15)
+
+
+def test_keras_lr_too_high_raises_no_other_alarm():
+    assert alarms("keras_lr_too_high") == [("lr-too-high", "warning")]
