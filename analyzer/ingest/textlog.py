@@ -320,7 +320,7 @@ _EPOCH_HEAD = re.compile(_PREFIX + r"(?i:epoch)\s*[:#=]?\s*(?P<epoch>\x01)(?:\s*
 # finished bar after its header (model.evaluate after fit draws another one, under no header of its own).
 _KERAS_EPOCH = re.compile(_PREFIX + r"Epoch (?P<epoch>\x01)/\x01\s*\Z")
 _KERAS_BAR = re.compile(
-    r"[ \t]*(?:" + _ANSI + r")*(?:(?P<done>\x01)/(?P<total>\x01)(?:" + _ANSI + r")*)?"
+    r"[ \t]*(?:" + _ANSI + r")*[ \t]*(?:(?P<done>\x01)/(?P<total>\x01)(?:" + _ANSI + r")*)?"  # f"{done:>n}/{total}"
     r"(?: \[[=>.]*\]|(?:\s|\u2501|" + _ANSI + r")*)"
     r"(?: - |\s)(?:" + _ANSI + r")*\x01s(?:" + _ANSI + r")*"
     r"(?:(?: - | )(?P<time>\x01)(?P<unit>s|ms|us)/step)?"
@@ -1096,7 +1096,9 @@ def sniff(path: Path) -> bool:
     text = head.decode("utf-8", errors="replace")
     lines = text.split("\n")
     if len(head) == SNIFF_BYTES and len(lines) > 1:
-        lines.pop()  # cut by the probe
+        cut = lines.pop()  # cut by the probe; of a bar redrawn with \r (a long Keras epoch), its whole drawings count
+        if "\r" in cut:
+            lines.append(cut[:cut.rfind("\r")].rstrip("\x08"))
     if path.suffix.lower() in MARKDOWN_SUFFIXES or sum(_is_fence(line) for line in lines) >= 2:
         lines = _code_lines(lines)
     for line in lines:

@@ -306,3 +306,12 @@ def test_fastai_rows_beside_step_lines_are_not_steps():
     result = text(body)
     assert points(result, "loss") == {10: 3.2, 20: 3.1} and not points(result, "train_loss")
     assert any("fastai" in n for n in notes(result))
+
+
+def test_keras_log_whose_first_epoch_outgrows_the_sniff_probe_is_claimed(tmp_path, monkeypatch):
+    monkeypatch.setattr(textlog, "SNIFF_BYTES", 2048)
+    raw = fixture("keras_fit_verbose1").read_bytes()
+    assert raw.index(b"\n", raw.index(b"\n") + 1) > 2048  # the first bar's line runs past the probe
+    path = tmp_path / "train.log"
+    path.write_bytes(raw)
+    assert textlog.sniff(path)
