@@ -315,3 +315,13 @@ def test_keras_log_whose_first_epoch_outgrows_the_sniff_probe_is_claimed(tmp_pat
     path = tmp_path / "train.log"
     path.write_bytes(raw)
     assert textlog.sniff(path)
+
+
+def test_srun_torchrun_log_cut_mid_line_keeps_every_whole_line():
+    raw = fixture("torchrun_srun_label", "slurm-1234.out").read_text()
+    whole = textlog.read_file(fixture("torchrun_srun_label", "slurm-1234.out"))
+    for cut in (raw.rindex("iter 30:") + 12, raw.rindex("iter 30:") - 6):  # inside the loss / inside the tags
+        result = text(raw[:cut])
+        loss, full = ranked_points(result, "loss"), ranked_points(whole, "loss")
+        assert all(loss[rank].items() <= full[rank].items() for rank in loss)
+        assert sum(map(len, loss.values())) >= sum(map(len, full.values())) - 40
