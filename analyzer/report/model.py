@@ -586,6 +586,16 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
     evidence = cited[:MAX_EVIDENCE_ROWS]
     available = series.metrics
     specs = plots.plots_for(f.name, available, f.message)
+    subject = _nonfinite_subject(f, series, run)
+    shown = {m for spec in specs for m in spec.metrics}
+    if "loss" in shown:
+        shown.add("eval_loss")  # the loss plot draws it too
+    if subject in shown:
+        subject = None  # already plotted (grad_norm; eval_loss on the loss plot): the usual plots show it
+    if subject is not None:
+        # The metric that went NaN/Inf first, then the loss: seed 002's lm_loss was clamped to 0.0, which the
+        # training loss (a mix of terms) and the gradient norm hardly show.
+        specs = (plots.metric_plot(subject), *[s for s in specs if s.name == "loss"])[:plots.MAX_PLOTS_PER_FINDING]
     missing = tuple(
         f"{plots.PLOTS[p].title.lower()}: the run logs no {_missing(plots.PLOTS[p], available)}"
         for p in plots.wanted_plots(f.name, f.message)[:plots.MAX_PLOTS_PER_FINDING]
@@ -600,7 +610,8 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
             window, note = None, f"{f.name} spans the whole run ({when})"
         data = series.plot_input(
             [m for s in specs for m in s.metrics] + ["eval_loss"], window=window, window_label=f"{f.name} ({when})",
-            with_checkpoints=f.name in plots.CHECKPOINT_FINDINGS, facts=facts, references=_chance_line([f], run))
+            with_checkpoints=f.name in plots.CHECKPOINT_FINDINGS, facts=facts, references=_chance_line([f], run),
+            hidden_nonfinite=_hidden_nonfinite(run) if subject is not None else ())
         figs = tuple(
             FigureView(id=f"{index:02d}-{f.name}-{spec.name}", title=spec.title, caption=f"{spec.title}; {note}",
                        svg=series.svg([spec], data))
@@ -733,13 +744,14 @@ class _SeriesCache:
         if not self.draw:
             return ""
         key = (tuple(s.name for s in specs), data.window, data.window_label if data.window else "", data.marks,
-               data.checkpoints, data.references)
+               data.checkpoints, data.references, data.hidden_nonfinite)
         if key not in self._svgs:
             self._svgs[key] = render_svg(specs, data)
         return self._svgs[key]
 
     def plot_input(self, metrics: Sequence[str], *, window=None, window_label: str = "", marks=(),
-                   with_checkpoints: bool = False, facts: RunFacts | None = None, references=()):
+                   with_checkpoints: bool = False, facts: RunFacts | None = None, references=(),
+                   hidden_nonfinite=()):
         from analyzer.report.plots import PlotInput
 
         data = {m: self.get(m) for m in dict.fromkeys(metrics) if m in self.metrics}
@@ -753,7 +765,7 @@ class _SeriesCache:
         return PlotInput(series=data, hparams=hparams,
                          window=window, window_label=window_label, marks=tuple(marks), checkpoints=checkpoints,
                          overflow_steps=overflow, labels={m: self.labels[m] for m in data if m in self.labels},
-                         references=tuple(references))
+                         references=tuple(references), hidden_nonfinite=tuple(hidden_nonfinite))
 
 
 # --- tables that a detector's partial shows -----------------------------------------------------------------------
@@ -790,6 +802,35 @@ def _temperature_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) -
         note += (f" The logged KD term's median is {fmt.number(logged)}: the temperature changed during the run "
                  f"and the raw KL varies from step to step, so it differs from the row for T = {fmt.number(current)}.")
     return Table("Temperature and the KD loss it produces", ("temperature", "T^2", "KD loss"), rows, note)
+
+
+def _hidden_nonfinite(run) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """The steps of the NaN/Inf each metric's log lines say were clamped, filtered or skipped."""
+    steps: dict[str, set[int]] = {}
+    for e in run.events_of(*HIDDEN_KINDS) if run is not None else ():
+        metric = e.data.get("metric") if e.data else None
+        if metric and e.step is not None:
+            steps.setdefault(str(metric), set()).add(int(e.step))
+    return tuple((m, tuple(sorted(s))) for m, s in sorted(steps.items()))
+
+
+def _nonfinite_subject(f: Finding, series: _SeriesCache, run) -> str | None:
+    """For nonfinite-onset: the metric that went NaN/Inf first (logged as such, or hidden by the log), when the run
+    logs it and it is not the training loss itself (whose plot the finding shows anyway)."""
+    if f.name != "nonfinite-onset" or run is None:
+        return None
+    first: dict[str, int] = {}
+    for metric in sorted(series.metrics):
+        got = series.get(metric)
+        if got is not None and not np.isfinite(got[1]).all():
+            first[metric] = int(got[0][np.argmax(~np.isfinite(got[1]))])
+    for metric, steps in _hidden_nonfinite(run):
+        if metric in series.metrics and steps:
+            first[metric] = min(first.get(metric, steps[0]), steps[0])
+    if not first:
+        return None
+    subject = min(first, key=lambda m: (first[m], m))
+    return None if subject == "loss" else subject
 
 
 def _nonfinite_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) -> Table | None:

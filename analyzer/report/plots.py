@@ -51,6 +51,8 @@ class PlotInput:
     labels: Mapping[str, str] = field(default_factory=dict)  # what a derived series is (SPEED: "tokens/s", ...)
     # Horizontal lines on the loss plot: (value, label), e.g. the chance level a finding compares the loss with.
     references: tuple[tuple[float, str], ...] = ()
+    # NaN/Inf the log hid (clamped to zero, filtered): (metric, steps), marked where the value itself looks finite.
+    hidden_nonfinite: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,21 @@ def draw_mask_ratio(ax, data: PlotInput) -> None:
     _hline(ax, data.hparams.get("mlm_probability"), f"mlm_probability {data.hparams.get('mlm_probability')}", GREEN)
     ax.set_ylim(0, 1.05)
     _finish(ax, data, "mask ratio")
+
+
+def metric_plot(metric: str) -> PlotSpec:
+    """A plot of one named metric: the one that went NaN/Inf, which may be none of the plots above (lm_loss)."""
+    def draw(ax, data: PlotInput) -> None:
+        _line(ax, data, metric, metric, BLUE)
+        for name, steps in data.hidden_nonfinite:
+            if name == metric and steps:
+                # A clamped NaN reads as an ordinary 0.0 on the line: the log's own NaN lines mark where it was.
+                ax.plot(steps, np.full(len(steps), 0.97), "x", color=RED, markersize=5, markeredgewidth=1.3,
+                        clip_on=False, transform=ax.get_xaxis_transform(), linestyle="none",
+                        label=f"NaN/Inf hidden by the log ({len(steps)})")
+        _finish(ax, data, metric)
+
+    return PlotSpec(f"metric-{metric}", f"{metric}, the metric that went non-finite", (metric,), draw)
 
 
 def draw_update_ratio(ax, data: PlotInput) -> None:

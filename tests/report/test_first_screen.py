@@ -263,3 +263,24 @@ def test_the_step_summary_cuts_a_long_message_between_words():
     kept = cell.split(" | ")[-1].rstrip(" |")
     assert kept.endswith(" ...") and message.startswith(kept[: -len(" ...")] + " ")
     assert len(kept) <= 300
+
+
+def test_nonfinite_onset_plots_the_metric_that_went_non_finite_with_the_nan_the_log_hid(monkeypatch):
+    # kd-temperature-blowup: lm_loss was clamped to 0.0 from step 220; the finding showed the training loss and
+    # the gradient norm, where the clamp hardly shows, and no plot of lm_loss.
+    from analyzer.run import Event
+    from tests.conftest import make_run
+
+    lm = [5.0] * 6 + [0.0] * 4
+    run = make_run({"loss": [5.5] * 6 + [3.6] * 4, "lm_loss": lm},
+                   events=[Event(kind="nan_clamp", step=s, file="train.log", line=s, text="lm_loss nan; clamping",
+                                 data={"metric": "lm_loss"}) for s in range(6, 10)])
+    onset = Finding("N001", "nonfinite-onset", Severity.CRITICAL, Confidence.HIGH, "First non-finite value", 6, 6)
+    d = Diagnosis(RunSummary("/r", "r", ("test",), 0, 9, 20, ("lm_loss", "loss"), {}, ()), (onset,),
+                  ("nonfinite-onset",))
+    from analyzer.report.model import build_report
+
+    view = build_report(d, run, draw=False).findings[0]
+    assert [fig.title for fig in view.figures] == ["lm_loss, the metric that went non-finite", "Training loss"]
+    inputs = _plot_inputs(monkeypatch, d, run)
+    assert any(("lm_loss", (6, 7, 8, 9)) in data.hidden_nonfinite for data in inputs)
