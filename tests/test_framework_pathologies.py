@@ -18,8 +18,7 @@ CASES = sorted(TRUTH)
 HEALTHY = [name for name in CASES if name.endswith("_healthy")]
 ALARMS = ("warning", "critical")
 MAX_CASE_BYTES = 300 * 1024
-HF_WARMUP_END = 30  # generate.py: warmup_steps = HF_STEPS // 10 = 30
-HF_LOG_INTERVAL = 5  # logging_steps
+HF_LOG_INTERVAL = 5  # logging_steps: an onset read from 5-step means is good to two intervals
 
 
 @lru_cache(maxsize=None)
@@ -82,7 +81,7 @@ def test_hf_lr_too_high_is_diagnosed_from_the_start():
     assert f["metrics"]["chance_level"] == pytest.approx(math.log(128), rel=1e-4)
     assert f["metrics"]["loss_level"] > 1.2 * math.log(128)  # above chance after warmup: updates too big
     rec = lr_recommendation(f)
-    assert rec["current"] == pytest.approx(1.0, rel=1e-2)
+    assert rec["current"] == pytest.approx(TRUTH["hf_lr_too_high"]["peak_lr"]) == pytest.approx(1.0, rel=1e-3)
     assert rec["suggested"] == pytest.approx(0.5)  # x0.5, down
 
 
@@ -99,11 +98,12 @@ def test_hf_lr_too_high_raises_no_other_alarm():
 def test_hf_lr_too_low_is_diagnosed_as_the_root_cause():
     f = finding("hf_lr_too_low", "lr-too-low")
     assert (f["severity"], f["confidence"]) == ("warning", "medium")
-    # the stall starts where warmup ends (step 30) and the loss never moves (4.721 -> 4.712 over 300 steps)
-    assert abs(f["first_step"] - HF_WARMUP_END) <= 2 * HF_LOG_INTERVAL
+    # the stall is judged from where warmup ends (the logged lr peaks at step 35) and the loss never moves
+    # (4.721 -> 4.712 over 300 steps)
+    assert abs(f["first_step"] - TRUTH["hf_lr_too_low"]["peak_lr_step"]) <= 2 * HF_LOG_INTERVAL
     assert TRUTH["hf_lr_too_low"]["first_loss"] - TRUTH["hf_lr_too_low"]["last_loss"] < 0.02
     rec = lr_recommendation(f)
-    assert rec["current"] == pytest.approx(1e-6, rel=1e-2)
+    assert rec["current"] == pytest.approx(TRUTH["hf_lr_too_low"]["peak_lr"]) == pytest.approx(1e-6, rel=1e-3)
     assert rec["suggested"] == pytest.approx(1e-5)  # up, x10: the most taken at once
     assert diagnosis("hf_lr_too_low")["root_causes"] == ["lr-too-low"]
 
@@ -112,12 +112,20 @@ def test_hf_lr_too_low_plateau_is_explained_by_the_lr():
     plateau = finding("hf_lr_too_low", "loss-plateau")
     assert plateau["severity"] == "warning"
     assert plateau["caused_by"] == ["lr-too-low"]
-    assert abs(plateau["first_step"] - HF_WARMUP_END) <= 2 * HF_LOG_INTERVAL
+    assert abs(plateau["first_step"] - TRUTH["hf_lr_too_low"]["peak_lr_step"]) <= 2 * HF_LOG_INTERVAL
     assert plateau["last_step"] == TRUTH["hf_lr_too_low"]["last_step"]
 
 
 def test_hf_lr_too_low_is_not_called_too_high():
     assert {name for name, _ in alarms("hf_lr_too_low")} == {"lr-too-low", "loss-plateau"}
+
+
+def test_hf_tensorboard_folder_alone_still_shows_the_lr_too_high():
+    # a user who kept only runs/: no config.json (no chance level), the rise from the start still tells
+    f = finding("hf_lr_too_high/runs", "lr-too-high")
+    assert f["severity"] == "warning" and f["first_step"] <= TRUTH["hf_lr_too_high"]["first_rise_step"]
+    assert lr_recommendation(f)["suggested"] == pytest.approx(0.5)
+    assert alarms("hf_healthy/runs") == []
 
 
 # --- Lightning -------------------------------------------------------------------------------------------------------
@@ -127,7 +135,7 @@ def test_lightning_nan_onset_is_the_first_nonfinite_step():
     assert (f["severity"], f["confidence"]) == ("critical", "high")
     assert f["first_step"] == TRUTH["lightning_nan"]["first_nonfinite_step"] == 50  # logged every step: exact
     recs = {r["hparam"]: r for r in f["recommendations"]}
-    assert recs["lr"]["current"] == pytest.approx(0.3)
+    assert recs["lr"]["current"] == pytest.approx(TRUTH["lightning_nan"]["peak_lr"]) == pytest.approx(0.3)
     assert recs["lr"]["suggested"] < recs["lr"]["current"]
     assert recs["max_grad_norm"]["current"] is None and recs["max_grad_norm"]["suggested"] == pytest.approx(1.0)
 
@@ -164,7 +172,7 @@ def test_keras_lr_too_high_is_diagnosed_in_a_per_epoch_log():
     assert f["first_step"] <= TRUTH["keras_lr_too_high"]["first_rise_step"] == 1
     assert f["metrics"]["level_after_warmup"] > 2.0 > 1.5 > f["metrics"]["first_losses"]
     rec = lr_recommendation(f)
-    assert rec["current"] == pytest.approx(0.3)
+    assert rec["current"] == pytest.approx(TRUTH["keras_lr_too_high"]["peak_lr"]) == pytest.approx(0.3)
     assert rec["suggested"] == pytest.approx(0.15)
 
 
