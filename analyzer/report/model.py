@@ -368,7 +368,8 @@ def _sentence_body(message: str, limit: int = VERDICT_CLAUSE) -> str:
         if len(head) >= 20:
             # "loss stopped improving" alone hides how bad it is ("it stayed near 7.6 ... at chance level"): a short
             # lead always takes its next clause along, shortened below like any long clause.
-            if sep == ": " and len(head) < SHORT_LEAD and len(parts) > 1:
+            # An aside does not say how bad it is: "lr 5.00e-4 (4.75e-4 effective after warmup) is too low".
+            if sep == ": " and len(re.sub(r"\s*\([^()]*\)", "", head)) < SHORT_LEAD and len(parts) > 1:
                 head = f"{head}; {parts[1]}"
             text = head
     return _lower_first(_shorten(text, limit))

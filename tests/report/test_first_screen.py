@@ -284,3 +284,13 @@ def test_nonfinite_onset_plots_the_metric_that_went_non_finite_with_the_nan_the_
     assert [fig.title for fig in view.figures] == ["lm_loss, the metric that went non-finite", "Training loss"]
     inputs = _plot_inputs(monkeypatch, d, run)
     assert any(("lm_loss", (6, 7, 8, 9)) in data.hidden_nonfinite for data in inputs)
+
+
+def test_a_lead_that_is_short_but_for_an_aside_keeps_its_next_clause():
+    # mlm-lr-too-low: "lr 5.00e-4 (4.75e-4 effective after warmup) is too low (lr-too-low, from step 131)": the
+    # aside made the lead look long enough, and the verdict lost where the loss stalled.
+    message = ("lr 5.00e-4 (4.75e-4 effective after warmup) is too low: the loss has stalled near 5.13 since step 131 "
+               "while the median update ratio is only 0.00214; the loss fell only 1.2% from step 193 to 330.")
+    d = Diagnosis(summary(), (finding("lr-too-low", Severity.WARNING, message, 131, 330),), ("lr-too-low",))
+    assert verdict(d) == ("The run is degraded: lr 5.00e-4 (4.75e-4 effective after warmup) is too low; the loss has "
+                          "stalled near 5.13 since step 131 while the median update ratio is only 0.00214 (lr-too-low).")
