@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import textwrap
 
-from analyzer.findings import Diagnosis
+from analyzer.findings import Diagnosis, Severity
 from analyzer.report.model import fix_heading, fix_line, recommendations, verdict
 
 STYLE = {"critical": "\033[1;31m", "warning": "\033[33m", "info": "\033[36m", "ok": "\033[32m", "dim": "\033[2m"}
@@ -14,6 +14,7 @@ MAX_FINDING = 34  # "D001 distill-temperature-blowup" fits
 MAX_STEPS = 13
 MIN_MESSAGE = 40  # a narrower message column reads as a ribbon of words: findings are stacked instead
 ROOT_MARK = "*"
+NO_FIX = "no hyperparameter change recommended: no finding names a setting that caused this (see the report)"
 # Log text must not drive the terminal: escape sequences and other control characters become spaces.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -87,6 +88,9 @@ def summary(diagnosis: Diagnosis, color: bool, width: int = 100, wrap: bool = Fa
         # A healthy run's info-level suggestions are not a fix: say they are optional.
         label = "fix: " if fix_heading(diagnosis.findings)[1] == "" else "optional: "
         labelled(label, "", clean(fix_line(rec_rows)))
+    elif worst in (Severity.WARNING, Severity.CRITICAL):
+        # Silence reads as "nothing to do"; say that no finding names a setting to change.
+        labelled("fix: ", "", NO_FIX)
     if diagnosis.errors:
         names = ", ".join(e.name for e in diagnosis.errors)
         labelled("detector errors: ", "critical", clean(f"{len(diagnosis.errors)} crashed ({names})"))

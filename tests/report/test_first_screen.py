@@ -294,3 +294,12 @@ def test_a_lead_that_is_short_but_for_an_aside_keeps_its_next_clause():
     d = Diagnosis(summary(), (finding("lr-too-low", Severity.WARNING, message, 131, 330),), ("lr-too-low",))
     assert verdict(d) == ("The run is degraded: lr 5.00e-4 (4.75e-4 effective after warmup) is too low; the loss has "
                           "stalled near 5.13 since step 131 while the median update ratio is only 0.00214 (lr-too-low).")
+
+
+def test_a_broken_run_with_nothing_to_change_says_so_in_the_terminal():
+    # hf_lrqa_chance_plateau (critical) ended on its verdict: no "fix:" line, as if there were nothing to do.
+    from analyzer.report import terminal_summary
+
+    d = Diagnosis(summary(), (finding("loss-plateau", Severity.CRITICAL, "eval_loss stopped improving", 300),),
+                  ("loss-plateau",))
+    assert terminal_summary(d, color=False).splitlines()[-1].startswith("fix: no hyperparameter change recommended")
