@@ -108,3 +108,18 @@ def test_printed_headings_stay_with_what_they_introduce(browser, tmp_path):
     breaks = page.evaluate("[...document.querySelectorAll('h2, h3, h4')].map(h => getComputedStyle(h).breakAfter)")
     page.close()
     assert breaks and set(breaks) == {"avoid"}
+
+
+def test_the_index_never_breaks_a_change_across_lines(browser, tmp_path):
+    # The sweep index wrapped "max_grad_norm 0.0 -> 2.9" inside its arrow: "max_grad_norm 0.0 -" / "> 2.9".
+    from analyzer.report import write_index
+
+    run, d = seed002()
+    write_reports(run, d, tmp_path / "r", ["html"], "critical")
+    index = [p for p in write_index([("r", d, tmp_path / "r")], tmp_path) if p.name.endswith(".html")][0]
+    page = browser.new_page(viewport={"width": 700, "height": 700})
+    page.goto(index.as_uri())
+    lines = page.evaluate("[...document.querySelectorAll('td.chips code')].map(c => "
+                          "c.getBoundingClientRect().height / parseFloat(getComputedStyle(c).fontSize))")
+    page.close()
+    assert lines and max(lines) < 2  # one line of text is ~1.2-1.5 font sizes tall; two lines are over 2.4
