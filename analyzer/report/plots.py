@@ -249,13 +249,16 @@ def draw_loss(ax, data: PlotInput) -> None:
     _line(ax, data, "loss", "train loss", BLUE)
     if "eval_loss" in data.series:
         _line(ax, data, "eval_loss", "eval loss", ORANGE, log=ax.get_yscale() == "log", marker="o", width=1.2)
-    if data.references:
-        for value, label in data.references:
+    references = list(data.references)
+    vocab = data.hparams.get("vocab_size")
+    if not references and isinstance(vocab, (int, float)) and not isinstance(vocab, bool) and vocab > 1:
+        references.append((math.log(vocab), f"ln(vocab) = {math.log(vocab):.2f}"))
+    low, high = ax.get_ylim()
+    for value, label in references:
+        # A level far above the losses (a plateau at 34% of ln(50258)) would squash them into the bottom of the
+        # plot; the finding's message gives it as a number.
+        if low <= value <= high:
             _hline(ax, value, label)
-    else:
-        vocab = data.hparams.get("vocab_size")
-        if isinstance(vocab, (int, float)) and not isinstance(vocab, bool) and vocab > 1:
-            _hline(ax, math.log(vocab), f"ln(vocab) = {math.log(vocab):.2f}")
     _checkpoints(ax, data)
     _finish(ax, data, "loss")
 

@@ -303,3 +303,21 @@ def test_a_broken_run_with_nothing_to_change_says_so_in_the_terminal():
     d = Diagnosis(summary(), (finding("loss-plateau", Severity.CRITICAL, "eval_loss stopped improving", 300),),
                   ("loss-plateau",))
     assert terminal_summary(d, color=False).splitlines()[-1].startswith("fix: no hyperparameter change recommended")
+
+
+def test_a_chance_level_far_above_the_losses_does_not_squash_the_loss_plot():
+    # pl_slm_resume: a line at ln(50258) = 10.8 stretched the axis, and the plateau at 3.7 was a flat line at the
+    # bottom of the plot.
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from analyzer.report import plots
+
+    steps = np.arange(100)
+    loss = np.linspace(7.6, 3.7, 100)
+    ax = Figure().subplots()
+    plots.draw_loss(ax, plots.PlotInput(series={"loss": (steps, loss)}, hparams={"vocab_size": 50258}))
+    assert ax.get_ylim()[1] < 8.5
+    ax = Figure().subplots()
+    plots.draw_loss(ax, plots.PlotInput(series={"loss": (steps, loss)}, references=((5.0, "chance level ln(148)"),)))
+    assert "chance level ln(148)" in [line.get_label() for line in ax.get_lines()]
