@@ -263,6 +263,12 @@ def draw_loss(ax, data: PlotInput) -> None:
     _finish(ax, data, "loss")
 
 
+def draw_eval_loss(ax, data: PlotInput) -> None:
+    # On its own linear axis: beside a training loss that falls by decades, a 30% rise of the eval loss is flat.
+    _line(ax, data, "eval_loss", "eval loss", ORANGE, log=False, marker="o", width=1.2)
+    _finish(ax, data, "eval loss")
+
+
 def draw_grad_norm(ax, data: PlotInput) -> None:
     _line(ax, data, "grad_norm", "grad norm (before clipping)", BLUE)
     clip = data.hparams.get("max_grad_norm")
@@ -363,6 +369,7 @@ def draw_update_ratio(ax, data: PlotInput) -> None:
 
 PLOTS: dict[str, PlotSpec] = {
     "loss": PlotSpec("loss", "Training loss", ("loss",), draw_loss),
+    "eval_loss": PlotSpec("eval_loss", "Eval loss", ("eval_loss",), draw_eval_loss),
     "grad_norm": PlotSpec("grad_norm", "Gradient norm", ("grad_norm",), draw_grad_norm),
     "lr": PlotSpec("lr", "Learning-rate schedule", ("lr",), draw_lr),
     "kd": PlotSpec("kd", "Raw KL vs scaled KD loss", ("kd_raw", "kd_loss"), draw_kd),
@@ -395,6 +402,7 @@ FINDING_PLOTS: dict[str, tuple[str, ...]] = {
     "throughput-drop": ("throughput", "loss"),
     "checkpoint-nonfinite": ("loss",),
     "init-variance": ("loss", "grad_norm"),
+    "overfitting": ("eval_loss", "loss"),
 }
 DEFAULT_PLOTS = ("loss",)
 MAX_PLOTS_PER_FINDING = 2

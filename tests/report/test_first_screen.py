@@ -321,3 +321,19 @@ def test_a_chance_level_far_above_the_losses_does_not_squash_the_loss_plot():
     ax = Figure().subplots()
     plots.draw_loss(ax, plots.PlotInput(series={"loss": (steps, loss)}, references=((5.0, "chance level ln(148)"),)))
     assert "chance level ln(148)" in [line.get_label() for line in ax.get_lines()]
+
+
+def test_an_overfitting_finding_shows_the_eval_loss_on_its_own_linear_axis():
+    # hf_whisper_overfit: eval_loss 0.321 -> 0.42 (+31%) was drawn beside a train loss falling 0.3 -> 2e-4 on one
+    # log axis, where the rise the finding is about is a flat line.
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from analyzer.report import plots
+
+    specs = plots.plots_for("overfitting", {"loss", "eval_loss"})
+    assert [s.name for s in specs] == ["eval_loss", "loss"]
+    ax = Figure().subplots()
+    specs[0].draw(ax, plots.PlotInput(series={"eval_loss": (np.arange(1000, 6000, 1000), np.array(
+        [0.321, 0.3585, 0.3937, 0.4123, 0.42])), "loss": (np.arange(25, 5000, 25), np.geomspace(0.3, 2e-4, 199))}))
+    assert ax.get_yscale() == "linear" and ax.get_ylim()[0] > 0.2
