@@ -18,6 +18,7 @@ import numpy as np
 MAX_BUCKETS = 800  # min+max per bucket: <=1600 points per line, finer than the plot's pixel width
 GAP_FACTOR = 20.0  # a gap between logged steps this many times the usual spacing is not drawn across
 LOG_SPAN = 50.0  # a positive series whose max/min exceeds this reads better on a log axis
+MIN_SPAN = 0.1  # a loss axis spans at least this fraction of the loss's level, so noise does not look like a trend
 FIGSIZE = (7.2, 2.5)  # inches; 720x250 px in SVG units, readable on a laptop and printed at page width
 OVERVIEW_FIGSIZE = (7.2, 3.6)
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 0.75, 0.15, 0.5, 0.45  # inches: tick labels, title + legend
@@ -249,6 +250,7 @@ def draw_loss(ax, data: PlotInput) -> None:
     _line(ax, data, "loss", "train loss", BLUE)
     if "eval_loss" in data.series:
         _line(ax, data, "eval_loss", "eval loss", ORANGE, log=ax.get_yscale() == "log", marker="o", width=1.2)
+    _min_span(ax)
     references = list(data.references)
     vocab = data.hparams.get("vocab_size")
     if not references and isinstance(vocab, (int, float)) and not isinstance(vocab, bool) and vocab > 1:
@@ -261,6 +263,18 @@ def draw_loss(ax, data: PlotInput) -> None:
             _hline(ax, value, label)
     _checkpoints(ax, data)
     _finish(ax, data, "loss")
+
+
+def _min_span(ax) -> None:
+    """A linear axis spans at least MIN_SPAN of its level: autoscaled, a loss that moved 0.2% (39.48-39.56) fills
+    the plot's height and reads as a steady fall, where the finding says it did not move."""
+    if ax.get_yscale() != "linear":
+        return
+    low, high = ax.get_ylim()
+    level = max(abs(low), abs(high))
+    if level > 0 and high - low < MIN_SPAN * level:
+        middle, half = (low + high) / 2, MIN_SPAN * level / 2
+        ax.set_ylim(middle - half, middle + half)
 
 
 def draw_eval_loss(ax, data: PlotInput) -> None:

@@ -337,3 +337,17 @@ def test_an_overfitting_finding_shows_the_eval_loss_on_its_own_linear_axis():
     specs[0].draw(ax, plots.PlotInput(series={"eval_loss": (np.arange(1000, 6000, 1000), np.array(
         [0.321, 0.3585, 0.3937, 0.4123, 0.42])), "loss": (np.arange(25, 5000, 25), np.geomspace(0.3, 2e-4, 199))}))
     assert ax.get_yscale() == "linear" and ax.get_ylim()[0] > 0.2
+
+
+def test_a_loss_that_did_not_move_is_not_drawn_as_a_steady_fall():
+    # mlm-labels-all-tokens: the loss moved 39.55 -> 39.49 (0.2%); autoscaled, it fell from the top of the plot to
+    # the bottom, beside a finding that says it did not move.
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    from analyzer.report import plots
+
+    ax = Figure().subplots()
+    plots.draw_loss(ax, plots.PlotInput(series={"loss": (np.arange(60), np.linspace(39.55, 39.49, 60))}))
+    low, high = ax.get_ylim()
+    assert high - low >= 0.1 * 39.5 * 0.99 and low < 39.49 and high > 39.55
