@@ -11,7 +11,6 @@ from analyzer.report.model import fix_heading, fix_line, recommendations, verdic
 STYLE = {"critical": "\033[1;31m", "warning": "\033[33m", "info": "\033[36m", "ok": "\033[32m", "dim": "\033[2m"}
 RESET = "\033[0m"
 MAX_FINDING = 34  # "D001 distill-temperature-blowup" fits
-MAX_STEPS = 13
 MIN_MESSAGE = 40  # a narrower message column reads as a ribbon of words: findings are stacked instead
 ROOT_MARK = "*"
 NO_FIX = "no hyperparameter change recommended: no finding names a setting that caused this (see the report)"
@@ -46,7 +45,9 @@ def summary(diagnosis: Diagnosis, color: bool, width: int = 100, wrap: bool = Fa
     lines = []
     if rows:
         name_w = min(MAX_FINDING, max(len("FINDING"), *(len(r[1]) for r in rows)))
-        steps_w = min(MAX_STEPS, max(len("STEPS"), *(len(r[2]) for r in rows)))
+        # Never cut: "1000000-15..." reads as a step that does not exist. Wide ranges leave less room for the
+        # message, and a terminal too narrow for it stacks the findings instead.
+        steps_w = max(len("STEPS"), *(len(r[2]) for r in rows))
         sev_w = len("critical")
         message_at = 1 + sev_w + 2 + name_w + 2 + steps_w + 2
         if width - message_at >= MIN_MESSAGE:
@@ -58,7 +59,7 @@ def summary(diagnosis: Diagnosis, color: bool, width: int = 100, wrap: bool = Fa
                 # The message is what the user came for: wrap it under its column rather than cut it.
                 first, *rest = textwrap.wrap(message, message_w, break_on_hyphens=False) or [""]
                 lines.append(f"{mark}{paint(severity, f'{severity:<{sev_w}}')}  {clip(name, name_w):<{name_w}}  "
-                             f"{clip(steps, steps_w):<{steps_w}}  {first}")
+                             f"{steps:<{steps_w}}  {first}")
                 lines.extend(" " * message_at + more for more in rest)
         else:
             # Too narrow for a message column (a split pane): each finding on its own line, its message below.

@@ -351,3 +351,12 @@ def test_a_loss_that_did_not_move_is_not_drawn_as_a_steady_fall():
     plots.draw_loss(ax, plots.PlotInput(series={"loss": (np.arange(60), np.linspace(39.55, 39.49, 60))}))
     low, high = ax.get_ylim()
     assert high - low >= 0.1 * 39.5 * 0.99 and low < 39.49 and high > 39.55
+
+
+def test_the_terminal_never_cuts_a_step_range():
+    # A million-step run's "1000000-1500000" was cut to "1000000-15...", a step that does not exist.
+    from analyzer.report import terminal_summary
+
+    d = Diagnosis(summary(), (finding("loss-plateau", Severity.WARNING, "loss stopped improving", 1000000, 1500000),),
+                  ("loss-plateau",))
+    assert "1000000-1500000" in terminal_summary(d, color=False, width=100)
