@@ -609,10 +609,14 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
         window, note = (f.first_step, f.last_step), f"{'dashed line' if single else 'shaded'}: {f.name} ({when})"
         if _covers_run(f, facts_span):
             window, note = None, f"{f.name} spans the whole run ({when})"
+        # A restart point matters for these: their plots keep the whole run, checkpoints and all.
+        zoom = None if f.name in plots.CHECKPOINT_FINDINGS else _zoom(f, facts_span)
+        if zoom is not None:
+            note += f"; zoomed to steps {zoom[0]}-{zoom[1]}"
         data = series.plot_input(
             [m for s in specs for m in s.metrics] + ["eval_loss"], window=window, window_label=f"{f.name} ({when})",
             with_checkpoints=f.name in plots.CHECKPOINT_FINDINGS, facts=facts, references=_chance_line([f], run),
-            hidden_nonfinite=_hidden_nonfinite(run) if subject is not None else ())
+            hidden_nonfinite=_hidden_nonfinite(run) if subject is not None else (), zoom=zoom)
         figs = tuple(
             FigureView(id=f"{index:02d}-{f.name}-{spec.name}", title=spec.title, caption=f"{spec.title}; {note}",
                        svg=series.svg([spec], data))
@@ -646,6 +650,26 @@ def _cited_text(text: str) -> str:
     from analyzer.diagnose import MAX_EVIDENCE_LINE
 
     return text + CUT_MARK if len(text) >= MAX_EVIDENCE_LINE else text
+
+
+ZOOM_BELOW = 0.05  # a finding shorter than this share of the run is drawn zoomed in: else it is a sliver
+ZOOM_CONTEXT = 10  # ... with this many times its own length on each side, for the level before and after
+ZOOM_MIN_CONTEXT = 0.1  # ... and at least this share of the run on each side
+
+
+def _zoom(f: Finding, span: tuple[int | None, int | None]) -> tuple[int, int] | None:
+    """The steps a short finding's plots show: bloom176b's 3-step spike at 31219 in steps 12695-45000 was a single
+    vertical line; zoomed, the level before, the spike and the recovery are each visible."""
+    first, last = span
+    if None in (first, last, f.first_step) or last <= first:
+        return None
+    end = f.last_step if f.last_step is not None else f.first_step
+    length = max(end - f.first_step, 1)
+    if length >= ZOOM_BELOW * (last - first):
+        return None
+    pad = max(ZOOM_CONTEXT * length, int(ZOOM_MIN_CONTEXT * (last - first)))
+    low, high = max(first, f.first_step - pad), min(last, end + pad)
+    return (low, high) if (low, high) != (first, last) else None
 
 
 def _covers_run(f: Finding, span: tuple[int | None, int | None]) -> bool:
@@ -745,28 +769,37 @@ class _SeriesCache:
         if not self.draw:
             return ""
         key = (tuple(s.name for s in specs), data.window, data.window_label if data.window else "", data.marks,
-               data.checkpoints, data.references, data.hidden_nonfinite)
+               data.checkpoints, data.references, data.hidden_nonfinite, data.zoom)
         if key not in self._svgs:
             self._svgs[key] = render_svg(specs, data)
         return self._svgs[key]
 
     def plot_input(self, metrics: Sequence[str], *, window=None, window_label: str = "", marks=(),
                    with_checkpoints: bool = False, facts: RunFacts | None = None, references=(),
-                   hidden_nonfinite=()):
+                   hidden_nonfinite=(), zoom: tuple[int, int] | None = None):
+        """What a plot draws; `zoom` (first, last step) keeps only the steps in that range, so the axes fit them."""
         from analyzer.report.plots import PlotInput
 
+        def inside(step) -> bool:
+            return zoom is None or zoom[0] <= step <= zoom[1]
+
         data = {m: self.get(m) for m in dict.fromkeys(metrics) if m in self.metrics}
+        if zoom is not None:
+            data = {m: (steps[(steps >= zoom[0]) & (steps <= zoom[1])], values[(steps >= zoom[0]) & (steps <= zoom[1])])
+                    for m, (steps, values) in data.items()}
         run = self.run
         checkpoints = ()
         if with_checkpoints and run is not None:
             checkpoints = tuple((c.step, not (c.error or (c.stats is not None and c.stats.nonfinite)))
-                                for c in run.checkpoints if c.step is not None)
-        overflow = tuple(e.step for e in run.events_of("overflow") if e.step is not None) if run is not None else ()
+                                for c in run.checkpoints if c.step is not None and inside(c.step))
+        overflow = tuple(e.step for e in run.events_of("overflow")
+                         if e.step is not None and inside(e.step)) if run is not None else ()
+        hidden = tuple((m, tuple(s for s in steps if inside(s))) for m, steps in hidden_nonfinite)
         hparams = {k: h.value for k, h in run.hparams.items()} if run is not None else {}
         return PlotInput(series=data, hparams=hparams,
                          window=window, window_label=window_label, marks=tuple(marks), checkpoints=checkpoints,
                          overflow_steps=overflow, labels={m: self.labels[m] for m in data if m in self.labels},
-                         references=tuple(references), hidden_nonfinite=tuple(hidden_nonfinite))
+                         references=tuple(references), hidden_nonfinite=hidden, zoom=zoom)
 
 
 # --- tables that a detector's partial shows -----------------------------------------------------------------------

@@ -54,6 +54,7 @@ class PlotInput:
     references: tuple[tuple[float, str], ...] = ()
     # NaN/Inf the log hid (clamped to zero, filtered): (metric, steps), marked where the value itself looks finite.
     hidden_nonfinite: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    zoom: tuple[int, int] | None = None  # the steps the series were cut to (a short finding's close-up)
 
 
 @dataclass(frozen=True)

@@ -360,3 +360,26 @@ def test_the_terminal_never_cuts_a_step_range():
     d = Diagnosis(summary(), (finding("loss-plateau", Severity.WARNING, "loss stopped improving", 1000000, 1500000),),
                   ("loss-plateau",))
     assert "1000000-1500000" in terminal_summary(d, color=False, width=100)
+
+
+def test_a_short_finding_in_a_long_run_is_plotted_zoomed_in(monkeypatch):
+    # bloom176b_spike: a 3-step gradient spike at 31219 in steps 12695-45000 was one vertical line in its plots.
+    import numpy as np
+
+    from tests.conftest import make_run
+
+    steps = np.arange(0, 10000, 10)
+    grad = np.where((steps >= 5000) & (steps <= 5020), 900.0, 0.5)
+    run = make_run({"loss": (steps, np.full(len(steps), 2.2)), "grad_norm": (steps, grad)})
+    spike = Finding("G001", "grad-explosion", Severity.WARNING, Confidence.HIGH, "The gradient norm rose", 5000, 5020)
+    d = Diagnosis(RunSummary("/r", "r", ("test",), 0, 9990, 2000, ("grad_norm", "loss"), {}, ()), (spike,),
+                  ("grad-explosion",))
+    inputs = _plot_inputs(monkeypatch, d, run)
+    zoomed = [data for data in inputs if data.window == (5000, 5020)]
+    assert zoomed and all(data.zoom == (4001, 6019) for data in zoomed)
+    assert all(data.series["grad_norm"][0].min() >= 4001 and data.series["grad_norm"][0].max() <= 6019
+               for data in zoomed)
+    from analyzer.report.model import build_report
+
+    view = build_report(d, run, draw=False).findings[0]
+    assert view.figures[0].caption.endswith("; zoomed to steps 4001-6019")
