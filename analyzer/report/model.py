@@ -196,6 +196,7 @@ class Report:
     fix_note: str  # why a change is optional; "" when it is recommended
     fix: str  # "temperature 3.0 -> 2.0", or "" when nothing to change
     fix_items: tuple[str, ...]  # the same, one change each
+    no_fix: str  # what the report says where no finding recommends a change
     status: str
     counts: tuple[Row, ...]  # ("critical", "2"), ...
     overview: FigureView | None
@@ -248,6 +249,7 @@ def build_report(diagnosis: Diagnosis, run=None, *, version: str = "", figures: 
         fix_note=fix_note,
         fix=fix_line(rec_rows),
         fix_items=tuple(change(r) for r in rec_rows),
+        no_fix=no_fix_text(diagnosis),
         status=_status(diagnosis),
         counts=tuple(Row(s.value, str(sum(f.severity is s for f in findings))) for s in Severity),
         overview=_overview(diagnosis, series, facts, run) if figures else None,
@@ -318,6 +320,18 @@ def change(row: RecommendationRow) -> str:
     """One change as a reader scans it: `lr 0.3 -> 0.15`; `max_grad_norm (not recorded) -> 1.0`."""
     current = f"({NOT_RECORDED})" if row.current == NOT_RECORDED else row.current
     return f"{row.hparam} {current} -> {row.suggested}"
+
+
+def no_fix_text(diagnosis: Diagnosis) -> str:
+    """Where nothing recommends a change: say so, and for a run that went wrong, where to read what it can mean
+    (`postmortem explain` gives the detector's own account: a plateau at chance level points at labels or loss)."""
+    worst = diagnosis.worst()
+    if worst not in (Severity.WARNING, Severity.CRITICAL):
+        return "No hyperparameter change is recommended."
+    lead = next((n for n in diagnosis.root_causes), None) or next(
+        f.name for f in diagnosis.findings if f.severity is worst)
+    return (f"No hyperparameter change is recommended: no finding names a setting that caused this. "
+            f"`postmortem explain {lead}` says what {lead} can mean and what to check.")
 
 
 OPTIONAL_FIX_NOTE = ("Only info-level findings suggest this: nothing at warning or critical level was found, so the "

@@ -6,14 +6,13 @@ import re
 import textwrap
 
 from analyzer.findings import Diagnosis, Severity
-from analyzer.report.model import fix_heading, fix_line, recommendations, verdict
+from analyzer.report.model import fix_heading, fix_line, no_fix_text, recommendations, verdict
 
 STYLE = {"critical": "\033[1;31m", "warning": "\033[33m", "info": "\033[36m", "ok": "\033[32m", "dim": "\033[2m"}
 RESET = "\033[0m"
 MAX_FINDING = 34  # "D001 distill-temperature-blowup" fits
 MIN_MESSAGE = 40  # a narrower message column reads as a ribbon of words: findings are stacked instead
 ROOT_MARK = "*"
-NO_FIX = "no hyperparameter change recommended: no finding names a setting that caused this (see the report)"
 # Log text must not drive the terminal: escape sequences and other control characters become spaces.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -90,8 +89,9 @@ def summary(diagnosis: Diagnosis, color: bool, width: int = 100, wrap: bool = Fa
         label = "fix: " if fix_heading(diagnosis.findings)[1] == "" else "optional: "
         labelled(label, "", clean(fix_line(rec_rows)))
     elif worst in (Severity.WARNING, Severity.CRITICAL):
-        # Silence reads as "nothing to do"; say that no finding names a setting to change.
-        labelled("fix: ", "", NO_FIX)
+        # Silence reads as "nothing to do"; say that no finding names a setting, and where to read on.
+        text = no_fix_text(diagnosis)
+        labelled("fix: ", "", clean(text[:1].lower() + text[1:]))
     if diagnosis.errors:
         names = ", ".join(e.name for e in diagnosis.errors)
         labelled("detector errors: ", "critical", clean(f"{len(diagnosis.errors)} crashed ({names})"))

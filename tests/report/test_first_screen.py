@@ -302,7 +302,18 @@ def test_a_broken_run_with_nothing_to_change_says_so_in_the_terminal():
 
     d = Diagnosis(summary(), (finding("loss-plateau", Severity.CRITICAL, "eval_loss stopped improving", 300),),
                   ("loss-plateau",))
-    assert terminal_summary(d, color=False).splitlines()[-1].startswith("fix: no hyperparameter change recommended")
+    assert terminal_summary(d, color=False).splitlines()[-1] == (
+        "fix: no hyperparameter change is recommended: no finding names a setting that caused this. "
+        "`postmortem explain loss-plateau` says what loss-plateau can mean and what to check.")
+
+
+def test_a_broken_run_with_nothing_to_change_says_where_to_read_on_in_the_report():
+    from analyzer.report import markdown
+    from analyzer.report.model import build_report
+
+    d = Diagnosis(summary(), (finding("loss-plateau", Severity.CRITICAL, "eval_loss stopped improving", 300),),
+                  ("loss-plateau",))
+    assert "`postmortem explain loss-plateau` says what loss-plateau can mean" in markdown(build_report(d))
 
 
 def test_a_chance_level_far_above_the_losses_does_not_squash_the_loss_plot():
