@@ -72,7 +72,7 @@ class _Job:
         finally:
             self.read.set()
         # the reader can count the lines of `raw` meanwhile (see take)
-        if may_be_too_wide(raw, raw.count(b"\n")):
+        if may_be_too_wide(raw):
             return  # the reader reads only the keys that repeat
         import pyarrow as pa
         import pyarrow.json as pj
@@ -168,14 +168,18 @@ def _identity(stat: os.stat_result) -> tuple[int, int, int, int]:
     return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
-def may_be_too_wide(buf: bytes, newlines: int) -> bool:
-    """Whether the JSON-lines `buf` (`newlines` line ends) may hold more than MAX_KEYS distinct keys, or keys so
-    sparse that a table of them would take more than MAX_TABLE_BYTES. Estimated from a sample of whole lines: keys
-    seen once in it are extrapolated by how many each window brings per line (the median window, so that one config
-    record at the top is not mistaken for a key per record). A yes is checked exactly by the reader."""
+def may_be_too_wide(buf: bytes, newlines: int | None = None) -> bool:
+    """Whether the JSON-lines `buf` (`newlines` line ends; estimated from the sample when None, which spares the
+    background thread a count that holds the GIL) may hold more than MAX_KEYS distinct keys, or keys so sparse that
+    a table of them would take more than MAX_TABLE_BYTES. Estimated from a sample of whole lines: keys seen once in
+    it are extrapolated by how many each window brings per line (the median window, so that one config record at
+    the top is not mistaken for a key per record). A yes is checked exactly by the reader."""
     if len(buf) <= MIN_KEY_BYTES * MAX_KEYS:
         return False
     windows = [buf] if len(buf) <= KEY_SAMPLE_BYTES else _windows(buf)
+    if newlines is None:
+        sampled = sum(len(w) for w in windows)
+        newlines = len(buf) * sum(w.count(b"\n") for w in windows) // max(1, sampled)
     counts = [Counter(KEY.findall(window)) for window in windows]
     total: Counter = Counter()
     for count in counts:
