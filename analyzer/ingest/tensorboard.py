@@ -14,6 +14,7 @@ point by point would make a series of neither.
 
 from __future__ import annotations
 
+import json
 import re
 import struct
 from pathlib import Path
@@ -52,6 +53,15 @@ DTYPES = {
 HPARAMS_PLUGIN, HPARAMS_SESSION_START, SESSION_HPARAMS = "hparams", 3, 1
 PB_NUMBER, PB_STRING, PB_BOOL = 2, 3, 4
 SCALAR_PLUGINS = {"", "scalars"}
+# HF Trainer's TensorBoardCallback (transformers/integrations/integration_utils.py): `add_text("args",
+# args.to_json_string())` is the TrainingArguments as JSON; and its end-of-run summary (`train_runtime`,
+# `train_loss` = the mean loss of the whole run, ...) is logged like a step's metrics, prefixed `train/`.
+TEXT_PLUGIN, DT_STRING, TENSOR_STRING_VAL = "text", 7, 8
+HF_ARGS_TAG = "args/text_summary"
+HF_SUMMARY_TAGS = tuple(f"train/{key}" for key in
+                        ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
+                         "total_flos"))
+HF_SUMMARY_SIGNATURE = "train/train_runtime"  # always in HF's summary, never a metric of a training step
 
 
 def sniff(path: Path) -> bool:
@@ -70,6 +80,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
             out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
             continue
         frame, times, hparams = _read_events(data, rel, out.notes)
+        frame, times = _without_hf_summary(frame, times, hparams)
         if _is_eval_dir(path, root):
             frame["split"] = "eval"
         else:
@@ -132,6 +143,21 @@ def _write_order(path: Path) -> tuple:
     """Event files in the order they were started: their names carry the start time (restarts write a new file)."""
     match = FILE_TIME.search(path.name)
     return (0, int(match[1]), path.as_posix()) if match else (1, 0, path.as_posix())
+
+
+def _without_hf_summary(frame: pd.DataFrame, times: np.ndarray, hparams: dict) -> tuple[pd.DataFrame, np.ndarray]:
+    """HF Trainer's end-of-run summary is run facts, kept as hparams (as the trainer_state.json reader does), not a
+    step's metrics: its `train/train_loss` is the mean loss of the whole run and would replace the last logged
+    loss. It is recognised by `train/train_runtime` at the same step, so a user's own `train/train_loss` series is
+    kept."""
+    names = frame["name"]
+    signature_steps = frame.loc[names == HF_SUMMARY_SIGNATURE, "step"].unique()
+    if not len(signature_steps):
+        return frame, times
+    summary = (names.isin(HF_SUMMARY_TAGS) & frame["step"].isin(signature_steps)).to_numpy()
+    last = frame[summary].drop_duplicates("name", keep="last")
+    hparams.update(zip(last["name"].str.removeprefix("train/"), last["value"].tolist()))
+    return frame[~summary].reset_index(drop=True), times[~summary]
 
 
 def _is_eval_dir(path: Path, root: Path) -> bool:
@@ -290,6 +316,9 @@ def _decode_value(raw: bytes, plugins: dict[str, str], hparams: dict) -> tuple[s
         if content:
             hparams.update(_session_hparams(content))
         return None
+    if plugin == TEXT_PLUGIN and tag == HF_ARGS_TAG and tensor is not None:
+        hparams.update(_hf_training_args(tensor))
+        return None
     if simple is not None:
         return tag, simple
     if tensor is not None and plugin in SCALAR_PLUGINS:
@@ -346,6 +375,19 @@ def _typed_value(raw, fmt: str):
         return raw
     values = pb.packed_varints(raw) if fmt == "varint" else pb.packed_fixed(raw, fmt)
     return values[-1] if values else None
+
+
+def _hf_training_args(raw: bytes) -> dict:
+    """HF's TrainingArguments, logged as JSON text: parsed as JSON only; anything else gives nothing."""
+    message = pb.parse(raw)
+    if pb.last(message, TENSOR_DTYPE, 0) != DT_STRING:
+        return {}
+    text = pb.last(message, TENSOR_STRING_VAL, b"")
+    try:
+        args = json.loads(bytes(text).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return {}
+    return args if isinstance(args, dict) else {}
 
 
 def _session_hparams(content: bytes) -> dict:

@@ -360,3 +360,31 @@ def test_ray_tunes_tensorboard_copy_of_result_json_is_read_once(tmp_path):
     run = read_run(trial)
     assert not run.events_of("restart") and len(run.series("loss")) == len(rows)
     assert {"loss", "accuracy"} <= set(run.metrics) and not any(m.startswith("ray/") for m in run.metrics)
+
+
+# --- HF Trainer's TensorBoardCallback ---------------------------------------------------------------------------------
+
+def test_a_users_own_train_loss_tag_is_a_metric(tmp_path):
+    # only HF's end-of-run summary (recognised by train/train_runtime at its step) is run facts
+    write(tmp_path, tb_event(10, tb_simple("train/train_loss", 2.0)), tb_event(20, tb_simple("train/train_loss", 1.5)))
+    piece = read_dir(tmp_path)
+    assert points(piece)["train/train_loss"] == [(10, 2.0), (20, 1.5)] and piece.hparams == []
+
+
+def test_hf_end_of_run_summary_is_hparams_not_points(tmp_path):
+    write(tmp_path, tb_event(20, tb_simple("train/loss", 1.5)),
+          tb_event(20, tb_simple("train/train_runtime", 9.0), tb_simple("train/train_loss", 2.5)))
+    piece = read_dir(tmp_path)
+    assert points(piece) == {"train/loss": [(20, 1.5)]}
+    assert {n: v for n, v, _, _ in piece.hparams} == {"train_runtime": 9.0, "train_loss": 2.5}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"learning_rate": 0.001, "gradient_accumulation_steps": 4}', {"lr": 0.001, "grad_accum": 4}),
+    ("not json {", {}),
+    ('["a list"]', {}),
+    (b"\xff\xfe", {}),
+])
+def test_hf_training_arguments_text_is_parsed_as_json_only(tmp_path, text, expected):
+    write(tmp_path, tb_event(0, tb_tensor("args/text_summary", 7, typed=f_bytes(8, text), plugin="text")))
+    assert {n: v for n, v, _, _ in read_dir(tmp_path).hparams} == expected
