@@ -4,7 +4,9 @@ CAUSES is the one table of known mechanisms: (cause, consequence). A link is dra
 and the consequence did not begin before the cause (the same logged step counts as not before; a cause that holds
 from the first step, such as a hyperparameter, precedes everything), and, for the few links in _CONDITIONS, when
 the two findings' numbers show the mechanism at work. Findings with no cause among the warnings and criticals are the
-root causes, and so are info findings that explain one of them.
+root causes, and so are info findings that explain one of them, unless a critical finding explains it already.
+A setting judged on its own (lr-too-high: the loss above chance after warmup) is not explained by another setting:
+each is a knob of its own, and the more severe one leads.
 """
 
 from __future__ import annotations
@@ -39,7 +41,6 @@ CAUSES: tuple[tuple[str, str], ...] = (
     ("lr-too-low", "grad-vanishing"),
     ("small-effective-batch", "loss-spike"),
     ("small-effective-batch", "loss-oscillation"),
-    ("small-effective-batch", "lr-too-high"),
     ("mlm-label-ratio", "grad-explosion"),
     ("mlm-label-ratio", "initial-loss-mismatch"),  # every token labelled changes the loss's size and meaning
     ("grad-vanishing", "loss-plateau"),
@@ -52,6 +53,7 @@ CAUSES: tuple[tuple[str, str], ...] = (
     ("loss-spike", "throughput-drop"),
     ("loss-divergence", "nonfinite-onset"),
     ("loss-spike", "loss-divergence"),  # a spike that does not come back is where a divergence starts
+    ("loss-divergence", "loss-spike"),  # a jump inside a divergence already under way is part of it
     ("distill-temperature-blowup", "loss-plateau"),  # the T^2-inflated KD term drowns the LM loss, which stalls
 )
 
@@ -80,7 +82,6 @@ _CONDITIONS = {
     ("distill-temperature-blowup", "perplexity-misreport"): _blowup_reaches_the_cap,
     ("small-effective-batch", "loss-spike"): _batch_is_too_noisy,
     ("small-effective-batch", "loss-oscillation"): _batch_is_too_noisy,
-    ("small-effective-batch", "lr-too-high"): _batch_is_too_noisy,
 }
 
 
@@ -95,6 +96,10 @@ def link(findings: tuple[Finding, ...]) -> tuple[tuple[Finding, ...], tuple[str,
             and _CONDITIONS.get((cause, effect), _always)(by_name[cause], f)
             and not _cycle(cause, f.name, by_name)
         ))
+        if any(by_name[cause].severity is Severity.CRITICAL for cause in causes):
+            # a critical cause accounts for its effect: a minor setting beside it is not the story (lightning_nan's
+            # loss jumped to 4e27 inside a divergence; its batch looked noisy because the loss was diverging)
+            causes = tuple(cause for cause in causes if by_name[cause].severity is not Severity.INFO)
         linked.append(replace(f, caused_by=causes) if causes else f)
     # An info finding is a root cause only when it explains a warning or a critical one.
     explains = {cause for f in linked if f.severity is not Severity.INFO for cause in f.caused_by}

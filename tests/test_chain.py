@@ -87,3 +87,31 @@ def test_a_batch_with_no_evidence_against_it_causes_nothing():
     # small-effective-batch suggests no larger batch when the loss is quiet and never spikes: it explains nothing
     ordered, roots = link((_batch(recommends=False), _f("loss-oscillation", 50)))
     assert roots == ("loss-oscillation",) and all(not f.caused_by for f in ordered)
+
+
+def test_a_noisy_batch_still_explains_a_spike():
+    # seed 003: batch 8, the spike at step 150 and the batch both lead the report
+    ordered, roots = link((_batch(recommends=True), _f("loss-spike", 150), _f("grad-explosion", 150)))
+    assert set(roots) == {"small-effective-batch", "grad-explosion"}
+    assert {f.name: f for f in ordered}["loss-spike"].caused_by == ("grad-explosion", "small-effective-batch")
+
+
+def test_an_lr_judged_too_high_is_its_own_root_cause_beside_a_small_batch():
+    # hf_lr_too_high: lr 1.0 at batch 8; the verdict must not open with "batch_size 8 -> 32"
+    ordered, roots = link((_batch(recommends=True), _f("lr-too-high", 0)))
+    assert roots == ("lr-too-high",) and all(not f.caused_by for f in ordered)
+
+
+def test_a_critical_cause_leaves_no_room_for_an_info_one():
+    # lightning_nan: the loss jumped to 4e27 inside a divergence that began at step 4; the batch is not the story
+    findings = (_batch(recommends=True), _f("loss-divergence", 4, Severity.CRITICAL),
+                _f("loss-spike", 47, Severity.CRITICAL))
+    ordered, roots = link(findings)
+    assert roots == ("loss-divergence",)
+    assert {f.name: f for f in ordered}["loss-spike"].caused_by == ("loss-divergence",)
+
+
+def test_a_spike_that_starts_a_divergence_causes_it():
+    ordered, roots = link((_f("loss-divergence", 60, Severity.CRITICAL), _f("loss-spike", 50, Severity.CRITICAL)))
+    assert roots == ("loss-spike",)
+    assert {f.name: f for f in ordered}["loss-divergence"].caused_by == ("loss-spike",)

@@ -97,6 +97,10 @@ def test_hf_lr_too_high_raises_no_other_alarm():
     assert alarms("hf_lr_too_high") == [("lr-too-high", "warning")]
 
 
+def test_hf_lr_too_high_leads_with_the_lr_not_the_batch():
+    assert diagnosis("hf_lr_too_high")["root_causes"] == ["lr-too-high"]
+
+
 def test_hf_lr_too_low_is_diagnosed_as_the_root_cause():
     f = finding("hf_lr_too_low", "lr-too-low")
     assert (f["severity"], f["confidence"]) == ("warning", "medium")
@@ -161,7 +165,8 @@ def test_lightning_nan_divergence_starts_before_the_nan():
 
 def test_lightning_nan_chain_leads_from_the_divergence_to_the_nan_checkpoint():
     d = diagnosis("lightning_nan")
-    assert "loss-divergence" in d["root_causes"]
+    assert d["root_causes"] == ["loss-divergence"]  # not the batch, whose loss looked noisy because it diverged
+    assert finding("lightning_nan", "loss-spike")["caused_by"] == ["loss-divergence"]
     assert finding("lightning_nan", "nonfinite-onset")["caused_by"] == ["loss-divergence"]
     assert finding("lightning_nan", "checkpoint-nonfinite")["caused_by"] == ["nonfinite-onset"]
 

@@ -149,7 +149,7 @@ def _excursions(run, g, params):
         how.append(f"{len(harmful)} excursions close together")
     jumps = [e["jump"] for e in harmful if e["jump"] >= params["loss_jump"]]
     if jumps:
-        how.append(f"the {loss[0]} rose {max(jumps):.2f}x with it")
+        how.append(f"the {loss[0]} rose {stats.fmt_ratio(max(jumps))} with it")
     message = (f"The gradient norm rose to {stats.fmt_num(peak_value)} at step {peak_step}, "
                f"{worst['ratio']:.0f}x its running median ({_median_text(worst, steps)}), from step "
                f"{start_step}: {', '.join(how)}")

@@ -219,7 +219,7 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
         metrics.update(restart_checkpoint=ckpt.path, restart_step=ckpt.step)
     averaged_text = (" (a mean over the logging window: the per-step peak was higher)" if averaged else "")
     message = (f"{metric} jumped from a level of {stats.fmt_num(sp.level)} to {stats.fmt_num(peak_value)} "
-               f"({ratio:.2f}x) at step {onset}{averaged_text} {recovery}{grad_text}{restart}.")
+               f"({stats.fmt_ratio(ratio)}) at step {onset}{averaged_text} {recovery}{grad_text}{restart}.")
 
     recs = _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt)
     ev_steps = [s for s in ([int(steps[sp.before])] if sp.before is not None else []) + [onset]]

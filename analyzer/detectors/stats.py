@@ -697,6 +697,12 @@ def _positive_int(value: Any) -> int | None:
     return out if out is not None and out > 0 else None
 
 
+def fmt_ratio(ratio: float) -> str:
+    """A factor for a message: 2.76x; past 100x, significant digits only (a loss that overflows to 4e27 rose
+    6.09e25x, not 60934415088935499861065728.00x)."""
+    return f"{ratio:.2f}x" if abs(ratio) < 100 else f"{fmt_num(ratio)}x"
+
+
 def fmt_num(value: float | None, digits: int = 3) -> str:
     """A number for a message: `digits` significant digits, 8.44e-5 style for very small or large magnitudes,
     "unknown" for None or non-finite values."""
