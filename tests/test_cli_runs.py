@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import xml.etree.ElementTree as ET
@@ -241,3 +242,11 @@ def test_the_reproduce_command_for_a_run_folder_that_is_not_utf8_quotes_its_byte
     command = next(line for line in (out / "report.md").read_text(encoding="utf-8").splitlines()
                    if line.startswith("reproduce-run "))
     assert command.startswith(f"reproduce-run $'{tmp_path}/kd\\xfe' ")  # bash's $'...' gives back the byte 0xfe
+
+
+@pytest.mark.parametrize("run", sorted(p.name for p in SAMPLE_RUNS.iterdir() if p.is_dir()))
+def test_findings_do_not_cite_the_seed_write_ups(runner, run):
+    # the seeds are our sources, not the user's: a recommendation says why in its own words
+    result = runner.invoke(diagnose_command, ["--json", str(SAMPLE_RUNS / run)])
+    assert result.exit_code in (0, 1), result.output
+    assert not re.search(r"\bseeds?[ -]?0\d\d", result.stdout, re.IGNORECASE)

@@ -129,7 +129,7 @@ def check(run, params):
         f"T^2 drops from {t_sq:.3g} to {suggested ** 2:.3g}: the KD term goes from ~{stats.fmt_num(term_median)} to "
         f"~{stats.fmt_num(suggested ** 2 * raw_median)} at a raw KL of ~{stats.fmt_num(raw_median)} (at most "
         f"{params['size_factor']:g}x {lm_ref_text}"
-        + (f", and T^2 at most {params['stable_t_squared']:g}, the seed-002 fix and DistilBERT's T = 2" if inflated
+        + (f", and T^2 at most {params['stable_t_squared']:g}, as in DistilBERT (T = 2)" if inflated
            else "") + ")")]
     if min_suggested < suggested and (current_min is None or current_min > min_suggested):
         recs.append(Recommendation(

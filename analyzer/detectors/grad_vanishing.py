@@ -120,7 +120,7 @@ def check(run, params):
             "lr", lr, stats.round_sig(lr * LR_UP),
             f"the gradient norm fell {('to zero' if to_zero else f'{early_level / late_level:.0f}x')} while the loss "
             f"stalled; x{LR_UP:g} the peak lr (from {stats.fmt_num(lr)}) is the first remedy for a stalled optimizer "
-            "(seed 004: increase the lr or check the initialization)"))
+            "(if it does not help, check the initialization)"))
     evidence = list(evidence_at(run, "grad_norm", [int(early.index[len(early) // 2]), start]))
     evidence += [Evidence(e.file, e.line, e.text) for e in warnings[:2]]
     return [DETECTOR.finding(

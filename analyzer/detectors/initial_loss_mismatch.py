@@ -141,7 +141,7 @@ def _init_recs(run, logit_std: float) -> list[Recommendation]:
         recs.append(Recommendation(
             "scale_factorized_init", scaled, True,
             f"the input embedding sums {int(k)} tables, which multiplies its variance by {int(k)}; initialising "
-            f"each with std / sqrt({int(k)}) keeps the sum at the intended std (seed 004)"))
+            f"each with std / sqrt({int(k)}) keeps the sum at the intended std"))
     return recs
 
 

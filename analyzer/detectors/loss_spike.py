@@ -264,7 +264,7 @@ def _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt):
         recs.append(Recommendation(
             "lr", lr, stats.round_sig(lr * factor, 2),
             f"the loss rose {ratio:.2f}x within one logging interval{at_text}; a x{factor} lower peak lr "
-            f"lowers the size of the update a bad batch can make, as seed 003 (2e-5 -> 1e-5) and OPT-175B did"
+            f"lowers the size of the update a bad batch can make, as OPT-175B's restarts did"
             + ("" if recs else f"; {where}")))
     return recs
 

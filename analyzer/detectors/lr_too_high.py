@@ -127,7 +127,7 @@ def check(run, params):
             return []  # swings alone, with no update size: loss-oscillation reports them
         confidence = Confidence.MEDIUM
         factor = DEFAULT_FACTOR
-        basis = "no update ratio is logged; halving is the usual first step (seed 004: 1e-4 -> 5e-5)"
+        basis = "no update ratio is logged; halving is the usual first step"
         size = "with no update ratio logged"
     lr = stats.hparam_number(run, "lr") or sched.peak_lr
     metrics["lr_factor"] = factor

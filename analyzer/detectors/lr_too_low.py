@@ -191,7 +191,7 @@ def _warmup_rec(run, sched, params) -> list[Recommendation]:
     return [Recommendation(
         "warmup_ratio", stats.round_sig(ratio, 2), SHORT_WARMUP,
         f"warmup takes {ratio:.0%} of the run at an already low lr; {SHORT_WARMUP:.0%} reaches the peak sooner "
-        "(seed 001: 0.1 -> 0.06; RoBERTa uses 6%)")]
+        "(RoBERTa uses 6%)")]
 
 
 DETECTOR = Detector(

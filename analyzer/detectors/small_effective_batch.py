@@ -79,7 +79,7 @@ def check(run, params):
         spikes = _spikes(loss) if noise is not None and noise <= params["target_noise"] else []
         if noise is None:
             factor = DEFAULT_FACTOR  # no loss to measure: the seeds' change, said to rest on them
-            basis = "no loss is logged to measure its noise; x4, as seeds 001 (72 -> 256) and 003 (8 -> 32) did"
+            basis = "no loss is logged to measure its noise; x4 is the usual first step"
         elif noise > params["target_noise"]:
             factor = (noise / params["target_noise"]) ** 2
             basis = (f"measured per-step loss noise {_pct(noise)} falls as 1/sqrt(batch): x{factor:.1f} reaches "
@@ -91,8 +91,8 @@ def check(run, params):
             first = int(loss.index[spikes[0].start])
             times = "once" if len(spikes) == 1 else f"{len(spikes)} times"
             basis = (f"the loss is quiet ({_pct(noise)} from point to point) but spiked {times} (first at step "
-                     f"{first}): a few bad sequences weigh 1/{batch.sequences} of a step; x4, as seed 003 (8 -> 32) "
-                     "did")
+                     f"{first}): a few bad sequences weigh 1/{batch.sequences} of a step; x4 makes each weigh "
+                     f"1/{4 * batch.sequences}")
             message += f"; the loss moves {_pct(noise)} from point to point but spiked at step {first}"
         else:
             factor = 1.0  # the gradient noise already is what a larger batch would aim at: no evidence for one
@@ -108,10 +108,10 @@ def check(run, params):
         if target == batch.sequences and tiny_micro:  # the size is fine; how it is split is not (seed 004)
             message = message[:-1].replace(": no change needed", ": no larger batch needed") + \
                 f"; micro-batch {batch.batch_size} runs many tiny forward/backward passes per optimizer step."
-            basis = "the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4)"
+            basis = "the same effective batch with fewer, larger micro-batches"
     else:
         factor, target = 1.0, batch.sequences
-        basis = "the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4)"
+        basis = "the same effective batch with fewer, larger micro-batches"
         message = (f"micro-batch {batch.batch_size} with {batch.grad_accum} accumulation steps ({batch.describe()}) "
                    "runs many tiny forward/backward passes for each optimizer step.")
     recs = []
