@@ -7,8 +7,12 @@ What it detects:
 Why it matters:
     Hinton et al. multiply the soft-target loss by T^2 so its gradients keep their size as T grows; DistilBERT
     does too, torchdistill only alongside a hard-label term, and TRL's GKD never does. With T = 3 the factor is 9:
-    the KD term dwarfs the LM loss, its gradients and the logits grow, and in fp16 the softmax overflows. The fix
-    is a lower temperature (or an annealed one), not a different optimizer.
+    the KD term dwarfs the LM loss, its gradients and the logits grow, and in fp16 the softmax overflows. The
+    term's fix is a lower temperature (or an annealed one), not a different optimizer. A lower temperature alone
+    does not remove an overflow that already happened: the reference trainer's KD run, re-run at T = 2, still
+    went NaN by step 333 of 1000 (at T = 3: step 220), since lower T sharpens the student's logits. Where the run
+    went non-finite, nonfinite-onset's fixes (bf16 or fp32 for the loss, gradient clipping) are needed as well;
+    `reproduce-run --apply-fixes` applies both (0 NaN over 1000 steps).
 How it decides:
     T comes from the logged temperature (or sqrt of a logged T^2), else from hparams. Whether the code multiplies by
     T^2 is read from the data, never assumed: with kd_loss and kd_raw both logged, their ratio is compared with

@@ -186,11 +186,18 @@ def summarize(run_dir: Path, stop: int | None, config: TrainConfig, about: Itera
 
 
 def chosen_fixes(diagnosis: Any) -> tuple[list[Any], list[Any]]:
-    """The findings whose recommendations we apply and those recommendations: the root causes' where they make any,
-    else the most severe finding's that does (findings come ordered root causes first, then by severity)."""
+    """The findings whose recommendations we apply and those recommendations: the root causes' and those of the
+    critical findings they led to, else the most severe finding's that makes any (findings come ordered root causes
+    first, then by severity; the first recommendation for a setting wins). A root cause's fix can leave a critical
+    consequence in place: a lower KD temperature shrinks the loss term, but the fp16 overflow it set off still
+    needs the NaN finding's precision and clipping fixes (before: 21 NaN, after T 3 -> 2 alone: NaN again by step
+    333 of 1000). A warning's fix is left out: it tends to correct the root cause's mechanism a second time through
+    another setting (factorized-embedding-stall: scaled init and a smaller init_std, 4x the gradient norm)."""
+    roots = set(diagnosis.root_causes)
     with_recs = [f for f in diagnosis.findings if f.recommendations]
-    roots = [f for f in with_recs if f.name in set(diagnosis.root_causes)]
-    findings = roots or with_recs[:1]
+    chosen = [f for f in with_recs if f.name in roots or (
+        f.severity.value == "critical" and roots.intersection(getattr(f, "caused_by", ())))]
+    findings = chosen or with_recs[:1]
     return findings, [r for f in findings for r in f.recommendations]
 
 
@@ -224,12 +231,18 @@ def _apply_fixes(run_dir: Path, config: TrainConfig, out_dir: Path, max_steps: i
           command=f"reproduce-run --apply-fixes {run_dir}")
     about = [f.name for f in findings]
     before, after = summarize(run_dir, stop, config, about), summarize(out_dir, stop, fixed, about)
-    for line in before_after_table(before, after):
+    redefined = sorted(LOSS_DEFINITIONS.intersection(fixes))
+    for line in before_after_table(before, after, loss_comparable=not redefined):
         echo(line)
-    if "temperature" in fixes and "final lm_loss (unclamped)" in before:
-        echo("note: loss and eval loss include T^2 * KL at each run's own temperature; lm_loss compares across them")
+    if redefined:
+        echo(f"note: the fix changes what the loss measures ({', '.join(redefined)}), so loss rows are not judged"
+             + ("; lm_loss compares across temperatures" if "final lm_loss (unclamped)" in before else ""))
     for line in findings_before_after(diagnosis, diagnose_path(out_dir), stop):
         echo(line)
+    worse = [key for key in before if judge(key, before[key], after.get(key, math.nan), not redefined) == "worse"]
+    if worse:
+        echo("worse after the fix: " + "; ".join(
+            f"{key} {before[key]:.5g} -> {after.get(key, math.nan):.5g}" for key in worse))
     return 0
 
 
@@ -273,8 +286,34 @@ def findings_before_after(before: Any, after: Any, stop: int | None) -> list[str
     return lines + [verdict]
 
 
-def before_after_table(before: dict[str, float], after: dict[str, float]) -> list[str]:
+# Which way each row of the table improves: -1 lower is better, +1 higher is better; rows not listed describe a
+# setting (effective batch, mask ratio, T^2) or a wall-clock speed, and are shown without a judgement.
+BETTER = {"final loss": -1, "min loss": -1, "final eval loss": -1, "max grad norm": -1,
+          "NaN/Inf (logged or clamped)": -1, "fp16 overflows": -1, "final lm_loss (unclamped)": -1,
+          "loss drop, last half": +1, "max loss": -1, "min loss_scale": +1}
+LOSS_ROWS = {"final loss", "min loss", "final eval loss", "max loss", "loss drop, last half", "first loss"}
+# Settings that change what the logged loss measures: before and after are then different quantities.
+LOSS_DEFINITIONS = {"temperature", "min_temperature", "alpha", "label_all_tokens", "mlm_loss_reduction",
+                    "mlm_probability"}
+SAME = 0.02  # relative change under which a row reads "same": seeds and schedules move numbers by this much
+
+
+def judge(key: str, before: float, after: float, loss_comparable: bool = True) -> str:
+    """'better', 'worse', 'same', or '' (a setting, a speed, a loss that means something else after the fix, or a
+    number missing on one side)."""
+    direction = BETTER.get(key)
+    if direction is None or (key in LOSS_ROWS and not loss_comparable) or math.isnan(before) or math.isnan(after):
+        return ""
+    if abs(after - before) <= SAME * max(abs(before), abs(after)):
+        return "same"
+    return "better" if (after - before) * direction > 0 else "worse"
+
+
+def before_after_table(before: dict[str, float], after: dict[str, float], loss_comparable: bool = True) -> list[str]:
     width = max(len(k) for k in before)
     lines = [f"{'':<{width}}  {'before':>12}  {'after':>12}"]
-    lines += [f"{key:<{width}}  {before[key]:>12.5g}  {after.get(key, math.nan):>12.5g}" for key in before]
+    for key in before:
+        value = after.get(key, math.nan)
+        verdict = judge(key, before[key], value, loss_comparable)
+        lines.append(f"{key:<{width}}  {before[key]:>12.5g}  {value:>12.5g}" + (f"  {verdict}" if verdict else ""))
     return lines

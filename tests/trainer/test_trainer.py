@@ -191,14 +191,18 @@ KD_RUN = SAMPLE_RUNS / "kd-temperature-blowup"
 
 
 def test_apply_fixes_on_kd_temperature_blowup_removes_the_nan_clamp(tmp_path):
-    """End to end: the detectors' root-cause fix (temperature 3.0 -> 2.0) re-run over the steps where the NaN was."""
+    """End to end: the root cause's fix (temperature 3.0 -> 2.0) and the NaN finding's (bf16, clipping) re-run over
+    the steps where the NaN was."""
     lines: list[str] = []
     assert reproduce_run(KD_RUN, tmp_path / "fixed", 230, None, {}, True, lines.append) == 0
     assert "fix: temperature 3.0 -> 2.0" in lines
+    assert "fix: precision 'fp16' -> 'bf16'" in lines  # T = 2 alone still overflows fp16 later on
+    assert next(line for line in lines if line.startswith("final lm_loss")).endswith("better")
+    assert next(line for line in lines if line.startswith("final loss")).split()[-1] != "better"  # T^2 changed it
     assert json.loads((tmp_path / "fixed" / "config.json").read_text())["temperature"] == 2.0
     assert "non-finite value" not in (tmp_path / "fixed" / "train.log").read_text()
     nan_row = next(line for line in lines if line.startswith("NaN/Inf")).split()
-    assert float(nan_row[-2]) > 0 and float(nan_row[-1]) == 0  # before: clamped NaNs; after: none
+    assert nan_row[-1] == "better" and float(nan_row[-3]) > 0 and float(nan_row[-2]) == 0  # clamped NaNs; none
     assert any(line.startswith("kd_loss / kd_raw") for line in lines)
     # the findings it was run to clear: the root cause and the NaN at step 220 are gone in the fixed run
     cleared = next(line for line in lines if line.startswith("the fix cleared"))
@@ -261,3 +265,37 @@ def test_apply_fixes_without_recommendations_trains_nothing(tmp_path, monkeypatc
     assert reproduce_run(tmp_path / "orig", tmp_path / "fixed", None, None, {}, True, lines.append) == 0
     assert lines == ["no finding recommends a hyperparameter change; nothing to re-run"]
     assert not (tmp_path / "fixed").exists()
+
+
+@pytest.mark.parametrize("key, before, after, comparable, expected", [
+    ("final loss", 2.0, 1.0, True, "better"),
+    ("final loss", 1.0, 1.01, True, "same"),
+    ("max grad norm", 4.6, 12.6, True, "worse"),
+    ("loss drop, last half", 0.02, 0.12, True, "better"),
+    ("final loss", 2.0, 1.0, False, ""),  # a KD temperature or label change: another quantity after the fix
+    ("final lm_loss (unclamped)", 3.6, 4.8, False, "worse"),
+    ("effective batch", 8, 32, True, ""),  # a setting, not an outcome
+    ("NaN/Inf (logged or clamped)", 21, float("nan"), True, ""),
+])
+def test_before_after_rows_are_judged_in_their_own_direction(key, before, after, comparable, expected):
+    from analyzer.trainer.reproduce import judge
+
+    assert judge(key, before, after, comparable) == expected
+
+
+def test_apply_fixes_adds_a_critical_consequences_fixes_but_not_a_warnings():
+    from analyzer.trainer.reproduce import chosen_fixes
+
+    def found(name, severity, caused_by, *recs):
+        return SimpleNamespace(**{**vars(fake_finding(name, *recs)), "severity": Severity(severity),
+                                  "caused_by": caused_by})
+
+    diagnosis = fake_diagnosis(
+        found("distill-temperature-blowup", "critical", (), ("temperature", 3.0, 2.0)),
+        found("nonfinite-onset", "critical", ("distill-temperature-blowup",), ("precision", "fp16", "bf16")),
+        found("grad-explosion", "warning", ("distill-temperature-blowup",), ("max_grad_norm", 0.0, 1.0)),
+        found("lr-too-high", "critical", (), ("lr", 1.0, 0.5)),
+        roots=("distill-temperature-blowup",))
+    findings, recs = chosen_fixes(diagnosis)
+    assert [f.name for f in findings] == ["distill-temperature-blowup", "nonfinite-onset"]
+    assert [r.hparam for r in recs] == ["temperature", "precision"]
