@@ -4,10 +4,9 @@ What it detects:
     A long stretch of training (at least `min_fraction` of the logged steps) over which the training loss (or,
     separately, the eval loss) never improves by more than `min_improvement` below where the stretch began, while
     the learning rate is past its warmup and still at least `min_lr_fraction` of its peak; when the run ends on it,
-    it is reported to the last logged step (the decayed tail is not judged, but it did not improve). A plateau AT
-    chance level
-    (ln of the number of classes or of the vocabulary: the loss of a uniform guess) means the model learns nothing
-    at all.
+    it is reported to the last logged step (the decayed tail is not judged, but it did not improve). A plateau at
+    chance level (ln of the number of classes or of the vocabulary: the loss of a uniform guess) means the model
+    learns nothing at all.
 Why it matters:
     Steps on a plateau are compute spent for nothing. A plateau early and high usually means the optimizer cannot
     make progress (lr too low for the batch, bad initialization, a learning-rate/batch mismatch); a plateau at
@@ -32,7 +31,8 @@ How it decides:
 What it recommends:
     Nothing by itself: the plateau is a symptom. Its cause, with numeric fixes, comes from lr-too-low, lr-too-high,
     small-effective-batch, init-variance or initial-loss-mismatch, which the report links to it. At chance level the
-    message says so, since the fix is in the data, labels or loss rather than in the schedule.
+    message says so and, for when no such cause is linked, points at the labels, the loss wiring and the data
+    before the schedule: a model that predicts the uniform distribution is rarely just learning slowly.
 Parameters:
     min_fraction (default 0.25): shortest plateau, as a fraction of the logged steps of that series.
     min_improvement (default 0.03): largest relative improvement (3%) that still counts as "not improving".
@@ -261,7 +261,9 @@ def _finding(run, metric, series, p: Plateau, chance, sched, params):
     ending = "and the run ends on it" if p.ongoing else "before improving again"
     message = (f"{metric} stopped improving: it stayed near {stats.fmt_num(p.level, 4)} (no drop of more than "
                f"{p.threshold:.1%}) from step {p.first_step} to {end} "
-               f"({metrics['fraction_of_run']:.0%} of the logged steps){chance_text}{lr_text}, {ending}.")
+               f"({metrics['fraction_of_run']:.0%} of the logged steps){chance_text}{lr_text}, {ending}."
+               + (" Unless a linked cause explains it, check the labels, the loss wiring and the data before the "
+                  "schedule." if at_chance else ""))
     confidence = Confidence.HIGH if sched.source != "unknown" else Confidence.MEDIUM
     steps = series.index.to_numpy()
     inside = steps[(steps >= p.first_step) & (steps <= end)]

@@ -41,6 +41,12 @@ def test_plateau_at_chance_is_critical():
     loss = math.log(4) * np.exp(rng.normal(0, 0.003, 300))
     [f] = check(make_run({"loss": loss, "lr": np.full(300, 1e-5)}, hparams={"num_labels": 4}))
     assert f.severity is Severity.CRITICAL and "chance level ln(4)" in f.message
+    assert f.message.endswith("check the labels, the loss wiring and the data before the schedule.")
+
+
+def test_a_plateau_above_chance_does_not_point_at_the_labels():
+    [f] = check(seed001_like())
+    assert "labels" not in f.message
 
 
 def test_implied_chance_level_without_num_classes():
