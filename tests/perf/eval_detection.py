@@ -1,7 +1,8 @@
 """Measured detection quality: precision, recall and onset-step error per detector over every labelled run.
 
 Labelled runs: the sample runs (labels from sample_runs/README.md and the seed write-ups), the framework
-fixtures (tests/fixtures/frameworks/README.md), the real public logs (../shared/real_runs/README.md; labels
+fixtures (tests/fixtures/frameworks/README.md), the framework pathology runs (tests/fixtures/pathologies/truth.json),
+the real public logs (../shared/real_runs/README.md; labels
 assigned below), and generated variations: synthetic curves with one known injected incident (or none) at several
 seeds, noise levels and logging intervals (tests/detectors/synth.py).
 
@@ -39,6 +40,7 @@ from tests.detectors import stability_synth, synth  # noqa: E402
 REAL_RUNS = ROOT.parent / "shared" / "real_runs"
 SAMPLE_RUNS = ROOT / "sample_runs"
 FIXTURES = ROOT / "tests" / "fixtures" / "frameworks"
+PATHOLOGIES = ROOT / "tests" / "fixtures" / "pathologies"
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,21 @@ FIXTURE_LABELS: dict[str, Label] = {
     "wandb_offline_legacy": label({"nonfinite-onset": 42}),
     "generic_csv": label(),
     "generic_jsonl": label(),
+}
+
+# --- framework pathologies: real HF Trainer / Lightning / Keras runs, tests/fixtures/pathologies/truth.json -------
+PATHOLOGY_LABELS: dict[str, Label] = {
+    "hf_healthy": label(),
+    # lr 1.0: the loss is >10% above its first value from the second logged point (step 10) on
+    "hf_lr_too_high": label({"lr-too-high": 5}),
+    # lr 1e-6: the loss moves 4.721 -> 4.712 in 300 steps; judged from the end of warmup (the lr peaks at step 35)
+    "hf_lr_too_low": label({"lr-too-low": 35, "loss-plateau": 35}),
+    "lightning_healthy": label(),
+    # SGD lr 0.3: the loss climbs from step 4, overflows to Inf at step 50; the step-288 checkpoint is non-finite
+    "lightning_nan": label({"nonfinite-onset": 50, "checkpoint-nonfinite": 288},
+                           {"loss-divergence", "loss-spike", "grad-explosion"}),
+    "keras_healthy": label(),
+    "keras_lr_too_high": label({"lr-too-high": 0}),
 }
 
 
@@ -257,7 +274,7 @@ WALL_CLOCK = frozenset({"throughput-drop"})
 
 def labelled_dirs():
     for base, labels, group in ((SAMPLE_RUNS, SAMPLE_LABELS, "sample"), (FIXTURES, FIXTURE_LABELS, "fixture"),
-                                (REAL_RUNS, REAL_LABELS, "real")):
+                                (PATHOLOGIES, PATHOLOGY_LABELS, "pathology"), (REAL_RUNS, REAL_LABELS, "real")):
         for case, lab in labels.items():
             path = base / case
             if group == "sample":
