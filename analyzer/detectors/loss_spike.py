@@ -23,8 +23,9 @@ How it decides:
     judged on its own (a resumed job is not compared with the process before it). This is stricter than Lightning
     Fabric's SpikeDetection (2x a running mean) or llm-foundry's KillLossSpike (2x the mean of 100 steps) on noisy
     runs and more sensitive on smooth ones; Megatron's "10x the max so far" misses all but catastrophic spikes. The
-    spike has recovered at the first later point within max(2 noise units, `min_rise`/2) of the pre-spike level; if
-    the log ends first it is persistent (critical once it has lasted `persist_points` points: a loss that does not
+    spike has recovered at the first later point within max(2 noise units, `min_rise`/2) of the pre-spike level
+    (where that point follows a gap of 10+ logging intervals, the message says the log skipped the return instead
+    of naming a recovery time); if the log ends first it is persistent (critical once it has lasted `persist_points` points: a loss that does not
     come back is a divergence, not a blip). A window-averaged log (HF Trainer averages the loss over the logging
     window) still shows a large spike as one raised point; the message says the per-step peak was higher. Losses
     that can be <= 0 (RL objectives) are skipped.
@@ -71,6 +72,7 @@ PERSIST_POINTS = 3  # a spike that ends the log after 1-2 points may just be whe
 GRAD_FACTOR = 5.0  # grad-norm spikes are large: x5 the median is well outside ordinary grad-norm noise
 MAX_FINDINGS = 5
 MIN_POINTS = 10
+UNSEEN_GAP = 10  # a gap of 10+ logging intervals before the recovered point: the log did not see the recovery
 LEVEL_POINTS = 5  # the immediate pre-spike level: a median of 5 points ignores up to two odd ones
 SUDDEN_FRACTION = 0.5  # the point before a spike was less than this fraction of the way up: the rise is sudden
 RECOVER_NOISE_UNITS = 2.0
@@ -191,8 +193,15 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
     else:
         severity = Severity.WARNING
         last_step = int(steps[sp.end])
-        recovery = f"and was back near its level at step {last_step}, {last_step - onset} steps later"
-        metrics.update(recovered=True, recovery_steps=last_step - onset)
+        last_raised = int(steps[sp.end - 1])
+        if last_step - last_raised > UNSEEN_GAP * stats.log_interval(loss):
+            # the log skips the return: say what was seen, not a recovery time nobody measured
+            recovery = (f"and was still raised at step {last_raised}; the log then skips {last_step - last_raised} "
+                        f"steps and is back near its level at step {last_step}, the next logged point")
+            metrics.update(recovered=True, last_raised_step=last_raised)
+        else:
+            recovery = f"and was back near its level at step {last_step}, {last_step - onset} steps later"
+            metrics.update(recovered=True, recovery_steps=last_step - onset)
 
     grad_text, grad_peak_step = "", None
     if grad is not None and len(grad):

@@ -130,3 +130,18 @@ def test_grad_norm_median_and_clip_agree_with_grad_explosion():
     clip = {f.name: next(r.suggested for r in f.recommendations if r.hparam == "max_grad_norm")
             for f in (spike, explosion)}
     assert clip["loss-spike"] == clip["grad-explosion"]
+
+
+def test_a_recovery_the_log_skipped_is_not_given_a_duration(real_runs):
+    # bloom13b's excerpt: raised at 29050-29090, then the next logged line is the watchdog's 33240, back at ~2.72
+    [f] = check(read_run(real_runs / "bloom13b_spike"))
+    assert f.metrics["recovered"] and "recovery_steps" not in f.metrics and f.metrics["last_raised_step"] == 29090
+    assert "the log then skips 4150 steps" in f.message and "steps later" not in f.message
+
+
+def test_a_logged_recovery_has_its_duration():
+    steps = np.arange(0, 400, 10)
+    noise = np.exp(np.random.default_rng(0).normal(0, 0.01, len(steps)))
+    loss = np.where((steps >= 200) & (steps < 230), 6.0, 2.0) * noise
+    [f] = check(make_run({"loss": (steps, loss)}))
+    assert f.metrics["recovery_steps"] == 30 and "30 steps later" in f.message
