@@ -150,9 +150,11 @@ def _excursions(run, g, params):
     jumps = [e["jump"] for e in harmful if e["jump"] >= params["loss_jump"]]
     if jumps:
         how.append(f"the {loss[0]} rose {stats.fmt_ratio(max(jumps))} with it")
+    # the numbers quoted are the worst excursion's; where an earlier one began the trouble, say which is which
+    since = (f"from step {start_step}" if worst is first else
+             f"the worst of {len(harmful)} excursions, the first from step {start_step}")
     message = (f"The gradient norm rose to {stats.fmt_num(peak_value)} at step {peak_step}, "
-               f"{worst['ratio']:.0f}x its running median ({_median_text(worst, steps)}), from step "
-               f"{start_step}: {', '.join(how)}")
+               f"{worst['ratio']:.0f}x its running median ({_median_text(worst, steps)}), {since}: {', '.join(how)}")
     metrics = {"peak": peak_value, "peak_step": peak_step, "peak_ratio": round(worst["ratio"], 2),
                "baseline_median": worst["baseline"], "baseline_points": worst["baseline_points"],
                "episodes": len(harmful), "isolated_spikes": len(episodes) - len(harmful),

@@ -119,3 +119,12 @@ def test_a_norm_that_stays_up_after_an_excursion_is_neither_healthy_nor_a_healed
     assert f.severity is Severity.WARNING and "not back to its level by the end of the run" in f.message
     assert f.last_step == 399 and f.metrics["peak"] == pytest.approx(grad.max())
     assert f.metrics["healthy_p99"] < 10  # the healthy norms are ~2, not the 200-400 of the stretch after the rise
+
+
+def test_the_quoted_baseline_belongs_to_the_excursion_it_describes(real_runs):
+    # bloom104b_overflow: excursions from 12000 and from 16800; the 254x is the second's, over its own baseline
+    from analyzer.ingest import read_run
+
+    [f] = [f for f in run_check(read_run(real_runs / "bloom104b_overflow")) if f.severity is Severity.WARNING]
+    assert f.first_step == 12000 and "before step 16800" in f.message
+    assert "the worst of 2 excursions, the first from step 12000" in f.message
