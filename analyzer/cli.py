@@ -469,11 +469,21 @@ def explain(key):
 @reports_errors
 def detectors():
     """List the detectors: code, name, severity, what they need."""
+    import shutil
+    import textwrap
+
     from analyzer.detectors import DETECTORS
 
+    width = shutil.get_terminal_size((100, 24)).columns
     for det in DETECTORS.values():
         needs = ", ".join(det.requires) or "-"
-        click.echo(f"{det.code}  {det.name:<28} {det.severity.value:<8}  needs: {needs:<28} {det.summary}")
+        head = f"{det.code}  {det.name:<28} {det.severity.value:<8}  needs: {needs:<28}"
+        if len(head) + 1 + len(det.summary) <= width:
+            click.echo(f"{head} {det.summary}")
+        else:  # a narrow terminal: the summary goes under the name, wrapped to the width
+            click.echo(head.rstrip())
+            click.echo(textwrap.fill(det.summary, width=max(width, 40), initial_indent=" " * 6,
+                                     subsequent_indent=" " * 6))
 
 
 @postmortem.command()

@@ -70,6 +70,13 @@ def test_detectors_lists_every_code(runner):
         assert code in result.output and det.name in result.output
 
 
+@pytest.mark.parametrize("columns", [80, 100])
+def test_detectors_fit_the_terminal(runner, monkeypatch, columns):
+    monkeypatch.setenv("COLUMNS", str(columns))
+    lines = runner.invoke(postmortem, ["detectors"]).output.splitlines()
+    assert max(map(len, lines)) <= columns and sum(line.startswith("L001") for line in lines) == 1
+
+
 @pytest.mark.parametrize("key", ["L001", "l001", "loss-spike"])
 def test_explain_by_code_or_name(runner, key):
     result = runner.invoke(postmortem, ["explain", key])
