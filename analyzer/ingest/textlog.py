@@ -1299,6 +1299,8 @@ class _Scanner:
         self.garbage = 0
         self.garbage_first = 0
         self.dicts_without_step = 0
+        # Megatron lines printing `grad norm: 0.000`: (line, loss on it); judged for the whole file (_placeholder_norms)
+        self.zero_norms: list[tuple[np.ndarray, np.ndarray]] = []
         self.fairseq = False
         self.truncated_drop = False
 
@@ -1579,6 +1581,9 @@ class _Scanner:
                         continue
                     for slot in f.key_slots:
                         name = name.replace(SLOT, numbers[slot], 1)
+                if plan.family == "megatron" and name == "grad_norm" and (v == 0).any():
+                    loss = next((values[g.slot] for g in plan.fields if g.name == "loss"), np.full(n, np.nan))
+                    self.zero_norms.append((line_idx[v == 0], loss[v == 0]))
                 self._add_points(line_idx, steps, ctx, name, v)
             for name, constant in plan.constants:
                 self._add_points(line_idx, steps, ctx, name, np.full(n, constant))
@@ -1597,6 +1602,24 @@ class _Scanner:
         self.p_ctx.append(np.full(len(line_idx), ctx, dtype=np.int8))
         self.p_name.append(np.full(len(line_idx), code, dtype=np.int32))
         self.p_value.append(np.asarray(values, dtype=np.float64))
+
+    def _placeholder_norms(self, line, name, value) -> np.ndarray:
+        """Rows to keep. Megatron-DeepSpeed under DeepSpeed gets no norm from the engine and may print `grad norm:
+        0.000` on every line (bloom13b: through a 3x loss spike with the loss scale halving); a real gradient is not
+        exactly zero on two lines whose losses differ, so such zeros are not read. A single zero (a norm under the
+        print resolution) or zeros beside a loss that does not move either (a zero loss by design) are kept."""
+        keep = np.ones(len(line), dtype=bool)
+        if not self.zero_norms or "grad_norm" not in self.names:
+            return keep
+        lines = np.concatenate([z[0] for z in self.zero_norms])
+        losses = np.concatenate([z[1] for z in self.zero_norms])
+        if len(lines) < 2 or len(np.unique(losses[np.isfinite(losses)])) < 2:
+            return keep
+        keep = ~((name == self.names["grad_norm"]) & (value == 0) & np.isin(line, lines))
+        self.notes.append(Note(self.rel, "`grad norm: 0.000` while the loss moves: the gradient norm was not computed "
+                                         "(Megatron-DeepSpeed under DeepSpeed), not read as zero",
+                               line=int(lines.min()) + 1, count=int((~keep).sum())))
+        return keep
 
     def _megatron_events(self, plan, line_idx, steps, values, chunk, lo, texts) -> None:
         """Megatron counts skipped and NaN iterations per logging interval; a NaN loss is left out of its line."""
@@ -1656,11 +1679,16 @@ class _Scanner:
         ranked = _LineRanks(self.line_rank, a_line) if self.line_rank is not None else None
 
         events = self._events(a_line, a_step, ranked)
-        notes = list(self.notes)
         frame = None
-        if self.p_line:
+        have_points = bool(self.p_line)
+        if have_points:
             line, step, ctx, name, value = (_take_all(parts) for parts in (
                 self.p_line, self.p_step, self.p_ctx, self.p_name, self.p_value))
+            keep = self._placeholder_norms(line, name, value)
+            if not keep.all():
+                line, step, ctx, name, value = line[keep], step[keep], ctx[keep], name[keep], value[keep]
+        notes = list(self.notes)
+        if have_points:
             needs = ctx > 0
             if needs.any():
                 step[needs] = _context_steps(line[needs], ctx[needs], a_line, a_step, ranked)

@@ -127,10 +127,37 @@ def test_bloom13b_loss_scale_falls(real_runs):
     assert [loss[s] for s in (29040, 29050, 29060, 29090)] == [2.768131, 7.343709, 8.715872, 6.849044]
 
 
-def test_bloom13b_grad_norm_zero_lines(real_runs):
-    grad = points(real(real_runs, "bloom13b_spike", "chronicles.md"), "grad_norm")
-    assert grad.pop(43680) == 17224.723
-    assert set(grad.values()) == {0.0} and len(grad) == 9
+def test_bloom13b_grad_norm_zero_lines_are_not_measurements(real_runs):
+    # `grad norm: 0.000` on all 9 lines of the spike excerpt (loss 2.77 -> 8.72, loss scale halving): the engine
+    # computed no norm; only the later line with a real norm is read
+    result = real(real_runs, "bloom13b_spike", "chronicles.md")
+    assert points(result, "grad_norm") == {43680: 17224.723}
+    [note] = [n for n in result.notes if "grad norm: 0.000" in n.message]
+    assert (note.line, note.count) == (162, 9)
+
+
+MEGATRON_LINE = (" iteration {step:8d}/  1000 | consumed samples:  64000 | elapsed time per iteration (ms): 900.0 | "
+                 "learning rate: 1.000E-04 | global batch size:   128 | lm loss: {loss:E} | loss scale: 1024.0 | "
+                 "grad norm: {norm:.3f} | number of skipped iterations:   0 | number of nan iterations:   0 |\n")
+
+
+def test_megatron_zero_grad_norms_while_the_loss_moves_are_dropped():
+    body = "".join(MEGATRON_LINE.format(step=s, loss=3.0 - s / 1000, norm=0.0) for s in (10, 20, 30))
+    result = text(body)
+    assert points(result, "grad_norm") == {} and len(points(result, "loss")) == 3
+
+
+@pytest.mark.parametrize("norms, losses, zeros_read", [
+    ((0.0, 1.5, 0.0), (3.0, 2.9, 2.8), 0),  # zeros on lines whose losses differ: placeholders beside real norms
+    ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0), 3),  # a loss that does not move either (RL-style zero loss): real zeros
+    ((0.0, 1.5, 1.4), (3.0, 2.9, 2.8), 1),  # a single zero: a norm under the 3-decimal print resolution, kept
+])
+def test_megatron_zero_grad_norms_kept_only_where_they_can_be_real(norms, losses, zeros_read):
+    body = "".join(MEGATRON_LINE.format(step=10 * (i + 1), loss=loss, norm=norm)
+                   for i, (norm, loss) in enumerate(zip(norms, losses)))
+    grad = points(text(body), "grad_norm")
+    assert sum(v == 0.0 for v in grad.values()) == zeros_read and len(grad) == zeros_read + norms.count(1.5) + \
+        norms.count(1.4)
 
 
 def test_bloom13b_tracebacks_are_error_events(real_runs):
