@@ -26,7 +26,7 @@ What it recommends:
     x10), else x2 (a loss that falls linearly with small steps falls about twice as fast at twice the lr), or
     towards `typical_lr` (at most x10) for a loss stuck at chance under a far too small lr. With a
     long warmup (over `long_warmup` of the steps), `warmup_ratio` 0.06 so the peak lr is reached sooner (seed 001:
-    0.1 -> 0.06).
+    0.1 -> 0.06), or `warmup_steps` at 6% of max_steps where the run sets its warmup in steps.
 Parameters:
     tiny_ratio (default 0.0002): update ratio below which steps are too small unless the loss still falls fast.
     low_ratio (default 0.003): update ratio below which a plateau is blamed on too small a step.
@@ -188,6 +188,12 @@ def _warmup_rec(run, sched, params) -> list[Recommendation]:
         ratio = sched.warmup_end / total
     if not ratio or ratio <= params["long_warmup"]:
         return []
+    if not stats.hparam_number(run, "warmup_ratio") and warm and total:
+        # the run sets its warmup in steps (HF: warmup_steps overrides warmup_ratio): change the setting it uses
+        return [Recommendation(
+            "warmup_steps", int(warm), max(1, round(SHORT_WARMUP * total)),
+            f"warmup takes {ratio:.0%} of the run ({int(warm)} of {int(total)} steps) at an already low lr; "
+            f"{SHORT_WARMUP:.0%} reaches the peak sooner (RoBERTa uses 6%)")]
     return [Recommendation(
         "warmup_ratio", stats.round_sig(ratio, 2), SHORT_WARMUP,
         f"warmup takes {ratio:.0%} of the run at an already low lr; {SHORT_WARMUP:.0%} reaches the peak sooner "

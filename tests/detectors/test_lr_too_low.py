@@ -38,6 +38,17 @@ def test_plateau_with_low_update_ratio_seed001():
     assert (recs["warmup_ratio"].current, recs["warmup_ratio"].suggested) == (0.1, 0.06)
 
 
+def test_a_warmup_set_in_steps_gets_a_warmup_steps_change():
+    # HF: warmup_steps overrides warmup_ratio, so a ratio would change nothing for a run that sets steps
+    run = stalled(5e-4)
+    run = make_run({name: (s.index.to_numpy(), s.to_numpy()) for name, s in
+                    ((m, run.series(m)) for m in ("loss", "lr", "update_ratio"))},
+                   hparams={"learning_rate": 1e-4, "warmup_steps": 300, "max_steps": 3000})
+    [f] = check(run)
+    recs = {r.hparam: r for r in f.recommendations}
+    assert "warmup_ratio" not in recs and (recs["warmup_steps"].current, recs["warmup_steps"].suggested) == (300, 180)
+
+
 def test_tiny_update_ratio_factor_from_data():
     [f] = check(stalled(2e-5, lr=1e-5))
     assert f.confidence is Confidence.HIGH
