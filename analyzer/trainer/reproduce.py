@@ -315,5 +315,10 @@ def before_after_table(before: dict[str, float], after: dict[str, float], loss_c
     for key in before:
         value = after.get(key, math.nan)
         verdict = judge(key, before[key], value, loss_comparable)
-        lines.append(f"{key:<{width}}  {before[key]:>12.5g}  {value:>12.5g}" + (f"  {verdict}" if verdict else ""))
+        lines.append(f"{key:<{width}}  {_cell(before[key]):>12}  {_cell(value):>12}" + (f"  {verdict}" if verdict else ""))
     return lines
+
+
+def _cell(value: float) -> str:
+    """A number of the table; '-' where the run has none (no non-finite step, no fp16 loss scale under bf16)."""
+    return "-" if math.isnan(value) else f"{value:.5g}"

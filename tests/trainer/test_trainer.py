@@ -299,3 +299,11 @@ def test_apply_fixes_adds_a_critical_consequences_fixes_but_not_a_warnings():
     findings, recs = chosen_fixes(diagnosis)
     assert [f.name for f in findings] == ["distill-temperature-blowup", "nonfinite-onset"]
     assert [r.hparam for r in recs] == ["temperature", "precision"]
+
+
+def test_before_after_table_shows_a_missing_number_as_a_dash():
+    from analyzer.trainer.reproduce import before_after_table
+
+    lines = before_after_table({"first non-finite step": 220.0, "final loss": 2.0}, {"final loss": 1.0})
+    assert lines[1].split() == ["first", "non-finite", "step", "220", "-"]
+    assert lines[2].split() == ["final", "loss", "2", "1", "better"]
