@@ -188,7 +188,7 @@ def test_keras_lr_too_high_raises_no_other_alarm():
     assert alarms("keras_lr_too_high") == [("lr-too-high", "warning")]
 
 
-# --- HF Trainer writes TensorBoard too: its end-of-run summary is not a step's metrics ----------------------------------
+# --- HF Trainer writes TensorBoard too: its end-of-run summary is not a step's metrics ---------------------------
 
 def test_hf_tensorboard_end_of_run_summary_is_not_the_last_loss():
     from analyzer.ingest import read_run

@@ -82,7 +82,8 @@ def check(run, params):
         if mismatch is not None:
             labelled, expected = mismatch
             metrics.update(mask_ratio=labelled, mlm_probability=expected)
-            message = (f"the first {metric} values (median {stats.fmt_num(initial)}) are {stats.fmt_ratio(ratio)} chance level "
+            message = (f"the first {metric} values (median {stats.fmt_num(initial)}) are {stats.fmt_ratio(ratio)} "
+                       f"chance level "
                        f"{chance.describe()}, close to the {labelled / expected:.1f}x between the labelled share of "
                        f"tokens ({labelled:.0%}) and the masking probability ({expected:.0%}): the loss sums over "
                        "more labelled tokens than it divides by.")
@@ -97,7 +98,8 @@ def check(run, params):
         excess_nats = (initial - chance.value) * math.log(chance.base)
         logit_std = math.sqrt(2 * excess_nats)
         metrics.update(excess=initial - chance.value, implied_logit_std=logit_std)
-        message = (f"the first {metric} values (median {stats.fmt_num(initial)}) are {stats.fmt_ratio(ratio)} chance level "
+        message = (f"the first {metric} values (median {stats.fmt_num(initial)}) are {stats.fmt_ratio(ratio)} "
+                       f"chance level "
                    f"{chance.describe()}: the initial logits are too large (implied std ~{logit_std:.1f}), the "
                    f"init scale is off.")
         return [DETECTOR.finding(message, first_step, int(early.index[-1]), confidence=Confidence.HIGH,

@@ -168,7 +168,8 @@ def check(run, params):
         metrics.update(restart_checkpoint=ckpt.path, restart_step=ckpt.step)
     ending = ("and the log ends there" if div["to_end"] else f"until step {last}, then came back down")
     message = (f"{metric} rose from its best level {stats.fmt_num(div['minimum'])} (step {onset}) to "
-               f"{stats.fmt_num(div['peak_level'])} ({stats.fmt_ratio(rise)}, running median) and stayed raised from step "
+               f"{stats.fmt_num(div['peak_level'])} ({stats.fmt_ratio(rise)}, running median) and stayed raised "
+               f"from step "
                f"{int(steps[div['start']])} {ending}{restart}.")
     recs = []
     sched = stats.schedule(run)
@@ -178,7 +179,8 @@ def check(run, params):
     if lr:
         recs.append(Recommendation(
             "lr", lr, stats.round_sig(lr * LR_FACTOR, 2),
-            f"the loss climbed {stats.fmt_ratio(rise)} above its best level and stayed there: the steps were too large for "
+            f"the loss climbed {stats.fmt_ratio(rise)} above its best level and stayed there: the steps were too "
+            f"large for "
             f"the region the weights reached; halving the peak lr is the usual restart setting; {where}"))
     clip = stats.hparam_number(run, "max_grad_norm")
     if clip is None or clip <= 0:

@@ -25,10 +25,10 @@ How it decides:
     runs and more sensitive on smooth ones; Megatron's "10x the max so far" misses all but catastrophic spikes. The
     spike has recovered at the first later point within max(2 noise units, `min_rise`/2) of the pre-spike level
     (where that point follows a gap of 10+ logging intervals, the message says the log skipped the return instead
-    of naming a recovery time); if the log ends first it is persistent (critical once it has lasted `persist_points` points: a loss that does not
-    come back is a divergence, not a blip). A window-averaged log (HF Trainer averages the loss over the logging
-    window) still shows a large spike as one raised point; the message says the per-step peak was higher. Losses
-    that can be <= 0 (RL objectives) are skipped.
+    of naming a recovery time); if the log ends first it is persistent (critical once it has lasted
+    `persist_points` points: a loss that does not come back is a divergence, not a blip). A window-averaged log
+    (HF Trainer averages the loss over the logging window) still shows a large spike as one raised point; the
+    message says the per-step peak was higher. Losses that can be <= 0 (RL objectives) are skipped.
 What it recommends:
     Restart from the last checkpoint saved before the spike (named when one exists) and skip the batches around it;
     clip gradients as every stability detector suggests (remedies.clip: the p99 of the run's healthy gradient

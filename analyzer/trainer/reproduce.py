@@ -315,7 +315,8 @@ def before_after_table(before: dict[str, float], after: dict[str, float], loss_c
     for key in before:
         value = after.get(key, math.nan)
         verdict = judge(key, before[key], value, loss_comparable)
-        lines.append(f"{key:<{width}}  {_cell(before[key]):>12}  {_cell(value):>12}" + (f"  {verdict}" if verdict else ""))
+        row = f"{key:<{width}}  {_cell(before[key]):>12}  {_cell(value):>12}"
+        lines.append(f"{row}  {verdict}" if verdict else row)
     return lines
 
 
