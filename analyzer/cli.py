@@ -357,6 +357,10 @@ MIN_WIDTH = 60  # narrower terminals wrap our lines themselves
 OVERVIEW_INDENT = "      "  # continuation lines of an overview fact sit under its text, not under its label
 
 
+OVERVIEW_HPARAMS = ("lr", "batch_size", "grad_accum", "world_size", "max_grad_norm", "warmup_steps", "warmup_ratio",
+                    "weight_decay", "temperature", "precision", "optimizer", "max_steps")
+
+
 def run_overview(run, width: int | None = None) -> str:
     """What ingest found, in a few lines: formats, metrics with point counts, steps, checkpoints, events.
 
@@ -377,7 +381,14 @@ def run_overview(run, width: int | None = None) -> str:
         f"  metrics: {metrics or 'none'}",
     ]
     if run.hparams:
-        shown = list(run.hparams.items())[:12]
+        from analyzer.run import HPARAM_ALIASES
+
+        # the settings the advice is about first, then the others the detectors know: a HF run's 120
+        # TrainingArguments in name order would show `activation_checkpointing=False` and hide the lr
+        known = set(HPARAM_ALIASES.values())
+        shown = sorted(run.hparams.items(), key=lambda item: (
+            OVERVIEW_HPARAMS.index(item[0]) if item[0] in OVERVIEW_HPARAMS else len(OVERVIEW_HPARAMS),
+            item[0] not in known))[:12]
         more = f" (+{len(run.hparams) - 12} more)" if len(run.hparams) > 12 else ""
         lines.append("  hparams: " + ", ".join(f"{k}={_short(hp.value)}" for k, hp in shown) + more)
     if run.checkpoints:

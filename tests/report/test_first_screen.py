@@ -87,6 +87,17 @@ def test_the_run_overview_wraps_to_the_terminal_and_stays_whole_in_a_log():
     assert len(run_overview(run).splitlines()) == 3  # run, metrics, hparams: one line each for grep
 
 
+def test_the_run_overview_shows_the_settings_the_advice_is_about_first():
+    # a HF run's TrainingArguments (120 keys) in name order hid the lr behind `activation_checkpointing=False`
+    from analyzer.cli import run_overview
+    from tests.conftest import make_run
+
+    run = make_run({"loss": [1.0, 2.0]}, hparams={**{f"a_{i}": i for i in range(20)}, "learning_rate": 0.1,
+                                                  "max_grad_norm": 1.0, "vocab_size": 50})
+    hparams = run_overview(run).splitlines()[-1]
+    assert hparams.startswith("  hparams: lr=0.1, max_grad_norm=1.0, vocab_size=50, a_0=0")
+
+
 # --- plots ------------------------------------------------------------------------------------------------------
 
 def _overlaps_when_saved(monkeypatch, specs, data) -> list[str]:
