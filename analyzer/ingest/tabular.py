@@ -834,8 +834,10 @@ def tidy(parsed: Parsed, file: str, rank: int | None = None) -> Table:
     if long_name is not None and "value" in lower:
         metrics = _long_metrics(columns[long_name], columns[lower["value"]], file, notes, parsed)
     else:
-        skip = {step_name.lower(), *STEP_COLUMNS[:-1], *NOT_METRICS} | ({clock_name.lower()} if clock_name else set())
+        skip = {step_name.strip().lower(), *STEP_COLUMNS[:-1], *NOT_METRICS} | (
+            {clock_name.strip().lower()} if clock_name else set())
         metrics = _wide_metrics(columns, skip, file, notes, parsed)
+        metrics = _ultralytics_totals(metrics, file, notes)
 
     pieces_idx, pieces_val, pieces_name = [], [], []
     for name, values, valid in metrics:
@@ -1022,17 +1024,53 @@ def _rank_column(columns: dict[str, Column], lower: dict[str, str], rank: int | 
 
 
 def _wide_metrics(columns: dict[str, Column], skip: set[str], file: str, notes: list[Note], parsed: Parsed):
+    """(name, values, valid) per metric column; names without the padding of a fixed-width header (Ultralytics
+    8.0 writes `'%23s,'`)."""
     out = []
     for name, col in columns.items():
         key = name.strip().lower()
         if key in skip or key.startswith(CONFIG_PREFIX) or col.is_time:
             continue
         if col.is_numeric:
-            out.append((name, col.values, col.valid))
+            out.append((name.strip(), col.values, col.valid))
             continue
         numbers, valid = _numeric_text(col, name, file, notes, parsed)
         if numbers is not None:
-            out.append((name, numbers, valid))
+            out.append((name.strip(), numbers, valid))
+    return out
+
+
+# Ultralytics' results.csv (BaseTrainer.save_metrics) logs each loss term per epoch (train/box_loss, cls_loss,
+# dfl_loss; seg_loss, pose_loss, kobj_loss by task) and no total; its trainer backpropagates their sum. Its
+# optimizer's param groups are biases (pg0, warmed up from warmup_bias_lr), decayed weights (pg1) and norm weights
+# (pg2): pg1 is the learning rate of the model's weights (BaseTrainer.build_optimizer).
+ULTRALYTICS_TERMS = re.compile(r"(train|val)/(\w+)_loss")
+ULTRALYTICS_SIGNATURE = {"train/box_loss", "train/cls_loss"}
+ULTRALYTICS_LR = "lr/pg1"
+
+
+def _ultralytics_totals(metrics: list, file: str, notes: list[Note]) -> list:
+    """Add `train/loss` and `val/loss` (the sum of the terms) and name lr/pg1 `lr`, for a results.csv that has the
+    terms but no total; anything else is returned as it is."""
+    names = {name.strip().lower(): i for i, (name, _, _) in enumerate(metrics) if isinstance(name, str)}
+    if not ULTRALYTICS_SIGNATURE <= names.keys() or {"train/loss", "loss", "val/loss"} & names.keys():
+        return metrics
+    out = list(metrics)
+    for split in ("train", "val"):
+        terms = sorted(n for n in names if (m := ULTRALYTICS_TERMS.fullmatch(n)) and m.group(1) == split)
+        if len(terms) < 2:
+            continue
+        values = np.sum([np.asarray(metrics[names[t]][1], dtype="float64") for t in terms], axis=0)
+        valids = [metrics[names[t]][2] for t in terms if metrics[names[t]][2] is not None]
+        valid = np.logical_and.reduce(valids) if valids else None
+        out.append((f"{split}/loss", values, valid))
+        notes.append(Note(file, f"Ultralytics logs no total {split} loss: {split}/loss is the sum of "
+                                f"{', '.join(terms)}, as its trainer backpropagates"))
+    if ULTRALYTICS_LR in names and "lr" not in names:
+        name, values, valid = metrics[names[ULTRALYTICS_LR]]
+        out[names[ULTRALYTICS_LR]] = ("lr", values, valid)
+        notes.append(Note(file, "lr is Ultralytics' lr/pg1, the learning rate of the weights (pg0 is the biases', "
+                                "which warm up from warmup_bias_lr)"))
     return out
 
 

@@ -451,3 +451,40 @@ def test_a_first_record_longer_than_the_sniff_window_is_claimed(tmp_path):
     assert tabular.sniff(path)
     assert series(table(path).frame, "loss") == {1: 3.0, 2: 2.9}
     assert not tabular.sniff(write(tmp_path, "other.jsonl", f'{{"name": "x", {wide}, "step": 1}}\n'))
+
+
+# --- Ultralytics results.csv: loss terms without a total ------------------------------------------------------------
+
+ULTRALYTICS = FRAMEWORKS / "ultralytics_results" / "results.csv"  # ultralytics 8.4's own save_metrics
+ULTRALYTICS_V8_0 = FRAMEWORKS / "ultralytics_results_v8_0" / "results.csv"  # 8.0's padded layout
+
+
+@pytest.mark.parametrize("path, first_epoch", [(ULTRALYTICS, 1), (ULTRALYTICS_V8_0, 0)])
+def test_ultralytics_total_loss_is_the_sum_of_its_terms(path, first_epoch):
+    frame = table(needs(path)).frame
+    terms = [series(frame, f"train/{t}_loss") for t in ("box", "cls", "dfl")]
+    total = series(frame, "train/loss")
+    assert min(total) == first_epoch and len(total) == 30
+    assert all(total[e] == pytest.approx(sum(t[e] for t in terms)) for e in total)
+    val = [series(frame, f"val/{t}_loss") for t in ("box", "cls", "dfl")]
+    assert all(v == pytest.approx(sum(t[e] for t in val)) for e, v in series(frame, "val/loss").items())
+
+
+@pytest.mark.parametrize("path", [ULTRALYTICS, ULTRALYTICS_V8_0])
+def test_ultralytics_lr_is_the_weights_group_and_epoch_is_the_step(path):
+    result = table(needs(path))
+    names = set(result.frame["name"])
+    assert "lr" in names and "lr/pg1" not in names and "lr/pg0" in names
+    assert not {n for n in names if n.strip().lower() == "epoch"}  # the padded 8.0 header's step is not a metric
+    assert any("sum of train/box_loss, train/cls_loss, train/dfl_loss" in n.message for n in result.notes)
+
+
+def test_a_table_with_its_own_total_loss_gets_no_sum(tmp_path):
+    path = write(tmp_path, "results.csv", "epoch,train/loss,train/box_loss,train/cls_loss\n1,3.0,1.0,1.5\n")
+    assert series(table(path).frame, "train/loss") == {1: 3.0}
+
+
+def test_a_nonfinite_term_makes_the_total_nonfinite(tmp_path):
+    path = write(tmp_path, "results.csv", "epoch,train/box_loss,train/cls_loss\n1,1.0,1.5\n2,nan,1.4\n")
+    total = series(table(path).frame, "train/loss")
+    assert total[1] == 2.5 and math.isnan(total[2])

@@ -135,6 +135,8 @@ FIXTURE_LABELS: dict[str, Label] = {
     "wandb_offline": label({"nonfinite-onset": 42}),
     "wandb_offline_legacy": label({"nonfinite-onset": 42}),
     "generic_csv": label(),
+    "ultralytics_results": label(),
+    "ultralytics_results_v8_0": label(),
     "generic_jsonl": label(),
 }
 
