@@ -209,6 +209,9 @@ def _worker(rank: int, config: TrainConfig, out_dir: Path, init: str, stop_step,
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=config.world_size)
     try:
         _run(config, out_dir, rank, stop_step, quiet, command)
+        # every rank is done with its collectives before any tears gloo down: a rank that destroys the group while
+        # another still talks to it aborts ("terminate called without an active exception", ~1 run in 10)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
