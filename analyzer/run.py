@@ -243,6 +243,9 @@ class Ingested:
     Frames must be in file order: a step that goes backwards means a restart.
     `clocks` are frames of the same shape holding only CLOCK_METRIC points (the time a format wrote with each
     point), kept apart so that `frames` stay what the file logged; build_run reads them after the frames.
+    `lines_are_records`: the `line` column numbers binary records (TensorBoard), not text lines a user can open;
+    build_run reads such pieces' frames after the others, so that where two files hold the same point the text
+    one is cited.
     """
 
     format: str
@@ -253,6 +256,7 @@ class Ingested:
     checkpoints: list[Checkpoint] = field(default_factory=list)
     blind_spots: list[BlindSpot] = field(default_factory=list)
     notes: list[Note] = field(default_factory=list)
+    lines_are_records: bool = False
 
     def add_frame(self, file: str, frame: pd.DataFrame) -> None:
         if len(frame):
@@ -498,12 +502,14 @@ def build_run(path: Path, pieces: Iterable[Ingested], name: str | None = None, s
     sources: list[str] = []
     frames, row_codes = [], []
     copies = _Copies()
-    for piece in pieces:
+    # Text sources first: a point that a binary file repeats is then read, and cited, from the text (sorted() is
+    # stable, so the readers' order holds otherwise).
+    for piece in sorted(pieces, key=lambda p: p.lines_are_records):
         for file, frame in [*piece.frames, *piece.clocks]:
             if file not in sources:
                 sources.append(file)
             normalised, metric_of, pair_codes = _normalise_frame(frame, sources.index(file))
-            repeated = copies.repeated(normalised, metric_of, pair_codes, file)
+            repeated = copies.repeated(normalised, metric_of, pair_codes, file, piece.format)
             if repeated is not None:
                 normalised, pair_codes = normalised[~repeated].reset_index(drop=True), pair_codes[~repeated]
             frames.append(normalised)
@@ -550,22 +556,27 @@ class _Copies:
     """Series that a later file repeats point for point: HF Trainer's TensorBoard events beside trainer_state.json,
     a W&B history beside them, a framework's CSV copy of its JSON. Their points are kept once, from the file read
     first, so a copy never reads as a restart (its steps start again from the first) and no point counts twice. A
-    later file is a copy of a series (one metric of one rank) only when every one of its points is already there,
-    at the same step with the same value (to float32 precision: TensorBoard stores float32); anything else is data
-    of its own. A second clock (wall_time) is a copy when it times no step the first did not. Files whose metrics nothing read before shares cost nothing: the usual single log is not scanned."""
+    later file is a copy of a series (one metric of one rank) when every one of its points is already there, at the
+    same step with the same value (to float32 precision: TensorBoard stores float32); anything else is data of its
+    own. A file of another format that repeats only some of the points (HF's TensorBoard file runs on past the
+    last checkpoint's trainer_state.json) has those points dropped and keeps the rest; two files of one format that
+    share some points are two runs (a resume replays the lr schedule), kept whole. A second clock (wall_time) is a
+    copy when it times no step the first did not. Files whose metrics nothing read before shares cost nothing: the
+    usual single log is not scanned."""
 
     RTOL = 1e-6  # float32 keeps ~7 significant digits
 
     def __init__(self) -> None:
-        self.frames: list[tuple[str, pd.DataFrame, list[str], np.ndarray]] = []  # as read: file, rows, codes
+        # as read: file, rows, codes, format
+        self.frames: list[tuple[str, pd.DataFrame, list[str], np.ndarray, str]] = []
         self.metrics: set[str] = set()
         self.notes: list[Note] = []
 
     def repeated(self, frame: pd.DataFrame, metric_of: list[str], pair_codes: np.ndarray,
-                 file: str) -> np.ndarray | None:
+                 file: str, fmt: str = "") -> np.ndarray | None:
         """Which rows of this file's frame repeat points of files read before (None: none do)."""
         shared = set(metric_of) & self.metrics
-        self.frames.append((file, frame, metric_of, pair_codes))
+        self.frames.append((file, frame, metric_of, pair_codes, fmt))
         self.metrics |= set(metric_of)
         if not shared or not len(frame):
             return None
@@ -575,12 +586,20 @@ class _Copies:
             ranks = frame["rank"].to_numpy()[rows]
             for rank in sorted(set(ranks.tolist())):  # a few ranks at most, on the few rows of one metric
                 these = rows[ranks == rank]
-                where = self._all_there(frame, these, metric, rank)
-                if where is not None:
+                same, at_old_step, where, other_format = self._matches(frame, these, metric, rank, fmt)
+                if not same.any():
+                    continue
+                kind = "same steps" if metric == CLOCK_METRIC else "same steps and values"
+                if same.all():
                     out[these] = True
-                    same = "same steps" if metric == CLOCK_METRIC else "same steps and values"
-                    self.notes.append(Note(file, f"{len(these)} {metric} point(s) repeat {where} ({same}): read once",
+                    self.notes.append(Note(file, f"{len(these)} {metric} point(s) repeat {where} ({kind}): read once",
                                            count=len(these)))
+                elif metric != CLOCK_METRIC and (same == at_old_step).all() and other_format[same].all():
+                    # it agrees wherever both have a point, and goes on where the earlier file stops
+                    dropped = these[same]
+                    out[dropped] = True
+                    self.notes.append(Note(file, f"{len(dropped)} of its {len(these)} {metric} points repeat {where} "
+                                                 f"({kind}): read once, from there", count=len(dropped)))
         return out if out.any() else None
 
     @staticmethod
@@ -588,31 +607,38 @@ class _Copies:
         pairs = [i for i, m in enumerate(metric_of) if m == metric]
         return np.flatnonzero(np.isin(pair_codes, pairs))
 
-    def _all_there(self, frame: pd.DataFrame, rows: np.ndarray, metric: str, rank: int) -> str | None:
-        """The earlier file holding the first of these points, when all of them were read before; else None."""
+    def _matches(self, frame: pd.DataFrame, rows: np.ndarray, metric: str,
+                 rank: int, fmt: str) -> tuple[np.ndarray, np.ndarray, str, np.ndarray]:
+        """For each of these points: is it already there (same step, same value) in a file read before; is its step
+        there (whatever the value); the earlier file holding the first repeated point; is that point's file of
+        another format."""
         steps, values = frame["step"].to_numpy()[rows], frame["value"].to_numpy()[rows]
+        nothing = np.zeros(len(rows), dtype=bool)
         old_steps, old_values, old_files = [], [], []
-        for file, old, metric_of, pair_codes in self.frames[:-1]:
-            if metric in metric_of:
-                mine = self._rows(old, metric_of, pair_codes, metric)
-                mine = mine[old["rank"].to_numpy()[mine] == rank]
-                old_steps.append(old["step"].to_numpy()[mine])
-                old_values.append(old["value"].to_numpy()[mine])
-                old_files.append(np.full(len(mine), len(old_files)))
-        names = [f for f, _, metric_of, _ in self.frames[:-1] if metric in metric_of]
+        earlier = [(f, old, m, c, old_fmt) for f, old, m, c, old_fmt in self.frames[:-1] if metric in m]
+        for index, (_, old, metric_of, pair_codes, _) in enumerate(earlier):
+            mine = self._rows(old, metric_of, pair_codes, metric)
+            mine = mine[old["rank"].to_numpy()[mine] == rank]
+            old_steps.append(old["step"].to_numpy()[mine])
+            old_values.append(old["value"].to_numpy()[mine])
+            old_files.append(np.full(len(mine), index))
         if not old_steps or not len(steps):
-            return None
+            return nothing, nothing, "", nothing
         old_step, old_value, old_file = (np.concatenate(a) for a in (old_steps, old_values, old_files))
+        if not len(old_step):
+            return nothing, nothing, "", nothing
         order = np.argsort(old_step, kind="stable")
         old_step, old_value, old_file = old_step[order], old_value[order], old_file[order]
-        at = np.searchsorted(old_step, steps)
-        if (at >= len(old_step)).any():
-            return None
-        found = old_value[at]
-        same = old_step[at] == steps
+        at = np.minimum(np.searchsorted(old_step, steps), len(old_step) - 1)
+        at_old_step = old_step[at] == steps
+        same = at_old_step.copy()
         if metric != CLOCK_METRIC:  # one clock reading per step is enough, whichever file wrote it
+            found = old_value[at]
             same &= np.isclose(values, found, rtol=self.RTOL, atol=0.0, equal_nan=True) | (values == found)
-        return names[int(old_file[at[0]])] if same.all() else None
+        if not same.any():
+            return same, at_old_step, "", nothing
+        other_format = np.array([bool(fmt) and old_fmt != fmt for _, _, _, _, old_fmt in earlier])[old_file[at]]
+        return same, at_old_step, earlier[int(old_file[at[np.argmax(same)]])][0], other_format
 
 
 def _codes(frames: list[pd.DataFrame], row_codes: list[tuple[list[str], np.ndarray]]) -> GroupCodes:

@@ -127,7 +127,26 @@ def test_a_second_file_with_other_values_or_steps_is_data_of_its_own():
     loss = ([5, 10, 15], [2.5, 2.25, 2.0])
     other_value = _two_files({"loss": loss}, {"loss": ([5, 10, 15], [2.5, 2.26, 2.0])})
     assert len(other_value.scalars) == 6 and other_value.events_of("restart")  # as before: a second segment
-    more_steps = _two_files({"loss": loss}, {"loss": ([5, 10, 15, 20], [2.5, 2.25, 2.0, 1.9])})
-    assert len(more_steps.scalars) == 7 and not more_steps.notes
+    same_format = _two_files({"loss": loss}, {"loss": ([5, 10, 15, 20], [2.5, 2.25, 2.0, 1.9])}, "hf-trainer")
+    assert len(same_format.scalars) == 7 and not same_format.notes  # one format twice: a resume, kept whole
     other_metric = _two_files({"loss": loss}, {"lr": ([5, 10, 15], [2.5, 2.25, 2.0])})
     assert len(other_metric.scalars) == 6 and not other_metric.notes
+
+
+def test_a_file_of_another_format_that_goes_on_past_the_first_adds_only_its_new_points():
+    # HF's TensorBoard file runs on past the last checkpoint's trainer_state.json: same points, then more
+    run = _two_files({"loss": ([5, 10, 15], [2.5, 2.25, 2.0])}, {"loss": ([5, 10, 15, 20], [2.5, 2.25, 2.0, 1.9])})
+    assert run.series("loss").to_dict() == {5: 2.5, 10: 2.25, 15: 2.0, 20: 1.9} and not run.events_of("restart")
+    assert [run.point("loss", step)[0] for step in (5, 20)] == ["trainer_state.json", "runs/events"]
+    (note,) = run.notes
+    assert "3 of its 4 loss points repeat trainer_state.json" in note.message
+
+
+def test_a_binary_file_read_first_yields_its_points_to_a_text_file_that_repeats_them():
+    pieces = []
+    for fmt, file, binary in (("tensorboard", "runs/events", True), ("table", "metrics.csv", False)):
+        piece = Ingested(fmt, lines_are_records=binary)
+        piece.add_frame(file, pd.DataFrame({"step": [5, 10], "name": "loss", "value": [2.5, 2.25], "line": [4, 8]}))
+        pieces.append(piece)
+    run = build_run("/r", pieces)
+    assert run.point("loss", 10) == ("metrics.csv", 8) and len(run.scalars) == 2
