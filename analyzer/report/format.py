@@ -11,12 +11,19 @@ SIGNIFICANT_DIGITS = 4  # numbers in prose and tables; enough to tell 3.75 from 
 PATCH_DIGITS = 6  # numbers in a patch to paste: the value a user will actually set
 
 
-# Python writes 6e-05 and 4.85e+08; the findings' messages write 6.00e-5 and 4.85e8: one notation in one report.
+# One notation for every number in every report, the detectors' messages included (analyzer/detectors/stats.py
+# fmt_num): plain decimals from 1e-3 up, e-notation below it and for fractions from 1e4 up, written 6e-5 and 4.85e8,
+# never Python's 6e-05 / 4.85e+08 or 0.00006. An lr of 3e-4 and a min_lr of 6e-5 then read alike in one table.
+SCIENTIFIC_BELOW = 1e-3
+SCIENTIFIC_FROM = 1e4  # for values that are not whole numbers: a whole number keeps its digits (65536, 1000000)
+WHOLE_DIGITS = 1e7  # a whole float under this is written out (a loss scale of 65536.0), above it in e-notation
 _EXPONENT = re.compile(r"e(-?)\+?0*(\d)")
 
 
 def number(value: Any, digits: int = SIGNIFICANT_DIGITS) -> str:
-    """A value as a reader wants it: 0.0002, 9, 4.85e8, 6e-5, NaN, true, [0.9, 0.999]."""
+    """A value as a reader wants it: 0.002, 9, 4.85e8, 3e-4, 6e-5, NaN, true, [0.9, 0.999].
+
+    This is the only way a number reaches a report (markdown, HTML, terminal, JUnit, plots, the patch)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -33,12 +40,63 @@ def number(value: Any, digits: int = SIGNIFICANT_DIGITS) -> str:
             return "NaN"
         if math.isinf(value):
             return "Inf" if value > 0 else "-Inf"
-        if value.is_integer() and abs(value) < 1e7:
+        if value.is_integer() and abs(value) < WHOLE_DIGITS:
             return f"{int(value)}.0"  # 3.0 stays visibly a float, and a loss scale of 65536 keeps its digits
+        if value != 0 and (abs(value) < SCIENTIFIC_BELOW or abs(value) >= SCIENTIFIC_FROM):
+            return scientific(value, digits)
         return _EXPONENT.sub(r"e\1\2", f"{value:.{digits}g}")
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(number(v, digits) for v in value) + "]"
     return str(value)
+
+
+def scientific(value: float, digits: int = SIGNIFICANT_DIGITS) -> str:
+    """3e-4, 4.75e-4, 1.2e10: `digits` significant digits at most, trailing zeros and the exponent's padding dropped."""
+    mantissa, exponent = f"{value:.{max(1, digits) - 1}e}".split("e")
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def number_pair(before: Any, after: Any, digits: int = PATCH_DIGITS) -> tuple[str, str]:
+    """Two values of one setting, written alike: `lr 5e-4 -> 1e-3`, not `5e-4 -> 0.001`, where either needs
+    e-notation."""
+    texts = [number(before, digits), number(after, digits)]
+    if any(_is_scientific(t) for t in texts):
+        texts = [scientific(v, digits) if _is_fraction(v) and not _is_scientific(t) else t
+                 for v, t in zip((before, after), texts)]
+    return texts[0], texts[1]
+
+
+def _is_scientific(text: str) -> bool:
+    return re.fullmatch(r"-?\d(\.\d+)?e-?\d+", text) is not None
+
+
+def _is_fraction(value: Any) -> bool:
+    """A finite, non-zero float that is not a whole number (0.001, not 3.0 and not 2)."""
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        value = value.item()
+    return (isinstance(value, float) and math.isfinite(value) and value != 0 and not value.is_integer())
+
+
+def json_text(value: Any, indent: int = 2) -> str:
+    """JSON whose numbers read as the rest of the report writes them ("lr": 3e-5, not 3e-05): still valid JSON.
+    Values come through patch_value first, so floats are finite here and rounded to PATCH_DIGITS."""
+    def encode(item: Any, depth: int) -> str:
+        pad, inner = " " * (indent * depth), " " * (indent * (depth + 1))
+        if isinstance(item, dict):
+            if not item:
+                return "{}"
+            body = ",\n".join(f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {encode(v, depth + 1)}"
+                              for k, v in item.items())
+            return "{\n" + body + "\n" + pad + "}"
+        if isinstance(item, (list, tuple)):
+            return "[" + ", ".join(encode(v, depth + 1) for v in item) + "]"
+        if isinstance(item, float) and math.isfinite(item):
+            return number(item, PATCH_DIGITS)
+        return json.dumps(item, ensure_ascii=False)
+
+    return encode(value, 0)
 
 
 def patch_value(value: Any) -> Any:

@@ -89,8 +89,8 @@ def _details(f: Finding) -> str:
     if f.caused_by:
         lines.append("caused by: " + ", ".join(f.caused_by))
     for r in f.recommendations:
-        lines.append(f"recommend: {r.hparam} {fmt.number(r.current, fmt.PATCH_DIGITS)} -> "
-                     f"{fmt.number(r.suggested, fmt.PATCH_DIGITS)} ({r.rationale})")
+        current, suggested = fmt.number_pair(r.current, r.suggested)
+        lines.append(f"recommend: {r.hparam} {current} -> {suggested} ({r.rationale})")
     for e in f.evidence:
         lines.append(f"{e.file}:{e.line if e.line is not None else '-'}: {e.text}")
     return "\n".join(lines)

@@ -8,7 +8,6 @@ parsing either.
 from __future__ import annotations
 
 import base64
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from analyzer.findings import Diagnosis, Finding, Severity
+from analyzer.findings import Diagnosis, Finding, Recommendation, Severity
 from analyzer.report import format as fmt
 
 MAX_EVIDENCE_ROWS = 8  # log lines shown per finding; the rest are counted (findings.json has them all)
@@ -539,8 +538,7 @@ def recommendations(findings: Sequence[Finding], anchors: Mapping[str, str] | No
             elif f.name != first[r.hparam][1].name and not _same(r.suggested, first[r.hparam][0].suggested):
                 also.setdefault(r.hparam, []).append(f"{f.name} suggests {fmt.number(r.suggested, fmt.PATCH_DIGITS)}")
     rows = tuple(
-        RecommendationRow(hparam=h, current=current_value(r.current, r.suggested),
-                          suggested=fmt.number(r.suggested, fmt.PATCH_DIGITS), rationale=r.rationale, source=f.name,
+        RecommendationRow(h, *current_and_suggested(r), rationale=r.rationale, source=f.name,
                           source_anchor=(anchors or {}).get(f.name, ""), also="; ".join(also.get(h, [])))
         for h, (r, f) in first.items())
     return rows, {h: fmt.patch_value(r.suggested) for h, (r, _) in first.items()}
@@ -550,13 +548,19 @@ NOT_RECORDED = "not recorded"  # a current value the run's files do not give
 
 
 def current_value(current: Any, suggested: Any) -> str:
-    """The current value as the suggested one is written: `5000 -> 1000`, not `5000.0 -> 1000`; unknown says so."""
+    """The current value as the suggested one is written: `5000 -> 1000`, not `5000.0 -> 1000`; `5e-4 -> 1e-3`,
+    not `5e-4 -> 0.001`; unknown says so."""
     if current is None:
         return NOT_RECORDED
     if (isinstance(suggested, int) and not isinstance(suggested, bool) and isinstance(current, float)
             and current.is_integer()):
         current = int(current)
-    return fmt.number(current, fmt.PATCH_DIGITS)
+    return fmt.number_pair(current, suggested)[0]
+
+
+def current_and_suggested(r: Recommendation) -> tuple[str, str]:
+    """A recommendation's two values as the report writes them, in one notation."""
+    return current_value(r.current, r.suggested), fmt.number_pair(r.current, r.suggested)[1]
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -573,7 +577,7 @@ def _patch(values: Mapping[str, Any], run_path: str, reproducible: bool = True) 
         return None
     overrides = " ".join(f"--set {h}={fmt.cli_value(v)}" for h, v in values.items())
     return Patch(
-        json=json.dumps(dict(values), indent=2, ensure_ascii=False),
+        json=fmt.json_text(dict(values)),
         overrides=overrides,
         command=f"reproduce-run {fmt.shell_quote(run_path)} {overrides}" if reproducible else "",
         how="" if reproducible else APPLY_BY_HAND,
@@ -593,8 +597,8 @@ def _finding_view(index: int, f: Finding, findings: Sequence[Finding], anchor: s
     metrics = tuple(r for r in numbers if len(r.value) <= MAX_NUMBER_TEXT)
     details = tuple(r for r in numbers if len(r.value) > MAX_NUMBER_TEXT)
     recs = tuple(
-        RecommendationRow(r.hparam, current_value(r.current, r.suggested), fmt.number(r.suggested, fmt.PATCH_DIGITS),
-                          r.rationale, f.name, anchor) for r in f.recommendations)
+        RecommendationRow(r.hparam, *current_and_suggested(r), r.rationale, f.name, anchor)
+        for r in f.recommendations)
     cited = tuple(dict.fromkeys(  # a detector may cite one line twice (two signals on one record)
         EvidenceRow(f"{e.file}:{e.line}" if e.line is not None else e.file, _cited_text(e.text))
         for e in f.evidence))
@@ -737,7 +741,7 @@ def _chance_line(findings: Sequence[Finding], run) -> tuple[tuple[float, str], .
         value, classes = f.metrics.get("chance_level"), f.metrics.get("chance_classes", f.metrics.get("classes"))
         if _is_number(value) and _is_number(classes) and classes >= 2:
             unit = "log2" if math.isclose(value, math.log2(classes), rel_tol=1e-6) else "ln"
-            return ((float(value), f"chance level {unit}({int(classes)}) = {value:.3f}"),)
+            return ((float(value), f"chance level {unit}({int(classes)}) = {fmt.number(float(value))}"),)
     if run is not None:
         from analyzer.detectors.stats import chance_level
 

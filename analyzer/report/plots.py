@@ -15,6 +15,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from analyzer.report import format as fmt
+
 MAX_BUCKETS = 800  # min+max per bucket: <=1600 points per line, finer than the plot's pixel width
 GAP_FACTOR = 20.0  # a gap between logged steps this many times the usual spacing is not drawn across
 LOG_SPAN = 50.0  # a positive series whose max/min exceeds this reads better on a log axis
@@ -255,7 +257,7 @@ def draw_loss(ax, data: PlotInput) -> None:
     references = list(data.references)
     vocab = data.hparams.get("vocab_size")
     if not references and isinstance(vocab, (int, float)) and not isinstance(vocab, bool) and vocab > 1:
-        references.append((math.log(vocab), f"ln(vocab) = {math.log(vocab):.2f}"))
+        references.append((math.log(vocab), f"ln(vocab) = {fmt.number(math.log(vocab))}"))
     low, high = ax.get_ylim()
     for value, label in references:
         # A level far above the losses (a plateau at 34% of ln(50258)) would squash them into the bottom of the
@@ -287,7 +289,7 @@ def draw_eval_loss(ax, data: PlotInput) -> None:
 def draw_grad_norm(ax, data: PlotInput) -> None:
     _line(ax, data, "grad_norm", "grad norm (before clipping)", BLUE)
     clip = data.hparams.get("max_grad_norm")
-    _hline(ax, clip, f"clip threshold {clip}", RED)
+    _hline(ax, clip, f"clip threshold {fmt.number(clip)}", RED)
     _finish(ax, data, "grad norm")
 
 
@@ -357,7 +359,8 @@ def draw_eval_ppl(ax, data: PlotInput) -> None:
 
 def draw_mask_ratio(ax, data: PlotInput) -> None:
     _line(ax, data, "mask_ratio", "labelled tokens / all tokens", BLUE, log=False)
-    _hline(ax, data.hparams.get("mlm_probability"), f"mlm_probability {data.hparams.get('mlm_probability')}", GREEN)
+    probability = data.hparams.get("mlm_probability")
+    _hline(ax, probability, f"mlm_probability {fmt.number(probability)}", GREEN)
     ax.set_ylim(0, 1.05)
     _finish(ax, data, "mask ratio")
 

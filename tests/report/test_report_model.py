@@ -88,8 +88,8 @@ def test_first_finding_recommending_an_hparam_wins_and_a_different_suggestion_is
         finding("nonfinite-onset", recs=[Recommendation("lr", 1e-3, 2e-4, "same")]),
     ])
     (row,) = rows
-    assert (row.hparam, row.current, row.suggested, row.source) == ("lr", "0.001", "0.0002", "lr-too-high")
-    assert row.also == "loss-oscillation suggests 0.0005"
+    assert (row.hparam, row.current, row.suggested, row.source) == ("lr", "1e-3", "2e-4", "lr-too-high")
+    assert row.also == "loss-oscillation suggests 5e-4"
     assert values == {"lr": 0.0002}
 
 
@@ -101,7 +101,7 @@ def test_patch_is_json_and_reproduce_run_overrides():
     d = replace(d, run=replace(d.run, formats=("postmortem-run",), status="completed"))
     patch = build_report(d, figures=False).patch
     assert json.loads(patch.json) == {"lr": 0.0002, "precision": "bf16", "betas": [0.9, 0.95]}
-    assert patch.overrides == "--set lr=0.0002 --set precision=bf16 --set betas='[0.9,0.95]'"
+    assert patch.overrides == "--set lr=2e-4 --set precision=bf16 --set betas='[0.9,0.95]'"
     assert patch.command == "reproduce-run /r " + patch.overrides
 
 
@@ -209,7 +209,8 @@ def test_evidence_cited_twice_is_shown_once():
 # --- numbers ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, text", [
-    (3.0, "3.0"), (0.0002, "0.0002"), (1e-5, "1e-5"), (485165195.41, "4.852e8"), (1.5e-10, "1.5e-10"), (2.5e100, "2.5e100"), (65536.0, "65536.0"),
+    (3.0, "3.0"), (0.0002, "2e-4"), (0.000475, "4.75e-4"), (0.0015, "0.0015"), (1e-5, "1e-5"),
+    (16040.17, "1.604e4"), (485165195.41, "4.852e8"), (1.5e-10, "1.5e-10"), (2.5e100, "2.5e100"), (65536.0, "65536.0"),
     (float("nan"), "NaN"), (float("-inf"), "-Inf"), (True, "true"), (7, "7"), (None, "-"),
     ([0.9, 0.999], "[0.9, 0.999]"),
 ])

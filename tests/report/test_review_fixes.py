@@ -43,7 +43,7 @@ def test_a_run_not_written_by_the_reference_trainer_gets_no_reproduce_run_comman
 def test_a_reference_trainer_run_keeps_its_reproduce_run_command():
     d = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])], formats=("postmortem-run",),
                   status="completed")
-    assert build_report(d, figures=False).patch.command == "reproduce-run /runs/r --set lr=0.00015"
+    assert build_report(d, figures=False).patch.command == "reproduce-run /runs/r --set lr=1.5e-4"
 
 
 # --- a healthy run's suggestions are optional -----------------------------------------------------------------------
@@ -68,7 +68,7 @@ def test_a_warning_with_a_suggestion_keeps_it_recommended():
                    finding("grad-explosion", Severity.WARNING, [LR])])
     report = build_report(d, figures=False)
     assert (report.fix_label, report.fix_note) == ("Recommended change", "")
-    assert "fix: batch_size 2 -> 8; lr 0.0003 -> 0.00015" in terminal_summary(d, color=False)
+    assert "fix: batch_size 2 -> 8; lr 3e-4 -> 1.5e-4" in terminal_summary(d, color=False)
 
 
 # --- current values ---------------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_the_github_summary_of_a_foreign_run_has_no_command_block():
 
     d = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])], formats=("text",))
     text = github_summary(d, artifact_hint="postmortem-report")
-    assert "reproduce-run" not in text and "| `lr` | `0.0003` | **`0.00015`** |" in text
+    assert "reproduce-run" not in text and "| `lr` | `3e-4` | **`1.5e-4`** |" in text
 
 
 def test_a_reference_trainer_run_needs_its_status_too():
@@ -283,7 +283,7 @@ def test_the_sweep_index_marks_a_healthy_runs_change_as_optional():
     broken = diagnosis([finding("grad-explosion", Severity.WARNING, [LR])])
     entries = [("ok", healthy, Path("ok/report.md")), ("bad", broken, Path("bad/report.md"))]
     md = index_page(entries)
-    assert "| optional: `batch_size 2 -> 8` |" in md and "| `lr 0.0003 -> 0.00015` |" in md
+    assert "| optional: `batch_size 2 -> 8` |" in md and "| `lr 3e-4 -> 1.5e-4` |" in md
     assert '<span class="note">optional:</span> <code>batch_size 2 -&gt; 8</code>' in index_page_html(entries)
 
 
