@@ -390,7 +390,10 @@ def run_overview(run, width: int | None = None) -> str:
             OVERVIEW_HPARAMS.index(item[0]) if item[0] in OVERVIEW_HPARAMS else len(OVERVIEW_HPARAMS),
             item[0] not in known))[:12]
         more = f" (+{len(run.hparams) - 12} more)" if len(run.hparams) > 12 else ""
-        lines.append("  hparams: " + ", ".join(f"{k}={_short(hp.value)}" for k, hp in shown) + more)
+        from analyzer.report.format import PATCH_DIGITS, number  # the reports' notation: lr=3e-5, not 3e-05
+
+        lines.append("  hparams: " + ", ".join(f"{k}={_short(number(hp.value, PATCH_DIGITS))}" for k, hp in shown)
+                     + more)
     if run.checkpoints:
         lines.append(f"  checkpoints: {len(run.checkpoints)} (" + ", ".join(
             c.path for c in run.checkpoints[:4]) + (", ..." if len(run.checkpoints) > 4 else "") + ")")
