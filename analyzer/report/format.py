@@ -153,6 +153,14 @@ def steps_phrase(first: int | None, last: int | None) -> str:
     return span.replace("from ", "from step ").replace("until ", "until step ")
 
 
+def lead_clause(text: str) -> tuple[str, str]:
+    """A sentence's lead clause and the rest, split at its first ': ' ("no checkpoint was found", "weights and
+    ...") so a long note can be scanned by its lead, or shown by it alone where room is short."""
+    text = " ".join(str(text).split())
+    lead, sep, rest = text.partition(": ")
+    return (lead, rest) if sep and rest else (text, "")
+
+
 def truncate(text: str, limit: int) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= limit else text[: max(0, limit - 1)].rstrip() + "…"

@@ -109,6 +109,16 @@ class Row:
 
 
 @dataclass(frozen=True)
+class BlindSpotView:
+    """What the run cannot show: its lead clause ("HF Trainer filters NaN/Inf losses out of log_history"), the rest
+    of the message, and the detectors it weakens."""
+
+    lead: str
+    detail: str
+    affects: str  # "nonfinite-onset, grad-explosion"
+
+
+@dataclass(frozen=True)
 class EvidenceRow:
     location: str  # train.log:12
     text: str
@@ -203,7 +213,7 @@ class Report:
     recommendations: tuple[RecommendationRow, ...]
     patch: Patch | None
     findings: tuple[FindingView, ...]
-    blind_spots: tuple[Row, ...]  # (message, "affects: a, b")
+    blind_spots: tuple[BlindSpotView, ...]
     skipped: tuple[Row, ...]  # (detector, reason)
     errors: tuple[Row, ...]  # (detector, error)
     facts: RunFacts
@@ -256,7 +266,8 @@ def build_report(diagnosis: Diagnosis, run=None, *, version: str = "", figures: 
         recommendations=rec_rows,
         patch=_patch(patch_values, diagnosis.run.path, reference_trainer_run(diagnosis)),
         findings=views,
-        blind_spots=tuple(Row(b.message, ", ".join(b.affects)) for b in diagnosis.blind_spots),
+        blind_spots=tuple(BlindSpotView(*fmt.lead_clause(b.message), ", ".join(b.affects))
+                          for b in diagnosis.blind_spots),
         skipped=tuple(Row(s.name, s.reason) for s in diagnosis.skipped),
         errors=tuple(Row(e.name, e.error) for e in diagnosis.errors),
         facts=facts,

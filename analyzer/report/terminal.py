@@ -29,6 +29,25 @@ def clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: max(0, width - 3)].rstrip() + "..."
 
 
+BLIND_SPOT_LABEL = "  blind spot: "
+
+
+def blind_spot_lines(messages, short: bool = False) -> list[str]:
+    """One line per blind spot for the run overview. `short` (a terminal) keeps each one's lead clause: four HF
+    Trainer blind spots, wrapped whole, took 17 lines at 80 columns above the findings they qualify, and report.md
+    has each in full. A log file keeps each whole on its line, for grep. The caller wraps to the width."""
+    from analyzer.report.format import lead_clause
+
+    lines = []
+    for message in messages:
+        text = clean(message)
+        if short:
+            lead, rest = lead_clause(text)
+            text = lead + ("..." if rest else "")
+        lines.append(BLIND_SPOT_LABEL + text)
+    return lines
+
+
 def summary(diagnosis: Diagnosis, color: bool, width: int = 100, wrap: bool = False) -> str:
     """The findings table, the verdict and the fix. wrap=True (a terminal) also wraps the verdict and fix lines to
     `width`; a log file keeps each on one line, so `grep verdict:` finds all of it."""
