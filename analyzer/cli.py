@@ -399,8 +399,9 @@ def run_overview(run, width: int | None = None) -> str:
             c.path for c in run.checkpoints[:4]) + (", ..." if len(run.checkpoints) > 4 else "") + ")")
     if kinds:
         lines.append("  events: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())))
-    for spot in run.blind_spots:
-        lines.append(f"  blind spot: {spot.message}")
+    from analyzer.report.terminal import blind_spot_lines
+
+    lines.extend(blind_spot_lines([spot.message for spot in run.blind_spots], short=width is not None))
     if run.notes:
         lines.append(f"  notes: {len(run.notes)} (e.g. {run.notes[0].file}: {run.notes[0].message})")
     lines = [_terminal_safe(line) for line in lines]
