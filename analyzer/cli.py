@@ -496,9 +496,11 @@ def detectors():
         if len(head) + 1 + len(det.summary) <= width:
             click.echo(f"{head} {det.summary}")
         else:  # a narrow terminal: the summary goes under the name, wrapped to the width
-            click.echo(head.rstrip())
-            click.echo(textwrap.fill(det.summary, width=max(width, 40), initial_indent=" " * 6,
-                                     subsequent_indent=" " * 6))
+            width = max(width, 40)
+            if len(head.rstrip()) > width:  # a split pane: what it needs goes under the name too
+                head = f"{det.code}  {det.name}  {det.severity.value}  needs: {needs}"
+            click.echo(textwrap.fill(head, width=width, subsequent_indent=" " * 6, break_on_hyphens=False))
+            click.echo(textwrap.fill(det.summary, width=width, initial_indent=" " * 6, subsequent_indent=" " * 6))
 
 
 @postmortem.command()

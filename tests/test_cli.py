@@ -70,7 +70,7 @@ def test_detectors_lists_every_code(runner):
         assert code in result.output and det.name in result.output
 
 
-@pytest.mark.parametrize("columns", [80, 100])
+@pytest.mark.parametrize("columns", [60, 80, 100])
 def test_detectors_fit_the_terminal(runner, monkeypatch, columns):
     monkeypatch.setenv("COLUMNS", str(columns))
     lines = runner.invoke(postmortem, ["detectors"]).output.splitlines()
