@@ -58,6 +58,11 @@ def scientific(value: float, digits: int = SIGNIFICANT_DIGITS) -> str:
     return f"{mantissa}e{int(exponent)}"
 
 
+def count(n: int) -> str:
+    """A count of things (points, NaN values) as the findings' messages write it: 1,154; steps stay plain (19072)."""
+    return f"{int(n):,}"
+
+
 def number_pair(before: Any, after: Any, digits: int = PATCH_DIGITS) -> tuple[str, str]:
     """Two values of one setting, written alike: `lr 5e-4 -> 1e-3`, not `5e-4 -> 0.001`, where either needs
     e-notation."""

@@ -440,7 +440,7 @@ def _and(items: Sequence[str]) -> str:
 def _status(diagnosis: Diagnosis) -> str:
     run = diagnosis.run
     status = run.status or "not recorded by the run"
-    points = f"{run.n_points:,} points"
+    points = f"{fmt.count(run.n_points)} points"
     return f"{status}; steps {fmt.steps(run.first_step, run.last_step)}, {points}"
 
 
@@ -739,8 +739,14 @@ def _overview(diagnosis: Diagnosis, series: "_SeriesCache", facts: RunFacts, run
     leading = [f for f in diagnosis.findings if f.name in diagnosis.root_causes or f.severity is Severity.CRITICAL]
     data = series.plot_input([m for s in specs for m in s.metrics] + ["eval_loss"], marks=tuple(marked),
                              with_checkpoints=True, facts=facts, references=_chance_line(leading, run))
+    # One clause per finding kind: pl_slm_resume's caption read "loss-plateau (L002) began (step 101549),
+    # loss-plateau (L002) began (step 112591)".
+    steps_of: dict[str, list[int]] = {}
+    for step, code in marked:
+        steps_of.setdefault(code, []).append(step)
     caption = "The whole run" + (": dotted lines mark where " + ", ".join(
-        f"{names[code]} ({code}) began (step {step})" for step, code in marked) if marked else "")
+        f"{names[code]} ({code}) began ({'step' if len(at) == 1 else 'steps'} {_and([str(s) for s in at])})"
+        for code, at in steps_of.items()) if marked else "")
     return FigureView(id="00-overview", title="Run overview", caption=caption,
                       svg=series.svg(specs, data))
 
@@ -906,7 +912,7 @@ def _nonfinite_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) -> 
         steps, values = got
         bad = ~np.isfinite(values)
         if bad.any():
-            rows.append((metric, str(int(steps[bad.argmax()])), str(int(bad.sum())), "logged as NaN/Inf"))
+            rows.append((metric, str(int(steps[bad.argmax()])), fmt.count(bad.sum()), "logged as NaN/Inf"))
     if run is not None:
         hidden: dict[str, list] = {}
         for e in run.events_of("nan", "nan_clamp", "skipped_step"):
@@ -916,7 +922,7 @@ def _nonfinite_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) -> 
             first = min(known, key=lambda e: e.step) if known else events[0]
             where = f"{first.file}:{first.line}" if first.line is not None else first.file
             metric = str(first.data.get("metric", "-")) if first.data else "-"
-            rows.append((metric, fmt.number(first.step), str(len(events)), f"{HIDDEN_KINDS[kind]} ({where})"))
+            rows.append((metric, fmt.number(first.step), fmt.count(len(events)), f"{HIDDEN_KINDS[kind]} ({where})"))
     if not rows:
         return None
     note = ""
@@ -935,7 +941,7 @@ def _checkpoint_table(f: Finding, series: _SeriesCache, facts: RunFacts, run) ->
         if c.stats is not None:
             bad = [t.name for t in (*c.stats.tensors, *c.stats.optimizer_tensors) if t.nonfinite]
             where = ", ".join(bad[:4]) + (f" (+{len(bad) - 4} more)" if len(bad) > 4 else "")
-        state = c.error or (str(c.stats.nonfinite) if c.stats is not None else "not inspected")
+        state = c.error or (fmt.count(c.stats.nonfinite) if c.stats is not None else "not inspected")
         rows.append((c.path, fmt.number(c.step), state, where or "-"))
     note = (f"Last good checkpoint: {facts.last_good.path} (step {facts.last_good.step})."
             if facts.last_good is not None else "No checkpoint is known to be good.")
@@ -968,7 +974,7 @@ def _facts(diagnosis: Diagnosis, run) -> RunFacts:
         path=summary.path, name=summary.name, status=summary.status or "not recorded",
         formats=", ".join(summary.formats) or "none recognised",
         steps=fmt.steps(summary.first_step, summary.last_step) if summary.n_points else "none",
-        n_points=f"{summary.n_points:,}", metrics=", ".join(summary.metrics) or "none",
+        n_points=fmt.count(summary.n_points), metrics=", ".join(summary.metrics) or "none",
         sources=tuple(run.sources) if run is not None else (),
         hparams=tuple(Row(k, fmt.truncate(fmt.number(v, fmt.PATCH_DIGITS), MAX_HPARAM_TEXT))
                       for k, v in summary.hparams.items()),
@@ -982,7 +988,7 @@ def _checkpoint_row(c: Mapping[str, Any]) -> CheckpointRow:
         state, good = str(c["error"]), False
     elif "nonfinite" in c:
         bad = int(c["nonfinite"])
-        state, good = ("finite" if not bad else f"NaN/Inf in {bad} values"), not bad
+        state, good = ("finite" if not bad else f"NaN/Inf in {fmt.count(bad)} values"), not bad
     else:
         state, good = "not inspected", None
     return CheckpointRow(path=str(c.get("path", "")), step=fmt.number(c.get("step")), format=str(c.get("format", "")),

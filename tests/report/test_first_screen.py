@@ -405,3 +405,17 @@ def test_a_short_finding_in_a_long_run_is_plotted_zoomed_in(monkeypatch):
 
     view = build_report(d, run, draw=False).findings[0]
     assert view.figures[0].caption.endswith("; zoomed to steps 4001-6019")
+
+
+def test_the_overview_caption_names_a_finding_once_with_all_its_onsets():
+    # pl_slm_resume: "loss-plateau (L002) began (step 101549), loss-plateau (L002) began (step 112591)".
+    from analyzer.report.model import build_report
+    from tests.conftest import make_run
+
+    run = make_run({"loss": [3.0 - 0.01 * i for i in range(300)]})
+    plateaus = tuple(Finding("L002", "loss-plateau", Severity.WARNING, Confidence.HIGH, "stalled", first, first + 50)
+                     for first in (100, 200))
+    d = Diagnosis(RunSummary("/r", "r", ("test",), 0, 299, 300, ("loss",), {}, ()), plateaus,
+                  ("loss-plateau", "loss-plateau"))
+    caption = build_report(d, run, draw=False).overview.caption
+    assert caption == "The whole run: dotted lines mark where loss-plateau (L002) began (steps 100 and 200)"

@@ -94,3 +94,8 @@ def test_the_run_overview_writes_hparams_in_the_report_notation():
 
     run = make_run({"loss": [1.0, 2.0]}, hparams={"learning_rate": 3e-5, "adam_epsilon": 1e-8})
     assert "lr=3e-5" in run_overview(run) and "e-05" not in run_overview(run)
+
+
+def test_counts_have_thousands_separators_as_the_messages_write_them():
+    # lightning_nan: "holds 1,154 non-finite values" above a checkpoint table that said 1154.
+    assert fmt.count(1154) == "1,154" and fmt.count(12) == "12"
