@@ -7,12 +7,14 @@ What it detects:
 Why it matters:
     Hinton et al. multiply the soft-target loss by T^2 so its gradients keep their size as T grows; DistilBERT
     does too, torchdistill only alongside a hard-label term, and TRL's GKD never does. With T = 3 the factor is 9:
-    the KD term dwarfs the LM loss, its gradients and the logits grow, and in fp16 the softmax overflows. The
-    term's fix is a lower temperature (or an annealed one), not a different optimizer. A lower temperature alone
-    does not remove an overflow that already happened: the reference trainer's KD run, re-run at T = 2, still
-    went NaN by step 333 of 1000 (at T = 3: step 220), since lower T sharpens the student's logits. Where the run
-    went non-finite, nonfinite-onset's fixes (bf16 or fp32 for the loss, gradient clipping) are needed as well;
-    `reproduce-run --apply-fixes` applies both (0 NaN over 1000 steps).
+    the KD term's value dwarfs the LM loss in the total, which then hides what the LM loss does and makes the
+    loss's size say little about training. Its gradient does not grow with T^2: d(T^2 KL)/dz = T (p_s - p_t) on
+    the student's logits z, and a lower T sharpens both distributions, so the raw KL, the logits and the gradient
+    norm tend to rise as T falls. A lower temperature rebalances the loss; it is no fix for NaN. The reference
+    trainer's KD run (fp16, a hand-written softmax in its LM loss) went NaN at T = 3 (step 220) and at T = 2 (step
+    333 of 1000, max grad norm 4.59 -> 12.6): exp() in float16 overflows once a logit passes ln(65504) = 11.09,
+    whatever T is. nonfinite-onset recommends the fix for that (a stable softmax, in fp32), and with it the run
+    is clean over 1000 steps at either temperature.
 How it decides:
     T comes from the logged temperature (or sqrt of a logged T^2), else from hparams. Whether the code multiplies by
     T^2 is read from the data, never assumed: with kd_loss and kd_raw both logged, their ratio is compared with
@@ -24,14 +26,17 @@ How it decides:
     reading was inferred. The term is large when its median is above size_factor x a fresh LM loss (the chance
     level ln(vocab_size), else the early lm_loss, else 10). The finding fires when T^2 is at least `inflation` and
     the term is large or the run went non-finite (a NaN, a clamp or filter that turned a loss into 0.0), or when
-    the term is large at any T^2 of at least min_inflation. It is critical when an inflated run went non-finite
-    or the term is above critical_factor x its size limit. A code that does not multiply by T^2 (kd_loss =
+    the term is large at any T^2 of at least min_inflation. It is critical when the term is above critical_factor x
+    its size limit, or large in a run that went non-finite; an inflated term of ordinary size in a run that went
+    non-finite is a warning, since NaN is no evidence against the temperature (see above). A code that does not multiply by T^2 (kd_loss =
     kd_raw) is never flagged. Oscillation, overflow and NaN are judged by their own detectors; the chain links them.
 What it recommends:
     temperature: the largest value on a 0.5 grid below the current one whose T^2 is at most stable_t_squared (when
     T^2 was inflated) and whose T^2 x raw KL is within size_factor x a fresh LM loss (seed 002: 3.0 -> 2.0, T^2
     9 -> 4, KD ~38 -> ~17); min_temperature: the largest grid value below that whose term is within one fresh LM
-    loss, to anneal to (seed 002: 1.5, T^2 2.25, KD ~9.5).
+    loss, to anneal to (seed 002: 1.5, T^2 2.25, KD ~9.5). The sizes assume the raw KL stays as it is; it rises
+    as T falls, so the term shrinks by less than T^2 says (the reference trainer's raw KL at step 0: 0.63 at T = 3,
+    2.36 at T = 2).
 Parameters:
     inflation (default 6.25): T^2 from which the factor itself is a risk (T = 2.5, seed 002's "marginal").
     stable_t_squared (default 4.0): the largest T^2 a recommended temperature may have (T = 2).
@@ -123,10 +128,11 @@ def check(run, params):
                f"of ~{stats.fmt_num(raw_median)} becomes ~{stats.fmt_num(term_median)} (up to "
                f"{stats.fmt_num(float(term.max()))}), {size}{share_text}; {convention}")
     if unstable_step is not None:
-        message += f"; the run went non-finite at step {unstable_step}"
+        message += (f"; the run went non-finite at step {unstable_step}, which a lower temperature does not prevent "
+                    "(see nonfinite-onset)")
     message += (f"; temperature {_t(suggested)} (T^2 = {suggested ** 2:.3g}) would make it "
-                f"~{stats.fmt_num(suggested ** 2 * raw_median)}.")
-    critical = (inflated and unstable_step is not None) or term_median > params["critical_factor"] * size_target
+                f"~{stats.fmt_num(suggested ** 2 * raw_median)} at the same raw KL.")
+    critical = (large and unstable_step is not None) or term_median > params["critical_factor"] * size_target
     current_min = stats.hparam_number(run, "min_temperature")
     recs = [Recommendation(
         "temperature", t0, suggested,
@@ -134,7 +140,8 @@ def check(run, params):
         f"~{stats.fmt_num(suggested ** 2 * raw_median)} at a raw KL of ~{stats.fmt_num(raw_median)} (at most "
         f"{params['size_factor']:g}x {lm_ref_text}"
         + (f", and T^2 at most {params['stable_t_squared']:g}, as in DistilBERT (T = 2)" if inflated
-           else "") + ")")]
+           else "") + "); the raw KL tends to rise as T falls, so the term shrinks by less; this rebalances the "
+        "loss, it does not prevent overflow or NaN (the gradient on the logits, T (p_s - p_t), does not shrink)")]
     if min_suggested < suggested and (current_min is None or current_min > min_suggested):
         recs.append(Recommendation(
             "min_temperature", current_min, min_suggested,

@@ -22,8 +22,12 @@ How it decides:
     NaN (a blind spot of the run), the message says the onset may be earlier. The last checkpoint saved before the
     onset with no non-finite value is the restart point.
 What it recommends:
-    Restart from the last clean checkpoint before the onset (named in the message), with: precision bf16 instead of
-    fp16 where the run used fp16; max_grad_norm near the p99 of the healthy gradient norms (before the onset and
+    Restart from the last clean checkpoint before the onset (named in the message), with: where a loss went
+    non-finite in an fp16 run, its softmax computed stably (lm_loss_softmax: stable; log_softmax with the max
+    subtracted, in fp32, as F.cross_entropy does): exp(z) / sum(exp(z)) in float16 overflows once a logit passes
+    ln(65504) = 11.09, and inf / inf is NaN, whatever else the run changes (the reference trainer's KD run went NaN
+    at T = 3 and at T = 2; with a stable softmax, at neither, over 1000 steps); precision bf16 instead of fp16 where
+    the run used fp16; max_grad_norm near the p99 of the healthy gradient norms (before the onset and
     outside excursions; 1.0 when they are not logged) unless clipping is already that tight; the peak lr halved.
     Causes found by other detectors (temperature, lr, batch) are linked by the chain and carry their own fixes.
 Parameters:
@@ -42,7 +46,7 @@ import numpy as np
 from analyzer.detectors import remedies, stats
 from analyzer.detectors.loss_scale_collapse import SKIPPED_COUNTER
 from analyzer.detectors.base import Detector, evidence_at
-from analyzer.findings import Confidence, Evidence, Severity
+from analyzer.findings import Confidence, Evidence, Recommendation, Severity
 
 ZERO_FROM = 0.5  # nats: far above rounding noise, below any real LM/KD loss that is still learning
 MIN_LOSS_SCALE = 1.0  # below 1 the unscaled fp16 gradient itself overflows: the scaler cannot save the step
@@ -55,6 +59,9 @@ LOSS_METRICS = ("loss", "lm_loss", "kd_loss", "kd_raw")  # losses that a filter 
 CORE_METRICS = frozenset(LOSS_METRICS + ("eval_loss", "grad_norm", "param_norm", "update_ratio", "lr", "loss_scale"))
 NONFINITE_TEXT = re.compile(r"\bnan\b|\binf(inity)?\b|non-?finite", re.I)
 FILTER_TEXT = re.compile(r"\bnan\b|non-?finite|filter", re.I)  # a blind spot saying the logs hide NaN
+SOFTMAX_HPARAM = "lm_loss_softmax"  # the reference trainer's knob: "naive" (exp/sum in the logits' dtype) | "stable"
+FP16_EXP_LIMIT = float(np.log(65504.0))  # 11.09: exp() of a larger float16 value is inf
+LOSS_TEXT = re.compile(r"\b\w*loss\b", re.I)  # the loss a clamp line names ("lm_loss produced non-finite value")
 NAN_COUNTER = re.compile(r"nan_iter|nan_count|num_nan|nan_steps", re.I)
 
 
@@ -116,6 +123,7 @@ def check(run, params):
     healthy_grad = stats.healthy_grad_norms(run)
     why = f"the run went non-finite at step {onset}"
     recs = remedies.unique([
+        _stable_softmax(run, signals, why),
         remedies.bf16(run, why),
         remedies.clip(run, healthy_grad, why),
         remedies.lower_lr(run, why),
@@ -132,6 +140,29 @@ def check(run, params):
                  "restart_step": good.step if good is not None else None,
                  "onset_may_be_earlier": bool(filtered)},
         recommendations=recs, evidence=evidence[:5])]
+
+
+def _stable_softmax(run, signals: list[Signal], why: str) -> Recommendation | None:
+    """lm_loss_softmax stable where a loss went non-finite in an fp16 run whose loss is computed by hand: the run
+    names a softmax setting that is not "stable", or its own code clamped the NaN loss (a framework's cross-entropy
+    already runs in fp32 under autocast). The overflow of exp() in float16 is a NaN source of its own, which no lr,
+    clip or temperature removes."""
+    current = run.hparam(SOFTMAX_HPARAM)
+    if not stats.uses_fp16(run) or (isinstance(current, str) and current.lower() == "stable"):
+        return None
+    clamps = [e for e in run.events_of("nan_clamp") if LOSS_TEXT.search(e.text or "")]
+    if current is None and not clamps:
+        return None
+    losses = sorted({s.metric for s in signals if s.metric in LOSS_METRICS + ("eval_loss",)})
+    losses += sorted({m.group(0) for e in clamps for m in [LOSS_TEXT.search(e.text or "")]} - set(losses))
+    if not losses:
+        return None
+    return Recommendation(
+        SOFTMAX_HPARAM, current, "stable",
+        f"{why} in {' and '.join(losses)}, in fp16: a softmax computed as exp(z) / sum(exp(z)) in float16 overflows "
+        f"once a logit passes ln(65504) = {FP16_EXP_LIMIT:.2f} (inf / inf = NaN), at any temperature, lr or clip; "
+        "compute the loss's log-softmax in fp32 with the max logit subtracted (F.cross_entropy or log_softmax on "
+        "logits.float()), which cannot overflow")
 
 
 # --- signals -------------------------------------------------------------------------------------------------------

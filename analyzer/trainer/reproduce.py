@@ -161,23 +161,55 @@ FINDING_METRICS: dict[str, tuple[str, Callable[[list[dict], TrainConfig], float]
 }
 
 
+# A loss the run counted as 0.0 because it was NaN (nan_policy "clamp"): its real value is non-finite. Shown as
+# "NaN" in the table and judged worse than any real number: a clamped run's total loss looks lower, not better.
+CLAMPED = math.inf
+
+
+LAST_LM = "last finite lm_loss"
+
+
+def _clamped(event: dict) -> bool:
+    """A train event whose loss (or, in distillation, lm_loss) the trainer clamped: NaN replaced by exactly 0.0."""
+    return event.get("lm_loss") == 0.0 or event.get("loss") == 0.0
+
+
+def _final(train: list[dict], key: str) -> float:
+    """The last train event's value of `key`: CLAMPED where that step clamped a NaN, NaN where nothing is logged."""
+    last = next((e for e in reversed(train) if key in e), None)
+    if last is None:
+        return math.nan
+    value = last[key]
+    return CLAMPED if _clamped(last) or not (isinstance(value, (int, float)) and math.isfinite(value)) else value
+
+
 def summarize(run_dir: Path, stop: int | None, config: TrainConfig, about: Iterable[str] = ()) -> dict[str, float]:
-    """Key numbers of a run for the before/after table, then the numbers the fixed findings were about."""
+    """Key numbers of a run for the before/after table, then the numbers the fixed findings were about. A step that
+    clamped a NaN has no real loss: its final losses read CLAMPED and min loss skips it. The trainer's evaluation
+    clamps silently, so an eval right after a clamped train step is taken as clamped too."""
     train, evals = train_events(run_dir, stop)
     losses = [e["loss"] for e in train if "loss" in e]
     finite = _finite(losses)
+    real = _finite(e.get("loss") for e in train if not _clamped(e))
     log = (run_dir / "train.log").read_text() if (run_dir / "train.log").exists() else ""
     if stop is not None:  # count log lines of the compared steps only: cut the log at the first line of step `stop`
         cut = log.find(f"\nstep {stop} |")
         log = log if cut < 0 else log[:cut]
-    out = {"final loss": finite[-1] if finite else math.nan, "min loss": min(finite, default=math.nan),
-           "final eval loss": evals[-1]["eval_loss"] if evals else math.nan,
+    final_eval = math.nan
+    if evals:
+        last_eval = evals[-1]
+        before = [e for e in train if e.get("step", 0) <= last_eval.get("step", 0)]
+        final_eval = (CLAMPED if before and _clamped(before[-1]) or not math.isfinite(last_eval["eval_loss"])
+                      else last_eval["eval_loss"])
+    out = {"final loss": _final(train, "loss"), "min loss": min(real, default=math.nan),
+           "final eval loss": final_eval,
            "max grad norm": max(_finite(e.get("grad_norm") for e in train), default=math.nan),
            "NaN/Inf (logged or clamped)": float(len(losses) - len(finite) + log.count("non-finite value")),
            "fp16 overflows": float(log.count("[fp16] overflow"))}
-    lm = _finite(e.get("lm_loss") for e in train if e.get("lm_loss") != 0.0)  # 0.0 exactly: a clamped NaN
-    if lm:  # distillation: the total loss carries T^2 * KL at the run's own temperature, the LM loss does not
-        out["final lm_loss (unclamped)"] = lm[-1]
+    if any("lm_loss" in e for e in train):  # distillation: the total carries T^2 * KL at the run's own T; lm_loss not
+        out["final lm_loss"] = _final(train, "lm_loss")
+        # where the final one is NaN, the last real one says how far the LM got before it (shown only then)
+        out[LAST_LM] = next(iter(_finite(e.get("lm_loss") for e in reversed(train) if not _clamped(e))), math.nan)
     for name in about:
         if name in FINDING_METRICS:
             label, compute = FINDING_METRICS[name]
@@ -186,19 +218,36 @@ def summarize(run_dir: Path, stop: int | None, config: TrainConfig, about: Itera
 
 
 def chosen_fixes(diagnosis: Any) -> tuple[list[Any], list[Any]]:
-    """The findings whose recommendations we apply and those recommendations: the root causes' and those of the
-    critical findings they led to, else the most severe finding's that makes any (findings come ordered root causes
-    first, then by severity; the first recommendation for a setting wins). A root cause's fix can leave a critical
-    consequence in place: a lower KD temperature shrinks the loss term, but the fp16 overflow it set off still
-    needs the NaN finding's precision and clipping fixes (before: 21 NaN, after T 3 -> 2 alone: NaN again by step
-    333 of 1000). A warning's fix is left out: it tends to correct the root cause's mechanism a second time through
+    """The findings whose recommendations we apply and those recommendations: the critical findings a root cause
+    led to and the root causes themselves, else the most severe finding's that makes any (findings come ordered
+    root causes first, then by severity; the first recommendation for a setting wins). A root cause's fix can leave
+    a critical consequence in place, so the consequence's fixes are applied too. A root cause that is only a
+    warning and led to a critical finding with fixes of its own is left out (see set_aside): the re-run checks
+    the fix for what broke the run, and the warning's change is a separate experiment (kd-temperature-blowup: the
+    NaN is an fp16 softmax overflow at any temperature; T 3 -> 2 on top raised the max grad norm 4.59 -> 12.6).
+    A warning consequence's fix is left out: it tends to correct the root cause's mechanism a second time through
     another setting (factorized-embedding-stall: scaled init and a smaller init_std, 4x the gradient norm)."""
+    findings = _chosen(diagnosis)
+    return findings, [r for f in findings for r in f.recommendations]
+
+
+def set_aside(diagnosis: Any) -> list[Any]:
+    """Root causes with recommendations that chosen_fixes leaves out: warnings that led to a critical finding."""
+    chosen = {id(f) for f in _chosen(diagnosis)}
+    roots = set(diagnosis.root_causes)
+    return [f for f in diagnosis.findings if f.recommendations and f.name in roots and id(f) not in chosen]
+
+
+def _chosen(diagnosis: Any) -> list[Any]:
     roots = set(diagnosis.root_causes)
     with_recs = [f for f in diagnosis.findings if f.recommendations]
-    chosen = [f for f in with_recs if f.name in roots or (
-        f.severity.value == "critical" and roots.intersection(getattr(f, "caused_by", ())))]
-    findings = chosen or with_recs[:1]
-    return findings, [r for f in findings for r in f.recommendations]
+    critical_effects = [f for f in with_recs if f.name not in roots and f.severity.value == "critical"
+                        and roots.intersection(getattr(f, "caused_by", ()))]
+    led_to_critical = {cause for f in critical_effects for cause in getattr(f, "caused_by", ())}
+    chosen = [f for f in with_recs if (f.name in roots and (f.severity.value == "critical"
+                                                             or f.name not in led_to_critical))
+              or any(f is c for c in critical_effects)]
+    return chosen or with_recs[:1]
 
 
 def _apply_fixes(run_dir: Path, config: TrainConfig, out_dir: Path, max_steps: int | None, nproc: int,
@@ -216,6 +265,10 @@ def _apply_fixes(run_dir: Path, config: TrainConfig, out_dir: Path, max_steps: i
         for name, value in fixes_to_overrides([rec], config).items():
             fixes.setdefault(name, value)
     echo(f"fixing {', '.join(f'{f.name} ({f.code})' for f in findings)}")
+    for f in set_aside(diagnosis):
+        echo(f"not applied: {', '.join(f'{r.hparam} {r.current!r} -> {r.suggested!r}' for r in f.recommendations)} "
+             f"({f.name}, {f.severity.value}): it led to a critical finding whose own fixes are applied; "
+             "test it separately with --set")
     for rec in recommendations:
         if not fixes_to_overrides([rec], config):
             echo(f"skipped: {rec.hparam} -> {rec.suggested!r} is not a setting of the reference trainer")
@@ -231,19 +284,44 @@ def _apply_fixes(run_dir: Path, config: TrainConfig, out_dir: Path, max_steps: i
           command=f"reproduce-run --apply-fixes {run_dir}")
     about = [f.name for f in findings]
     before, after = summarize(run_dir, stop, config, about), summarize(out_dir, stop, fixed, about)
+    if CLAMPED not in (before.get("final lm_loss"), after.get("final lm_loss")):
+        before.pop(LAST_LM, None)
+        after.pop(LAST_LM, None)
     redefined = sorted(LOSS_DEFINITIONS.intersection(fixes))
     for line in before_after_table(before, after, loss_comparable=not redefined):
         echo(line)
+    if CLAMPED in before.values() or CLAMPED in after.values():
+        echo("note: NaN in a loss row: that step's loss was non-finite (logged as NaN, or clamped to 0.0, which makes "
+             "a total loss look lower); it counts as worse than any number")
     if redefined:
         echo(f"note: the fix changes what the loss measures ({', '.join(redefined)}), so loss rows are not judged"
-             + ("; lm_loss compares across temperatures" if "final lm_loss (unclamped)" in before else ""))
+             + ("; lm_loss compares across temperatures" if "final lm_loss" in before else ""))
     for line in findings_before_after(diagnosis, diagnose_path(out_dir), stop):
         echo(line)
-    worse = [key for key in before if judge(key, before[key], after.get(key, math.nan), not redefined) == "worse"]
-    if worse:
-        echo("worse after the fix: " + "; ".join(
-            f"{key} {before[key]:.5g} -> {after.get(key, math.nan):.5g}" for key in worse))
+    echo(verdict(before, after, not redefined))
     return 0
+
+
+def verdict(before: dict[str, float], after: dict[str, float], loss_comparable: bool = True) -> str:
+    """One line: which judged numbers improved and which got worse; a fix is called clean only when none got
+    worse and no NaN is left."""
+    judged = {key: judge(key, before[key], after.get(key, math.nan), loss_comparable) for key in before}
+    change = {key: f"{key} {_cell(before[key])} -> {_cell(after.get(key, math.nan))}" for key in before}
+    better = [change[k] for k, v in judged.items() if v == "better"]
+    worse = [change[k] for k, v in judged.items() if v == "worse"]
+    nan_left = after.get("NaN/Inf (logged or clamped)", 0.0)
+    problems = []
+    if nan_left and math.isfinite(nan_left):
+        problems.append(f"the run still goes non-finite ({nan_left:.0f} NaN/Inf)")
+    if worse:
+        problems.append("some numbers got worse")
+    if problems:
+        head = "verdict: not a clean fix, " + " and ".join(problems)
+    elif better:
+        head = "verdict: fixed, nothing got worse"
+    else:
+        head = "verdict: no judged number changed"
+    return (f"{head}; better: {'; '.join(better) or 'nothing'}; worse: {'; '.join(worse) or 'nothing'}")
 
 
 SERIOUS = ("critical", "warning")
@@ -276,7 +354,8 @@ def findings_before_after(before: Any, after: Any, stop: int | None) -> list[str
     lines = [f"{header:<{width}}  {'before':>12}  {'after':>12}"]
     lines += [f"{n:<{width}}  {was.get(n, '-'):>12}  {now.get(n, '-'):>12}" for n in names]
     cleared = [n for n in was if n not in now]
-    verdict = f"the fix cleared {len(cleared)} of {len(was)}" + (f": {', '.join(cleared)}" if cleared else "")
+    verdict = (f"findings gone after the fix: {len(cleared)} of {len(was)}"
+               + (f" ({', '.join(cleared)})" if cleared else ""))
     stayed = [n for n in was if n in now]
     new = [n for n in now if n not in was]
     if stayed:
@@ -289,7 +368,7 @@ def findings_before_after(before: Any, after: Any, stop: int | None) -> list[str
 # Which way each row of the table improves: -1 lower is better, +1 higher is better; rows not listed describe a
 # setting (effective batch, mask ratio, T^2) or a wall-clock speed, and are shown without a judgement.
 BETTER = {"final loss": -1, "min loss": -1, "final eval loss": -1, "max grad norm": -1,
-          "NaN/Inf (logged or clamped)": -1, "fp16 overflows": -1, "final lm_loss (unclamped)": -1,
+          "NaN/Inf (logged or clamped)": -1, "fp16 overflows": -1, "final lm_loss": -1, LAST_LM: -1,
           "loss drop, last half": +1, "max loss": -1, "min loss_scale": +1}
 LOSS_ROWS = {"final loss", "min loss", "final eval loss", "max loss", "loss drop, last half", "first loss"}
 # Settings that change what the logged loss measures: before and after are then different quantities.
@@ -300,10 +379,12 @@ SAME = 0.02  # relative change under which a row reads "same": seeds and schedul
 
 def judge(key: str, before: float, after: float, loss_comparable: bool = True) -> str:
     """'better', 'worse', 'same', or '' (a setting, a speed, a loss that means something else after the fix, or a
-    number missing on one side)."""
+    number missing on one side). A CLAMPED loss (a NaN logged as 0.0) is worse than any real one."""
     direction = BETTER.get(key)
     if direction is None or (key in LOSS_ROWS and not loss_comparable) or math.isnan(before) or math.isnan(after):
         return ""
+    if CLAMPED in (before, after):
+        return "" if before == after else ("worse" if after == CLAMPED else "better")
     if abs(after - before) <= SAME * max(abs(before), abs(after)):
         return "same"
     return "better" if (after - before) * direction > 0 else "worse"
@@ -321,5 +402,8 @@ def before_after_table(before: dict[str, float], after: dict[str, float], loss_c
 
 
 def _cell(value: float) -> str:
-    """A number of the table; '-' where the run has none (no non-finite step, no fp16 loss scale under bf16)."""
+    """A number of the table; '-' where the run has none (no non-finite step, no fp16 loss scale under bf16),
+    'NaN' where its loss was non-finite (logged as NaN, or as 0.0 by a clamp)."""
+    if value == CLAMPED:
+        return "NaN"
     return "-" if math.isnan(value) else f"{value:.5g}"

@@ -172,3 +172,34 @@ def test_grad_nan_with_healthy_loss_and_unknown_precision_is_info():
     assert f.severity is Severity.INFO
     [f] = run_check(make_run({"loss": np.linspace(4, 3, 100), "grad_norm": grad}, hparams={"precision": "bf16"}))
     assert f.severity is Severity.CRITICAL
+
+
+CLAMP = Event("nan_clamp", 220, "[Warning] lm_loss produced non-finite value (nan); clamping to zero.", "train.log", 9)
+
+
+def test_a_clamped_loss_in_fp16_gets_a_stable_softmax_first():
+    lm = np.r_[np.linspace(5.5, 4.2, 220), 0.0, np.full(29, 4.2)]
+    run = make_run({"lm_loss": lm}, hparams={"precision": "fp16", "lm_loss_softmax": "naive"}, events=[CLAMP])
+    [f] = run_check(run)
+    first = f.recommendations[0]
+    assert (first.hparam, first.current, first.suggested) == ("lm_loss_softmax", "naive", "stable")
+    assert "ln(65504) = 11.09" in first.rationale and "lm_loss" in first.rationale
+    assert [r.hparam for r in f.recommendations[1:]][:1] == ["precision"]
+
+
+def test_a_clamp_line_alone_is_enough_to_name_the_loss():
+    run = make_run({"kd_raw": ([0, 100, 300], [4.2, 3.1, 4.2])}, hparams={"precision": "fp16"}, events=[CLAMP])
+    [f] = run_check(run)
+    rec = next(r for r in f.recommendations if r.hparam == "lm_loss_softmax")
+    assert rec.current is None and "in lm_loss, in fp16" in rec.rationale
+
+
+@pytest.mark.parametrize("hparams, events", [
+    ({"precision": "bf16", "lm_loss_softmax": "naive"}, [CLAMP]),  # bf16 exp() overflows only past 88.7
+    ({"precision": "fp16", "lm_loss_softmax": "stable"}, [CLAMP]),  # already stable
+    ({"precision": "fp16"}, []),  # a framework's loss (no clamp of its own): its cross-entropy runs in fp32
+])
+def test_no_stable_softmax_where_it_cannot_be_the_cause(hparams, events):
+    lm = np.r_[np.linspace(5.5, 4.2, 220), 0.0, np.full(29, 4.2)]
+    [f] = run_check(make_run({"lm_loss": lm}, hparams=hparams, events=events))
+    assert "lm_loss_softmax" not in {r.hparam for r in f.recommendations}

@@ -100,7 +100,7 @@ def test_megatron_validation_ppl_is_exp_of_lm_loss(real_runs):
 def test_kd_sample_run_gives_the_seed_002_diagnosis():
     run = read(SAMPLE_RUNS / "kd-temperature-blowup")
     [kd] = check("D001", run)
-    assert kd.severity is Severity.CRITICAL
+    assert kd.severity is Severity.WARNING  # KD term ~5.6, a fresh LM loss's size; the NaN is an fp16 overflow
     recs = {r.hparam: r for r in kd.recommendations}
     assert (recs["temperature"].current, recs["temperature"].suggested) == (3.0, 2.0)
     assert recs["min_temperature"].suggested == 1.5
@@ -108,6 +108,9 @@ def test_kd_sample_run_gives_the_seed_002_diagnosis():
     [nan] = check("N001", run)
     assert nan.severity is Severity.CRITICAL and nan.first_step == 220
     assert nan.metrics["restart_checkpoint"] == "checkpoints/step_000125.pt"
+    fixes = {r.hparam: r for r in nan.recommendations}
+    assert (fixes["lm_loss_softmax"].current, fixes["lm_loss_softmax"].suggested) == ("naive", "stable")
+    assert "11.09" in fixes["lm_loss_softmax"].rationale
 
 
 def test_kd_control_is_quiet():
