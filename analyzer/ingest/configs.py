@@ -80,7 +80,7 @@ def read(paths: list[Path], root: Path) -> Ingested:
         if not isinstance(value, Mapping):
             out.notes.append(Note(file, "not a mapping of settings; not read"))
             continue
-        out.add_hparams(bounded(value), file)
+        out.add_hparams(settings(value), file)
     return out
 
 
@@ -198,6 +198,21 @@ def bounded(value: Mapping, limit: int = MAX_HPARAMS) -> dict[str, Any]:
         return out
 
     return walk(value, 0)
+
+
+def settings(value: Mapping, limit: int = MAX_HPARAMS) -> dict[str, Any]:
+    """`bounded(value)` without the nulls whose name another key of the same config sets: HF 4.x's
+    TrainingArguments hold `per_device_train_batch_size: 8` and then the deprecated `per_gpu_train_batch_size:
+    null`, both batch_size, and the null read last would hide the 8. A null no other key sets is kept (Lightning's
+    `gradient_clip_val: null` says there is no clipping)."""
+    out = bounded(value, limit)
+    set_names = {canonical_hparam(key) for key, item in flatten(out).items() if item is not None}
+
+    def prune(node: dict) -> dict:
+        return {key: prune(item) if isinstance(item, dict) else item for key, item in node.items()
+                if not (item is None and canonical_hparam(key) in set_names)}
+
+    return prune(out)
 
 
 def _number_text(value: Any) -> Any:

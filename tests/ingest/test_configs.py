@@ -64,6 +64,15 @@ def test_hf_training_args_json(tmp_path):
     assert run.hparam("logging_nan_inf_filter") is True and run.hparams["lr"].key == "learning_rate"
 
 
+def test_a_null_does_not_hide_the_value_another_key_gives_the_same_setting(tmp_path):
+    # HF 4.x TrainingArguments: per_device_train_batch_size, then the deprecated per_gpu_train_batch_size (null)
+    path = write(tmp_path, "training_args.json",
+                 '{"per_device_train_batch_size": 8, "per_gpu_train_batch_size": null, "max_grad_norm": null}')
+    run = read(tmp_path, path)
+    assert run.hparam("batch_size") == 8 and run.hparams["batch_size"].key == "per_device_train_batch_size"
+    assert "max_grad_norm" in run.hparams and run.hparam("max_grad_norm") is None  # a null nothing else sets stays
+
+
 def test_nested_yaml_and_deepspeed_config(tmp_path):
     yaml_path = write(tmp_path, "config.yaml", "model:\n  vocab_size: 50257\noptimizer:\n  lr: 6.0e-4\n"
                                                "  weight_decay: 1e-1\ntrainer:\n  gradient_clip_val: 1.0\n")
