@@ -211,4 +211,81 @@ def test_hf_tensorboard_training_arguments_are_hparams():
 
     run = read_run(PATHOLOGIES / "hf_lr_too_high" / "runs")
     assert (run.hparam("lr"), run.hparam("max_grad_norm"), run.hparam("grad_accum")) == (1.0, 1.0, 1)
-    assert "tfevents" in run.hparams["lr"].file and run.hparams["lr"].key == "learning_rate"
+    assert "tfevents" in run.hparams["lr"].file
+    assert run.hparams["lr"].key == "args/text_summary[record 2].learning_rate"  # the tag and its record
+
+
+def test_hf_tensorboard_model_config_gives_the_vocabulary():
+    # HF logs the model config as JSON text too: the runs/ folder alone knows the vocabulary, so the chance level
+    from analyzer.ingest import read_run
+
+    run = read_run(PATHOLOGIES / "hf_lr_too_high" / "runs")
+    assert run.hparam("vocab_size") == 128
+    assert run.hparams["vocab_size"].key == "model_config/text_summary[record 3].vocab_size"
+
+
+def test_hf_tensorboard_end_of_run_summary_is_noted():
+    from analyzer.ingest import read_run
+
+    notes = [n for n in read_run(PATHOLOGIES / "hf_healthy" / "runs").notes if "end-of-run summary" in n.message]
+    assert len(notes) == 1 and notes[0].line == 274 and notes[0].count == 5  # records 274-278 at step 300
+
+
+# --- the same point in trainer_state.json and the TensorBoard file: cited from the text ----------------------------
+
+def hf_run_killed_after_checkpoint(tmp_path, checkpoint: int):
+    """hf_healthy as a run killed after `checkpoint`: trainer_state.json only in checkpoint-N/ (log_history up to
+    N, as Trainer saves it), while the TensorBoard file holds every logged step."""
+    import shutil
+
+    run_dir = tmp_path / "hf_killed"
+    shutil.copytree(PATHOLOGIES / "hf_healthy", run_dir, ignore=shutil.ignore_patterns("*.safetensors"))
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    state["log_history"] = [e for e in state["log_history"] if e["step"] <= checkpoint and "train_runtime" not in e]
+    state["global_step"] = checkpoint
+    (run_dir / "trainer_state.json").unlink()
+    (run_dir / f"checkpoint-{checkpoint}").mkdir()
+    (run_dir / f"checkpoint-{checkpoint}" / "trainer_state.json").write_text(json.dumps(state, indent=2))
+    return run_dir
+
+
+def test_hf_points_in_both_files_are_cited_from_trainer_state(tmp_path):
+    from analyzer.ingest import read_run
+
+    run = read_run(hf_run_killed_after_checkpoint(tmp_path, 200))
+    file, line = run.point("loss", 100)
+    assert file == "checkpoint-200/trainer_state.json"
+    text_line = (tmp_path / "hf_killed" / file).read_text().splitlines()[line - 1]
+    assert text_line.strip().startswith('"loss"')
+
+
+def test_hf_tensorboard_points_past_the_checkpoint_are_read_from_it(tmp_path):
+    from analyzer.ingest import read_run
+
+    run = read_run(hf_run_killed_after_checkpoint(tmp_path, 200))
+    loss = run.series("loss")
+    assert len(loss) == TRUTH["hf_healthy"]["points"] and loss.iloc[-1] == pytest.approx(
+        TRUTH["hf_healthy"]["last_loss"], rel=1e-4)
+    assert "tfevents" in run.point("loss", 300)[0]
+
+
+def test_hf_tensorboard_file_running_past_the_checkpoint_is_no_restart(tmp_path):
+    from analyzer.ingest import read_run
+
+    assert read_run(hf_run_killed_after_checkpoint(tmp_path, 200)).events_of("restart") == ()
+
+
+def test_a_text_log_repeating_the_tensorboard_points_is_cited_whatever_the_readers_order(tmp_path):
+    # a CSV (read after TensorBoard files) holding the same losses: the point is cited at its CSV line
+    import shutil
+
+    from analyzer.ingest import read_run
+
+    run_dir = tmp_path / "tb_and_csv"
+    shutil.copytree(PATHOLOGIES / "hf_healthy" / "runs", run_dir)
+    history = json.loads((PATHOLOGIES / "hf_healthy" / "trainer_state.json").read_text())["log_history"]
+    rows = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    (run_dir / "metrics.csv").write_text("step,loss\n" + "".join(f"{s},{v}\n" for s, v in rows))
+    run = read_run(run_dir)
+    assert run.point("loss", 100) == ("metrics.csv", 1 + [s for s, _ in rows].index(100) + 1)
+    assert not run.events_of("restart")

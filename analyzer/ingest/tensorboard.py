@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from analyzer.ingest import _protobuf as pb
-from analyzer.ingest import clock
+from analyzer.ingest import clock, configs
 from analyzer.run import CANONICAL_METRICS, Ingested, Note, canonical_metric
 from analyzer.ingest.paths import relative
 
@@ -53,15 +53,19 @@ DTYPES = {
 HPARAMS_PLUGIN, HPARAMS_SESSION_START, SESSION_HPARAMS = "hparams", 3, 1
 PB_NUMBER, PB_STRING, PB_BOOL = 2, 3, 4
 SCALAR_PLUGINS = {"", "scalars"}
-# HF Trainer's TensorBoardCallback (transformers/integrations/integration_utils.py): `add_text("args",
-# args.to_json_string())` is the TrainingArguments as JSON; and its end-of-run summary (`train_runtime`,
-# `train_loss` = the mean loss of the whole run, ...) is logged like a step's metrics, prefixed `train/`.
+# HF Trainer's TensorBoardCallback (transformers/integrations/integration_utils.py): on_train_begin writes
+# `add_text("args", args.to_json_string())`, the TrainingArguments as JSON, and `add_text("model_config", ...)`, the
+# model's config as JSON; on_log writes every log with non-eval keys prefixed `train/` (`train/loss`,
+# `train/learning_rate`, `train/epoch`: Trainer.log adds the epoch to every log), so its end-of-run summary
+# (`train_runtime`, `train_loss` = the mean loss of the whole run, ...) comes as if it were a step's metrics.
 TEXT_PLUGIN, DT_STRING, TENSOR_STRING_VAL = "text", 7, 8
-HF_ARGS_TAG = "args/text_summary"
+HF_ARGS_TAG, HF_MODEL_CONFIG_TAG = "args/text_summary", "model_config/text_summary"
+HF_TEXT_TAGS = (HF_MODEL_CONFIG_TAG, HF_ARGS_TAG)  # read in this order: the training arguments win a shared name
 HF_SUMMARY_TAGS = tuple(f"train/{key}" for key in
                         ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss",
                          "total_flos"))
 HF_SUMMARY_SIGNATURE = "train/train_runtime"  # always in HF's summary, never a metric of a training step
+HF_EPOCH_TAG, HF_STEP_TAGS = "train/epoch", ("train/loss", "train/learning_rate")
 
 
 def sniff(path: Path) -> bool:
@@ -69,7 +73,7 @@ def sniff(path: Path) -> bool:
 
 
 def read(paths: list[Path], root: Path) -> Ingested:
-    out = Ingested(FORMAT)
+    out = Ingested(FORMAT, lines_are_records=True)  # `line` is the record number
     read_files = []
     event_folders = {path.parent for path in paths}
     for path in sorted(paths, key=_write_order):
@@ -79,8 +83,10 @@ def read(paths: list[Path], root: Path) -> Ingested:
         except OSError as error:
             out.notes.append(Note(rel, f"unreadable: {error.strerror or error}"))
             continue
-        frame, times, hparams = _read_events(data, rel, out.notes)
-        frame, times = _without_hf_summary(frame, times, hparams)
+        frame, times, hparams, texts = _read_events(data, rel, out.notes)
+        if texts or _has_hf_tags(frame):
+            frame, times = _without_hf_summary(frame, times, hparams, rel, out.notes)
+        hparams = [(hparams, "")] + _hf_texts(texts, rel, out.notes)
         if _is_eval_dir(path, root):
             frame["split"] = "eval"
         else:
@@ -89,8 +95,8 @@ def read(paths: list[Path], root: Path) -> Ingested:
     chosen = _chosen_runs(read_files, root, out)
     read_files = [(rel, frame, times, hparams) for folder, rel, frame, times, hparams in read_files if folder in chosen]
     for rel, _, _, hparams in read_files:
-        if hparams:
-            out.add_hparams(hparams, rel)
+        for values, prefix in hparams:
+            out.add_hparams(values, rel, prefix=prefix)
     # Every Event carries its wall time: the clock is that of the training loss's events, whichever file holds them
     # (one tag for all files, so a second writer's points never interleave with the loop's).
     loop = clock.frames_loop_metric(frame for _, frame, _, _ in read_files)
@@ -145,11 +151,18 @@ def _write_order(path: Path) -> tuple:
     return (0, int(match[1]), path.as_posix()) if match else (1, 0, path.as_posix())
 
 
-def _without_hf_summary(frame: pd.DataFrame, times: np.ndarray, hparams: dict) -> tuple[pd.DataFrame, np.ndarray]:
+def _has_hf_tags(frame: pd.DataFrame) -> bool:
+    """The file was written by HF's TensorBoardCallback: its per-step tags (the epoch with the loss or the lr)."""
+    tags = set(pd.unique(frame["name"]))
+    return HF_EPOCH_TAG in tags and any(tag in tags for tag in HF_STEP_TAGS)
+
+
+def _without_hf_summary(frame: pd.DataFrame, times: np.ndarray, hparams: dict, rel: str,
+                        notes: list[Note]) -> tuple[pd.DataFrame, np.ndarray]:
     """HF Trainer's end-of-run summary is run facts, kept as hparams (as the trainer_state.json reader does), not a
     step's metrics: its `train/train_loss` is the mean loss of the whole run and would replace the last logged
-    loss. It is recognised by `train/train_runtime` at the same step, so a user's own `train/train_loss` series is
-    kept."""
+    loss. It is recognised by `train/train_runtime` at the same step, in a file HF wrote (the caller checks), so a
+    user's own `train/train_loss` series is kept."""
     names = frame["name"]
     signature_steps = frame.loc[names == HF_SUMMARY_SIGNATURE, "step"].unique()
     if not len(signature_steps):
@@ -157,7 +170,26 @@ def _without_hf_summary(frame: pd.DataFrame, times: np.ndarray, hparams: dict) -
     summary = (names.isin(HF_SUMMARY_TAGS) & frame["step"].isin(signature_steps)).to_numpy()
     last = frame[summary].drop_duplicates("name", keep="last")
     hparams.update(zip(last["name"].str.removeprefix("train/"), last["value"].tolist()))
+    notes.append(Note(rel, f"HF Trainer's end-of-run summary at step {int(signature_steps[-1])} "
+                           f"({', '.join(last['name'])}) read as run facts, not as that step's metrics "
+                           "(its train_loss is the mean loss of the whole run)",
+                      line=int(frame.loc[summary, "line"].min()), count=int(summary.sum())))
     return frame[~summary].reset_index(drop=True), times[~summary]
+
+
+def _hf_texts(texts: list[tuple[int, str, bytes]], rel: str, notes: list[Note]) -> list[tuple[dict, str]]:
+    """HF's TrainingArguments and model config, logged as JSON text, as (settings, key prefix) in HF_TEXT_TAGS
+    order; the prefix names the tag and its record. Parsed with json only (the text is the log's, not ours to
+    run); text that is not a JSON object is noted and not read."""
+    found = []
+    for record, tag, raw in sorted(texts, key=lambda t: (HF_TEXT_TAGS.index(t[1]), t[0])):
+        settings = _json_text(raw)
+        if settings is None:
+            notes.append(Note(rel, f"{tag} (record {record}) is not a JSON object of settings; not read",
+                              line=record))
+            continue
+        found.append((configs.settings(settings), f"{tag}[record {record}]."))
+    return found
 
 
 def _is_eval_dir(path: Path, root: Path) -> bool:
@@ -233,22 +265,26 @@ def _data_crc_ok(data: bytes, starts: np.ndarray, lengths: np.ndarray) -> np.nda
 
 # --- Event records ----------------------------------------------------------------------------------------------------
 
-def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame, np.ndarray, dict]:
+def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame, np.ndarray, dict, list]:
     """(step, name, value, line frame; each row's wall time in seconds since the epoch, NaN where unusable;
-    hparams)."""
+    hparams; HF's JSON texts as (record number, tag, tensor))."""
     starts, lengths = frame_records(data, rel, notes)
     steps, names, values, lines, used, times = [], [], [], [], [], []
     hparams: dict = {}
+    texts: list[tuple[int, str, bytes]] = []
     plugins: dict[str, str] = {}  # tag -> plugin: metadata comes only with a tag's first value
     undecodable = []
     for index in range(len(starts)):
         start = int(starts[index])
         record = data[start:start + int(lengths[index])]
+        texts_before = len(texts)
         try:
-            found = _decode_event(record, plugins, hparams)
+            found = _decode_event(record, plugins, hparams, texts)
         except pb.DecodeError:
+            del texts[texts_before:]
             undecodable.append(index)
             continue
+        texts[texts_before:] = [(index + 1, tag, raw) for _, tag, raw in texts[texts_before:]]
         if found is None:
             continue
         step, wall_time, points = found
@@ -274,10 +310,11 @@ def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame
                               line=min(bad_lines), count=len(bad_lines)))
             kept = ~frame["line"].isin(bad_lines).to_numpy()
             frame, wall_times = frame[kept].reset_index(drop=True), wall_times[kept]
-    return frame, wall_times, hparams
+    return frame, wall_times, hparams, texts
 
 
-def _decode_event(record: bytes, plugins: dict[str, str], hparams: dict) -> tuple[int, float, list] | None:
+def _decode_event(record: bytes, plugins: dict[str, str], hparams: dict,
+                  texts: list) -> tuple[int, float, list] | None:
     """(step, wall time, [(tag, value)]) of one Event record with scalar values, else None."""
     step, wall_time, summary = 0, np.nan, None
     for number, wire, value in pb.fields(record):
@@ -292,13 +329,13 @@ def _decode_event(record: bytes, plugins: dict[str, str], hparams: dict) -> tupl
     points = []
     for number, wire, value in pb.fields(summary):
         if number == SUMMARY_VALUE and wire == pb.LEN:
-            point = _decode_value(value, plugins, hparams)
+            point = _decode_value(value, plugins, hparams, texts)
             if point is not None:
                 points.append(point)
     return (step, wall_time, points) if points else None
 
 
-def _decode_value(raw: bytes, plugins: dict[str, str], hparams: dict) -> tuple[str, float] | None:
+def _decode_value(raw: bytes, plugins: dict[str, str], hparams: dict, texts: list) -> tuple[str, float] | None:
     tag, simple, tensor, plugin, content = "", None, None, None, None
     for number, wire, value in pb.fields(raw):
         if number == VALUE_TAG and wire == pb.LEN:
@@ -316,8 +353,8 @@ def _decode_value(raw: bytes, plugins: dict[str, str], hparams: dict) -> tuple[s
         if content:
             hparams.update(_session_hparams(content))
         return None
-    if plugin == TEXT_PLUGIN and tag == HF_ARGS_TAG and tensor is not None:
-        hparams.update(_hf_training_args(tensor))
+    if plugin == TEXT_PLUGIN and tag in HF_TEXT_TAGS and tensor is not None:
+        texts.append((0, tag, tensor))  # its record number is filled in by the caller
         return None
     if simple is not None:
         return tag, simple
@@ -377,17 +414,16 @@ def _typed_value(raw, fmt: str):
     return values[-1] if values else None
 
 
-def _hf_training_args(raw: bytes) -> dict:
-    """HF's TrainingArguments, logged as JSON text: parsed as JSON only; anything else gives nothing."""
-    message = pb.parse(raw)
-    if pb.last(message, TENSOR_DTYPE, 0) != DT_STRING:
-        return {}
-    text = pb.last(message, TENSOR_STRING_VAL, b"")
+def _json_text(raw: bytes) -> dict | None:
+    """The JSON object in a string TensorProto (HF's add_text), or None: parsed as JSON only, never evaluated."""
     try:
-        args = json.loads(bytes(text).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return {}
-    return args if isinstance(args, dict) else {}
+        message = pb.parse(raw)
+        if pb.last(message, TENSOR_DTYPE, 0) != DT_STRING:
+            return None
+        value = json.loads(bytes(pb.last(message, TENSOR_STRING_VAL, b"")).decode("utf-8"))
+    except (pb.DecodeError, UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _session_hparams(content: bytes) -> dict:

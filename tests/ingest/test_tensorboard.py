@@ -371,12 +371,34 @@ def test_a_users_own_train_loss_tag_is_a_metric(tmp_path):
     assert points(piece)["train/train_loss"] == [(10, 2.0), (20, 1.5)] and piece.hparams == []
 
 
+def hf_log(step: int, **values: float) -> bytes:
+    """One HF Trainer log as its TensorBoardCallback writes it: non-eval keys prefixed train/, the epoch included."""
+    return tb_event(step, *(tb_simple(f"train/{key}", value) for key, value in values.items()))
+
+
 def test_hf_end_of_run_summary_is_hparams_not_points(tmp_path):
-    write(tmp_path, tb_event(20, tb_simple("train/loss", 1.5)),
-          tb_event(20, tb_simple("train/train_runtime", 9.0), tb_simple("train/train_loss", 2.5)))
+    write(tmp_path, hf_log(20, loss=1.5, epoch=1.0), hf_log(20, train_runtime=9.0, train_loss=2.5, epoch=1.0))
     piece = read_dir(tmp_path)
-    assert points(piece) == {"train/loss": [(20, 1.5)]}
+    assert points(piece) == {"train/loss": [(20, 1.5)], "train/epoch": [(20, 1.0), (20, 1.0)]}
     assert {n: v for n, v, _, _ in piece.hparams} == {"train_runtime": 9.0, "train_loss": 2.5}
+
+
+def test_hf_end_of_run_summary_is_noted(tmp_path):
+    write(tmp_path, hf_log(20, loss=1.5, epoch=1.0), hf_log(20, train_runtime=9.0, train_loss=2.5, epoch=1.0))
+    (note,) = read_dir(tmp_path).notes
+    assert "end-of-run summary at step 20" in note.message and note.line == 3 and note.count == 2  # record 1: version
+
+
+def test_a_summary_like_tag_in_a_file_hf_did_not_write_is_a_metric(tmp_path):
+    # a plain SummaryWriter logging its own train/train_runtime and train/train_loss: no HF epoch/args, no summary
+    write(tmp_path, tb_event(20, tb_simple("train/train_runtime", 9.0), tb_simple("train/train_loss", 2.5)))
+    piece = read_dir(tmp_path)
+    assert points(piece) == {"train/train_runtime": [(20, 9.0)], "train/train_loss": [(20, 2.5)]}
+    assert piece.hparams == [] and piece.notes == []
+
+
+def hf_text(tag: str, text) -> bytes:
+    return tb_tensor(tag, 7, typed=f_bytes(8, text), plugin="text")
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -384,7 +406,22 @@ def test_hf_end_of_run_summary_is_hparams_not_points(tmp_path):
     ("not json {", {}),
     ('["a list"]', {}),
     (b"\xff\xfe", {}),
-])
+    ('{"a": ' * 5000 + "1" + "}" * 5000, {}),  # nested past Python's recursion limit
+], ids=["json-object", "not-json", "json-list", "not-utf8", "nested-too-deep"])
 def test_hf_training_arguments_text_is_parsed_as_json_only(tmp_path, text, expected):
-    write(tmp_path, tb_event(0, tb_tensor("args/text_summary", 7, typed=f_bytes(8, text), plugin="text")))
+    write(tmp_path, tb_event(0, hf_text("args/text_summary", text)))
     assert {n: v for n, v, _, _ in read_dir(tmp_path).hparams} == expected
+
+
+def test_hf_text_that_is_not_a_json_object_is_noted(tmp_path):
+    write(tmp_path, tb_event(0, hf_text("args/text_summary", "__import__('os')")))
+    (note,) = read_dir(tmp_path).notes
+    assert "args/text_summary (record 2) is not a JSON object" in note.message and note.line == 2
+
+
+def test_hf_model_config_text_is_hparams_and_the_training_arguments_win_a_shared_name(tmp_path):
+    write(tmp_path, tb_event(0, hf_text("args/text_summary", '{"seed": 1}')),
+          tb_event(0, hf_text("model_config/text_summary", '{"vocab_size": 128, "seed": 7}')))
+    run = build_run(tmp_path, [read_dir(tmp_path)])
+    assert run.hparam("vocab_size") == 128 and run.hparam("seed") == 1
+    assert run.hparams["vocab_size"].key == "model_config/text_summary[record 3].vocab_size"
