@@ -26,6 +26,9 @@ OVERVIEW_FIGSIZE = (7.2, 3.6)
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 0.75, 0.15, 0.5, 0.45  # inches: tick labels, title + legend
 PANEL_GAP = 0.55  # inches between stacked panels: the lower panel's title and legend
 LABEL_LEFT_OF = 0.9  # a marked step beyond this fraction of the x axis gets its label on the left of the line
+MARK_LABEL_GAP = 0.06  # marks closer than this (fraction of the x axis) get their labels on separate rows
+MARK_ROW_POINTS = 10  # the height of a row of mark labels
+MAX_MARK_ROWS = 3
 LEGEND_COLUMNS = 3  # more entries wrap to a second row rather than run into the title
 SVG_SALT = "postmortem"  # fixes matplotlib's SVG ids, so the same run renders byte-identical figures
 
@@ -180,11 +183,20 @@ def _incident(ax, data: PlotInput) -> None:
 
 def _marks(ax, data: PlotInput) -> None:
     low, high = ax.get_xlim()
-    for step, label in data.marks:
+    rows: list[float] = []  # where each row's last label sits (axes fraction)
+    for step, label in sorted(data.marks):
         ax.axvline(step, color=PURPLE, linewidth=1.0, linestyle=":")
+        at = (step - low) / (high - low) if high > low else 0.0
         # A mark near the right edge is labelled on its left: on the right the label would run off the axes.
-        left = high > low and (step - low) / (high - low) > LABEL_LEFT_OF
-        ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), xytext=(-5 if left else 5, -11),
+        left = at > LABEL_LEFT_OF
+        # Marks a few steps apart (lightning_nan: L001 at 47, N001 at 50) would print their labels over each other
+        # ("LN001"): the later one goes a row lower.
+        row = next((i for i, last in enumerate(rows) if at - last >= MARK_LABEL_GAP), len(rows))
+        if row == len(rows):
+            rows.append(at)
+        rows[row] = at
+        ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"),
+                    xytext=(-5 if left else 5, -11 - MARK_ROW_POINTS * (row % MAX_MARK_ROWS)),
                     textcoords="offset points", fontsize=7, color=PURPLE, ha="right" if left else "left",
                     bbox=dict(boxstyle="square,pad=0.1", facecolor="white", edgecolor="none", alpha=0.75))
 

@@ -419,3 +419,17 @@ def test_the_overview_caption_names_a_finding_once_with_all_its_onsets():
                   ("loss-plateau", "loss-plateau"))
     caption = build_report(d, run, draw=False).overview.caption
     assert caption == "The whole run: dotted lines mark where loss-plateau (L002) began (steps 100 and 200)"
+
+
+def test_labels_of_marks_a_few_steps_apart_do_not_print_over_each_other():
+    # lightning_nan's overview: L001 at step 47 and N001 at step 50 read "LN001".
+    from matplotlib.figure import Figure
+
+    from analyzer.report import plots
+
+    ax = Figure().add_subplot()
+    ax.set_xlim(0, 300)
+    plots._marks(ax, plots.PlotInput(series={}, marks=((47, "L001"), (50, "N001"), (4, "L004"), (288, "C001"))))
+    offsets = {a.get_text(): a.xyann[1] for a in ax.texts}
+    assert offsets["L001"] != offsets["N001"]
+    assert offsets["L004"] == offsets["L001"] == offsets["C001"]  # far apart: one row
