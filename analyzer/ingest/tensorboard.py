@@ -170,9 +170,9 @@ def _without_hf_summary(frame: pd.DataFrame, times: np.ndarray, hparams: dict, r
     summary = (names.isin(HF_SUMMARY_TAGS) & frame["step"].isin(signature_steps)).to_numpy()
     last = frame[summary].drop_duplicates("name", keep="last")
     hparams.update(zip(last["name"].str.removeprefix("train/"), last["value"].tolist()))
-    notes.append(Note(rel, f"HF Trainer's end-of-run summary at step {int(signature_steps[-1])} "
-                           f"({', '.join(last['name'])}) read as run facts, not as that step's metrics "
-                           "(its train_loss is the mean loss of the whole run)",
+    step = int(signature_steps[-1])
+    notes.append(Note(rel, f"HF Trainer's end-of-run summary at step {step} (train_runtime, train_loss = the run's "
+                           f"mean loss, ...) kept as run facts, not as step {step}'s metrics",
                       line=int(frame.loc[summary, "line"].min()), count=int(summary.sum())))
     return frame[~summary].reset_index(drop=True), times[~summary]
 
