@@ -13,12 +13,15 @@ How it decides:
     evaluations, the last `min_tail` of which are all more than `min_rise` above the minimum (so one bad eval is not
     enough), and the median training loss over the last evaluation interval must be below the median training loss
     around the eval minimum (train still improving). Severity: warning; info when another eval metric (accuracy,
-    WER, F1, BLEU, ...) kept improving after the eval-loss minimum, since then the rise is the loss's
-    over-confidence rather than worse predictions.
+    WER, F1, BLEU, ...) kept improving after the eval-loss minimum and is still at its best in one of the last
+    `min_tail` evaluations, since then the rise is the loss's over-confidence rather than worse predictions. A
+    metric that improved after the eval-loss minimum but has been no better since (hf_whisper_overfit: eval_wer
+    0.789 -> 0.743 by step 3000, 0.745 at 5000, while eval_loss rose another 7%) makes it a warning: the last
+    evaluations brought nothing but a higher eval loss.
 What it recommends:
-    Stop training at the eval minimum: `max_steps` set to the step of the minimum (and select or restart from the
-    checkpoint nearest to it, named when one exists), and raise `weight_decay` x10 (0.01 when unset or 0) if
-    training should continue longer.
+    Stop training where the model was best: `max_steps` set to the step of the eval-loss minimum, or of the quality
+    metric's best where that came later (and select or restart from the checkpoint nearest to it, named when one
+    exists; no earlier stop while the quality metric is still at its best at the end), and raise `weight_decay` x10 (0.01 when unset or 0) if training should continue longer.
 Parameters:
     min_rise (default 0.1): how far above its minimum the eval loss must end (0.1 = +10%).
     min_evals (default 4): fewest eval-loss points.
@@ -28,6 +31,7 @@ Parameters:
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,25 +77,44 @@ def check(run, params):
     if not train_now < train_then:
         return []
     final = float(values[-1])
-    better = _improved_quality(run, int(steps[best]))
-    severity = Severity.INFO if better else Severity.WARNING
-    metrics = {"eval_min": minimum, "eval_min_step": int(steps[best]), "eval_final": final,
+    loss_min_step = int(steps[best])
+    quality = _quality(run, loss_min_step, params["min_tail"])
+    improving = quality is not None and quality.still_improving
+    severity = Severity.INFO if improving else Severity.WARNING
+    # where a quality metric improved past the eval-loss minimum, its best step is the model to keep
+    stop_step = quality.best_step if quality is not None else loss_min_step
+    metrics = {"eval_min": minimum, "eval_min_step": loss_min_step, "eval_final": final,
                "rise": final / minimum, "train_at_eval_min": train_then, "train_final": train_now}
-    quality = ""
-    if better:
-        name, then, now = better
-        metrics.update(quality_metric=name, quality_at_min=then, quality_final=now)
-        quality = (f"; {name} still improved ({stats.fmt_num(then)} -> {stats.fmt_num(now)}), so the rise is "
-                   "over-confidence more than worse predictions")
-    ckpt = _nearest_checkpoint(run, int(steps[best]))
+    said = ""
+    if quality is not None:
+        metrics.update(quality_metric=quality.name, quality_at_min=quality.at_loss_min, quality_best=quality.best,
+                       quality_best_step=quality.best_step, quality_final=quality.final,
+                       quality_still_improving=improving)
+        if improving:
+            said = (f"; {quality.name} still improved ({stats.fmt_num(quality.at_loss_min)} -> "
+                    f"{stats.fmt_num(quality.final)}), so the rise is over-confidence more than worse predictions")
+        else:
+            said = (f"; {quality.name} improved only until step {quality.best_step} "
+                    f"({stats.fmt_num(quality.at_loss_min)} -> {stats.fmt_num(quality.best)}) and not since "
+                    f"({stats.fmt_num(quality.final)} at step {quality.final_step}), so the evaluations after it "
+                    "brought a higher eval loss and no better predictions")
+    ckpt = _nearest_checkpoint(run, stop_step)
     pick = f"; the nearest checkpoint is {ckpt.path} (step {ckpt.step})" if ckpt is not None else ""
-    message = (f"eval_loss rose from its minimum {stats.fmt_num(minimum, 4)} at step {int(steps[best])} to "
+    message = (f"eval_loss rose from its minimum {stats.fmt_num(minimum, 4)} at step {loss_min_step} to "
                f"{stats.fmt_num(final, 4)} at step {int(steps[-1])} ({final / minimum - 1:+.0%}) while {metric} "
-               f"fell from {stats.fmt_num(train_then)} to {stats.fmt_num(train_now)}{quality}{pick}.")
-    recs = [Recommendation(
-        "max_steps", stats.hparam_number(run, "max_steps"), int(steps[best]),
-        f"the eval loss was lowest at step {int(steps[best])} and {final / minimum - 1:+.0%} higher by the end; "
-        f"stopping there keeps the best model{pick}")]
+               f"fell from {stats.fmt_num(train_then)} to {stats.fmt_num(train_now)}{said}{pick}.")
+    if stop_step == loss_min_step:
+        why_stop = (f"the eval loss was lowest at step {loss_min_step} and {final / minimum - 1:+.0%} higher by the "
+                    f"end; stopping there keeps the best model{pick}")
+    else:
+        at_stop = float(ev.loc[stop_step]) if stop_step in ev.index else None
+        later = (f" while the eval loss rose {final / at_stop - 1:+.0%} after it" if at_stop else "")
+        why_stop = (f"{quality.name} was best at step {stop_step} ({stats.fmt_num(quality.best)}, "
+                    f"{stats.fmt_num(quality.at_loss_min)} at the eval-loss minimum, step {loss_min_step}) and no "
+                    f"better since{later}; stopping there keeps the best predictions{pick}")
+    # a quality metric still at its best at the end says the later steps did help: no earlier stop to suggest
+    recs = [] if improving else [
+        Recommendation("max_steps", stats.hparam_number(run, "max_steps"), stop_step, why_stop)]
     wd = stats.hparam_number(run, "weight_decay")
     recs.append(Recommendation(
         "weight_decay", wd, DEFAULT_WEIGHT_DECAY if not wd else stats.round_sig(wd * WEIGHT_DECAY_FACTOR, 2),
@@ -100,24 +123,47 @@ def check(run, params):
         "training must run longer"))
     evidence = evidence_at(run, "eval_loss", [int(steps[best]), int(steps[-1])]) + \
         evidence_at(run, metric, [int(at_end.index[-1])])
+    if quality is not None:
+        evidence += evidence_at(run, quality.name, [quality.best_step])
     return [DETECTOR.finding(message, int(steps[best]), int(steps[-1]), severity=severity,
                              confidence=Confidence.HIGH, metrics=metrics, recommendations=recs, evidence=evidence)]
 
 
-def _improved_quality(run, best_step: int):
-    """(metric, value at the eval-loss minimum, final value) of an eval quality metric that kept improving."""
+@dataclass(frozen=True)
+class Quality:
+    """An eval quality metric that improved after the eval-loss minimum."""
+
+    name: str
+    at_loss_min: float  # its value at (or last before) the eval-loss minimum
+    best: float
+    best_step: int
+    final: float
+    final_step: int
+    still_improving: bool  # its best is among the last `min_tail` evaluations
+
+
+def _quality(run, loss_min_step: int, min_tail: int) -> Quality | None:
+    """The eval quality metric that improved after the eval-loss minimum: one still at its best at the end first."""
+    found = []
     for name in run.metrics:
         if name == "eval_loss" or not QUALITY_METRIC.search(name):
             continue
         series = stats.finite(run.series(name))
-        then = series[series.index <= best_step]
-        if not len(then) or series.index[-1] <= best_step:
+        then = series[series.index <= loss_min_step]
+        after = series[series.index > loss_min_step]
+        if not len(then) or not len(after):
             continue
-        a, b = float(then.iloc[-1]), float(series.iloc[-1])
-        lower_better = bool(LOWER_IS_BETTER.search(name))
-        if (b < a) if lower_better else (b > a):
-            return name, a, b
-    return None
+        sign = 1.0 if LOWER_IS_BETTER.search(name) else -1.0  # compare as "lower is better"
+        scored = sign * after.to_numpy(dtype="float64")
+        # the last of equal bests: a metric that holds its best to the end is still at its best
+        at = len(scored) - 1 - int(np.argmin(scored[::-1]))
+        start = float(then.iloc[-1])
+        if not scored[at] < sign * start:
+            continue
+        tail_from = len(series) - min_tail
+        found.append(Quality(name, start, float(after.iloc[at]), int(after.index[at]), float(series.iloc[-1]),
+                             int(series.index[-1]), series.index.get_loc(after.index[at]) >= tail_from))
+    return next((q for q in found if q.still_improving), found[0] if found else None)
 
 
 def _nearest_checkpoint(run, step: int):

@@ -38,6 +38,34 @@ def test_fires_on_whisper_like_run():
 def test_info_when_an_eval_quality_metric_keeps_improving():
     [f] = check(whisper_like(eval_wer=(EVAL[0], [0.789, 0.77, 0.76, 0.75, 0.745])))
     assert f.severity is Severity.INFO and f.metrics["quality_metric"] == "eval_wer"
+    # the later steps still help the predictions: no earlier stop is suggested
+    assert "max_steps" not in {r.hparam for r in f.recommendations}
+
+
+def test_info_when_a_higher_is_better_metric_holds_its_best_to_the_end():
+    [f] = check(whisper_like(eval_accuracy=(EVAL[0], [0.70, 0.74, 0.76, 0.77, 0.77])))
+    assert f.severity is Severity.INFO and f.metrics["quality_best_step"] == 5000
+
+
+def test_warning_when_the_quality_metric_stopped_improving_while_the_eval_loss_kept_rising():
+    # hf_whisper_overfit's shape: WER best at step 3000, no better in the last two evaluations
+    [f] = check(whisper_like(eval_wer=(EVAL[0], [0.789, 0.748, 0.743, 0.744, 0.745])))
+    assert f.severity is Severity.WARNING and f.metrics["quality_best_step"] == 3000
+    assert "improved only until step 3000" in f.message
+    recs = {r.hparam: r for r in f.recommendations}
+    assert recs["max_steps"].suggested == 3000  # the best predictions, not the eval-loss minimum (WER 0.789 there)
+    assert "+7%" in recs["max_steps"].rationale  # eval loss 0.3937 -> 0.42 after step 3000
+
+
+def test_a_quality_metric_that_never_beat_its_value_at_the_loss_minimum_is_no_excuse():
+    [f] = check(whisper_like(eval_wer=(EVAL[0], [0.70, 0.72, 0.75, 0.74, 0.76])))
+    assert f.severity is Severity.WARNING and "quality_metric" not in f.metrics
+    assert {r.hparam: r.suggested for r in f.recommendations}["max_steps"] == 1000
+
+
+def test_quality_metric_with_nan_and_sparse_points_does_not_crash():
+    [f] = check(whisper_like(eval_wer=([1000, 5000], [np.nan, 0.7])))
+    assert f.severity is Severity.WARNING  # nothing at the loss minimum to compare with
 
 
 def test_silent_when_eval_keeps_improving_or_train_rises_too():
@@ -65,7 +93,9 @@ def test_skips_without_enough_evals():
 def test_hf_whisper_overfit(real_runs):
     [f] = check(read_run(real_runs / "hf_whisper_overfit"))
     assert f.first_step == 1000 and f.metrics["eval_final"] == pytest.approx(0.42, abs=1e-3)
-    assert f.severity is Severity.INFO  # eval_wer still improved 0.789 -> 0.745
+    # eval_wer improved 0.789 -> 0.743 until step 3000 and not since, while eval_loss rose another 7%
+    assert f.severity is Severity.WARNING and f.metrics["quality_best_step"] == 3000
+    assert {r.hparam: r.suggested for r in f.recommendations}["max_steps"] == 3000
 
 
 @pytest.mark.parametrize("case", ["hf_tinyllama_healthy", "pl_resnet_onecycle_healthy", "nanogpt_baseline"])
