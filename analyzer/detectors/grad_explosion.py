@@ -150,15 +150,21 @@ def _excursions(run, g, params):
     jumps = [e["jump"] for e in harmful if e["jump"] >= params["loss_jump"]]
     if jumps:
         how.append(f"the {loss[0]} rose {stats.fmt_ratio(max(jumps))} with it")
-    # the numbers quoted are the worst excursion's; where an earlier one began the trouble, say which is which
+    # the numbers quoted are the worst excursion's, over its own baseline; where an earlier one began the finding's
+    # window, it is quoted too, over the baseline before it, so the window and the baselines agree
     since = (f"from step {start_step}" if worst is first else
-             f"the worst of {len(harmful)} excursions, the first from step {start_step}")
+             f"the worst of {len(harmful)} excursions; the first, from step {start_step}, reached "
+             f"{stats.fmt_num(float(g.iloc[first['peak']]))} at step {int(steps[first['peak']])}, "
+             f"{first['ratio']:.0f}x its running median ({_median_text(first, steps)})")
     message = (f"The gradient norm rose to {stats.fmt_num(peak_value)} at step {peak_step}, "
                f"{worst['ratio']:.0f}x its running median ({_median_text(worst, steps)}), {since}: {', '.join(how)}")
-    metrics = {"peak": peak_value, "peak_step": peak_step, "peak_ratio": round(worst["ratio"], 2),
+    metrics = {"peak": peak_value, "peak_step": peak_step, "peak_ratio": round(float(worst["ratio"]), 2),
                "baseline_median": worst["baseline"], "baseline_points": worst["baseline_points"],
                "episodes": len(harmful), "isolated_spikes": len(episodes) - len(harmful),
                "healthy_p99": remedies.healthy_p99(healthy)}
+    if worst is not first:
+        metrics.update(first_excursion_step=start_step, first_peak_ratio=round(float(first["ratio"]), 2),
+                       first_baseline_median=first["baseline"])
     layer_ratio = _layer_ratio(run, peak_step)
     if layer_ratio is not None:
         metrics["first_last_layer_ratio"] = round(layer_ratio, 2)

@@ -126,5 +126,20 @@ def test_the_quoted_baseline_belongs_to_the_excursion_it_describes(real_runs):
     from analyzer.ingest import read_run
 
     [f] = [f for f in run_check(read_run(real_runs / "bloom104b_overflow")) if f.severity is Severity.WARNING]
-    assert f.first_step == 12000 and "before step 16800" in f.message
-    assert "the worst of 2 excursions, the first from step 12000" in f.message
+    assert f.first_step == 12000 and "254x its running median (3458 over the 8 logged points before step 16800)" \
+        in f.message
+    # the window's first excursion is quoted over its own baseline, the median before the window starts
+    assert "the first, from step 12000, reached 1.22e5 at step 13251, 39x its running median (3141 over the 4 " \
+        "logged points before step 12000)" in f.message
+    assert f.metrics["first_excursion_step"] == 12000 and f.metrics["first_baseline_median"] == pytest.approx(3141, 1)
+
+
+def test_two_excursions_quote_each_peak_over_the_median_before_it():
+    loss, grad = base_series()
+    grad[150:155] *= 20
+    grad[300:306] *= 80
+    [f] = run_check(make_run({"loss": loss, "grad_norm": grad}))
+    assert f.severity is Severity.WARNING and (f.first_step, f.metrics["first_excursion_step"]) == (150, 150)
+    assert f.metrics["peak_step"] >= 300 and f.metrics["peak_ratio"] > 40
+    assert 10 < f.metrics["first_peak_ratio"] < 40 and f.metrics["first_baseline_median"] == pytest.approx(2, rel=0.2)
+    assert "before step 150)" in f.message and "before step 300)" in f.message
