@@ -115,3 +115,34 @@ def test_a_spike_that_starts_a_divergence_causes_it():
     ordered, roots = link((_f("loss-divergence", 60, Severity.CRITICAL), _f("loss-spike", 50, Severity.CRITICAL)))
     assert roots == ("loss-spike",)
     assert {f.name: f for f in ordered}["loss-divergence"].caused_by == ("loss-spike",)
+
+
+def test_no_info_root_cause_ever_leads_a_more_severe_one():
+    # general form of the hf_lr_too_high / lightning_nan fix: whatever findings meet, the roots come most severe
+    # first, an info root explains a warning or critical finding, and no info cause stands beside a critical one
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from analyzer.chain import CAUSES
+
+    names = sorted({n for pair in CAUSES for n in pair})
+    finding = st.builds(lambda name, step, sev: _f(name, step, sev), st.sampled_from(names),
+                        st.integers(0, 300), st.sampled_from(list(Severity)))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(finding, min_size=1, max_size=8, unique_by=lambda f: f.name))
+    def check(findings):
+        ordered, roots = link(tuple(findings))
+        by = {f.name: f for f in ordered}
+        ranks = [by[r].severity.rank for r in roots]
+        assert ranks == sorted(ranks, reverse=True)
+        assert [f.name for f in ordered[:len(roots)]] == list(roots)
+        for r in roots:
+            if by[r].severity is Severity.INFO:
+                assert any(r in f.caused_by for f in ordered if f.severity is not Severity.INFO)
+        for f in ordered:
+            causes = [by[c].severity for c in f.caused_by]
+            if Severity.CRITICAL in causes:
+                assert Severity.INFO not in causes
+
+    check()
