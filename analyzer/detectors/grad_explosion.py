@@ -123,8 +123,8 @@ def _excursions(run, g, params):
     if not harmful:
         worst = max(episodes, key=lambda e: e["ratio"])
         return DETECTOR.finding(
-            f"{len(episodes)} isolated gradient-norm spike(s) up to {worst['ratio']:.0f}x the running median "
-            f"(peak {stats.fmt_num(float(g.iloc[worst['peak']]))} at step {int(steps[worst['peak']])}, "
+            f"{len(episodes)} isolated gradient-norm spike(s) up to {stats.fmt_times(worst['ratio'])} the running "
+            f"median (peak {stats.fmt_num(float(g.iloc[worst['peak']]))} at step {int(steps[worst['peak']])}, "
             f"{_median_text(worst, steps)}), each back near its level within a few points, with no rise of the loss: "
             "normal outliers.",
             int(steps[episodes[0]["start"]]), int(steps[episodes[-1]["end"] - 1]), severity=Severity.INFO,
@@ -155,9 +155,10 @@ def _excursions(run, g, params):
     since = (f"from step {start_step}" if worst is first else
              f"the worst of {len(harmful)} excursions; the first, from step {start_step}, reached "
              f"{stats.fmt_num(float(g.iloc[first['peak']]))} at step {int(steps[first['peak']])}, "
-             f"{first['ratio']:.0f}x its running median ({_median_text(first, steps)})")
+             f"{stats.fmt_times(first['ratio'])} its running median ({_median_text(first, steps)})")
     message = (f"The gradient norm rose to {stats.fmt_num(peak_value)} at step {peak_step}, "
-               f"{worst['ratio']:.0f}x its running median ({_median_text(worst, steps)}), {since}: {', '.join(how)}")
+               f"{stats.fmt_times(worst['ratio'])} its running median ({_median_text(worst, steps)}), {since}: "
+               f"{', '.join(how)}")
     metrics = {"peak": peak_value, "peak_step": peak_step, "peak_ratio": round(float(worst["ratio"]), 2),
                "baseline_median": worst["baseline"], "baseline_points": worst["baseline_points"],
                "episodes": len(harmful), "isolated_spikes": len(episodes) - len(harmful),
@@ -169,8 +170,8 @@ def _excursions(run, g, params):
     if layer_ratio is not None:
         metrics["first_last_layer_ratio"] = round(layer_ratio, 2)
         message += f"; first/last layer gradient ratio {layer_ratio:.0f} at the peak"
-    why = (f"the gradient norm reached {stats.fmt_num(peak_value)} ({worst['ratio']:.0f}x its running median) at "
-           f"step {peak_step}")
+    why = (f"the gradient norm reached {stats.fmt_num(peak_value)} ({stats.fmt_times(worst['ratio'])} its running "
+           f"median) at step {peak_step}")
     recs = remedies.unique([remedies.clip(run, healthy, why), remedies.lower_lr(run, why)])
     evidence = evidence_at(run, "grad_norm", [start_step, peak_step])
     jumped = [e for e in harmful if e["jump"] >= params["loss_jump"] and e["loss_peak_step"] is not None]
@@ -199,9 +200,9 @@ def _above_clip(run, g, params):
         return None
     first = int(body.index[int(np.argmax(body.to_numpy() >= params["clip_factor"] * clip))])
     return DETECTOR.finding(
-        f"The gradient norm has a median of {stats.fmt_num(median)} over the run, {ratio:.0f}x the clip threshold "
-        f"max_grad_norm {stats.fmt_num(clip)}: every update is clipped, so the step size is set by the clip, not "
-        "the lr; something makes the gradient far larger than it should be.",
+        f"The gradient norm has a median of {stats.fmt_num(median)} over the run, {stats.fmt_times(ratio)} the clip "
+        f"threshold max_grad_norm {stats.fmt_num(clip)}: every update is clipped, so the step size is set by the "
+        "clip, not the lr; something makes the gradient far larger than it should be.",
         first, int(body.index[-1]), severity=Severity.WARNING, confidence=Confidence.MEDIUM,
         metrics={"median": median, "max_grad_norm": clip, "clip_ratio": round(ratio, 2)},
         evidence=evidence_at(run, "grad_norm", [first, int(body.index[len(body) // 2])]))

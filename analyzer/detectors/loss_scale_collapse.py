@@ -130,7 +130,7 @@ def check(run, params):
                + ("; after the start-up calibration" if calib else "") + ")")
     rise = stats.rise_during(loss_series, start, end, LOOKBACK) if start is not None else stats.Rise(1.0, None, None)
     if jump >= params["loss_jump"]:
-        message += f", while the {loss[0]} rose {jump:.2f}x (from ~{stats.fmt_num(rise.level)})"
+        message += f", while the {loss[0]} rose {stats.fmt_ratio(jump)} (from ~{stats.fmt_num(rise.level)})"
     if len(collapses) > 1:
         message += f"; {len(collapses)} such episodes in all"
     if frequent:
@@ -143,7 +143,7 @@ def check(run, params):
     why = f"the fp16 loss scale collapsed {when}"
     recs = [remedies.bf16(run, why), remedies.clip(run, healthy, why)]
     if jump >= params["loss_jump"]:
-        recs.append(remedies.lower_lr(run, f"{why} and the loss rose {jump:.2f}x"))
+        recs.append(remedies.lower_lr(run, f"{why} and the loss rose {stats.fmt_ratio(jump)}"))
     evidence = [o.evidence for o in ep if o.evidence is not None][:3]
     if jump >= params["loss_jump"] and rise.peak_step is not None:
         evidence += [e for e in evidence_at(run, loss[0], [rise.peak_step]) if e not in evidence]

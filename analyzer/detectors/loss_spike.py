@@ -216,8 +216,8 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
                 median, points = level
                 grad_peak_step = at
                 grad_text = (f"; grad_norm spiked to {stats.fmt_num(gmax)} at step {grad_peak_step}, "
-                             f"{gmax / median:.0f}x its running median ({stats.fmt_num(median)} over the {points} "
-                             f"logged points before step {since})")
+                             f"{stats.fmt_times(gmax / median)} its running median ({stats.fmt_num(median)} over the "
+                             f"{points} logged points before step {since})")
                 metrics.update(grad_norm_peak=gmax, grad_norm_median=median, grad_norm_median_points=points,
                                grad_norm_median_before=since, grad_norm_step=grad_peak_step)
 
@@ -262,7 +262,7 @@ def _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt):
              else "no checkpoint before the spike was found to restart from")
     # the clip value every detector suggests: the healthy p99 (else 1.0), derived once in remedies
     clip = remedies.clip(run, stats.healthy_grad_norms(run) if grad is not None else None,
-                         f"the loss rose {ratio:.2f}x at step {onset}")
+                         f"the loss rose {stats.fmt_ratio(ratio)} at step {onset}")
     if clip is not None:
         recs.append(replace(clip, rationale=f"{clip.rationale}; {where}"))
     lr = stats.hparam_number(run, "lr") or sched.peak_lr
@@ -272,7 +272,7 @@ def _recommendations(run, sp, onset, ratio, persistent, grad, sched, ckpt):
         at_text = f" (lr {stats.fmt_num(at)} at the spike)" if at else ""
         recs.append(Recommendation(
             "lr", lr, stats.round_sig(lr * factor, 2),
-            f"the loss rose {ratio:.2f}x within one logging interval{at_text}; a x{factor} lower peak lr "
+            f"the loss rose {stats.fmt_ratio(ratio)} within one logging interval{at_text}; a x{factor} lower peak lr "
             f"lowers the size of the update a bad batch can make, as OPT-175B's restarts did"
             + ("" if recs else f"; {where}")))
     return recs

@@ -21,7 +21,8 @@ How it decides:
 What it recommends:
     Stop training where the model was best: `max_steps` set to the step of the eval-loss minimum, or of the quality
     metric's best where that came later (and select or restart from the checkpoint nearest to it, named when one
-    exists; no earlier stop while the quality metric is still at its best at the end), and raise `weight_decay` x10 (0.01 when unset or 0) if training should continue longer.
+    exists; no earlier stop while the quality metric is still at its best at the end), and raise `weight_decay`
+    x10 (0.01 when unset or 0) if training should continue longer.
 Parameters:
     min_rise (default 0.1): how far above its minimum the eval loss must end (0.1 = +10%).
     min_evals (default 4): fewest eval-loss points.

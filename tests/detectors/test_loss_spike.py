@@ -1,5 +1,7 @@
 """loss-spike: sudden rises far above the robust local level, recovered or persistent."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -145,3 +147,14 @@ def test_a_logged_recovery_has_its_duration():
     loss = np.where((steps >= 200) & (steps < 230), 6.0, 2.0) * noise
     [f] = check(make_run({"loss": (steps, loss)}))
     assert f.metrics["recovery_steps"] == 30 and "30 steps later" in f.message
+
+
+def test_a_loss_overflowing_to_astronomic_values_is_written_short_in_the_advice_too():
+    # lightning_nan: 66 -> 3.2e4 -> 1.5e10 -> 4.03e27 before Inf; the rationale read 60934415088935499861065728.00x
+    rng = np.random.default_rng(0)
+    loss = np.concatenate([3 + 0.05 * rng.standard_normal(40), [66.0, 3.2e4, 1.5e10, 4.03e27]])
+    findings = check(make_run({"loss": loss, "grad_norm": np.ones(len(loss))}, hparams={"learning_rate": 0.3}))
+    [f] = [f for f in findings if f.first_step >= 40]
+    texts = [f.message] + [r.rationale for r in f.recommendations]
+    assert f.recommendations and all(not re.search(r"\d{8,}", t) for t in texts)
+    assert any("e2" in t for t in texts)  # the factor in e-notation (e.g. 1.34e27x)

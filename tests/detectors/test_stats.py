@@ -115,6 +115,11 @@ def test_fmt_ratio_keeps_huge_factors_short():
     assert stats.fmt_ratio(6.0934415088935499e25) == "6.09e25x"
 
 
+def test_fmt_times_writes_whole_factors_and_huge_ones_short():
+    assert stats.fmt_times(254.44) == "254x"
+    assert stats.fmt_times(3.27e12) == "3.27e12x"
+
+
 def test_median_before_takes_the_window_strictly_before_the_step():
     series = pd.Series([1.0, 2.0, 3.0, 100.0, 5.0], index=[10, 20, 30, 40, 50])
     assert stats.median_before(series, 40, window=2) == (2.5, 2)
