@@ -163,6 +163,15 @@ def test_lightning_nan_divergence_starts_before_the_nan():
     assert rec["suggested"] == pytest.approx(rec["current"] / 2)
 
 
+def test_lightning_nan_spike_says_the_loss_went_non_finite_and_keeps_its_factor_short():
+    # the loss runs away 535 -> 3.2e4 -> 1.5e10 -> 4.03e27, then Inf at step 50; the log goes on (NaN) to step 299
+    f = finding("lightning_nan", "loss-spike")
+    texts = [f["message"]] + [r["rationale"] for r in f["recommendations"]]
+    assert f"went non-finite at step {TRUTH['lightning_nan']['first_nonfinite_step']}" in f["message"]
+    assert "last logged step" not in f["message"]
+    assert all("6.09e25x" in t for t in texts[:2]) and not any("0000000" in t for t in texts)
+
+
 def test_lightning_nan_chain_leads_from_the_divergence_to_the_nan_checkpoint():
     d = diagnosis("lightning_nan")
     assert d["root_causes"] == ["loss-divergence"]  # not the batch, whose loss looked noisy because it diverged

@@ -25,10 +25,11 @@ How it decides:
     runs and more sensitive on smooth ones; Megatron's "10x the max so far" misses all but catastrophic spikes. The
     spike has recovered at the first later point within max(2 noise units, `min_rise`/2) of the pre-spike level
     (where that point follows a gap of 10+ logging intervals, the message says the log skipped the return instead
-    of naming a recovery time); if the log ends first it is persistent (critical once it has lasted
-    `persist_points` points: a loss that does not come back is a divergence, not a blip). A window-averaged log
-    (HF Trainer averages the loss over the logging window) still shows a large spike as one raised point; the
-    message says the per-step peak was higher. Losses that can be <= 0 (RL objectives) are skipped.
+    of naming a recovery time); if the log ends first, or the loss turns NaN/Inf (the message names the step), it
+    is persistent (critical once it has lasted `persist_points` points: a loss that does not come back is a
+    divergence, not a blip). A window-averaged log (HF Trainer averages the loss over the logging window) still
+    shows a large spike as one raised point; the message says the per-step peak was higher. Losses that can be <= 0
+    (RL objectives) are skipped.
 What it recommends:
     Restart from the last checkpoint saved before the spike (named when one exists) and skip the batches around it;
     clip gradients as every stability detector suggests (remedies.clip: the p99 of the run's healthy gradient
@@ -189,6 +190,11 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
         last_step = int(steps[-1])
         recovery = (f"and has not come back by the last logged step {last_step}" if severity is Severity.CRITICAL
                     else f"and the log ends {lasted} point(s) later, before it could recover")
+        went_nonfinite = _nonfinite_next(run, metric, last_step)
+        if went_nonfinite is not None:
+            # the finite points end here but the log does not: the loss overflowed (nonfinite-onset reports it)
+            recovery = f"and went non-finite at step {went_nonfinite}, the next logged point, without coming back"
+            metrics["nonfinite_step"] = went_nonfinite
         metrics["recovered"] = False
     else:
         severity = Severity.WARNING
@@ -243,6 +249,15 @@ def _finding(run, metric, loss, sp: Spike, grad, sched, averaged, total, params)
         Confidence.MEDIUM
     return DETECTOR.finding(message, onset, last_step, severity=severity, confidence=confidence, metrics=metrics,
                             recommendations=recs, evidence=evidence[:5])
+
+
+def _nonfinite_next(run, metric: str, step: int) -> int | None:
+    """The step of the next logged point after `step` when that point is NaN/Inf, else None."""
+    raw = run.series(metric)
+    later = raw[raw.index > step]
+    if not len(later) or np.isfinite(float(later.iloc[0])):
+        return None
+    return int(later.index[0])
 
 
 def _grad_rise_start(grad: pd.Series, at: int, prev_step: int) -> int:

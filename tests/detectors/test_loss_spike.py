@@ -158,3 +158,18 @@ def test_a_loss_overflowing_to_astronomic_values_is_written_short_in_the_advice_
     texts = [f.message] + [r.rationale for r in f.recommendations]
     assert f.recommendations and all(not re.search(r"\d{8,}", t) for t in texts)
     assert any("e2" in t for t in texts)  # the factor in e-notation (e.g. 1.34e27x)
+
+
+def test_a_spike_the_log_follows_into_nan_says_so_instead_of_where_the_log_ends():
+    rng = np.random.default_rng(1)
+    loss = np.concatenate([3 + 0.05 * rng.standard_normal(40), [9.0, 12.0, 15.0, np.inf], np.full(20, np.nan)])
+    [f] = check(make_run({"loss": loss}))
+    assert f.severity is Severity.CRITICAL and (f.first_step, f.last_step) == (40, 42)
+    assert "went non-finite at step 43" in f.message and f.metrics["nonfinite_step"] == 43
+
+
+def test_a_spike_at_the_end_of_a_finite_log_still_names_the_last_logged_step():
+    rng = np.random.default_rng(1)
+    loss = np.concatenate([3 + 0.05 * rng.standard_normal(40), [9.0, 12.0, 15.0]])
+    [f] = check(make_run({"loss": loss}))
+    assert "by the last logged step 42" in f.message and "nonfinite_step" not in f.metrics
