@@ -13,18 +13,19 @@ How it decides:
     small when it has fewer than `min_tokens` tokens (block_size known) or, without block_size, fewer than
     `min_sequences` sequences. The loss noise is the robust std of successive log-loss differences (a relative
     per-point noise); on a window-averaged log (HF Trainer) it is scaled up by sqrt(logging interval) to a per-step
-    noise. Severity: info for a small batch; warning when the measured per-step noise is at least `noisy` (relative)
-    and the run records grad_accum (otherwise the true batch may be larger). A micro-batch at most
-    `tiny_micro_batch` with grad_accum of 4 or more gives an info finding even when the effective batch is large
-    enough.
+    noise; a loss whose last quarter's median is `RISING` (1.5) times its first quarter's or more is climbing, and
+    its movement is that instability, not batch noise (no noise is judged then). Severity: info for a small batch;
+    warning when the measured per-step noise is at least `noisy` (relative) and the run records grad_accum
+    (otherwise the true batch may be larger). A micro-batch at most `tiny_micro_batch` with grad_accum of 4 or more
+    gives an info finding even when the effective batch is large enough.
 What it recommends:
     A larger effective batch, by a factor from the measured noise ((noise / `target_noise`)^2, since noise falls as
-    1/sqrt(batch)); for a loss quiet between spikes (a few bad sequences weigh 1/batch of a step, seed 003) or with
-    no loss logged, x4 (seeds 001 and 003: x3.6 and x4); nothing when the loss is quiet and never spikes (no
-    evidence that the batch is too small) or the factor rounds back to the batch the run has. Rounded to a power of
-    two: `batch_size` raised to the
-    next power of two (x4 for micro-batches under 16, up to 32) and `grad_accum` making up the rest. When only the
-    micro-batch is small, the same effective batch with fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4).
+    1/sqrt(batch)), none for a climbing loss; for a loss quiet between spikes (a few bad sequences weigh 1/batch of
+    a step, seed 003) or with no loss logged, x4 (seeds 001 and 003: x3.6 and x4); nothing when the loss is quiet
+    and never spikes (no evidence that the batch is too small) or the factor rounds back to the batch the run has.
+    Rounded to a power of two: `batch_size` raised to the next power of two (x4 for micro-batches under 16, up to
+    32) and `grad_accum` making up the rest. When only the micro-batch is small, the same effective batch with
+    fewer, larger micro-batches (seed 004: 1 x 16 -> 4 x 4).
 Parameters:
     min_tokens (default 65536): fewest tokens per optimizer step that count as a stable batch.
     min_sequences (default 64): fewest sequences per step when block_size is unknown.
@@ -54,6 +55,9 @@ MAX_FACTOR = 16
 SMALL_MICRO = 16  # micro-batches below this are raised x4 first
 MAX_MICRO = 32  # the largest micro-batch we suggest without knowing the memory
 HEAVY_ACCUM = 4
+RISING = 1.5  # a loss whose last quarter sits 50% above its first is diverging: healthy runs end below their start
+QUARTERS = 4
+MIN_QUARTER_POINTS = 3
 
 
 def check(run, params):
@@ -70,6 +74,13 @@ def check(run, params):
                "grad_accum": batch.grad_accum, "world_size": batch.world_size}
     if noise is not None:
         metrics["loss_noise"] = noise
+    rose = _rise(loss)
+    if noise is not None and rose is not None:
+        # a loss that climbed over the run moves from point to point because it is unstable, not because of the
+        # batch's sampling noise: that movement is no evidence for a larger batch (lightning_nan: 10.4 -> 65.8
+        # before it overflowed, "63% per point")
+        metrics["loss_rise"] = rose
+        noise = None
     noisy = noise is not None and noise >= params["noisy"]
     # a warning needs the whole product: with grad_accum unrecorded the true batch may be many times larger
     severity = Severity.WARNING if small and noisy and batch.grad_accum_known else Severity.INFO
@@ -77,7 +88,12 @@ def check(run, params):
         limit = (f"{params['min_tokens']} tokens" if batch.tokens else f"{params['min_sequences']} sequences")
         message = f"the effective batch is {batch.describe()} per optimizer step, under {limit}"
         spikes = _spikes(loss) if noise is not None and noise <= params["target_noise"] else []
-        if noise is None:
+        if rose is not None:
+            factor = 1.0
+            basis = ""
+            message += (f"; the loss rose {stats.fmt_ratio(rose)} over the run, so its point-to-point movement is an "
+                        "instability, not the batch's noise: no evidence for a larger batch")
+        elif noise is None:
             factor = DEFAULT_FACTOR  # no loss to measure: the seeds' change, said to rest on them
             basis = "no loss is logged to measure its noise; x4 is the usual first step"
         elif noise > params["target_noise"]:
@@ -99,6 +115,8 @@ def check(run, params):
             basis = ""
             message += (f"; the loss moves only {_pct(noise)} from point to point, within the "
                         f"{params['target_noise']:.0%} a larger batch would aim at: no change needed")
+        if factor > MAX_FACTOR:
+            basis += f"; capped at x{MAX_FACTOR}, the most one change should make"
         factor = float(np.clip(factor, 1, MAX_FACTOR))
         target = max(2 ** round(math.log2(batch.sequences * factor)), batch.sequences) if factor > 1 \
             else batch.sequences
@@ -138,6 +156,21 @@ def _spikes(loss):
     if loss is None or len(loss) < SPIKE.params["min_points"]:
         return []
     return find_spikes(loss, SPIKE.params)
+
+
+def _rise(loss) -> float | None:
+    """How many times its first quarter's median the loss's last quarter's median is, when at least RISING."""
+    if loss is None:
+        return None
+    values = loss.to_numpy(dtype="float64")
+    values = values[np.isfinite(values)]
+    quarter = len(values) // QUARTERS
+    if quarter < MIN_QUARTER_POINTS:
+        return None
+    first, last = float(np.median(values[:quarter])), float(np.median(values[-quarter:]))
+    if first <= 0 or last < RISING * first:
+        return None
+    return last / first
 
 
 def _noise(run):

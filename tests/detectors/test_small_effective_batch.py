@@ -65,6 +65,29 @@ def test_noisy_loss_makes_it_a_warning_with_a_factor_from_the_noise():
     assert f.metrics["suggested_effective_batch"] == 128  # (8% / 2%)^2 = 16x -> 128
 
 
+def test_a_climbing_loss_is_an_instability_not_batch_noise():
+    # lightning_nan: the loss climbs 10.4 -> 65.8 before it overflows; its 63% per point was told grad_accum -> 16
+    rng = np.random.default_rng(0)
+    loss = 10 * np.exp(np.linspace(0, 2, 60) + rng.normal(0, 0.4, 60))
+    [f] = check(make_run({"loss": loss}, hparams={"batch_size": 8, "gradient_accumulation_steps": 1,
+                                                  "block_size": 256}))
+    assert f.severity is Severity.INFO and recs(f) == {} and f.metrics["loss_rise"] > 5
+    assert "instability, not the batch's noise" in f.message
+
+
+def test_a_falling_noisy_loss_still_gets_a_larger_batch():
+    rng = np.random.default_rng(0)
+    loss = 6 * np.exp(-np.linspace(0, 1, 300) + rng.normal(0, 0.08, 300))
+    [f] = check(make_run({"loss": loss}, hparams={"batch_size": 8, "gradient_accumulation_steps": 1,
+                                                  "block_size": 256}))
+    assert "loss_rise" not in f.metrics and f.metrics["suggested_effective_batch"] > 8
+
+
+def test_a_factor_past_the_cap_says_it_was_capped():
+    [f] = check(run_with(noise=0.3, batch_size=8, gradient_accumulation_steps=1, block_size=256))
+    assert f.metrics["suggested_effective_batch"] == 128 and "capped at x16" in f.recommendations[0].rationale
+
+
 def test_unrecorded_grad_accum_stays_info():
     [f] = check(run_with(noise=0.08, batch_size=1, block_size=512))
     assert f.severity is Severity.INFO and "not recorded" in f.message
