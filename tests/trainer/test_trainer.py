@@ -298,12 +298,14 @@ def test_before_after_rows_are_judged_in_their_own_direction(key, before, after,
     assert judge(key, before, after, comparable) == expected
 
 
+def found(name, severity, caused_by, *recs):
+    """A finding of `severity` that `caused_by` led to, recommending `recs`."""
+    return SimpleNamespace(**{**vars(fake_finding(name, *recs)), "severity": Severity(severity),
+                              "caused_by": caused_by})
+
+
 def test_apply_fixes_adds_a_critical_consequences_fixes_but_not_a_warnings():
     from analyzer.trainer.reproduce import chosen_fixes
-
-    def found(name, severity, caused_by, *recs):
-        return SimpleNamespace(**{**vars(fake_finding(name, *recs)), "severity": Severity(severity),
-                                  "caused_by": caused_by})
 
     diagnosis = fake_diagnosis(
         found("distill-temperature-blowup", "critical", (), ("temperature", 3.0, 2.0)),
@@ -318,10 +320,6 @@ def test_apply_fixes_adds_a_critical_consequences_fixes_but_not_a_warnings():
 
 def test_a_warning_root_cause_that_led_to_a_critical_finding_is_set_aside():
     from analyzer.trainer.reproduce import chosen_fixes, set_aside
-
-    def found(name, severity, caused_by, *recs):
-        return SimpleNamespace(**{**vars(fake_finding(name, *recs)), "severity": Severity(severity),
-                                  "caused_by": caused_by})
 
     diagnosis = fake_diagnosis(
         found("distill-temperature-blowup", "warning", (), ("temperature", 3.0, 2.0)),
