@@ -296,15 +296,17 @@ def _apply_fixes(run_dir: Path, config: TrainConfig, out_dir: Path, max_steps: i
     if redefined:
         echo(f"note: the fix changes what the loss measures ({', '.join(redefined)}), so loss rows are not judged"
              + ("; lm_loss compares across temperatures" if "final lm_loss" in before else ""))
-    for line in findings_before_after(diagnosis, diagnose_path(out_dir), stop):
+    fixed_diagnosis = diagnose_path(out_dir)
+    for line in findings_before_after(diagnosis, fixed_diagnosis, stop):
         echo(line)
-    echo(verdict(before, after, not redefined))
+    echo(verdict(before, after, not redefined, _serious(fixed_diagnosis, None).keys()))
     return 0
 
 
-def verdict(before: dict[str, float], after: dict[str, float], loss_comparable: bool = True) -> str:
+def verdict(before: dict[str, float], after: dict[str, float], loss_comparable: bool = True,
+            remaining: Iterable[str] = ()) -> str:
     """One line: which judged numbers improved and which got worse; a fix is called clean only when none got
-    worse and no NaN is left."""
+    worse and no NaN is left, and complete only when no warning or critical finding is left (`remaining`)."""
     judged = {key: judge(key, before[key], after.get(key, math.nan), loss_comparable) for key in before}
     change = {key: f"{key} {_cell(before[key])} -> {_cell(after.get(key, math.nan))}" for key in before}
     better = [change[k] for k, v in judged.items() if v == "better"]
@@ -315,8 +317,11 @@ def verdict(before: dict[str, float], after: dict[str, float], loss_comparable: 
         problems.append(f"the run still goes non-finite ({nan_left:.0f} NaN/Inf)")
     if worse:
         problems.append("some numbers got worse")
+    remaining = sorted(remaining)
     if problems:
         head = "verdict: not a clean fix, " + " and ".join(problems)
+    elif better and remaining:
+        head = f"verdict: partly fixed, nothing got worse but {', '.join(remaining)} is still found"
     elif better:
         head = "verdict: fixed, nothing got worse"
     else:
@@ -330,22 +335,25 @@ SERIOUS = ("critical", "warning")
 WALL_CLOCK = ("throughput-drop",)
 
 
+def _serious(diagnosis: Any, within: int | None) -> dict[str, str]:
+    """Detector -> its worst severity, for the warning and critical findings that began before `within` (all when
+    None), wall-clock ones left out."""
+    out: dict[str, str] = {}
+    for f in diagnosis.findings:
+        severity = f.severity.value
+        if f.name in WALL_CLOCK:
+            continue
+        if severity in SERIOUS and (within is None or f.first_step is None or f.first_step < within):
+            if f.name not in out or SERIOUS.index(severity) < SERIOUS.index(out[f.name]):
+                out[f.name] = severity
+    return out
+
+
 def findings_before_after(before: Any, after: Any, stop: int | None) -> list[str]:
     """The warning and critical findings of the original run and of the fixed one, detector by detector, and which
     the fix cleared: what `--apply-fixes` is for. With --max-steps, only findings that began within the re-run steps
     count for the original. Wall-clock findings (WALL_CLOCK) are left out."""
-    def worst(diagnosis: Any, within: int | None) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for f in diagnosis.findings:
-            severity = f.severity.value
-            if f.name in WALL_CLOCK:
-                continue
-            if severity in SERIOUS and (within is None or f.first_step is None or f.first_step < within):
-                if f.name not in out or SERIOUS.index(severity) < SERIOUS.index(out[f.name]):
-                    out[f.name] = severity
-        return out
-
-    was, now = worst(before, stop), worst(after, None)
+    was, now = _serious(before, stop), _serious(after, None)
     if not was and not now:
         return ["findings: none at warning or above, before or after"]
     names = list(was) + [n for n in now if n not in was]

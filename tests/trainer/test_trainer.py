@@ -351,6 +351,14 @@ def test_the_verdict_says_what_improved_and_what_got_worse(before, after, start)
     assert verdict(before, after).startswith(start)
 
 
+def test_a_fix_that_leaves_a_finding_is_called_partial():
+    # factorized-embedding-stall: the scaled init clears 2 of 3 findings; loss-plateau stays
+    from analyzer.trainer.reproduce import verdict
+
+    line = verdict({"max grad norm": 15.5}, {"max grad norm": 8.8}, remaining=["loss-plateau"])
+    assert line.startswith("verdict: partly fixed, nothing got worse but loss-plateau is still found; better:")
+
+
 def test_before_after_table_shows_a_missing_number_as_a_dash():
     from analyzer.trainer.reproduce import before_after_table
 
