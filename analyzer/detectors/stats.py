@@ -713,6 +713,8 @@ def fmt_num(value: float | None, digits: int = 3) -> str:
     magnitude = abs(value)
     if magnitude >= 1e4 or magnitude < 1e-3:
         mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+        if "." in mantissa:  # 5e-4, not 5.00e-4: the reports' tables write it so
+            mantissa = mantissa.rstrip("0").rstrip(".")
         return f"{mantissa}e{int(exponent)}"
     if magnitude >= 10 ** digits:
         return f"{value:.0f}"

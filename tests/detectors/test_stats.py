@@ -106,6 +106,7 @@ def test_last_checkpoint_before_skips_later_and_broken():
 
 def test_fmt_num_and_round_sig():
     assert stats.fmt_num(8.44e-5) == "8.44e-5"
+    assert stats.fmt_num(5e-4) == "5e-4" and stats.fmt_num(1.5e-6) == "1.5e-6" and stats.fmt_num(3e6) == "3e6"
     assert stats.fmt_num(6.65) == "6.65"
     assert stats.round_sig(1.234e-4) == 1.2e-4
 
