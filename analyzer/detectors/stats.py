@@ -703,6 +703,12 @@ def fmt_ratio(ratio: float) -> str:
     return f"{ratio:.2f}x" if abs(ratio) < 100 else f"{fmt_num(ratio)}x"
 
 
+def fmt_times(ratio: float) -> str:
+    """A large factor in whole units for a message: 254x; from 10,000x, significant digits only (a gradient norm
+    that overflows reads 3.27e12x, not 3270000000000x)."""
+    return f"{ratio:.0f}x" if abs(ratio) < 1e4 else f"{fmt_num(ratio)}x"
+
+
 def fmt_num(value: float | None, digits: int = 3) -> str:
     """A number for a message: `digits` significant digits, 8.44e-5 style for very small or large magnitudes,
     "unknown" for None or non-finite values."""
@@ -1073,9 +1079,3 @@ def _healthy_grad_norms(run: Run) -> pd.Series | None:
     for start, end in unhealed_spans(values, excursions(values)):
         keep[start:end] = False
     return values[keep]
-
-
-def fmt_times(ratio: float) -> str:
-    """A large factor in whole units for a message: 254x; from 10,000x, significant digits only (a gradient norm
-    that overflows reads 3.27e12x, not 3270000000000x)."""
-    return f"{ratio:.0f}x" if abs(ratio) < 1e4 else f"{fmt_num(ratio)}x"

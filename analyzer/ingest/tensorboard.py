@@ -277,14 +277,13 @@ def _read_events(data: bytes, rel: str, notes: list[Note]) -> tuple[pd.DataFrame
     for index in range(len(starts)):
         start = int(starts[index])
         record = data[start:start + int(lengths[index])]
-        texts_before = len(texts)
+        record_texts: list[tuple[str, bytes]] = []
         try:
-            found = _decode_event(record, plugins, hparams, texts)
+            found = _decode_event(record, plugins, hparams, record_texts)
         except pb.DecodeError:
-            del texts[texts_before:]
             undecodable.append(index)
             continue
-        texts[texts_before:] = [(index + 1, tag, raw) for _, tag, raw in texts[texts_before:]]
+        texts.extend((index + 1, tag, raw) for tag, raw in record_texts)
         if found is None:
             continue
         step, wall_time, points = found
@@ -354,7 +353,7 @@ def _decode_value(raw: bytes, plugins: dict[str, str], hparams: dict, texts: lis
             hparams.update(_session_hparams(content))
         return None
     if plugin == TEXT_PLUGIN and tag in HF_TEXT_TAGS and tensor is not None:
-        texts.append((0, tag, tensor))  # its record number is filled in by the caller
+        texts.append((tag, tensor))  # the caller adds the record number
         return None
     if simple is not None:
         return tag, simple
